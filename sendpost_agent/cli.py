@@ -1,0 +1,93 @@
+"""``sendpost-agent [--config PATH] COMMAND [OPTIONS]`` (see README and cli.md).
+
+Exit codes: 0 clean stop, 2 bad configuration or usage, 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sendpost_agent import __version__
+from sendpost_agent.config import SETTINGS, Config, ConfigError, env_of, key_of, load_config
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _run_milter(config: Config, args: argparse.Namespace) -> int:
+    from sendpost_milter.server import MilterStartError, run
+
+    try:
+        return run(config)
+    except MilterStartError as exc:
+        logging.getLogger("sendpost_milter").error("%s", exc)
+        return EXIT_FAILURE
+
+
+COMMANDS: dict[str, tuple[str, Callable[[Config, argparse.Namespace], int]]] = {
+    "milter": ("run the milter in the foreground until SIGTERM", _run_milter),
+}
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("configuration (flag > environment > file > default)")
+    for f in SETTINGS:
+        default = "required where needed" if f.default is None else f.default
+        group.add_argument(
+            f"--{key_of(f)}",
+            dest=f"setting:{key_of(f)}",
+            metavar=key_of(f).split("-")[-1].upper(),
+            default=argparse.SUPPRESS,
+            help=f"{f.metadata['help']} [env {env_of(f)}; default {default}]",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sendpost-agent",
+        description="Reports the final fate of SendPost messages from a Postfix server.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="PATH",
+                        help="YAML config file [default /etc/sendpost-agent/config.yaml]")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, _) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="PATH",
+                         help=argparse.SUPPRESS)
+        _add_setting_flags(cmd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    flags = {
+        name.removeprefix("setting:"): value
+        for name, value in vars(args).items()
+        if name.startswith("setting:")
+    }
+    try:
+        config = load_config(flags, getattr(args, "config", None))
+    except ConfigError as exc:
+        print(f"sendpost-agent: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    _, handler = COMMANDS[args.command]
+    try:
+        return handler(config, args)
+    except ConfigError as exc:
+        print(f"sendpost-agent: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""The one configuration object, and the one place that defines each key and its default.
+
+Every key of ``Config`` is also a command-line flag (``--state-dir``), an environment
+variable (``SENDPOST_STATE_DIR``; the key is ``SENDPOST_API_KEY``) and a key of the YAML
+file. Precedence: flag > environment > file > default (``cli.md``). Errors are raised as
+``ConfigError`` naming the file, line and key at fault and how to fix it; the CLI turns
+them into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_CONFIG_FILE = Path("/etc/sendpost-agent/config.yaml")
+ENV_PREFIX = "SENDPOST_"
+
+
+class ConfigError(Exception):
+    """A configuration problem the operator must fix; the message says where and how."""
+
+
+class Secret:
+    """Holds the API key so that it never shows up in repr, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+# --- value parsers: each takes what a flag, env var or YAML gave and returns the typed
+# value, or raises ValueError with a message saying what is expected.
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    text = str(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _secret(value: object) -> Secret:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty string (the Event Ingestion API key)")
+    if any(c.isspace() or not c.isprintable() for c in value.strip()):
+        raise ValueError("contains spaces or control characters; paste the key exactly")
+    return Secret(value.strip())
+
+
+def _mta(value: object) -> str:
+    text = _text(value).lower()
+    if text != "postfix":
+        raise ValueError(f"{text!r} is not supported; the only supported MTA is 'postfix'")
+    return text
+
+
+def _url(value: object) -> str:
+    text = _text(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http(s) URL, e.g. https://events.sendpost.io/...")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError as exc:
+        raise ValueError(f"{text!r} has a bad port: {exc}") from None
+    return text
+
+
+def _path(value: object) -> Path:
+    return Path(_text(value))
+
+
+def _host_port(value: object) -> HostPort:
+    text = _text(value)
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+    if not match:
+        raise ValueError(f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:9113 or [::1]:9113")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range 1-65535")
+    return HostPort(host, port)
+
+
+def _milter_socket(value: object) -> str:
+    """Postfix notation: ``unix:/abs/path`` or ``inet:HOST:PORT``."""
+    text = _text(value)
+    kind, _, rest = text.partition(":")
+    if kind in ("unix", "local") and rest.startswith("/"):
+        return f"unix:{rest}"
+    if kind == "inet":
+        hp = _host_port(rest)
+        return f"inet:{hp}"
+    raise ValueError(
+        f"{text!r} is not a milter socket; use unix:/absolute/path or inet:127.0.0.1:PORT"
+    )
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", _text(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration, e.g. 90s, 30m, 24h, 6d")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+def _retention(value: object) -> float:
+    seconds = _duration(value)
+    if seconds < 86400:
+        raise ValueError("must be at least 24h (Postfix retries deferred mail for days)")
+    return seconds
+
+
+def _log_level(value: object) -> str:
+    text = _text(value).upper()
+    if text not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"{value!r} is not one of debug, info, warning, error")
+    return text
+
+
+def _setting(
+    default: Any,
+    parse: Callable[[object], Any],
+    help: str,
+    env: str = "",
+    default_env: str = "",
+) -> Any:
+    """A key: ``env`` overrides its ENV_PREFIX name; ``default_env`` replaces the default."""
+    meta = {"parse": parse, "help": help, "env": env, "default_env": default_env}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of both processes; built only by ``load_config``."""
+
+    api_key: Secret | None = _setting(
+        None, _secret, "Event Ingestion API key, sent as X-SP-Event-ApiKey", "SENDPOST_API_KEY"
+    )
+    mta: str = _setting("postfix", _mta, "MTA type; only postfix is supported")
+    endpoint: str = _setting(
+        "https://events.sendpost.io/api/v1/tpsp/custom-smtp/events", _url, "ingestion URL"
+    )
+    log_path: Path = _setting(Path("/var/log/mail.log"), _path, "the mail log to follow")
+    state_dir: Path = _setting(
+        Path("/var/lib/sendpost-agent"),
+        _path,
+        "shared map, pending.wal and cursor; both processes use the same one",
+    )
+    milter_socket: str = _setting(
+        "unix:/var/spool/postfix/sendpost-agent/milter.sock",
+        _milter_socket,
+        "where the milter listens (Postfix notation); the default lies inside Debian's"
+        " smtpd chroot, so main.cf names it unix:sendpost-agent/milter.sock",
+    )
+    milter_listen: HostPort = _setting(
+        HostPort("127.0.0.1", 9114), _host_port, "address of the milter's /metrics"
+    )
+    listen: HostPort = _setting(
+        HostPort("127.0.0.1", 9113), _host_port, "address of logwatch's /health and /metrics"
+    )
+    postfix_config_dir: Path = _setting(
+        Path("/etc/postfix"),
+        _path,
+        "Postfix configuration to inspect (postconf -c DIR); default $MAIL_CONFIG if set",
+        default_env="MAIL_CONFIG",
+    )
+    map_retention: float = _setting(
+        6 * 86400.0,
+        _retention,
+        "how long a queue ID -> UUID row is kept (>= 24h; keep it above Postfix's"
+        " maximal_queue_lifetime, 5d by default)",
+    )
+    log_level: str = _setting("INFO", _log_level, "debug, info, warning or error")
+
+    def require_api_key(self, why: str) -> Secret:
+        if self.api_key is None:
+            raise ConfigError(
+                f"api-key is required {why}; set it with --api-key, SENDPOST_API_KEY"
+                f" or 'api-key:' in {DEFAULT_CONFIG_FILE}"
+            )
+        return self.api_key
+
+    @property
+    def map_path(self) -> Path:
+        return self.state_dir / "queuemap.sqlite3"
+
+
+SETTINGS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(Config)
+
+
+def key_of(f: dataclasses.Field[Any]) -> str:
+    return f.name.replace("_", "-")
+
+
+def env_of(f: dataclasses.Field[Any]) -> str:
+    return f.metadata["env"] or ENV_PREFIX + f.name.upper()
+
+
+def _parse(f: dataclasses.Field[Any], value: object, where: str) -> Any:
+    try:
+        return f.metadata["parse"](value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: key '{key_of(f)}': {exc}") from None
+
+
+def _read_file(path: Path) -> dict[str, tuple[object, int]]:
+    """Return key -> (value, line) from a YAML mapping, with errors naming the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found; create it or pass --config PATH"
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            f"{path}: cannot read config file (permission denied); run as a user that can"
+            " read it (it holds the API key, so it is mode 0600)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            raise ConfigError(
+                f"{path} line {node.start_mark.line + 1}: expected 'key: value' lines"
+            )
+        out: dict[str, tuple[object, int]] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                raise ConfigError(f"{path} line {line}: key {key!r} is not a name")
+            if key in out:
+                raise ConfigError(f"{path} line {line}: key '{key}' is given twice")
+            out[key] = (loader.construct_object(value_node, deep=True), line)
+        return out
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def _unknown(key: str, where: str) -> ConfigError:
+    known = [key_of(f) for f in SETTINGS]
+    guess = difflib.get_close_matches(key.replace("_", "-"), known, n=1)
+    hint = f"did you mean '{guess[0]}'?" if guess else "known keys: " + ", ".join(known)
+    return ConfigError(f"{where}: unknown key '{key}'; {hint}")
+
+
+def load_config(
+    flags: Mapping[str, object] | None = None,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the Config from flags (key -> value), environment, file and defaults.
+
+    ``config_file`` None means the default file, which may be absent; a file named
+    explicitly must exist.
+    """
+    flags = flags or {}
+    environ = os.environ if environ is None else environ
+    explicit = config_file is not None or bool(environ.get("SENDPOST_CONFIG"))
+    path = config_file or Path(environ.get("SENDPOST_CONFIG") or DEFAULT_CONFIG_FILE)
+    from_file: dict[str, tuple[object, int]] = {}
+    if explicit or path.exists():
+        from_file = _read_file(path)
+    by_key = {key_of(f): f for f in SETTINGS}
+    for key, (_, line) in from_file.items():
+        if key not in by_key:
+            raise _unknown(key, f"{path} line {line}")
+    values: dict[str, Any] = {}
+    for f in SETTINGS:
+        key = key_of(f)
+        if key in flags:
+            values[f.name] = _parse(f, flags[key], f"flag --{key}")
+        elif env_of(f) in environ:
+            values[f.name] = _parse(f, environ[env_of(f)], f"environment {env_of(f)}")
+        elif key in from_file:
+            value, line = from_file[key]
+            values[f.name] = _parse(f, value, f"{path} line {line}")
+        elif environ.get(f.metadata["default_env"]):
+            name = f.metadata["default_env"]
+            values[f.name] = _parse(f, environ[name], f"environment {name}")
+    return Config(**values)
+
+
+def describe(config: Config) -> dict[str, str]:
+    """Key -> printable value, with the API key masked; for `status`, doctor and logs."""
+    out = {}
+    for f in SETTINGS:
+        value = getattr(config, f.name)
+        if isinstance(value, Secret):
+            value = "(set)"
+        elif value is None:
+            value = "(not set)"
+        out[key_of(f)] = str(value)
+    return out

@@ -1,0 +1,207 @@
+"""The shared map: Postfix queue ID -> SendPost message UUID.
+
+This module is the whole contract between the two processes:
+
+* the milter (``sendpost_milter``) is the only writer. At end-of-message it records one
+  row per message, also when the header is missing or invalid (then with no UUID), so
+  that a reused short queue ID never inherits an older message's UUID;
+* the log watcher (``logwatch``) only reads, and tells "this message has no UUID" (a row
+  without UUID) apart from "not known yet" (no row).
+
+Storage is one SQLite file in WAL mode under ``state-dir``: readers never block the
+writer, a crash of either process (even kill -9) leaves the file consistent, and lookups
+by queue ID stay O(log n) with millions of rows. With ``synchronous=NORMAL`` a power
+loss may drop the last few rows written before it (never a crash of the process).
+
+Rows are kept at least ``map-retention`` (>= 24 h) after receipt, then pruned by the
+writer's maintenance thread. ``rowid`` grows with insertion time, so pruning reads only
+the oldest rows and needs no index on time.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queuemap (
+    id          INTEGER PRIMARY KEY,        -- grows with insertion time (pruning order)
+    queue_id    TEXT NOT NULL UNIQUE,
+    uuid        BLOB,                       -- 16 bytes, NULL when the header was unusable
+    header      INTEGER NOT NULL,           -- HeaderState
+    received_at INTEGER NOT NULL            -- unix seconds
+);
+"""
+PRUNE_CHUNK = 2000
+# In WAL mode only another writer can block the milter; there is none, so a lock held
+# this long is a stray sqlite3 shell: give up the row rather than hold the message.
+WRITER_BUSY_TIMEOUT = 1.0
+READER_BUSY_TIMEOUT = 5.0
+
+
+class HeaderState(IntEnum):
+    """What the milter found in X-Sendpost-Message-UUID."""
+
+    PRESENT = 0
+    MISSING = 1
+    INVALID = 2
+    REPEATED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    uuid: str | None  # canonical lower-case RFC 4122 text, None when unusable
+    header: HeaderState
+    received_at: int
+
+
+class MapError(Exception):
+    """The map file cannot be used; the message names the file and the fix."""
+
+
+def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        elif version != SCHEMA_VERSION:
+            conn.close()
+            raise MapError(
+                f"{path}: map schema version {version}, this agent expects {SCHEMA_VERSION};"
+                " stop both processes and move the file aside"
+            )
+    except sqlite3.DatabaseError as exc:
+        raise MapError(f"{path}: cannot open the queue map: {exc}") from exc
+    return conn
+
+
+class MapWriter:
+    """The milter's handle: thread-safe ``put`` plus a background maintenance thread."""
+
+    def __init__(self, path: Path, retention: float) -> None:
+        self.path = path
+        self.retention = retention
+        self._conn = self._open(path)
+        # Checkpoints run in the maintenance thread, never on a message's EOM.
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._conn.execute("PRAGMA journal_size_limit=67108864")
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        """Open the map; a corrupt file is moved aside so that mail keeps flowing."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return _connect(path, WRITER_BUSY_TIMEOUT)
+        except MapError as exc:
+            if "schema version" in str(exc):
+                raise
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            log.error("%s; moving it to %s and starting an empty map", exc, aside)
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{path}{suffix}")
+                if src.exists():
+                    src.rename(f"{aside}{suffix}")
+            return _connect(path, WRITER_BUSY_TIMEOUT)
+
+    def put(self, queue_id: str, message_uuid: uuid.UUID | None, header: HeaderState,
+            now: float | None = None) -> None:
+        """Record a message; replaces any older row with the same (reused) queue ID."""
+        received = int(time.time() if now is None else now)
+        blob = message_uuid.bytes if message_uuid is not None else None
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO queuemap (queue_id, uuid, header, received_at)"
+                " VALUES (?, ?, ?, ?)",
+                (queue_id, blob, int(header), received),
+            )
+
+    def prune(self, now: float | None = None) -> int:
+        """Delete rows older than the retention, a chunk at a time; returns rows deleted."""
+        cutoff = int((time.time() if now is None else now) - self.retention)
+        total = 0
+        while True:
+            with self._lock:
+                deleted = self._conn.execute(
+                    "DELETE FROM queuemap WHERE id IN"
+                    " (SELECT id FROM queuemap ORDER BY id LIMIT ?) AND received_at < ?",
+                    (PRUNE_CHUNK, cutoff),
+                ).rowcount
+            total += deleted
+            if deleted < PRUNE_CHUNK:
+                return total
+
+    def checkpoint(self) -> None:
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def start_maintenance(self, checkpoint_every: float = 1.0, prune_every: float = 60.0) -> None:
+        def run() -> None:
+            last_prune = 0.0
+            while not self._stop.wait(checkpoint_every):
+                try:
+                    self.checkpoint()
+                    if time.monotonic() - last_prune >= prune_every:
+                        last_prune = time.monotonic()
+                        if pruned := self.prune():
+                            log.info("pruned %d queue map rows older than retention", pruned)
+                except sqlite3.Error as exc:
+                    log.error("%s: queue map maintenance failed: %s", self.path, exc)
+
+        self._thread = threading.Thread(target=run, name="queuemap-maintenance", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                self._conn.close()
+
+
+class MapReader:
+    """The log watcher's handle; each lookup sees every row committed before it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = _connect(path, READER_BUSY_TIMEOUT)
+        self._conn.execute("PRAGMA query_only=ON")
+
+    def get(self, queue_id: str) -> Entry | None:
+        try:
+            row = self._conn.execute(
+                "SELECT uuid, header, received_at FROM queuemap WHERE queue_id = ?", (queue_id,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise MapError(f"{self.path}: queue map lookup failed: {exc}") from exc
+        if row is None:
+            return None
+        blob, header, received_at = row
+        text = str(uuid.UUID(bytes=blob)) if blob is not None else None
+        return Entry(text, HeaderState(header), received_at)
+
+    def __len__(self) -> int:
+        return self._conn.execute("SELECT count(*) FROM queuemap").fetchone()[0]
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,41 @@
+"""Classifying the X-Sendpost-Message-UUID header values of one message (pure)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from sendpost_agent.queuemap import HeaderState
+
+HEADER_NAME = "X-Sendpost-Message-UUID"
+# Longer than any tolerated form ("< " + 36 + " >" plus folding): reject before the regex.
+MAX_VALUE_LENGTH = 100
+_HEX = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_UUID_TEXT = re.compile(rf"\s*(?:<\s*({_HEX})\s*>|({_HEX}))\s*")
+
+
+def parse_uuid(value: str) -> uuid.UUID | None:
+    """RFC 4122 text form, tolerating surrounding whitespace, <angle brackets> and case."""
+    if len(value) > MAX_VALUE_LENGTH:
+        return None
+    match = _UUID_TEXT.fullmatch(value)
+    if match is None:
+        return None
+    parsed = uuid.UUID(match.group(1) or match.group(2))
+    return None if parsed.int == 0 else parsed
+
+
+def classify(values: list[str]) -> tuple[HeaderState, uuid.UUID | None]:
+    """One message's header values -> state and the UUID to record (only when PRESENT).
+
+    A repeated header is never trusted, even with equal values: something in the path
+    added or copied it, so it may not be the one SendPost set.
+    """
+    if not values:
+        return HeaderState.MISSING, None
+    if len(values) > 1:
+        return HeaderState.REPEATED, None
+    parsed = parse_uuid(values[0])
+    if parsed is None:
+        return HeaderState.INVALID, None
+    return HeaderState.PRESENT, parsed

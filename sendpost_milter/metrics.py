@@ -1,0 +1,57 @@
+"""The milter's own Prometheus counters, in a registry of its own (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
+
+from sendpost_agent import __version__
+from sendpost_agent.queuemap import HeaderState
+
+PREFIX = "sendpost_milter"
+disable_created_metrics()  # *_created series only double the output
+
+
+class MilterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        reg = self.registry
+        self.messages = Counter(
+            f"{PREFIX}_messages", "Messages seen at end-of-message", registry=reg
+        )
+        header = Counter(
+            f"{PREFIX}_header",
+            "Messages by state of the X-Sendpost-Message-UUID header",
+            ["state"],
+            registry=reg,
+        )
+        self.header = {state: header.labels(state.name.lower()) for state in HeaderState}
+        self.no_queue_id = Counter(
+            f"{PREFIX}_no_queue_id",
+            "Messages for which the MTA sent no queue ID macro (i); not recorded",
+            registry=reg,
+        )
+        self.map_write_errors = Counter(
+            f"{PREFIX}_map_write_errors", "Failed writes to the queue map", registry=reg
+        )
+        self.errors = Counter(
+            f"{PREFIX}_internal_errors",
+            "Unexpected errors; the message was accepted anyway",
+            registry=reg,
+        )
+        self.map_write_seconds = Histogram(
+            f"{PREFIX}_map_write_seconds",
+            "Time to commit one queue map row",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0),
+            registry=reg,
+        )
+        Gauge(
+            f"{PREFIX}_build_info", "Agent version", ["version"], registry=reg
+        ).labels(__version__).set(1)

@@ -1,0 +1,108 @@
+"""Run the milter: open the map, the metrics listener and the milter socket, serve.
+
+libmilter handles SIGTERM/SIGINT/SIGHUP itself (its signal thread stops the listener,
+lets running sessions finish and removes a unix socket), so a stop is clean and a
+restart can bind again at once.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import signal
+from pathlib import Path
+
+import Milter
+import milter as libmilter
+from prometheus_client import start_http_server
+
+from sendpost_agent.config import Config
+from sendpost_agent.queuemap import MapWriter
+from sendpost_milter.metrics import MilterMetrics
+from sendpost_milter.session import session_factory
+
+log = logging.getLogger("sendpost_milter")
+MILTER_NAME = "sendpost-agent"
+# Seconds libmilter waits on a silent MTA connection before dropping it.
+MTA_IO_TIMEOUT = 600
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+class MilterStartError(Exception):
+    """The milter could not start; the message names the key or path and the fix."""
+
+
+def libmilter_address(socket: str) -> str:
+    """Postfix notation (``inet:HOST:PORT``, ``unix:/path``) -> libmilter's."""
+    kind, _, rest = socket.partition(":")
+    if kind == "inet":
+        host, _, port = rest.rpartition(":")
+        host = host.strip("[]")
+        return f"inet6:{port}@{host}" if ":" in host else f"inet:{port}@{host}"
+    return f"unix:{rest}"
+
+
+def prepare_unix_socket_dir(sock: Path) -> None:
+    """Make the socket's directory; if we create it, let group postfix in (setgid).
+
+    Postfix's smtpd runs as user postfix and needs write access to the socket. A
+    setgid directory owned by group postfix gives every socket created in it that
+    group; with umask 007 the socket is 0660, so Postfix can connect and others cannot.
+    """
+    directory = sock.parent
+    if directory.is_dir():
+        return
+    directory.mkdir(parents=True, mode=0o750)
+    try:
+        gid = grp.getgrnam("postfix").gr_gid
+    except KeyError:
+        log.warning("no group 'postfix' on this host; %s keeps its default group", directory)
+        return
+    os.chown(directory, -1, gid)
+    os.chmod(directory, 0o2750)
+
+
+def run(config: Config) -> int:
+    os.umask(0o007)
+    # libmilter stops cleanly on these via its own sigwait thread, but only if no other
+    # thread can take them first: block them before any thread starts (threads inherit).
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    metrics = MilterMetrics()
+    try:
+        writer = MapWriter(config.map_path, config.map_retention)
+    except Exception as exc:
+        raise MilterStartError(f"state-dir {config.state_dir}: {exc}") from exc
+    try:
+        address = config.milter_listen
+        try:
+            http_server, _ = start_http_server(address.port, address.host, metrics.registry)
+        except OSError as exc:
+            raise MilterStartError(
+                f"milter-listen {address}: cannot listen for /metrics: {exc.strerror};"
+                " choose a free port with --milter-listen"
+            ) from exc
+        try:
+            writer.start_maintenance()
+            if config.milter_socket.startswith("unix:"):
+                sock = Path(config.milter_socket.removeprefix("unix:"))
+                prepare_unix_socket_dir(sock)
+            Milter.factory = session_factory(writer, metrics)
+            libmilter.set_flags(Milter.SETSYMLIST)
+            log.info("milter listening on %s, metrics on http://%s/metrics, map %s",
+                     config.milter_socket, address, config.map_path)
+            try:
+                Milter.runmilter(MILTER_NAME, libmilter_address(config.milter_socket),
+                                 MTA_IO_TIMEOUT)
+            except libmilter.error as exc:
+                raise MilterStartError(
+                    f"milter-socket {config.milter_socket}: cannot serve: {exc}; check that"
+                    " the directory exists and no other process holds the socket"
+                ) from exc
+        finally:
+            http_server.shutdown()
+            http_server.server_close()
+    finally:
+        writer.close()
+    log.info("milter stopped")
+    return 0

@@ -1,0 +1,109 @@
+"""One milter session per SMTP connection: collect the header, record the row at EOM.
+
+Every callback and reply we do not need is negotiated away (``@nocallback``,
+``@noreply``): pymilter takes the GIL for each callback, so each one skipped is cost
+saved per message. Whatever happens, the answer is ACCEPT: the milter must never be
+the reason a message is rejected, deferred or discarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import Milter
+
+from sendpost_agent.queuemap import HeaderState, MapWriter
+from sendpost_milter.header import HEADER_NAME, classify
+from sendpost_milter.metrics import MilterMetrics
+
+log = logging.getLogger("sendpost_milter")
+_HEADER_LOWER = HEADER_NAME.lower()
+
+
+class Session(Milter.Base):
+    """pymilter creates one per connection; a connection may carry several messages."""
+
+    def __init__(self, writer: MapWriter, metrics: MilterMetrics) -> None:
+        super().__init__()
+        self._writer = writer
+        self._metrics = metrics
+        self._values: list[str] = []
+
+    @Milter.nocallback
+    def connect(self, hostname, family, hostaddr):  # type: ignore[no-untyped-def]
+        return Milter.CONTINUE
+
+    @Milter.nocallback
+    def hello(self, hostname):  # type: ignore[no-untyped-def]
+        return Milter.CONTINUE
+
+    @Milter.nocallback
+    def envfrom(self, f, *str):  # type: ignore[no-untyped-def]
+        return Milter.CONTINUE
+
+    @Milter.nocallback
+    def envrcpt(self, to, *str):  # type: ignore[no-untyped-def]
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def data(self) -> int:
+        return Milter.CONTINUE
+
+    @Milter.nocallback
+    def eoh(self) -> int:
+        return Milter.CONTINUE
+
+    @Milter.nocallback
+    def body(self, chunk: bytes) -> int:
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def header(self, name: str, value: str) -> int:
+        if name.lower() == _HEADER_LOWER:
+            self._values.append(value)
+        return Milter.CONTINUE
+
+    @Milter.symlist("i")
+    def eom(self) -> int:
+        values, self._values = self._values, []
+        try:
+            self._record(self.getsymval("i"), values)
+        except Exception:
+            self._metrics.errors.inc()
+            log.exception("internal error at end-of-message; message accepted")
+        return Milter.ACCEPT
+
+    def abort(self) -> int:
+        self._values = []
+        return Milter.CONTINUE
+
+    def _record(self, queue_id: str | None, values: list[str]) -> None:
+        metrics = self._metrics
+        metrics.messages.inc()
+        state, message_uuid = classify(values)
+        metrics.header[state].inc()
+        if state is not HeaderState.PRESENT:
+            level = logging.INFO if state is HeaderState.MISSING else logging.WARNING
+            shown = ", ".join(repr(v[:80]) + ("..." if len(v) > 80 else "") for v in values)
+            log.log(level, "queue ID %s: %s header %s %s", queue_id or "?",
+                    HEADER_NAME, state.name.lower(), shown)
+        if not queue_id:
+            metrics.no_queue_id.inc()
+            log.warning("the MTA sent no queue ID macro (i) at end-of-message; not recorded."
+                        " Fix: keep 'i' in Postfix's milter_end_of_data_macros")
+            return
+        started = time.perf_counter()
+        try:
+            self._writer.put(queue_id, message_uuid, state)
+        except Exception as exc:
+            metrics.map_write_errors.inc()
+            log.error("queue ID %s: cannot write the queue map %s: %s",
+                      queue_id, self._writer.path, exc)
+            return
+        metrics.map_write_seconds.observe(time.perf_counter() - started)
+
+
+def session_factory(writer: MapWriter, metrics: MilterMetrics) -> Callable[[], Session]:
+    return lambda: Session(writer, metrics)

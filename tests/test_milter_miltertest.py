@@ -1,0 +1,165 @@
+"""The milter driven by Debian's `miltertest` (a real libmilter client), no Postfix.
+
+Each test speaks the milter protocol to the real `sendpost-agent milter` process, then
+checks the reply (always ACCEPT), the map row and the counters an operator would see.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sendpost_agent.queuemap import HeaderState
+from tests.support.milter import MilterProcess
+
+CANON = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
+OTHER = "9b2d6c1e-0a57-4c3e-8f1a-6f6b0d7c2e11"
+
+
+def lua_quote(text: str) -> str:
+    return "[==[" + text + "]==]"
+
+
+def lua_message(queue_id: str | None, headers: list[tuple[str, str]],
+                abort: bool = False) -> str:
+    """One message on an open connection `conn`; asserts the milter accepted it."""
+    lines = ['check(mt.mailfrom(conn, "<sender@example.com>"), "mailfrom")',
+             'check(mt.rcptto(conn, "<rcpt@example.com>"), "rcptto")']
+    if queue_id is not None:
+        lines.append(f'mt.macro(conn, SMFIC_RCPT, "i", "{queue_id}")')
+    lines += [f"check(mt.header(conn, {lua_quote(n)}, {lua_quote(v)}), 'header')"
+              for n, v in headers]
+    if abort:
+        lines.append("check(mt.abort(conn), 'abort')")
+        return "\n".join(lines)
+    lines += [
+        "check(mt.eoh(conn), 'eoh')",
+        'check(mt.bodystring(conn, "hello\\r\\n"), "body")',
+        "check(mt.eom(conn), 'eom')",
+        "if mt.getreply(conn) ~= SMFIR_ACCEPT then error('milter did not accept') end",
+    ]
+    return "\n".join(lines)
+
+
+def run_miltertest(milter: MilterProcess, tmp_path: Path, *messages: str) -> None:
+    script = "\n".join([
+        "function check(rc, what) if rc ~= nil then error(what .. ' failed') end end",
+        f'conn = mt.connect("{milter.socket}")',
+        "if conn == nil then error('cannot connect') end",
+        'check(mt.conninfo(conn, "localhost", "127.0.0.1"), "conninfo")',
+        'check(mt.helo(conn, "client.example"), "helo")',
+        *messages,
+        "mt.disconnect(conn)",
+    ])
+    path = tmp_path / "script.lua"
+    path.write_text(script)
+    result = subprocess.run(["miltertest", "-s", str(path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr + milter.log()
+
+
+@pytest.fixture(scope="module")
+def milter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilterProcess]:
+    if shutil.which("miltertest") is None:
+        pytest.fail("miltertest is not installed (Debian package miltertest); see .ci/run")
+    root = tmp_path_factory.mktemp("miltertest")
+    with MilterProcess(root / "state", f"unix:{root}/sock/milter.sock") as proc:
+        yield proc
+
+
+def counter(milter: MilterProcess, name: str) -> float:
+    return milter.metrics().get(name, 0.0)
+
+
+def header_count(milter: MilterProcess, state: str) -> float:
+    return counter(milter, f'sendpost_milter_header_total{{state="{state}"}}')
+
+
+def test_header_present_is_recorded_canonical(milter: MilterProcess, tmp_path: Path) -> None:
+    before = header_count(milter, "present")
+    run_miltertest(milter, tmp_path, lua_message(
+        "1A2B3C4D5E", [("Subject", "hi"), ("X-Sendpost-Message-UUID", f" <{CANON.upper()}>")]))
+    entry = milter.entry("1A2B3C4D5E")
+    assert entry is not None and entry.uuid == CANON and entry.header is HeaderState.PRESENT
+    assert header_count(milter, "present") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "state"),
+    [
+        ([("Subject", "no uuid here")], "missing"),
+        ([("X-Sendpost-Message-UUID", CANON), ("x-sendpost-message-uuid", OTHER)], "repeated"),
+        ([("X-Sendpost-Message-UUID", CANON), ("X-Sendpost-Message-UUID", CANON)], "repeated"),
+        ([("X-Sendpost-Message-UUID", "not-a-uuid")], "invalid"),
+        ([("X-Sendpost-Message-UUID", CANON + "junk")], "invalid"),
+        # miltertest itself crashes on one header value over ~1 KB; the 60 KB case runs
+        # through real Postfix in test_postfix_milter.py.
+        ([("X-Sendpost-Message-UUID", "A" * 1000)], "invalid"),
+        ([(f"X-Filler-{i}", "B" * 900) for i in range(300)]
+         + [("X-Sendpost-Message-UUID", CANON)], "present"),
+    ],
+    ids=["missing", "repeated-different", "repeated-same", "garbage", "trailing-junk",
+         "huge-value", "huge-header-block"],
+)
+def test_every_header_state_is_accepted_recorded_and_counted(
+    milter: MilterProcess, tmp_path: Path, request: pytest.FixtureRequest,
+    headers: list[tuple[str, str]], state: str,
+) -> None:
+    queue_id = "9F" + request.node.callspec.id.upper().replace("-", "")[:10]
+    before = header_count(milter, state)
+    run_miltertest(milter, tmp_path, lua_message(queue_id, headers))
+    entry = milter.entry(queue_id)
+    assert entry is not None and entry.header.name.lower() == state
+    assert (entry.uuid == CANON) if state == "present" else (entry.uuid is None)
+    assert header_count(milter, state) == before + 1
+
+
+def test_problem_header_is_logged_once_per_message(milter: MilterProcess,
+                                                   tmp_path: Path) -> None:
+    run_miltertest(milter, tmp_path, lua_message(
+        "7E7E7E7E7E", [("X-Sendpost-Message-UUID", "bogus-7e7e")]))
+    assert milter.log().count("queue ID 7E7E7E7E7E: X-Sendpost-Message-UUID header invalid") == 1
+
+
+def test_missing_queue_id_macro_is_counted_and_still_accepted(
+    milter: MilterProcess, tmp_path: Path
+) -> None:
+    before = counter(milter, "sendpost_milter_no_queue_id_total")
+    run_miltertest(milter, tmp_path, lua_message(None, [("X-Sendpost-Message-UUID", CANON)]))
+    assert counter(milter, "sendpost_milter_no_queue_id_total") == before + 1
+    assert "no queue ID macro (i)" in milter.log()
+
+
+def test_second_message_on_a_connection_does_not_inherit_the_first_header(
+    milter: MilterProcess, tmp_path: Path
+) -> None:
+    run_miltertest(
+        milter, tmp_path,
+        lua_message("AAAA000001", [("X-Sendpost-Message-UUID", CANON)]),
+        lua_message("AAAA000002", [("X-Sendpost-Message-UUID", OTHER)], abort=True),
+        lua_message("AAAA000003", [("Subject", "second")]),
+    )
+    assert milter.entry("AAAA000001").uuid == CANON  # type: ignore[union-attr]
+    assert milter.entry("AAAA000002") is None  # aborted: never queued, never recorded
+    third = milter.entry("AAAA000003")
+    assert third is not None and third.uuid is None and third.header is HeaderState.MISSING
+
+
+def test_map_write_failure_still_accepts_and_is_counted(tmp_path: Path) -> None:
+    with MilterProcess(tmp_path / "state", f"unix:{tmp_path}/sock/m.sock") as proc:
+        # A stray writer holds the lock longer than the milter's busy timeout.
+        conn = sqlite3.connect(tmp_path / "state" / "queuemap.sqlite3")
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            run_miltertest(proc, tmp_path, lua_message(
+                "B0B0B0B0B0", [("X-Sendpost-Message-UUID", CANON)]))
+        finally:
+            conn.rollback()
+            conn.close()
+        assert counter(proc, "sendpost_milter_map_write_errors_total") == 1
+        assert "cannot write the queue map" in proc.log()

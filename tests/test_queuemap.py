@@ -1,0 +1,152 @@
+"""The shared queue map: reuse of queue IDs, no-header rows, pruning, two processes, crash."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sendpost_agent.queuemap import Entry, HeaderState, MapReader, MapWriter
+
+DAY = 86400.0
+U1 = uuid.UUID("3f2504e0-4f89-11d3-9a0c-0305e82c3301")
+U2 = uuid.UUID("9b2d6c1e-0a57-4c3e-8f1a-6f6b0d7c2e11")
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "queuemap.sqlite3"
+
+
+def test_row_round_trips_between_writer_and_reader(path: Path) -> None:
+    writer = MapWriter(path, DAY)
+    reader = MapReader(path)
+    assert reader.get("A438320C032") is None
+    writer.put("A438320C032", U1, HeaderState.PRESENT, now=1000)
+    assert reader.get("A438320C032") == Entry(str(U1), HeaderState.PRESENT, 1000)
+    writer.close()
+    reader.close()
+
+
+def test_reused_queue_id_replaces_the_old_row(path: Path) -> None:
+    writer = MapWriter(path, DAY)
+    reader = MapReader(path)
+    writer.put("A438320C032", U1, HeaderState.PRESENT)
+    writer.put("A438320C032", U2, HeaderState.PRESENT)
+    assert reader.get("A438320C032").uuid == str(U2)  # type: ignore[union-attr]
+    assert len(reader) == 1
+
+
+@pytest.mark.parametrize("state", [HeaderState.MISSING, HeaderState.INVALID,
+                                   HeaderState.REPEATED])
+def test_new_message_without_header_does_not_inherit_old_uuid(
+    path: Path, state: HeaderState
+) -> None:
+    writer = MapWriter(path, DAY)
+    reader = MapReader(path)
+    writer.put("A438320C032", U1, HeaderState.PRESENT)
+    writer.put("A438320C032", None, state)
+    entry = reader.get("A438320C032")
+    assert entry is not None and entry.uuid is None and entry.header is state
+
+
+def test_prune_keeps_rows_within_retention_and_drops_older(path: Path) -> None:
+    writer = MapWriter(path, DAY)
+    now = 1_800_000_000.0
+    for i in range(5000):  # more than one prune chunk
+        writer.put(f"OLD{i:05d}", U1, HeaderState.PRESENT, now=now - DAY - 10)
+    writer.put("FRESH", U2, HeaderState.PRESENT, now=now - DAY + 10)
+    assert writer.prune(now=now) == 5000
+    reader = MapReader(path)
+    assert len(reader) == 1
+    assert reader.get("FRESH") is not None
+    assert reader.get("OLD00001") is None
+
+
+def test_reopening_keeps_rows_and_schema(path: Path) -> None:
+    writer = MapWriter(path, DAY)
+    writer.put("B1", U1, HeaderState.PRESENT)
+    writer.close()
+    writer = MapWriter(path, DAY)
+    assert MapReader(path).get("B1") is not None
+
+
+def test_corrupt_map_is_moved_aside_so_mail_keeps_flowing(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"this is not a database" * 100)
+    writer = MapWriter(path, DAY)
+    writer.put("C1", U1, HeaderState.PRESENT)
+    assert MapReader(path).get("C1") is not None
+    assert list(path.parent.glob("queuemap.sqlite3.corrupt-*"))
+
+
+WRITER_SCRIPT = textwrap.dedent("""
+    import sys, uuid
+    from pathlib import Path
+    from sendpost_agent.queuemap import HeaderState, MapWriter
+    writer = MapWriter(Path(sys.argv[1]), 86400.0)
+    writer.start_maintenance(checkpoint_every=0.01)
+    for i in range(int(sys.argv[2])):
+        qid = f"Q{i:07d}"
+        writer.put(qid, uuid.UUID(int=i + 1), HeaderState.PRESENT)
+        print(qid, flush=True)
+    writer.close()
+""")
+
+
+def start_writer(path: Path, count: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, str(path), str(count)],
+        stdout=subprocess.PIPE, text=True,
+    )
+
+
+def test_reader_in_another_process_sees_every_committed_row(path: Path) -> None:
+    """Writer and reader run at once: every ID the writer reports is found, unchanged."""
+    MapWriter(path, DAY).close()  # schema exists before the reader opens
+    reader_script = textwrap.dedent("""
+        import sys, uuid
+        from pathlib import Path
+        from sendpost_agent.queuemap import MapReader
+        reader = MapReader(Path(sys.argv[1]))
+        seen = 0
+        for line in sys.stdin:
+            qid = line.strip()
+            entry = reader.get(qid)
+            expected = str(uuid.UUID(int=int(qid[1:]) + 1))
+            if entry is None or entry.uuid != expected:
+                print("MISMATCH", qid, entry, flush=True)
+                sys.exit(1)
+            seen += 1
+        print("OK", seen)
+    """)
+    writer = start_writer(path, 3000)
+    reader = subprocess.run(
+        [sys.executable, "-c", reader_script, str(path)],
+        stdin=writer.stdout, capture_output=True, text=True, timeout=120,
+    )
+    assert writer.wait(timeout=60) == 0
+    assert reader.returncode == 0, reader.stdout + reader.stderr
+    assert reader.stdout.strip() == "OK 3000"
+
+
+def test_kill_9_of_the_writer_leaves_a_consistent_map(path: Path) -> None:
+    for _round in range(3):
+        writer = start_writer(path, 1_000_000)
+        assert writer.stdout is not None
+        acknowledged = [writer.stdout.readline().strip() for _ in range(500)]
+        time.sleep(0.05)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        check = sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0]
+        assert check == "ok"
+        reader = MapReader(path)
+        assert all(reader.get(qid) is not None for qid in acknowledged)
+        reader.close()
