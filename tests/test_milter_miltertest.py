@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from sendpost_agent.queuemap import HeaderState
-from tests.support.milter import MilterProcess
+from sendpost_milter.server import libmilter_address
+from tests.support.milter import MilterProcess, free_port
 
 CANON = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
 OTHER = "9b2d6c1e-0a57-4c3e-8f1a-6f6b0d7c2e11"
@@ -49,7 +50,7 @@ def lua_message(queue_id: str | None, headers: list[tuple[str, str]],
 def run_miltertest(milter: MilterProcess, tmp_path: Path, *messages: str) -> None:
     script = "\n".join([
         "function check(rc, what) if rc ~= nil then error(what .. ' failed') end end",
-        f'conn = mt.connect("{milter.socket}")',
+        f'conn = mt.connect("{libmilter_address(milter.socket)}")',
         "if conn == nil then error('cannot connect') end",
         'check(mt.conninfo(conn, "localhost", "127.0.0.1"), "conninfo")',
         'check(mt.helo(conn, "client.example"), "helo")',
@@ -163,3 +164,21 @@ def test_map_write_failure_still_accepts_and_is_counted(tmp_path: Path) -> None:
             conn.close()
         assert counter(proc, "sendpost_milter_map_write_errors_total") == 1
         assert "cannot write the queue map" in proc.log()
+
+
+@pytest.mark.parametrize("kind", ["unix", "inet"])
+def test_sigterm_stops_cleanly_and_a_restart_serves_at_once(tmp_path: Path, kind: str) -> None:
+    address = (f"unix:{tmp_path}/sock/m.sock" if kind == "unix"
+               else f"inet:127.0.0.1:{free_port()}")
+    first = MilterProcess(tmp_path / "state", address).start()
+    run_miltertest(first, tmp_path, lua_message("C1C1C1C1C1", [("X-Sendpost-Message-UUID", CANON)]))
+    assert first.stop() == 0
+    assert "milter stopped" in first.log()
+    if kind == "unix":
+        assert not (tmp_path / "sock" / "m.sock").exists()
+    with MilterProcess(tmp_path / "state", address) as second:
+        run_miltertest(second, tmp_path,
+                       lua_message("C2C2C2C2C2", [("X-Sendpost-Message-UUID", OTHER)]))
+        assert second.entry("C1C1C1C1C1").uuid == CANON  # type: ignore[union-attr]
+        assert second.entry("C2C2C2C2C2").uuid == OTHER  # type: ignore[union-attr]
+        assert "cannot" not in second.log()
