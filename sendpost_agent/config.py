@@ -134,7 +134,17 @@ def _milter_socket(value: object) -> str:
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def _duration(value: object) -> float:
+class Duration(float):
+    """Seconds that print the way an operator writes them (``6d``, ``90s``)."""
+
+    def __str__(self) -> str:
+        for unit, size in sorted(_DURATION_UNITS.items(), key=lambda kv: -kv[1]):
+            if self >= size and self % size == 0:
+                return f"{int(self // size)}{unit}"
+        return f"{float(self):g}s"
+
+
+def _duration(value: object) -> Duration:
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:
@@ -144,10 +154,10 @@ def _duration(value: object) -> float:
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
     if seconds < 0:
         raise ValueError("must not be negative")
-    return seconds
+    return Duration(seconds)
 
 
-def _retention(value: object) -> float:
+def _retention(value: object) -> Duration:
     seconds = _duration(value)
     if seconds < 86400:
         raise ValueError("must be at least 24h (Postfix retries deferred mail for days)")
@@ -205,11 +215,11 @@ class Config:
     postfix_config_dir: Path = _setting(
         Path("/etc/postfix"),
         _path,
-        "Postfix configuration to inspect (postconf -c DIR); default $MAIL_CONFIG if set",
+        "Postfix configuration that doctor inspects (postconf -c DIR)",
         default_env="MAIL_CONFIG",
     )
-    map_retention: float = _setting(
-        6 * 86400.0,
+    map_retention: Duration = _setting(
+        Duration(6 * 86400),
         _retention,
         "how long a queue ID -> UUID row is kept (>= 24h; keep it above Postfix's"
         " maximal_queue_lifetime, 5d by default)",
@@ -334,6 +344,19 @@ def load_config(
     return Config(**values)
 
 
+def reference_table() -> str:
+    """The README's configuration table, generated from this module."""
+    rows = ["| key | environment | default | meaning |", "| --- | --- | --- | --- |"]
+    defaults = describe(Config())
+    for f in SETTINGS:
+        key = key_of(f)
+        default = defaults[key]
+        if f.metadata["default_env"]:
+            default += f" (or ${f.metadata['default_env']})"
+        rows.append(f"| `{key}` | `{env_of(f)}` | `{default}` | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"
+
+
 def describe(config: Config) -> dict[str, str]:
     """Key -> printable value, with the API key masked; for `status`, doctor and logs."""
     out = {}
@@ -345,3 +368,7 @@ def describe(config: Config) -> dict[str, str]:
             value = "(not set)"
         out[key_of(f)] = str(value)
     return out
+
+
+if __name__ == "__main__":
+    print(reference_table(), end="")
