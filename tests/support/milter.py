@@ -14,12 +14,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from sendpost_agent.queuemap import Entry, MapReader
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.postfix import free_port
 
 
 def _connectable(address: str) -> bool:
