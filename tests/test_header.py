@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from sendpost_agent.queuemap import HeaderState
-from sendpost_milter.header import classify, parse_uuid
+from sendpost_agent.header import classify, parse_uuid
 
 CANON = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
 

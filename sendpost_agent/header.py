@@ -1,4 +1,4 @@
-"""Classifying the X-Sendpost-Message-UUID header values of one message (pure)."""
+"""The X-Sendpost-Message-UUID header: its name and which values count (pure; both processes)."""
 
 from __future__ import annotations
 

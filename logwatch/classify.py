@@ -1,0 +1,385 @@
+"""Decide which ingestion-API event one Postfix delivery status stands for.
+
+Pure functions, no I/O. ``event_for_status`` maps ``status=`` to an event; only
+``bounced`` needs judgement (hard ``bounced`` vs ``soft_bounced``), made by ``RULES``: one
+ordered table, first match wins, documented row by row in docs/CLASSIFICATION.md.
+
+A hard bounce makes SendPost suppress the address for good, so only replies that say the
+recipient address or its domain does not exist are hard; everything else permanent
+(full mailbox, policy, reputation, authentication, size, protocol, unknown) is soft.
+The enhanced status code decides first; the reply text decides where the code says
+nothing (``5.0.0``, ``5.5.0``, no code) and where servers are known to send a misleading
+code. ``sent`` and ``deferred`` lines never reach the table: they are the hot path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = ["RULES", "EventType", "Rule", "Verdict", "event_for_status", "expired_verdict"]
+
+Code = tuple[int, ...]
+
+
+class EventType(StrEnum):
+    """The API's ``event_type`` values."""
+
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    SOFT_BOUNCED = "soft_bounced"
+    DEFERRED = "deferred"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The event to report for one recipient, and the rule that chose it (for logs/tests)."""
+
+    event_type: EventType
+    smtp_code: int | None
+    description: str
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One row of the bounce table.
+
+    Matches when the bounce's enhanced code starts with one of ``codes`` (component-wise,
+    so ``5.1.1`` does not match ``5.1.10``; empty = any code) and ``text``, if set, is found
+    in the reply. Codes are compared before any regex runs.
+    """
+
+    name: str
+    event_type: EventType
+    codes: tuple[Code, ...]
+    text: re.Pattern[str] | None
+    why: str
+
+    def matches(self, code: Code, reply: str) -> bool:
+        """True when this row decides a bounce with enhanced ``code`` and ``reply``."""
+        if self.codes and not any(code[: len(c)] == c for c in self.codes):
+            return False
+        return self.text is None or self.text.search(reply) is not None
+
+
+def _rule(name: str, event_type: EventType, codes: str, text: str | None, why: str) -> Rule:
+    """Build a row from readable strings: space-separated code prefixes, a regex source."""
+    parsed = tuple(tuple(int(part) for part in c.split(".")) for c in codes.split())
+    pattern = re.compile(text, re.IGNORECASE) if text else None
+    return Rule(name, event_type, parsed, pattern, why)
+
+
+_HARD = EventType.BOUNCED
+_SOFT = EventType.SOFT_BOUNCED
+
+# Codes that carry no detail: the remote gave none (Postfix then logs x.0.0), or the
+# catch-all 5.5.0 that Outlook/Hotmail use for "mailbox unavailable". The text decides.
+_GENERIC = "5.0.0 5.5.0"
+
+# Wording that states the recipient mailbox does not exist (Postfix, Exim, qmail/chkuser,
+# Gmail, iCloud, Yahoo "dd", Mail.ru, Yandex, Proofpoint, MessageLabs, ...).
+_NO_SUCH_RECIPIENT = (
+    r"\b(?:(?:user|recipient|alias|mailbox) unknown\b"
+    r"|unknown (?:or illegal )?(?:user|recipient|alias|mailbox)\b"
+    r"|no such (?:user|recipient|mailbox|account|address)\b"
+    r"|(?:user|recipient|mailbox|account|address)\b[^.;]{0,60}?"
+    r"\b(?:does not|doesn'?t|did not) exist"
+    r"|(?:user|recipient|mailbox|account) not found\b"
+    r"|invalid (?:user|recipient|mailbox)\b"
+    r"|not a valid (?:user|recipient|mailbox)\b"
+    r"|no mailbox here by that name"
+    r"|doesn'?t have an? \S+ account\b)"
+)
+
+RULES: tuple[Rule, ...] = (
+    # 1. Rejections that are not about this recipient at all, whatever the code says.
+    _rule(
+        "rejected-before-rcpt",
+        _SOFT,
+        "",
+        r"refused to talk to me"
+        r"|\(in reply to (?:MAIL FROM|HELO|EHLO|STARTTLS|AUTH|XCLIENT|XFORWARD) command\)",
+        "refused at greeting, HELO or MAIL FROM, before any recipient was named: "
+        "a verdict on our IP or sender, not on the address",
+    ),
+    _rule(
+        "sender-or-client-rejected",
+        _SOFT,
+        "",
+        r"\b(?:sender|client host|helo command)(?: address| domain| verify)?"
+        r" (?:rejected|denied|refused|failed|unknown|invalid|not (?:allowed|authorized|found)"
+        r"|does not exist)",
+        "the server blames our sender address, client host or HELO (Postfix delays "
+        "these to RCPT), so even a 'User unknown' here is about the sender",
+    ),
+    _rule(
+        "sender-address-code",
+        _SOFT,
+        "5.1.7 5.1.8",
+        None,
+        "RFC 3463 bad sender mailbox/system address: our side, not the recipient",
+    ),
+    # 2. Texts that override the code: the code is known to lie for these.
+    _rule(
+        "domain-not-found",
+        _HARD,
+        "",
+        r"\bHost or domain name not found\b",
+        "Postfix's own permanent DNS failure (NXDOMAIN/no record) for the recipient "
+        "domain; logged as 5.4.4 'unable to route', which alone would read as soft",
+    ),
+    _rule(
+        "no-such-recipient-as-5.7.1",
+        _HARD,
+        "5.7.1",
+        _NO_SUCH_RECIPIENT,
+        "Postfix access(5) REJECT and Yandex ('No such user!') say 'does not exist' "
+        "with the generic policy code 5.7.1",
+    ),
+    _rule(
+        "eop-dbeb-access-denied",
+        _HARD,
+        "5.4.1",
+        r"Recipient address rejected: Access denied",
+        "Exchange Online Directory Based Edge Blocking: the recipient is not in the "
+        "tenant's directory (sent as 5.4.1, which RFC 3463 calls 'no answer from host')",
+    ),
+    # 3. The enhanced status code.
+    _rule(
+        "bad-recipient-address",
+        _HARD,
+        "5.1.0 5.1.1 5.1.3",
+        None,
+        "RFC 3463 bad destination mailbox address (5.1.1), its syntax (5.1.3), or other "
+        "address status (5.1.0: '#5.1.0 Address rejected', Postfix null MX)",
+    ),
+    _rule(
+        "bad-recipient-domain",
+        _HARD,
+        "5.1.2 5.1.10",
+        None,
+        "RFC 3463 bad destination system (5.1.2), RFC 7505 null MX (5.1.10): the "
+        "domain accepts no mail",
+    ),
+    _rule(
+        "mailbox-moved",
+        _HARD,
+        "5.1.6",
+        None,
+        "RFC 3463 destination mailbox has moved, no forwarding address: this address is dead",
+    ),
+    _rule(
+        "address-status-other",
+        _SOFT,
+        "5.1",
+        None,
+        "other 5.1.x (ambiguous 5.1.4, relayed to non-compliant mailer 5.1.9, ...) do "
+        "not say the mailbox is missing",
+    ),
+    _rule(
+        "mailbox-status",
+        _SOFT,
+        "5.2",
+        None,
+        "mailbox exists but is full (5.2.2), disabled (5.2.1), or the message is too big "
+        "for it (5.2.3): may recover",
+    ),
+    _rule(
+        "mail-system-status",
+        _SOFT,
+        "5.3",
+        None,
+        "receiving system full, not accepting, message too big (5.3.4) or broken "
+        "(local command died 5.3.0): not about the address",
+    ),
+    _rule(
+        "network-routing-status",
+        _SOFT,
+        "5.4",
+        None,
+        "routing trouble: mail loop (5.4.6), unable to route (5.4.4), relay denied "
+        "(5.4.1): usually configuration, may be fixed",
+    ),
+    _rule(
+        "content-status",
+        _SOFT,
+        "5.6",
+        None,
+        "the message content or encoding was refused, not the recipient",
+    ),
+    _rule(
+        "security-policy-status",
+        _SOFT,
+        "5.7",
+        None,
+        "policy, spam, reputation/block lists, DMARC/DKIM/SPF (5.7.26, 5.7.27, 5.7.23), "
+        "relay access denied, TLS/auth required: fix the sending side and the address works",
+    ),
+    # 4. No useful code (5.0.0, 5.5.0, none): the text decides. Soft rows first, so a reply
+    #    that mentions both spam and an unknown user stays soft.
+    _rule(
+        "mailbox-full-text",
+        _SOFT,
+        _GENERIC,
+        r"\b(?:over ?quota|quota exceeded|mailbox (?:is )?full|insufficient (?:system )?storage"
+        r"|(?:message|mail) (?:size|too (?:big|large)))",
+        "full mailbox or oversized message without a code saying so",
+    ),
+    _rule(
+        "policy-block-text",
+        _SOFT,
+        _GENERIC,
+        r"spam|\b(?:DT:SPM|black ?list|block ?list|blocked\b|reputation|polic(?:y|ies)\b"
+        r"|prohibit|denied\b|relay(?:ing)? (?:access )?(?:denied|not (?:allowed|permitted))"
+        r"|too many|rate limit)",
+        "spam, reputation, block list, policy or relay refusal without a code saying so",
+    ),
+    _rule(
+        "no-such-recipient-text",
+        _HARD,
+        _GENERIC,
+        _NO_SUCH_RECIPIENT,
+        "the text says the mailbox does not exist (Yahoo 'dd ... doesn't have a ... "
+        "account', Mail.ru 'invalid mailbox', 'No such user', '550 User unknown')",
+    ),
+    _rule(
+        "mailbox-unavailable-text",
+        _HARD,
+        _GENERIC,
+        r"\b(?:mailbox unavailable|unrouteable address|recipient cannot be verified)\b",
+        "Hotmail/Outlook (5.5.0), GMX/web.de '550 Requested action not taken: mailbox "
+        "unavailable' and Exim 'Unrouteable address' answer a non-existent recipient",
+    ),
+    _rule(
+        "protocol-status",
+        _SOFT,
+        "5.5",
+        None,
+        "SMTP protocol errors (syntax, too many recipients 5.5.3): a client/server "
+        "mismatch, not the address",
+    ),
+    _rule(
+        "default-permanent-failure",
+        _SOFT,
+        "",
+        None,
+        "DEFAULT for a permanent failure no row explains: soft, since a wrong hard bounce "
+        "suppresses a good address forever while a wrong soft bounce only retries",
+    ),
+)
+
+# Statuses reported without looking at the table: (event, rule name).
+_PLAIN_STATUSES: dict[str, tuple[EventType, str]] = {
+    "sent": (EventType.DELIVERED, "status-sent"),
+    "deferred": (EventType.DEFERRED, "status-deferred"),
+    "SOFTBOUNCE": (EventType.DEFERRED, "status-softbounce"),
+}
+_EXPIRED_RULE = "queue-expired"
+
+# Where the remote server's own answer starts inside Postfix's text.
+_SERVER_SAID = re.compile(r"\bsaid: |\brefused to talk to me: ")
+# Basic reply code, separator ('-' = multi-line), optional enhanced code (RFC 3463).
+_LEAD = re.compile(r"([2-5]\d\d)(?:([ -])(?:([245]\.\d{1,3}\.\d{1,3})\b)?|$)")
+# Continuation prefixes that Postfix kept when it joined a multi-line reply into one line.
+_CONTINUATION = re.compile(r"\s([2-5]\d\d)[ -](?:([245]\.\d{1,3}\.\d{1,3})(?=\s))?\s*")
+# qmail-style enhanced code in the text: "(#5.1.1)", "550 #5.1.0 Address rejected."
+_HASH_CODE = re.compile(r"#(5\.\d{1,3}\.\d{1,3})\b")
+_DSN = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+_CLASS_REPLY_CODE = {2: 250, 4: 450, 5: 550}
+_NO_DETAIL: Code = (5, 0, 0)
+
+
+def event_for_status(status: str, dsn: str | None, reply: str | None) -> Verdict | None:
+    """The event for one ``status=`` line, or None when it is no delivery outcome.
+
+    ``expired``/``force-expired`` also give None: they name no recipient, the caller
+    pairs them with remembered deferrals via ``expired_verdict``. Address-verification
+    probes (``deliverable``, ``undeliverable``...) are not deliveries.
+    """
+    if status == "bounced":
+        return _classify_bounce(dsn, reply or "")
+    plain = _PLAIN_STATUSES.get(status)
+    if plain is None:
+        return None
+    smtp_code, _, description = _parse_reply(reply or "")
+    return Verdict(plain[0], _smtp_code(smtp_code, dsn), description, plain[1])
+
+
+def expired_verdict(last_deferral: Verdict | None) -> Verdict:
+    """soft_bounced for a recipient whose message expired in the queue.
+
+    Postfix gave up after retrying a temporary failure: the address may well be fine,
+    so never a hard bounce. Carries the last deferral's reason and code when known.
+    """
+    if last_deferral is None:
+        return Verdict(
+            _SOFT, None, "message expired in the queue (no deferral reason seen)", _EXPIRED_RULE
+        )
+    description = f"message expired in the queue; last deferral: {last_deferral.description}"
+    return Verdict(_SOFT, last_deferral.smtp_code, description, _EXPIRED_RULE)
+
+
+def _classify_bounce(dsn: str | None, reply: str) -> Verdict:
+    """Walk ``RULES`` for a ``status=bounced`` line; the last row always matches."""
+    smtp_code, reply_enhanced, description = _parse_reply(reply)
+    code = _bounce_code(reply_enhanced, description, dsn)
+    rule = next(r for r in RULES if r.matches(code, description))
+    return Verdict(rule.event_type, _smtp_code(smtp_code, dsn), description, rule.name)
+
+
+def _parse_reply(reply: str) -> tuple[int | None, Code | None, str]:
+    """Basic code, enhanced code and description of a Postfix reply text.
+
+    The code is read where the remote answer starts (after ``said: `` or ``refused to
+    talk to me: ``, else at the start: ``250 2.0.0 Ok: queued as X``). The description is
+    the whole text, with the continuation prefixes of a multi-line reply folded away:
+    ``550-5.7.1 a 550-5.7.1 b 550 5.7.1 c`` becomes ``550 5.7.1 a b c``.
+    """
+    reply = reply.strip()
+    said = _SERVER_SAID.search(reply)
+    start = said.end() if said else 0
+    lead = _LEAD.match(reply, start)
+    if lead is None:
+        return None, None, reply
+    basic, separator, enhanced = lead.groups()
+    code = tuple(int(part) for part in enhanced.split(".")) if enhanced else None
+    if code is not None and code[0] != int(basic[0]):
+        code = None  # RFC 3463: the classes must agree; Postfix falls back too
+    if separator == "-":
+        reply = _fold(reply, start, lead.end(), basic, enhanced)
+    return int(basic), code, reply
+
+
+def _fold(reply: str, start: int, body_start: int, basic: str, enhanced: str | None) -> str:
+    """Join a multi-line reply: drop the repeated ``NNN-x.y.z`` after the first line."""
+
+    def drop(m: re.Match[str]) -> str:
+        same = m.group(1) == basic and m.group(2) == enhanced
+        return " " if same else m.group(0)
+
+    first = f"{basic} {enhanced} " if enhanced else f"{basic} "
+    body = _CONTINUATION.sub(drop, reply[body_start:]).lstrip()
+    return (reply[:start] + first + body).rstrip()
+
+
+def _bounce_code(reply_enhanced: Code | None, text: str, dsn: str | None) -> Code:
+    """The enhanced code a bounce is judged by: the reply's, a qmail ``#5.x.x``, dsn."""
+    if reply_enhanced is not None:
+        return reply_enhanced
+    hashed = _HASH_CODE.search(text)
+    if hashed:
+        return tuple(int(part) for part in hashed.group(1).split("."))
+    if dsn and _DSN.fullmatch(dsn):
+        return tuple(int(part) for part in dsn.split("."))
+    return _NO_DETAIL
+
+
+def _smtp_code(reply_code: int | None, dsn: str | None) -> int | None:
+    """The reply's code, else the conventional code of the DSN class (4.x.x -> 450)."""
+    if reply_code is not None:
+        return reply_code
+    if dsn and _DSN.fullmatch(dsn):
+        return _CLASS_REPLY_CODE[int(dsn[0])]
+    return None

@@ -1,0 +1,42 @@
+"""The ingestion API's event object, as the agent produces it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from logwatch.classify import EventType, Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    message_id: str  # the SendPost message UUID
+    event_type: EventType
+    timestamp: datetime  # aware: encoded as RFC 3339 with the log's offset
+    recipient: str
+    smtp_code: int | None
+    smtp_description: str
+
+    @classmethod
+    def of(cls, message_id: str, verdict: Verdict, when: datetime, recipient: str) -> Event:
+        return cls(message_id, verdict.event_type, when, recipient, verdict.smtp_code,
+                   verdict.description)
+
+    def to_api(self) -> dict[str, object]:
+        """The API's JSON object; optional fields are left out when unknown."""
+        out: dict[str, object] = {
+            "message_id": self.message_id,
+            "event_type": self.event_type.value,
+            "timestamp": self.timestamp.isoformat(),
+        }
+        if self.smtp_code is not None:
+            out["smtp_code"] = self.smtp_code
+        if self.smtp_description:
+            out["smtp_description"] = self.smtp_description
+        if self.recipient:
+            out["recipient"] = self.recipient
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_api(), separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,113 @@
+"""Which relays are content-filter hops rather than deliveries (pure, plus one postconf call).
+
+An after-queue content filter (amavis on 127.0.0.1:10024, ...) takes the message, scans
+it and re-injects it under a new queue ID; the hop logs ``status=sent (... queued as
+NEWID)`` for every recipient, which is not a delivery. Postfix's configuration names the
+filters (``content_filter`` in main.cf and as ``-o content_filter=`` in master.cf), so we
+read it once at start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_RELAY = re.compile(r"^(?P<host>[^\[\]]*)(?:\[(?P<addr>[^\]]*)\])?(?::(?P<port>\d+))?$")
+_QUEUED_AS = re.compile(r".*queued as ([0-9A-Za-z]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    addr: str
+    port: int | None
+
+
+def parse_relay(relay: str | None) -> Endpoint | None:
+    """``host[addr]:port`` as Postfix logs ``relay=``; None for ``none``, ``local``..."""
+    if not relay or "[" not in relay:
+        return None
+    match = _RELAY.match(relay)
+    if match is None:
+        return None
+    port = match.group("port")
+    return Endpoint(match.group("host").lower(), match.group("addr") or "",
+                    int(port) if port else None)
+
+
+def queued_as(reply: str | None) -> str | None:
+    """The next MTA's queue ID in a 250 reply (the last one: amavis quotes its own MTA)."""
+    if not reply or "queued as" not in reply:
+        return None
+    match = _QUEUED_AS.match(reply)
+    return match.group(1) if match else None
+
+
+def is_local(endpoint: Endpoint) -> bool:
+    """A relay on this host: loopback address, or a unix socket (``private/...``)."""
+    if "/" in endpoint.addr or endpoint.host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(endpoint.addr.removeprefix("IPv6:")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_nexthop(filter_value: str) -> tuple[str, int] | None:
+    """``transport:[host]:port`` (or ``transport:host:port``) -> (host, port)."""
+    _, _, nexthop = filter_value.strip().partition(":")
+    match = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d+)", nexthop.strip())
+    if not match:
+        return None
+    return match.group(1).lower(), int(match.group(2))
+
+
+@dataclass(frozen=True)
+class ContentFilters:
+    """The (host, port) next hops of the configured content filters."""
+
+    hops: frozenset[tuple[str, int]] = frozenset()
+
+    def is_hop(self, endpoint: Endpoint | None) -> bool:
+        if endpoint is None or endpoint.port is None:
+            return False
+        return ((endpoint.addr, endpoint.port) in self.hops
+                or (endpoint.host, endpoint.port) in self.hops)
+
+    @classmethod
+    def from_values(cls, values: list[str]) -> ContentFilters:
+        return cls(frozenset(hop for v in values if v and (hop := parse_nexthop(v))))
+
+    @classmethod
+    def from_postfix(cls, config_dir: Path) -> ContentFilters:
+        """Read ``content_filter`` from main.cf and every ``-o`` override in master.cf.
+
+        Postfix not being readable is not fatal: we then rely on a hop's new queue ID
+        showing up in the log (see tracker), and say so.
+        """
+        values: list[str] = []
+        for args in (["-h", "content_filter"], ["-P"]):
+            try:
+                out = subprocess.run(
+                    ["postconf", "-c", str(config_dir), *args],
+                    capture_output=True, text=True, timeout=30, check=True,
+                ).stdout
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.warning("cannot read content filters with postconf -c %s: %s; content"
+                            " filter hops are then recognised only by their new queue ID",
+                            config_dir, exc)
+                return cls()
+            for line in out.splitlines():
+                if args == ["-P"]:
+                    name, _, value = line.partition(" = ")
+                    if name.endswith("/content_filter"):
+                        values.append(value)
+                else:
+                    values.append(line)
+        return cls.from_values(values)

@@ -1,0 +1,333 @@
+"""Follows each message through the log and decides which events it produces.
+
+The only stateful step between parsing and shipping. It joins status lines with the
+queue map, carries a UUID across content-filter hops, remembers deferred recipients
+so that an expiry (which names none) yields one event per recipient, and holds lines it
+cannot decide yet for a bounded time (``join-wait``, measured in log time):
+
+* a status line whose queue ID has no UUID yet: the map row, the header_checks INFO
+  line or the hop that created this queue ID may still come (at a content filter the
+  re-injected message's lines can precede the hop's ``queued as`` line);
+* a ``status=sent ... queued as NEWID`` to a local relay that is not a configured
+  content filter: a hop if NEWID shows up in this log, else a real delivery (a local
+  smarthost), reported when the wait ends. Remote relays are deliveries at once.
+
+Nothing is reported twice and nothing is dropped silently: every line that yields no
+event is counted in ``counts`` by reason.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+from logwatch.classify import EventType, Verdict, event_for_status, expired_verdict
+from logwatch.events import Event
+from logwatch.parse import Delivery, Expired, HeaderInfo, Notification, QueueActive, Removed
+from logwatch.relays import ContentFilters, is_local, parse_relay, queued_as
+from sendpost_agent.header import HEADER_NAME, parse_uuid
+from sendpost_agent.queuemap import Entry
+
+Lookup = Callable[[str], Entry | None]
+GC_EVERY = 3600.0  # log seconds between sweeps of stale state
+Decidable = Delivery | Expired
+_HEADER_LOWER = HEADER_NAME.lower()
+
+
+@dataclass(slots=True)
+class Message:
+    """What we know of one queue ID beyond the map."""
+
+    uuid: str | None = None  # from the map, the INFO line or the hop that created it
+    from_map: bool = False  # uuid can be looked up again: no need to persist it
+    ndr: bool = False  # Postfix's own bounce/notification message
+    deferred: dict[str, Verdict] = field(default_factory=dict)  # recipient -> last deferral
+    seen: float = 0.0  # log time of the last line, for garbage collection
+
+
+@dataclass(order=True, slots=True)
+class _Held:
+    deadline: float
+    seq: int
+    queue_id: str = field(compare=False)
+    record: Decidable = field(compare=False)
+    hop_to: str | None = field(default=None, compare=False)  # presumed hop's NEWID
+    uuid: str | None = field(default=None, compare=False)
+
+
+class Tracker:
+    def __init__(self, lookup: Lookup, filters: ContentFilters, *, wait: float = 30.0,
+                 report_deferred: bool = True, forget_after: float = 7 * 86400.0) -> None:
+        self._lookup = lookup
+        self._filters = filters
+        self._wait = wait
+        self._report_deferred = report_deferred
+        self._forget_after = forget_after
+        self.messages: dict[str, Message] = {}
+        self._pending: dict[str, list[_Held]] = {}  # queue ID -> its undecided lines
+        self._hops: dict[str, list[_Held]] = {}  # presumed hop NEWID -> held deliveries
+        self._queue: list[_Held] = []  # all held items by deadline
+        self._seq = 0
+        self._recent: dict[str, float] = {}  # queue IDs queued recently (presumed hops)
+        self.now = 0.0  # newest log time seen
+        self._last_gc = 0.0
+        self.counts: Counter[str] = Counter()
+
+    # --- input -----------------------------------------------------------------------
+
+    def feed(self, record: object) -> list[Event]:
+        """Take one parsed record; return the events it completes (maybe none)."""
+        if isinstance(record, Delivery | Expired):
+            when = record.time.timestamp()
+            self.now = max(self.now, when)
+            return self._decide(record.queue_id, record, when)
+        if isinstance(record, QueueActive):
+            when = record.time.timestamp()
+            self.now = max(self.now, when)
+            message = self._message(record.queue_id, when)
+            if record.sender == "":
+                message.ndr = True
+            self._recent[record.queue_id] = when
+            return self._confirm_hop(record.queue_id)
+        if isinstance(record, Notification):
+            self._message(record.new_queue_id, record.time.timestamp()).ndr = True
+            return []
+        if isinstance(record, HeaderInfo):
+            return self._header_info(record)
+        if isinstance(record, Removed):
+            message = self.messages.get(record.queue_id)
+            if message is not None and record.queue_id not in self._pending:
+                del self.messages[record.queue_id]
+            return []
+        return []
+
+    def tick(self, now: float | None = None) -> list[Event]:
+        """Settle every held line whose wait is over at ``now`` (default: newest log time)."""
+        limit = self.now if now is None else now
+        events: list[Event] = []
+        while self._queue and self._queue[0].deadline <= limit:
+            events += self._settle(heapq.heappop(self._queue))
+        if self.now - self._last_gc > GC_EVERY:
+            self._last_gc = self.now
+            horizon = self.now - self._wait
+            self._recent = {q: t for q, t in self._recent.items() if t >= horizon}
+            self._forget_stale()
+        return events
+
+    def finish(self) -> list[Event]:
+        """End of input (replay): nothing more can arrive, settle everything held."""
+        return self.tick(float("inf"))
+
+    def _forget_stale(self) -> None:
+        """Drop messages not seen for ``forget_after``: their removal was never logged."""
+        horizon = self.now - self._forget_after
+        stale = [q for q, m in self.messages.items() if m.seen < horizon]
+        for queue_id in stale:
+            del self.messages[queue_id]
+        self.counts["forgotten_stale_messages"] += len(stale)
+
+    # --- deciding ----------------------------------------------------------------------
+
+    def _message(self, queue_id: str, when: float) -> Message:
+        message = self.messages.get(queue_id)
+        if message is None:
+            message = self.messages[queue_id] = Message()
+        message.seen = max(message.seen, when)
+        return message
+
+    def _uuid(self, queue_id: str) -> str | None:
+        message = self.messages.get(queue_id)
+        if message is not None and message.uuid is not None:
+            return message.uuid
+        entry = self._lookup(queue_id)
+        if entry is not None and entry.uuid is not None:
+            message = self._message(queue_id, 0.0)
+            message.uuid, message.from_map = entry.uuid, True
+            return entry.uuid
+        return None
+
+    def _decide(self, queue_id: str, record: Decidable, when: float) -> list[Event]:
+        uuid = self._uuid(queue_id)
+        if uuid is not None:
+            self._message(queue_id, when)
+            return self._events(queue_id, uuid, record, when)
+        message = self.messages.get(queue_id)
+        if message is not None and message.ndr:
+            self.counts["unmatched:postfix_notification"] += 1
+            return []
+        self._hold(_Held(when + self._wait, 0, queue_id, record))
+        return []
+
+    def _hold(self, item: _Held) -> None:
+        self._seq += 1
+        item.seq = self._seq
+        heapq.heappush(self._queue, item)
+        if item.hop_to is not None:
+            self._hops.setdefault(item.hop_to, []).append(item)
+        else:
+            self._pending.setdefault(item.queue_id, []).append(item)
+
+    def _settle(self, item: _Held) -> list[Event]:
+        """The wait is over: decide with what is known now."""
+        if item.hop_to is not None:
+            held = self._hops.get(item.hop_to)
+            if held is None or item not in held:
+                return []  # confirmed as a hop meanwhile
+            held.remove(item)
+            if not held:
+                del self._hops[item.hop_to]
+            self.counts["local_relay_with_queue_id_was_delivery"] += 1
+            return [self._event(item.uuid or "", item.record)]
+        held = self._pending.get(item.queue_id)
+        if held is None or item not in held:
+            return []  # decided meanwhile
+        held.remove(item)
+        if not held:
+            del self._pending[item.queue_id]
+        uuid = self._uuid(item.queue_id)
+        if uuid is not None:
+            return self._events(item.queue_id, uuid, item.record, item.deadline - self._wait)
+        entry = self._lookup(item.queue_id)
+        reason = "unknown_queue_id" if entry is None else f"header_{entry.header.name.lower()}"
+        self.counts[f"unmatched:{reason}"] += 1
+        return []
+
+    def _release(self, queue_id: str) -> list[Event]:
+        """A UUID became known for ``queue_id``: decide its held lines in log order."""
+        held = self._pending.pop(queue_id, None)
+        if not held:
+            return []
+        uuid = self._uuid(queue_id)
+        if uuid is None:
+            self._pending[queue_id] = held
+            return []
+        events: list[Event] = []
+        for item in held:
+            events += self._events(queue_id, uuid, item.record, item.deadline - self._wait)
+        return events
+
+    def _events(self, queue_id: str, uuid: str, record: Decidable, when: float) -> list[Event]:
+        message = self._message(queue_id, when)
+        if isinstance(record, Expired):
+            return self._expired(message, uuid, record)
+        verdict = event_for_status(record.status, record.dsn, record.reply)
+        if verdict is None:
+            self.counts[f"not_a_delivery:{record.status}"] += 1
+            return []
+        if verdict.event_type is EventType.DEFERRED:
+            message.deferred[record.recipient] = verdict
+            if not self._report_deferred:
+                self.counts["deferred_not_reported"] += 1
+                return []
+            return [Event.of(uuid, verdict, record.time, record.recipient)]
+        message.deferred.pop(record.recipient, None)
+        if verdict.event_type is EventType.DELIVERED:
+            new_id = queued_as(record.reply)
+            if new_id is not None:
+                endpoint = parse_relay(record.relay)
+                if self._filters.is_hop(endpoint):
+                    return self._link(new_id, uuid)
+                if endpoint is not None and is_local(endpoint):
+                    if new_id in self._recent:
+                        return self._link(new_id, uuid)
+                    self._hold(_Held(when + self._wait, 0, queue_id, record, new_id, uuid))
+                    return []
+        return [Event.of(uuid, verdict, record.time, record.recipient)]
+
+    def _event(self, uuid: str, record: Decidable) -> Event:
+        assert isinstance(record, Delivery)
+        verdict = event_for_status(record.status, record.dsn, record.reply)
+        assert verdict is not None
+        return Event.of(uuid, verdict, record.time, record.recipient)
+
+    def _expired(self, message: Message, uuid: str, record: Expired) -> list[Event]:
+        if not message.deferred:
+            self.counts["expired_without_known_recipients"] += 1
+            return []
+        events = [
+            Event.of(uuid, expired_verdict(last), record.time, recipient)
+            for recipient, last in message.deferred.items()
+        ]
+        message.deferred.clear()
+        return events
+
+    # --- hops --------------------------------------------------------------------------
+
+    def _link(self, child: str, uuid: str) -> list[Event]:
+        """``child`` is a message re-injected by a content filter: it inherits the UUID."""
+        self.counts["content_filter_hop"] += 1
+        message = self._message(child, self.now)
+        if message.uuid is None:
+            message.uuid = uuid
+        return self._release(child)
+
+    def _confirm_hop(self, queue_id: str) -> list[Event]:
+        """``queue_id`` appeared: deliveries held as presumed hops to it were hops."""
+        held = self._hops.pop(queue_id, None)
+        if not held:
+            return []
+        return self._link(queue_id, held[0].uuid or "")
+
+    def _header_info(self, record: HeaderInfo) -> list[Event]:
+        """The header_checks INFO fallback: trusted only when the map has no UUID."""
+        if record.name.lower() != _HEADER_LOWER:
+            return []
+        parsed = parse_uuid(record.value)
+        if parsed is None:
+            self.counts["header_info_invalid"] += 1
+            return []
+        message = self._message(record.queue_id, record.time.timestamp())
+        if message.uuid is None:
+            message.uuid = str(parsed)
+        return self._release(record.queue_id)
+
+    # --- persistence -------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, object]:
+        """What must survive a restart, as JSON-able data: what the map cannot rebuild."""
+        messages = {}
+        for queue_id, m in self.messages.items():
+            if m.deferred or m.ndr or (m.uuid is not None and not m.from_map):
+                messages[queue_id] = {
+                    "uuid": None if m.from_map else m.uuid,
+                    "ndr": m.ndr,
+                    "seen": m.seen,
+                    "deferred": {r: [v.smtp_code, v.description] for r, v in m.deferred.items()},
+                }
+        held = [[h.deadline, h.queue_id, record_to_json(h.record), h.hop_to, h.uuid]
+                for h in sorted(self._queue)]
+        return {"messages": messages, "held": held, "now": self.now}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for queue_id, m in state.get("messages", {}).items():
+            self.messages[queue_id] = Message(
+                uuid=m["uuid"], ndr=m["ndr"], seen=m["seen"],
+                deferred={
+                    r: Verdict(EventType.DEFERRED, code, text, "restored")
+                    for r, (code, text) in m["deferred"].items()
+                },
+            )
+        for deadline, queue_id, record, hop_to, uuid in state.get("held", []):
+            self._hold(_Held(deadline, 0, queue_id, record_from_json(record), hop_to, uuid))
+        self.now = float(state.get("now", 0.0))
+
+
+_KINDS: dict[str, type[Delivery] | type[Expired]] = {"Delivery": Delivery, "Expired": Expired}
+
+
+def record_to_json(record: Decidable) -> dict[str, Any]:
+    out = {f.name: getattr(record, f.name) for f in fields(record)}
+    out["time"] = record.time.isoformat()
+    out["kind"] = type(record).__name__
+    return out
+
+
+def record_from_json(data: dict[str, Any]) -> Decidable:
+    data = dict(data)
+    kind = _KINDS[data.pop("kind")]
+    data["time"] = datetime.fromisoformat(data["time"])
+    return kind(**data)
