@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import Milter
 
-from sendpost_agent.queuemap import HeaderState, MapWriter
 from sendpost_agent.header import HEADER_NAME, classify
+from sendpost_agent.queuemap import HeaderState, MapWriter
 from sendpost_milter.metrics import MilterMetrics
 
 log = logging.getLogger("sendpost_milter")

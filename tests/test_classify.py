@@ -5,7 +5,7 @@ output: a hard bounce suppresses the address forever, so only "this address/doma
 not exist" is hard.
 """
 
-# ruff: noqa: E501  (the reply texts below are verbatim log text and stay on one line)
+
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from sendpost_agent.queuemap import HeaderState
 from sendpost_agent.header import classify, parse_uuid
+from sendpost_agent.queuemap import HeaderState
 
 CANON = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
 

@@ -1,0 +1,171 @@
+"""Joining and following messages, on the real Postfix output in shared/postfix-samples.
+
+The queue map here is the real SQLite map, filled the way the milter fills it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from logwatch.parse import Clock, parse_line
+from logwatch.relays import ContentFilters
+from logwatch.tracker import Tracker
+from sendpost_agent.queuemap import HeaderState, MapReader, MapWriter
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "postfix-samples"
+FILTER = ContentFilters.from_values(["smtp-amavis:[127.0.0.1]:10024"])
+NOW = datetime(2026, 11, 24, tzinfo=UTC)
+U_MIXED = "11111111-1111-4111-8111-000000000001"
+U_CF = "11111111-1111-4111-8111-000000000020"
+
+
+def sample(name: str) -> list[str]:
+    path = SAMPLES / name
+    assert path.exists(), f"{path} is missing: the tests need shared/postfix-samples"
+    return path.read_text().splitlines()
+
+
+@pytest.fixture
+def reader(tmp_path: Path) -> MapReader:
+    writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
+    for queue_id, value in {"A438320C032": U_MIXED, "C8E5320C056": U_CF,
+                            "5C23B20C0D1": "11111111-1111-4111-8111-000000000003"}.items():
+        writer.put(queue_id, uuid.UUID(value), HeaderState.PRESENT)
+    writer.put("2E05020C0C1", None, HeaderState.MISSING)
+    writer.close()
+    return MapReader(tmp_path / "map.sqlite3")
+
+
+def run(lines: list[str], tracker: Tracker, finish: bool = True) -> list[dict[str, object]]:
+    clock = Clock(UTC, NOW)
+    events = []
+    for line in lines:
+        record = parse_line(line, clock)
+        if record is not None:
+            events += tracker.feed(record)
+            events += tracker.tick()
+    if finish:
+        events += tracker.finish()
+    return [e.to_api() for e in events]
+
+
+def brief(events: list[dict[str, object]], message_id: str) -> list[tuple[object, object]]:
+    return [(e["event_type"], e["recipient"]) for e in events if e["message_id"] == message_id]
+
+
+def test_mixed_outcome_message_with_deferral_then_expiry(reader: MapReader) -> None:
+    events = run(sample("maillog.functional"), Tracker(reader.get, FILTER))
+    assert brief(events, U_MIXED) == [
+        ("bounced", "bounce1@example.com"),
+        ("deferred", "defer1@example.com"),
+        ("delivered", "ok1@example.com"),
+        ("delivered", "ok2@example.net"),
+        *[("deferred", "defer1@example.com")] * 4,
+        ("soft_bounced", "defer1@example.com"),
+    ]
+    bounced, expired = events[0], next(e for e in events if e["event_type"] == "soft_bounced")
+    assert bounced == {
+        "message_id": U_MIXED, "event_type": "bounced", "timestamp": "2026-11-23T18:35:21+00:00",
+        "smtp_code": 550, "recipient": "bounce1@example.com",
+        "smtp_description": "host 127.0.0.1[127.0.0.1] said: 550 5.1.1 <bounce1@example.com>:"
+                            " Recipient address rejected: User unknown (in reply to RCPT TO"
+                            " command)",
+    }
+    assert expired["smtp_code"] == 450
+    assert "expired" in str(expired["smtp_description"])
+    assert "Mailbox temporarily unavailable" in str(expired["smtp_description"])
+
+
+def test_header_checks_info_line_is_the_fallback(reader: MapReader) -> None:
+    events = run(sample("maillog.functional"), Tracker(reader.get, FILTER))
+    assert brief(events, "aaaaaaaa-0000-4000-8000-000000000002") == [
+        ("delivered", "ok8@example.com")]
+    assert brief(events, "aaaaaaaa-0000-4000-8000-000000000003") == [
+        ("delivered", "ok10@example.com"), ("delivered", "ok11@example.com")]
+
+
+def test_messages_without_uuid_and_postfix_reports_give_no_event_but_are_counted(
+    reader: MapReader,
+) -> None:
+    tracker = Tracker(reader.get, FILTER)
+    events = run(sample("maillog.functional"), tracker)
+    assert not [e for e in events if e["recipient"] == "sender@example.com"]  # NDRs
+    assert tracker.counts["unmatched:postfix_notification"] == 8
+    assert tracker.counts["unmatched:header_missing"] == 1  # 2E05020C0C1
+    assert tracker.counts["unmatched:unknown_queue_id"] > 0
+
+
+@pytest.mark.parametrize("filters", [FILTER, ContentFilters()], ids=["configured", "unknown"])
+def test_content_filter_hop_reports_only_the_final_outcome(
+    reader: MapReader, filters: ContentFilters
+) -> None:
+    """Recognised by configuration, or by the new queue ID showing up in the log."""
+    tracker = Tracker(reader.get, filters)
+    events = run(sample("maillog.functional"), tracker)
+    assert brief(events, U_CF) == [
+        ("bounced", "bounce20@example.com"),
+        ("deferred", "defer20@example.com"),
+        ("delivered", "ok20@example.com"),
+        *[("deferred", "defer20@example.com")] * 4,
+        ("soft_bounced", "defer20@example.com"),
+    ]
+    assert not [e for e in events if "10024" in str(e.get("smtp_description"))]
+
+
+def test_reinjected_lines_before_the_hop_line_wait_for_it(reader: MapReader) -> None:
+    """The filter's re-injected message is logged before the hop's `queued as` line."""
+    lines = [
+        "Nov 23 18:44:49 h postfix/qmgr[1]: CFE4C20C058: from=<s@x>, size=623, nrcpt=1 (queue active)",
+        "Nov 23 18:44:49 h postfix/smtp[2]: CFE4C20C058: to=<ok20@example.com>, relay=127.0.0.1[127.0.0.1]:2526, delay=0.02, delays=0/0/0/0.02, dsn=2.0.0, status=sent (250 2.0.0 Ok: sink accepted)",
+        "Nov 23 18:44:50 h postfix/smtp[2]: C8E5320C056: to=<ok20@example.com>, relay=127.0.0.1[127.0.0.1]:10024, delay=0.04, delays=0.01/0.01/0/0.02, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as CFE4C20C058)",
+    ]
+    events = run(lines, Tracker(reader.get, FILTER), finish=False)
+    assert brief(events, U_CF) == [("delivered", "ok20@example.com")]
+    assert events[0]["timestamp"] == "2026-11-23T18:44:49+00:00"
+
+
+def test_local_smarthost_that_answers_queued_as_is_a_delivery(reader: MapReader) -> None:
+    line = ("Nov 23 18:35:21 h postfix/smtp[2]: A438320C032: to=<ok1@example.com>,"
+            " relay=127.0.0.1[127.0.0.1]:2525, delay=0.1, delays=0/0/0/0.1, dsn=2.0.0,"
+            " status=sent (250 2.0.0 Ok: queued as 7D1A2C0031)")
+    later = ("Nov 23 18:36:00 h postfix/qmgr[1]: 9999999999: from=<a@b>, size=1, nrcpt=1"
+             " (queue active)")
+    tracker = Tracker(reader.get, FILTER, wait=30.0)
+    assert run([line], tracker, finish=False) == []  # maybe a hop: wait for 7D1A2C0031
+    events = run([later], tracker, finish=False)  # 39 s of log time later
+    assert brief(events, U_MIXED) == [("delivered", "ok1@example.com")]
+    assert events[0]["timestamp"] == "2026-11-23T18:35:21+00:00"
+    assert run([], tracker) == []  # reported once
+
+
+def test_remote_relay_is_a_delivery_at_once(reader: MapReader) -> None:
+    line = ("Nov 23 18:35:21 h postfix/smtp[2]: A438320C032: to=<u@gmail.com>,"
+            " relay=gmail-smtp-in.l.google.com[142.250.1.26]:25, delay=1, delays=0/0/0/1,"
+            " dsn=2.0.0, status=sent (250 2.0.0 OK  1700000000 a1si123 - gsmtp)")
+    events = run([line], Tracker(reader.get, FILTER), finish=False)
+    assert brief(events, U_MIXED) == [("delivered", "u@gmail.com")]
+
+
+def test_deferred_events_can_be_suppressed_but_expiry_still_reported(reader: MapReader) -> None:
+    events = run(sample("maillog.functional"), Tracker(reader.get, FILTER,
+                                                       report_deferred=False))
+    assert not [e for e in events if e["event_type"] == "deferred"]
+    assert ("soft_bounced", "defer1@example.com") in brief(events, U_MIXED)
+
+
+def test_state_survives_a_restart_between_deferral_and_expiry(reader: MapReader) -> None:
+    lines = sample("maillog.functional") + sample("maillog.content-filter")
+    whole = run(lines, Tracker(reader.get, FILTER))
+    for cut in (30, 120, 200, 300):
+        first = Tracker(reader.get, FILTER)
+        events = run(lines[:cut], first, finish=False)
+        state = json.loads(json.dumps(first.snapshot()))
+        second = Tracker(reader.get, FILTER)
+        second.restore(state)
+        events += run(lines[cut:], second)
+        assert events == whole, f"cut at line {cut}"
