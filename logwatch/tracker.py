@@ -128,7 +128,8 @@ class Tracker:
         stale = [q for q, m in self.messages.items() if m.seen < horizon]
         for queue_id in stale:
             del self.messages[queue_id]
-        self.counts["forgotten_stale_messages"] += len(stale)
+        if stale:
+            self.counts["forgotten_stale_messages"] += len(stale)
 
     # --- deciding ----------------------------------------------------------------------
 

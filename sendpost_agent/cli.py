@@ -27,8 +27,30 @@ def _run_milter(config: Config, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
-COMMANDS: dict[str, tuple[str, Callable[[Config, argparse.Namespace], int]]] = {
-    "milter": ("run the milter in the foreground until SIGTERM", _run_milter),
+def _run_replay(config: Config, args: argparse.Namespace) -> int:
+    from logwatch.replay import replay
+
+    return replay(config, args.files)
+
+
+def _replay_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                        help="mail log files, plain or .gz, oldest first")
+
+
+def _no_args(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+Handler = Callable[[Config, argparse.Namespace], int]
+COMMANDS: dict[str, tuple[str, Handler, Callable[[argparse.ArgumentParser], None]]] = {
+    "milter": ("run the milter in the foreground until SIGTERM", _run_milter, _no_args),
+    "replay": (
+        "read mail log files from their start, join and classify exactly as logwatch"
+        " does, and print one JSON event per line",
+        _run_replay,
+        _replay_args,
+    ),
 }
 
 
@@ -54,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="PATH",
                         help="YAML config file [default /etc/sendpost-agent/config.yaml]")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, _) in COMMANDS.items():
+    for name, (help_text, _, add_args) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(cmd)
         cmd.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="PATH",
                          help=argparse.SUPPRESS)
         _add_setting_flags(cmd)
@@ -79,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    _, handler = COMMANDS[args.command]
+    _, handler, _ = COMMANDS[args.command]
     try:
         return handler(config, args)
     except ConfigError as exc:

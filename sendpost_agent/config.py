@@ -15,9 +15,11 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -164,6 +166,30 @@ def _retention(value: object) -> Duration:
     return seconds
 
 
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _text(value).lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _timezone(value: object) -> str:
+    """``local`` or an IANA zone name such as ``Europe/Berlin`` (checked, kept as text)."""
+    text = _text(value)
+    if text != "local":
+        try:
+            ZoneInfo(text)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{text!r} is not a known time zone; use 'local' or a name like Europe/Berlin"
+            ) from None
+    return text
+
+
 def _log_level(value: object) -> str:
     text = _text(value).upper()
     if text not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -224,6 +250,18 @@ class Config:
         "how long a queue ID -> UUID row is kept (>= 24h; keep it above Postfix's"
         " maximal_queue_lifetime, 5d by default)",
     )
+    report_deferred: bool = _setting(
+        True, _bool, "also report deferrals (SendPost accepts but does not store them)"
+    )
+    join_wait: Duration = _setting(
+        Duration(30),
+        _duration,
+        "how long (in log time) a status line waits for its UUID or a presumed"
+        " content-filter hop waits for its new queue ID",
+    )
+    log_timezone: str = _setting(
+        "local", _timezone, "zone of log lines without an offset (Postfix's TZ): local or IANA"
+    )
     log_level: str = _setting("INFO", _log_level, "debug, info, warning or error")
 
     def require_api_key(self, why: str) -> Secret:
@@ -237,6 +275,15 @@ class Config:
     @property
     def map_path(self) -> Path:
         return self.state_dir / "queuemap.sqlite3"
+
+    @property
+    def cursor_path(self) -> Path:
+        return self.state_dir / "cursor"
+
+    @property
+    def tzinfo(self) -> tzinfo | None:
+        """None means the system's local zone."""
+        return None if self.log_timezone == "local" else ZoneInfo(self.log_timezone)
 
 
 SETTINGS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(Config)
@@ -364,6 +411,8 @@ def describe(config: Config) -> dict[str, str]:
         value = getattr(config, f.name)
         if isinstance(value, Secret):
             value = "(set)"
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
         elif value is None:
             value = "(not set)"
         out[key_of(f)] = str(value)

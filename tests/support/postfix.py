@@ -29,7 +29,7 @@ from pathlib import Path
 #: Extra places to look for Postfix binaries (pytest is often run without sbin in PATH).
 _EXTRA_PATH = ("/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin", "/bin")
 
-_QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
+QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
 
 #: master.cf written from scratch: Debian's master.cf.proto minus the port-25 listener
 #: and the pipe(8) examples (maildrop, uucp, ...), every service with chroot = n.
@@ -477,7 +477,7 @@ class PostfixInstance:
                 smtp.rset()
                 raise smtplib.SMTPRecipientsRefused(refused)  # type: ignore[arg-type]
             _, resp = smtp.data(raw)
-        match = _QUEUED_AS.search(resp.decode("utf-8", "replace"))
+        match = QUEUED_AS.search(resp.decode("utf-8", "replace"))
         if not match:
             raise PostfixError(f"no queue ID in DATA reply: {resp!r}")
         return match.group(1)
@@ -493,7 +493,7 @@ class PostfixInstance:
             stdin=subprocess.DEVNULL,
             check=False,
         )
-        match = _QUEUED_AS.search(proc.stdout)
+        match = QUEUED_AS.search(proc.stdout)
         if proc.returncode != 0 or not match:
             raise PostfixError(
                 f"swaks failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"

@@ -98,7 +98,7 @@ class _Handler:
         return ACCEPT_DATA_REPLY
 
 
-class _BoundController(Controller):
+class BoundController(Controller):
     """Controller serving on a socket we bound ourselves, so port 0 works without races."""
 
     def __init__(self, handler: Any, sock: socket.socket, **kwargs: Any) -> None:
@@ -125,7 +125,7 @@ class Sink:
         self.host = host
         self.rules = rules
         self._port: int | None = None
-        self._controller: _BoundController | None = None
+        self._controller: BoundController | None = None
         self._cond = threading.Condition()
         self._messages: list[SinkMessage] = []
         self._rcpt_replies: list[tuple[str, str]] = []
@@ -144,7 +144,7 @@ class Sink:
             sock.close()
             raise
         self._port = sock.getsockname()[1]
-        controller = _BoundController(
+        controller = BoundController(
             _Handler(self), sock, server_hostname="sink.localdomain", ready_timeout=10.0
         )
         controller.start()

@@ -1,0 +1,427 @@
+"""Turns one Postfix mail log line into a typed record, or None when it cannot matter.
+
+Pure and on the hot path: a few plain substring checks reject most lines before any
+regex runs; only ``Clock`` holds state (the year of year-less syslog stamps).
+Field definitions follow shared/postfix-samples/wild/README.md ("status-lines.jsonl
+fields"), checked against 459 real status lines by tests/test_wild_lines.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, fields, make_dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import TypeVar
+
+__all__ = [
+    "Clock",
+    "Delivery",
+    "Expired",
+    "HeaderInfo",
+    "Notification",
+    "QueueActive",
+    "Record",
+    "Removed",
+    "Skipped",
+    "parse_line",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One recipient's delivery attempt (`QID: to=<r>, ..., status=X (reply)`)."""
+
+    time: datetime
+    program: str
+    queue_id: str
+    recipient: str
+    orig_to: str | None
+    relay: str | None
+    dsn: str | None
+    status: str
+    reply: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """qmgr gave up on a message; the recipients are only known from earlier deferrals."""
+
+    time: datetime
+    program: str
+    queue_id: str
+    sender: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueActive:
+    """qmgr picked a message up; sender "" marks Postfix's own bounces."""
+
+    time: datetime
+    program: str
+    queue_id: str
+    sender: str
+    nrcpt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """bounce created a new message (NDR, delay or success DSN) about ``queue_id``."""
+
+    time: datetime
+    program: str
+    queue_id: str
+    kind: str
+    new_queue_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """The message left the queue: nothing more will be logged for this queue id."""
+
+    time: datetime
+    program: str
+    queue_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderInfo:
+    """A header_checks INFO line: the UUID fallback when the milter did not see the mail."""
+
+    time: datetime
+    program: str
+    queue_id: str
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A candidate line deliberately not used; the caller counts these by ``reason``.
+
+    Reasons: "unparseable prefix", "unparseable timestamp", "no queue id" (e.g. smtpd
+    debug `status=0`), "no recipient", "no status", "not a delivery status".
+    """
+
+    reason: str
+
+
+Record = Delivery | Expired | QueueActive | Notification | Removed | HeaderInfo
+
+_T = TypeVar("_T")
+
+
+def _fast_new(cls: type[_T]) -> Callable[..., _T]:
+    """A constructor for a frozen slots dataclass at the price of a mutable one.
+
+    The frozen ``__init__`` calls ``object.__setattr__`` once per field, which doubled
+    the parser's time per line. Filling an unfrozen twin with the same slots and then
+    re-classing it gives the very same frozen instance of ``cls``.
+    """
+    twin = make_dataclass(f"_{cls.__name__}Draft", [f.name for f in fields(cls)], slots=True)
+
+    def new(*args: object) -> _T:
+        obj = twin(*args)
+        obj.__class__ = cls
+        return obj
+
+    return new
+
+
+# For the three records nearly every message produces.
+_new_delivery = _fast_new(Delivery)
+_new_queue_active = _fast_new(QueueActive)
+_new_removed = _fast_new(Removed)
+
+# Shared instances: a skipped line costs no allocation.
+_BAD_TIME = Skipped("unparseable timestamp")
+_BAD_PREFIX = Skipped("unparseable prefix")
+_NO_QUEUE_ID = Skipped("no queue id")
+_NO_RECIPIENT = Skipped("no recipient")
+_NO_STATUS = Skipped("no status")
+_NOT_DELIVERY = Skipped("not a delivery status")
+
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+_ONE_DAY = timedelta(days=1)
+_CACHE_MAX = 4096  # distinct seconds kept; one per log second, so ~1 hour of a busy log
+
+
+class Clock:
+    """Gives year-less syslog stamps a year and a zone; the only state of the parser.
+
+    The first stamp gets the year that puts it at most a day after ``now``; after that
+    a month jump backwards by more than half a year is New Year (year + 1), and a jump
+    forwards by as much is a late line from the year before (not remembered).
+    ``tz=None`` means the system's local zone, applied per instant (DST-correct).
+    """
+
+    __slots__ = ("_cache", "_month", "_now", "_tz", "_year")
+
+    def __init__(self, tz: tzinfo | None = None, now: datetime | None = None) -> None:
+        self._tz = tz
+        self._now = now if now is not None else datetime.now(UTC)
+        self._year: int | None = None
+        self._month = 0
+        self._cache: dict[str, datetime] = {}
+
+    def syslog_time(self, stamp: str) -> datetime | None:
+        """``Nov 23 18:35:21`` (also ``Nov  3``, ``Mar 7``, ``May 01``) -> aware datetime."""
+        cached = self._cache.get(stamp)
+        if cached is not None:
+            return cached
+        try:
+            mon, day_s, hms = stamp.split()
+            month = _MONTHS[mon]
+            day = int(day_s)
+            hour, minute, second = (int(x) for x in hms.split(":"))
+        except (ValueError, KeyError):
+            return None
+        if self._year is None:
+            year = self._first_year(month, day, hour, minute, second)
+            if year is None:
+                return None
+            remember = True
+        elif month + 6 < self._month:  # Dec -> Jan: New Year
+            year, remember = self._year + 1, True
+        elif month > self._month + 6:  # a late Dec line after New Year
+            year, remember = self._year - 1, False
+        else:
+            year, remember = self._year, True
+        try:
+            wall = datetime(year, month, day, hour, minute, second)
+        except ValueError:
+            return None
+        if remember:
+            if year != self._year:
+                self._cache.clear()
+            self._year, self._month = year, month
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        aware = self.localize(wall)
+        self._cache[stamp] = aware
+        return aware
+
+    def localize(self, wall: datetime) -> datetime:
+        """Attach the configured zone to a naive wall-clock time."""
+        if self._tz is None:
+            return wall.astimezone()
+        return wall.replace(tzinfo=self._tz)
+
+    def _first_year(self, month: int, day: int, hour: int, minute: int, second: int) -> int | None:
+        now = self._now.astimezone(self._tz) if self._tz is not None else self._now.astimezone()
+        limit = now.replace(tzinfo=None) + _ONE_DAY
+        # Feb 29 walks back to a leap year; nine steps cover any gap between two of them.
+        for year in range(limit.year, limit.year - 9, -1):
+            try:
+                wall = datetime(year, month, day, hour, minute, second)
+            except ValueError:
+                continue
+            if wall <= limit:
+                return year
+        return None
+
+
+# Possessive quantifiers (`*+`, `++`) wherever nothing has to be given back: a
+# pathological line then fails in one pass instead of backtracking over megabytes.
+
+# `[<PRI>]` then a BSD stamp (journalctl short-precise adds a fraction) or an ISO 8601
+# one (rsyslog RFC 3339, journalctl short-iso[-precise]); then the host, which some
+# setups leave out, and the syslog tag with its pid and (almost always) a colon.
+_HEAD = re.compile(
+    r"(?:<\d{1,3}>)?"
+    r"(?:(?P<bsd>[A-Z][a-z]{2} {1,2}\d{1,2} \d\d:\d\d:\d\d)(?:\.(?P<frac>\d{1,9}))?"
+    r"|(?P<iso>\d{4}-\d\d-\d\dT[\d:.]++(?:Z|[+-]\d\d:?\d\d)?))"
+    r" ++(?:\S++ ++)??(?P<prog>[^\s\[:]++)(?:\[\d++\]:?|:) +"
+)
+# RFC 5424: <PRI>1 STAMP HOST APP PROCID MSGID SD MSG (the tag is APP, not APP[PID]).
+# bsd and frac never participate: same group names as _HEAD.
+_HEAD_5424 = re.compile(
+    r"(?:(?P<bsd>(?!))(?P<frac>))?<\d{1,3}>1 (?P<iso>\S++) \S++ (?P<prog>\S++) \S++ \S++ "
+    r"(?:-|(?:\[(?:[^\]\\]++|\\.)*+\])++) ?\ufeff?"
+)
+# `docker compose logs`: `service-1    | ` before the syslog line.
+_COMPOSE = re.compile(r" *+[\w.-]++ ++\| ")
+# Short ids are upper-case hex, long ones (enable_long_queue_ids) base-52 without vowels.
+_QUEUE_ID = r"[0-9A-F]{5,}+|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,}+"
+_QID = re.compile(rf"({_QUEUE_ID}): +")
+# The first `>` followed by a separator ends the address (`to=<a@<cutout>>,`).
+_ADDRESS = r"<([^>]*+(?:>(?![,\s]|$)[^>]*+)*+)>|([^,]*+)"
+_TO = re.compile(rf"to=(?:{_ADDRESS})")
+_ORIG_TO = re.compile(rf",? *+orig_to=(?:{_ADDRESS})")
+# Postfix puts a space before every key; a literal prefix also makes the search fast.
+_STATUS = re.compile(r" status=([^\s,(]*+) *+(\()?")
+_RELAY = re.compile(r" relay=([^,]*+)")
+_DSN = re.compile(r" dsn=([^,]*+)")
+_EXPIRED = re.compile(r"from=<([^>]*+(?:>(?!, status=)[^>]*+)*+)>, status=((?:force-)?expired)\b")
+_ACTIVE_TAIL = r"from=<(.*)>, size=\d++, nrcpt=(\d++) \(queue active\)"
+_ACTIVE = re.compile(_ACTIVE_TAIL)
+_NOTIFICATION = re.compile(r"((?:sender|postmaster) [a-z -]*notification): (\S++)$")
+# cleanup_act_log(): `info: header <header, cut at 200> from <origin>; from=<s> to=<r> ...`;
+# the first ` from <origin>;` ends the value (sender and helo that follow are untrusted).
+_HEADER_INFO = re.compile(
+    r"info: header ([^:\s]++): *((?:[^ ]++| (?!from [^\s;]*+;(?: |$)))*+) from [^\s;]*+;"
+)
+_UUID_HEADER = "x-sendpost-message-uuid"
+
+# Whole-line shapes of nearly all lines (single spaces, `STAMP host postfix…[pid]: QID: `,
+# Postfix >= 2.3 keys): one regex call instead of several. Whatever they match,
+# _general() parses to the same record (tests/test_parse.py checks this on every
+# sample line).
+_COMMON_HEAD = (
+    r"(?s)(?:([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d)"
+    r"|(\d{4}-\d\d-\d\dT[\d:.]++(?:Z|[+-]\d\d:?\d\d)?))"
+    rf" \S++ (postfix[^\s\[:]*+)\[\d++\]: ({_QUEUE_ID}): "
+)
+_COMMON_DELIVERY = re.compile(
+    _COMMON_HEAD + r"to=<([^>]*+)>, (?:orig_to=<([^>]*+)>, )?relay=([^,]*+), "
+    r"(?:[a-z_]++=[^,]*+, ){0,8}?dsn=([^,]*+), status=([^\s,(]++) *+(?:\((.*)\)|\((.*))?"
+)
+_COMMON_ACTIVE = re.compile(_COMMON_HEAD + _ACTIVE_TAIL)
+_COMMON_REMOVED = re.compile(_COMMON_HEAD + r"removed\Z")
+
+_STATUS_LINE, _ACTIVE_LINE, _REMOVED_LINE, _NOTIFICATION_LINE, _HEADER_LINE = range(5)
+
+
+def parse_line(line: str, clock: Clock) -> Record | Skipped | None:
+    """One decoded log line (no newline) -> record, Skipped(reason), or None if irrelevant."""
+    # The fixed line ends first: a sender address may contain `status=`.
+    if line.endswith("(queue active)"):
+        m = _COMMON_ACTIVE.match(line)
+        if m is None:
+            return _general(line, _ACTIVE_LINE, clock)
+        stamp, iso, program, queue_id, sender, nrcpt = m.groups()
+        time = clock.syslog_time(stamp) if stamp is not None else _iso_time(iso, clock)
+        if time is None:
+            return _BAD_TIME
+        return _new_queue_active(time, program, queue_id, sender, int(nrcpt))
+    if line.endswith(": removed"):
+        m = _COMMON_REMOVED.match(line)
+        if m is None:
+            return _general(line, _REMOVED_LINE, clock)
+        stamp, iso, program, queue_id = m.groups()
+        time = clock.syslog_time(stamp) if stamp is not None else _iso_time(iso, clock)
+        if time is None:
+            return _BAD_TIME
+        return _new_removed(time, program, queue_id)
+    if "status=" in line:
+        m = _COMMON_DELIVERY.match(line)
+        if m is None:
+            return _general(line, _STATUS_LINE, clock)
+        stamp, iso, program, queue_id, rcpt, orig_to, relay, dsn, status, reply, rest = m.groups()
+        time = clock.syslog_time(stamp) if stamp is not None else _iso_time(iso, clock)
+        if time is None:
+            return _BAD_TIME
+        if reply is None:
+            reply = rest
+        return _new_delivery(time, program, queue_id, rcpt, orig_to, relay, dsn, status, reply)
+    if " notification: " in line:
+        return _general(line, _NOTIFICATION_LINE, clock)
+    if "info: header " in line:
+        return _general(line, _HEADER_LINE, clock)
+    return None
+
+
+def _general(line: str, kind: int, clock: Clock) -> Record | Skipped | None:
+    """Every shape we accept, for a line the prefilter put in ``kind``."""
+    head = _HEAD.match(line)
+    if head is None:
+        if line.startswith("<"):
+            head = _HEAD_5424.match(line)
+        else:
+            compose = _COMPOSE.match(line)
+            head = _HEAD.match(line, compose.end()) if compose is not None else None
+        if head is None:
+            return _BAD_PREFIX
+    program = head["prog"]
+    if not program.startswith("postfix"):
+        return None
+    stamp = head["bsd"]
+    if stamp is None:
+        time = _iso_time(head["iso"], clock)
+    else:
+        time = clock.syslog_time(stamp)
+        frac = head["frac"]
+        if time is not None and frac is not None:
+            time = time.replace(microsecond=int(frac[:6].ljust(6, "0")))
+    if time is None:
+        return _BAD_TIME
+    qid = _QID.match(line, head.end())
+    if qid is None:
+        return _NO_QUEUE_ID if kind == _STATUS_LINE else None
+    queue_id = qid[1]
+    pos = qid.end()
+    if kind == _STATUS_LINE and line.startswith("info: header ", pos):
+        kind = _HEADER_LINE  # `status=` in the sender or helo logged after the header
+
+    if kind == _STATUS_LINE:
+        return _status(line, pos, time, program, queue_id)
+    if kind == _ACTIVE_LINE:
+        m = _ACTIVE.match(line, pos)
+        return _new_queue_active(time, program, queue_id, m[1], int(m[2])) if m else None
+    if kind == _REMOVED_LINE:
+        return _new_removed(time, program, queue_id) if len(line) - pos == 7 else None
+    if kind == _NOTIFICATION_LINE:
+        m = _NOTIFICATION.match(line, pos)
+        return Notification(time, program, queue_id, m[1], m[2]) if m else None
+    m = _HEADER_INFO.match(line, pos)
+    if m is None or m[1].lower() != _UUID_HEADER:
+        return None
+    return HeaderInfo(time, program, queue_id, m[1], m[2])
+
+
+def _iso_time(stamp: str, clock: Clock) -> datetime | None:
+    """RFC 3339 / journalctl short-iso stamps carry their offset; a bare one gets the clock's."""
+    try:
+        time = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return time if time.tzinfo is not None else clock.localize(time)
+
+
+def _status(
+    line: str, pos: int, time: datetime, program: str, queue_id: str
+) -> Delivery | Expired | Skipped:
+    """The part after `QID: ` of a line containing `status=`."""
+    to = _TO.match(line, pos)
+    if to is not None:
+        recipient = to[1] if to[1] is not None else to[2]
+        pos = to.end()
+        orig_to = None
+        orig = _ORIG_TO.match(line, pos)
+        if orig is not None:
+            orig_to = orig[1] if orig[1] is not None else orig[2]
+            pos = orig.end()
+        st = _STATUS.search(line, pos)
+        if st is None or not st[1]:
+            return _NO_STATUS
+        keys_end = st.start()
+        relay = _RELAY.search(line, pos, keys_end)
+        dsn = _DSN.search(line, pos, keys_end)
+        reply = None
+        if st[2] is not None:
+            start = st.end()
+            close = line.rfind(")", start)
+            reply = line[start:close] if close >= 0 else line[start:]
+        return _new_delivery(
+            time,
+            program,
+            queue_id,
+            recipient,
+            orig_to,
+            relay[1] if relay else None,
+            dsn[1] if dsn else None,
+            st[1],
+            reply,
+        )
+    if line.startswith("from=<", pos):
+        exp = _EXPIRED.match(line, pos)
+        if exp is None:
+            return _NOT_DELIVERY
+        return Expired(time, program, queue_id, exp[1], exp[2])
+    return _NO_RECIPIENT

@@ -1,0 +1,88 @@
+"""Mail log lines in, events out: decode, parse, join and track. Shared by replay and logwatch.
+
+Pure apart from the map lookups; the caller does the reading and decides where the
+events go, so both commands classify exactly alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+from logwatch.events import Event
+from logwatch.parse import Clock, Skipped, parse_line
+from logwatch.relays import ContentFilters
+from logwatch.tracker import Lookup, Tracker
+from sendpost_agent.config import Config
+from sendpost_agent.queuemap import Entry, MapError, MapReader
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    def __init__(self, config: Config, lookup: Lookup, filters: ContentFilters,
+                 clock: Clock) -> None:
+        self.clock = clock
+        self.tracker = Tracker(lookup, filters, wait=config.join_wait,
+                               report_deferred=config.report_deferred,
+                               forget_after=config.map_retention)
+        self.lines_read = 0
+        self.lines_parsed = 0
+        self.skipped: Counter[str] = Counter()
+
+    def process(self, lines: list[bytes]) -> list[Event]:
+        """One batch of complete lines -> the events they complete, in log order."""
+        events: list[Event] = []
+        feed, clock = self.tracker.feed, self.clock
+        parsed = 0
+        for raw in lines:
+            record = parse_line(raw.decode("utf-8", "replace"), clock)
+            if record is None:
+                continue
+            if isinstance(record, Skipped):
+                self.skipped[record.reason] += 1
+                continue
+            parsed += 1
+            events += feed(record)
+        self.lines_read += len(lines)
+        self.lines_parsed += parsed
+        events += self.tracker.tick()
+        return events
+
+    def finish(self) -> list[Event]:
+        return self.tracker.finish()
+
+    def counts(self) -> dict[str, int]:
+        """Every line that gave no event, by reason (for the summary and metrics)."""
+        out = {f"skipped:{k}": v for k, v in self.skipped.items()}
+        out.update(self.tracker.counts)
+        return out
+
+
+def open_map(config: Config) -> MapReader | None:
+    """The milter's map, or None (with a warning) when this host has none yet."""
+    if not config.map_path.exists():
+        log.warning("%s does not exist: is the milter running with state-dir %s? Without"
+                    " it only header_checks INFO lines can be correlated",
+                    config.map_path, config.state_dir)
+        return None
+    try:
+        return MapReader(config.map_path)
+    except MapError as exc:
+        log.error("%s", exc)
+        return None
+
+
+def lookup_of(reader: MapReader | None) -> Lookup:
+    if reader is None:
+        return _no_map
+    return reader.get
+
+
+def _no_map(queue_id: str) -> Entry | None:
+    return None
+
+
+def newest_mtime(paths: list[Path]) -> float:
+    return max((p.stat().st_mtime for p in paths), default=0.0)

@@ -1,0 +1,680 @@
+"""logwatch.parse: real Postfix 3.7 lines, timestamp shapes, year inference, hostile input."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import re
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from logwatch import parse
+from logwatch.parse import (
+    Clock,
+    Delivery,
+    Expired,
+    HeaderInfo,
+    Notification,
+    QueueActive,
+    Removed,
+    Skipped,
+    parse_line,
+)
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "postfix-samples"
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+T = datetime(2026, 11, 23, 18, 35, 21, tzinfo=UTC)
+
+
+def sample_lines(name: str) -> list[str]:
+    """Lines of a shared sample log; a missing file fails (never skips) the test."""
+    path = SAMPLES / name
+    assert path.is_file(), f"sample log missing: {path}"
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def one(line: str, clock: Clock | None = None) -> object:
+    return parse_line(line, clock or Clock(UTC, NOW))
+
+
+# --- every record kind, lines verbatim from maillog.functional / maillog.content-filter ---
+
+BOUNCED = (
+    "Nov 23 18:35:21 feas postfix/smtp[5238]: A438320C032: to=<bounce1@example.com>, "
+    "relay=127.0.0.1[127.0.0.1]:2526, delay=0.04, delays=0.02/0.01/0/0.01, dsn=5.1.1, "
+    "status=bounced (host 127.0.0.1[127.0.0.1] said: 550 5.1.1 <bounce1@example.com>: "
+    "Recipient address rejected: User unknown (in reply to RCPT TO command))"
+)
+SENT = (
+    "Nov 23 18:35:21 feas postfix/smtp[5238]: A438320C032: to=<ok1@example.com>, "
+    "relay=127.0.0.1[127.0.0.1]:2526, delay=0.05, delays=0.02/0.01/0/0.02, dsn=2.0.0, "
+    "status=sent (250 2.0.0 Ok: sink accepted)"
+)
+
+
+def test_bounced_delivery_keeps_nested_parentheses_of_the_reply() -> None:
+    assert one(BOUNCED) == Delivery(
+        time=T,
+        program="postfix/smtp",
+        queue_id="A438320C032",
+        recipient="bounce1@example.com",
+        orig_to=None,
+        relay="127.0.0.1[127.0.0.1]:2526",
+        dsn="5.1.1",
+        status="bounced",
+        reply="host 127.0.0.1[127.0.0.1] said: 550 5.1.1 <bounce1@example.com>: "
+        "Recipient address rejected: User unknown (in reply to RCPT TO command)",
+    )
+
+
+def test_sent_and_deferred_deliveries() -> None:
+    sent = one(SENT)
+    assert isinstance(sent, Delivery)
+    assert (sent.recipient, sent.dsn, sent.status, sent.reply) == (
+        "ok1@example.com",
+        "2.0.0",
+        "sent",
+        "250 2.0.0 Ok: sink accepted",
+    )
+    deferred = one(
+        "Nov 23 18:37:08 feas postfix/smtp[5238]: 5C23B20C0D1: to=<defer421a@example.com>, "
+        "relay=127.0.0.1[127.0.0.1]:2526, delay=0.01, delays=0/0/0/0, dsn=4.3.2, "
+        "status=deferred (host 127.0.0.1[127.0.0.1] said: 421 4.3.2 Service shutting down, "
+        "try later (in reply to RCPT TO command))"
+    )
+    assert isinstance(deferred, Delivery)
+    assert (deferred.queue_id, deferred.dsn, deferred.status) == (
+        "5C23B20C0D1",
+        "4.3.2",
+        "deferred",
+    )
+
+
+def test_content_filter_hop_reply_names_the_new_queue_id() -> None:
+    rec = one(
+        "Nov 23 18:44:49 feas postfix/smtp[9242]: ABE8320C95C: to=<bounce3@example.com>, "
+        "relay=127.0.0.1[127.0.0.1]:10024, delay=0.03, delays=0.01/0/0/0.02, dsn=2.0.0, "
+        "status=sent (250 2.0.0 Ok: queued as B2EED20C95E)"
+    )
+    assert isinstance(rec, Delivery)
+    assert rec.reply == "250 2.0.0 Ok: queued as B2EED20C95E"
+    assert rec.relay == "127.0.0.1[127.0.0.1]:10024"
+
+
+def test_long_queue_ids() -> None:
+    rec = one(
+        "Nov 23 18:38:40 feas postfix/smtp[6254]: 4jYF804DsrzJ9BN: to=<bounce2@example.com>, "
+        "relay=127.0.0.1[127.0.0.1]:2526, delay=0.03, delays=0.01/0.01/0/0.01, dsn=5.1.1, "
+        "status=bounced (host 127.0.0.1[127.0.0.1] said: 550 5.1.1 <bounce2@example.com>: "
+        "Recipient address rejected: User unknown (in reply to RCPT TO command))"
+    )
+    assert isinstance(rec, Delivery)
+    assert rec.queue_id == "4jYF804DsrzJ9BN"
+    note = one(
+        "Nov 23 18:38:40 feas postfix/bounce[6256]: 4jYF804DsrzJ9BN: "
+        "sender non-delivery notification: 4jYF804PBhzJ9BQ"
+    )
+    assert isinstance(note, Notification)
+    assert (note.queue_id, note.new_queue_id) == ("4jYF804DsrzJ9BN", "4jYF804PBhzJ9BQ")
+
+
+def test_expired() -> None:
+    assert one(
+        "Nov 23 18:36:36 feas postfix/qmgr[5131]: A438320C032: from=<sender@example.com>, "
+        "status=expired, returned to sender"
+    ) == Expired(
+        time=T.replace(minute=36, second=36),
+        program="postfix/qmgr",
+        queue_id="A438320C032",
+        sender="sender@example.com",
+        status="expired",
+    )
+    forced = one(
+        "Apr 10 14:50:16 mail postfix/qmgr[3663]: BACE842E73: from=<>, "
+        "status=force-expired, returned to sender"
+    )
+    assert isinstance(forced, Expired)
+    assert (forced.sender, forced.status) == ("", "force-expired")
+
+
+def test_queue_active_of_a_message_and_of_a_postfix_bounce() -> None:
+    assert one(
+        "Nov 23 18:35:21 feas postfix/qmgr[5131]: A438320C032: from=<sender@example.com>, "
+        "size=527, nrcpt=4 (queue active)"
+    ) == QueueActive(T, "postfix/qmgr", "A438320C032", "sender@example.com", 4)
+    bounce = one(
+        "Nov 23 18:35:21 feas postfix/qmgr[5131]: AF89620C093: from=<>, size=2565, nrcpt=1 "
+        "(queue active)"
+    )
+    assert bounce == QueueActive(T, "postfix/qmgr", "AF89620C093", "", 1)
+
+
+def test_notification_kinds() -> None:
+    assert one(
+        "Nov 23 18:35:21 feas postfix/bounce[5240]: A438320C032: "
+        "sender non-delivery notification: AF89620C093"
+    ) == Notification(
+        T, "postfix/bounce", "A438320C032", "sender non-delivery notification", "AF89620C093"
+    )
+    for kind in (
+        "sender delivery status notification",
+        "sender delay notification",
+        "postmaster non-delivery notification",
+    ):
+        rec = one(f"Nov 23 18:35:21 feas postfix/bounce[5240]: A438320C032: {kind}: AF89620C093")
+        assert isinstance(rec, Notification)
+        assert rec.kind == kind
+
+
+def test_removed() -> None:
+    assert one("Nov 23 18:35:21 feas postfix/qmgr[5131]: AF89620C093: removed") == Removed(
+        T, "postfix/qmgr", "AF89620C093"
+    )
+    assert one("Jun 29 03:10:16 RHL058 postfix/qmgr[14505]: 8DDDD7C2CDD: removedo") is None
+
+
+UUID_LINE = (
+    "Nov 23 18:44:49 feas postfix/cleanup[9241]: 8DB5C20C94F: info: header "
+    "X-Sendpost-Message-UUID: 11111111-1111-4111-8111-111111111111 from localhost[127.0.0.1]; "
+    "from=<sender@example.com> to=<defer1@example.com> proto=ESMTP helo=<vm>"
+)
+
+
+def test_header_info_carries_the_uuid() -> None:
+    assert one(UUID_LINE) == HeaderInfo(
+        time=T.replace(minute=44, second=49),
+        program="postfix/cleanup",
+        queue_id="8DB5C20C94F",
+        name="X-Sendpost-Message-UUID",
+        value="11111111-1111-4111-8111-111111111111",
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "value"),
+    [
+        # header names are case-insensitive; local submissions log `from local;`
+        (
+            "Nov 23 18:44:49 h postfix/cleanup[1]: 8DB5C20C94F: info: header "
+            "x-sendpost-message-uuid: abc from local; from=<root@h> to=<a@b>",
+            "abc",
+        ),
+        # attacker-chosen helo and sender that look like another ` from x;`
+        (
+            "Nov 23 18:44:49 h postfix/cleanup[1]: 8DB5C20C94F: info: header "
+            "X-Sendpost-Message-UUID: abc from unknown[10.0.0.1]; "
+            "from=<x from y; z@evil> to=<a@b> proto=ESMTP helo=<a from b; status=sent>",
+            "abc",
+        ),
+        # no sender logged at all
+        (
+            "Nov 23 18:44:49 h postfix/cleanup[1]: 8DB5C20C94F: info: header "
+            "X-Sendpost-Message-UUID: abc from localhost[127.0.0.1];",
+            "abc",
+        ),
+        (
+            "Nov 23 18:44:49 h postfix/cleanup[1]: 8DB5C20C94F: info: header "
+            "X-Sendpost-Message-UUID:  from localhost[127.0.0.1]; from=<a@b>",
+            "",
+        ),
+    ],
+)
+def test_header_info_value_ends_at_the_first_origin(line: str, value: str) -> None:
+    rec = one(line)
+    assert isinstance(rec, HeaderInfo)
+    assert rec.value == value
+
+
+def test_other_info_headers_do_not_matter() -> None:
+    line = UUID_LINE.replace("X-Sendpost-Message-UUID", "Subject")
+    assert one(line) is None
+
+
+def test_sender_containing_status_still_gives_queue_active() -> None:
+    rec = one(
+        "Nov 23 18:35:21 feas postfix/qmgr[5131]: A438320C032: from=<status=sent@evil.example>, "
+        "size=527, nrcpt=1 (queue active)"
+    )
+    assert rec == QueueActive(T, "postfix/qmgr", "A438320C032", "status=sent@evil.example", 1)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Nov 23 18:35:21 feas postfix/smtpd[5235]: connect from localhost[127.0.0.1]",
+        "Nov 23 18:35:21 feas postfix/smtpd[5235]: A438320C032: client=localhost[127.0.0.1]",
+        "Nov 23 18:35:21 feas postfix/cleanup[5237]: A438320C032: "
+        "message-id=<20261123183521.005233@vm>",
+        "Nov 23 18:37:52 feas postfix/smtpd[5877]: NOQUEUE: milter-reject: MAIL from "
+        "localhost[127.0.0.1]: 451 4.7.1 Service unavailable - try again later; "
+        "from=<sender@example.com> proto=ESMTP helo=<vm>",
+        "Nov 23 18:37:16 feas postfix/smtpd[5387]: warning: milter inet:127.0.0.1:9900: "
+        "read error in initial handshake",
+        "Nov 23 18:35:16 feas postfix/master[5129]: daemon started -- version 3.7.11, "
+        "configuration /tmp/feas/pf",
+        "",
+    ],
+)
+def test_lines_that_cannot_matter(line: str) -> None:
+    assert one(line) is None
+
+
+def test_status_line_of_another_program_does_not_matter() -> None:
+    assert one(SENT.replace("postfix/smtp[5238]", "opendkim[5238]")) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "maillog.functional",
+            {
+                "None": 140,
+                "QueueActive": 41,
+                "Delivery": 52,
+                "Notification": 8,
+                "Removed": 28,
+                "Expired": 4,
+                "HeaderInfo": 2,
+            },
+        ),
+        (
+            "maillog.content-filter",
+            {
+                "None": 33,
+                "HeaderInfo": 4,
+                "QueueActive": 20,
+                "Delivery": 26,
+                "Notification": 5,
+                "Removed": 11,
+                "Expired": 3,
+            },
+        ),
+    ],
+)
+def test_whole_sample_logs(name: str, expected: dict[str, int]) -> None:
+    clock = Clock(UTC, NOW)
+    kinds = Counter(type(parse_line(line, clock)).__name__ for line in sample_lines(name))
+    assert kinds == Counter({k.replace("None", "NoneType"): v for k, v in expected.items()})
+
+
+# --- Delivery field shapes (README "status-lines.jsonl fields") ---
+
+
+@pytest.mark.parametrize(
+    ("tail", "recipient", "orig_to", "relay", "dsn", "status", "reply"),
+    [
+        (
+            "to=<bordjukov@<cutout>>, relay=marla.ludost.net[79.98.105.18]:25, delay=0.36, "
+            "dsn=2.0.0, status=sent (250 OK)",
+            "bordjukov@<cutout>",
+            None,
+            "marla.ludost.net[79.98.105.18]:25",
+            "2.0.0",
+            "sent",
+            "250 OK",
+        ),
+        (
+            "to=user@hostname.example.com, orig_to=root@localhost, relay=local, delay=0.07, "
+            'dsn=2.0.0, status=sent (delivered to command: procmail -a "$EXTENSION")',
+            "user@hostname.example.com",
+            "root@localhost",
+            "local",
+            "2.0.0",
+            "sent",
+            'delivered to command: procmail -a "$EXTENSION"',
+        ),
+        (
+            "to=<>,                                   relay=none,  delay=1,          "
+            "status=bounced (mail for sample.net loops back to myself)",
+            "",
+            None,
+            "none",
+            None,
+            "bounced",
+            "mail for sample.net loops back to myself",
+        ),
+        (
+            "to=<root@localhost>, orig_to=<root>, relay=mail.localhost[private/dovecot-lmtp], "
+            "conn_use=2 delay=0.4, delays=0.33/0.02/0.02/0.04, dsn=4.1.1, "
+            'status=SOFTBOUNCE (unknown user: "to")',
+            "root@localhost",
+            "root",
+            "mail.localhost[private/dovecot-lmtp]",
+            "4.1.1",
+            "SOFTBOUNCE",
+            'unknown user: "to"',
+        ),
+        (
+            "to=<a@b.c>, relay=x[1.2.3.4]:25, delay=1, dsn=2.1.5, "
+            "status=deliverable (250 2.1.5 OK z9-20020adfdf89$",
+            "a@b.c",
+            None,
+            "x[1.2.3.4]:25",
+            "2.1.5",
+            "deliverable",
+            "250 2.1.5 OK z9-20020adfdf89$",
+        ),
+        (
+            "to=<a@b.c>, somehost.tld[x.x.x.x:25], delay=0.56, dsn=5.1.1, "
+            "status=bounced (host said: 550 (in reply to RCPT TO command)),,,,,,,",
+            "a@b.c",
+            None,
+            None,
+            "5.1.1",
+            "bounced",
+            "host said: 550 (in reply to RCPT TO command)",
+        ),
+        (
+            "to=<a@b.c>, relay=mx[1.2.3.4]:25, delay=1, delays=1/0/0/0, tls=dane/requiretls?, "
+            "dsn=2.0.0, status=sent (250 ok) 215",
+            "a@b.c",
+            None,
+            "mx[1.2.3.4]:25",
+            "2.0.0",
+            "sent",
+            "250 ok",
+        ),
+    ],
+)
+def test_delivery_fields(
+    tail: str,
+    recipient: str,
+    orig_to: str | None,
+    relay: str | None,
+    dsn: str | None,
+    status: str,
+    reply: str | None,
+) -> None:
+    rec = one("Mar  3 09:02:27 mx postfix/smtp[31022]: AA01012E: " + tail)
+    assert isinstance(rec, Delivery)
+    assert (rec.recipient, rec.orig_to, rec.relay, rec.dsn, rec.status, rec.reply) == (
+        recipient,
+        orig_to,
+        relay,
+        dsn,
+        status,
+        reply,
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (
+            "Feb 25 15:36:07 server1 postfix/smtpd[24974]: generic_checks: "
+            "name=permit_mynetworks status=1",
+            "no queue id",
+        ),
+        (
+            "Mar  3 09:00:07 mx postfix/qmgr[31002]: AA01001E: status=deferred (bounce failed)",
+            "no recipient",
+        ),
+        (
+            "Sep 04 09:57:35 s postfix/smtp[658082]: C77FF1920080: tox=<U@E.COM>, relay=m, "
+            "dsn=2.0.0, status=sent",
+            "no recipient",
+        ),
+        (
+            "Mar  3 09:00:07 mx postfix/smtp[1]: AA01001E: to=<a@b>, relay=none, status=",
+            "no status",
+        ),
+        (
+            "Mar  3 09:00:07 mx postfix/qmgr[1]: AA01001E: from=<a@b>, status=deferred (x)",
+            "not a delivery status",
+        ),
+        (
+            "postfix/smtp[66014]: B8A44169A1C: to=<a@b>, relay=x, status=sent (ok)",
+            "unparseable prefix",
+        ),
+        (
+            "Απρ 15 12:20:28 mx2 postfix/smtp[6833]: B8A44169A1C: to=<a@b>, status=sent",
+            "unparseable prefix",
+        ),
+        (
+            "Feb 30 12:20:28 mx2 postfix/smtp[6833]: B8A44169A1C: to=<a@b>, status=sent",
+            "unparseable timestamp",
+        ),
+        (
+            "2026-13-01T00:00:00+00:00 mx2 postfix/smtp[6833]: B8A44169A1C: to=<a@b>, status=sent",
+            "unparseable timestamp",
+        ),
+    ],
+)
+def test_skipped_with_a_reason(line: str, reason: str) -> None:
+    assert one(line) == Skipped(reason)
+
+
+# --- prefixes and timestamps ---
+
+TAIL = "postfix/smtp[5238]: A438320C032: to=<ok1@example.com>, relay=r, dsn=2.0.0, status=sent (x)"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        ("Nov 23 18:35:21 feas ", T),
+        ("Nov  3 18:35:21 feas ", T.replace(day=3)),
+        ("Nov 3 18:35:21 feas ", T.replace(day=3)),
+        ("Nov 03 18:35:21 feas ", T.replace(day=3)),
+        ("Nov 23 18:35:21.392405 feas ", T.replace(microsecond=392405)),  # short-precise
+        ("Nov 23 18:35:21.39 feas ", T.replace(microsecond=390000)),
+        ("<22>Nov 23 18:35:21 feas ", T),
+        ("Nov 23 18:35:21 ", T),  # no host
+        ("Nov 23 18:35:21 postfix ", T),  # a host called postfix
+        ("Nov 23 18:35:21 feas    ", T),  # re-aligned
+        ("2026-11-23T18:35:21.392405+00:00 feas ", T.replace(microsecond=392405)),
+        ("2026-11-23T18:35:21Z feas ", T),
+        ("2026-11-23T18:35:21+0000 feas ", T),  # journalctl -o short-iso
+        ("2026-11-23T20:35:21.392405+0200 feas ", T.replace(microsecond=392405)),
+        (
+            "2024-02-14T14:47:24.705153-08:00 INFO    ",
+            datetime(2024, 2, 14, 22, 47, 24, 705153, UTC),
+        ),
+        ("2026-11-23T18:35:21 feas ", T),  # no offset: the clock's zone
+        (" postfix-mailcow-1    | Nov 23 18:35:21 feas ", T),
+    ],
+)
+def test_prefixes(prefix: str, expected: datetime) -> None:
+    rec = one(prefix + TAIL)
+    assert isinstance(rec, Delivery)
+    assert rec.time == expected
+    assert rec.time.tzinfo is not None
+    assert (rec.program, rec.queue_id, rec.recipient) == (
+        "postfix/smtp",
+        "A438320C032",
+        "ok1@example.com",
+    )
+
+
+def test_rfc5424() -> None:
+    rec = one(
+        "<22>1 2026-11-23T18:35:21.5Z feas postfix/smtp 5238 - - A438320C032: to=<a@b>, "
+        "relay=r, dsn=2.0.0, status=sent (ok)"
+    )
+    assert isinstance(rec, Delivery)
+    assert (rec.time, rec.program, rec.queue_id) == (
+        T.replace(microsecond=500000),
+        "postfix/smtp",
+        "A438320C032",
+    )
+    sd = one(
+        '<22>1 2026-11-23T18:35:21Z feas postfix/qmgr 1 - [x@1 a="b\\]c"] A438320C032: removed'
+    )
+    assert sd == Removed(T, "postfix/qmgr", "A438320C032")
+
+
+@pytest.mark.parametrize(
+    "program",
+    [
+        "postfix/smtp",
+        "postfix-out/smtp",
+        "postfix/submission/smtpd",
+        "postfix-170.55.103.23/smtp",
+        "postfix/amavis/smtp",
+        "postfix-mx/content-filter/smtp",
+        "postfix",
+    ],
+)
+def test_program_is_the_tag_without_pid(program: str) -> None:
+    rec = one(f"Nov 23 18:35:21 feas {program}[1]: A438320C032: removed")
+    assert rec == Removed(T, program, "A438320C032")
+
+
+def test_tag_without_colon_after_pid() -> None:
+    rec = one(SENT.replace("[5238]:", "[5238]"))
+    assert isinstance(rec, Delivery)
+    assert rec.queue_id == "A438320C032"
+
+
+def test_default_zone_is_local_and_zones_follow_dst() -> None:
+    local = one("Nov 23 18:35:21 feas postfix/qmgr[1]: A438320C032: removed", Clock(now=NOW))
+    assert isinstance(local, Removed)
+    assert local.time.utcoffset() == datetime(2026, 11, 23, 18, 35, 21).astimezone().utcoffset()
+    berlin = Clock(ZoneInfo("Europe/Berlin"), NOW)
+    summer = parse_line("Jul  1 12:00:00 h postfix/qmgr[1]: A438320C032: removed", berlin)
+    winter = parse_line("Dec  1 12:00:00 h postfix/qmgr[1]: A438320C032: removed", berlin)
+    assert isinstance(summer, Removed)
+    assert isinstance(winter, Removed)
+    assert summer.time.utcoffset() == timedelta(hours=2)
+    assert winter.time.utcoffset() == timedelta(hours=1)
+    fixed = Clock(timezone(timedelta(hours=-5)), NOW).syslog_time("Nov 23 18:35:21")
+    assert fixed == T + timedelta(hours=5)
+
+
+# --- year inference ---
+
+
+def years(clock: Clock, *stamps: str) -> list[int]:
+    out = []
+    for stamp in stamps:
+        when = clock.syslog_time(stamp)
+        assert when is not None
+        out.append(when.year)
+    return out
+
+
+def test_first_line_at_most_a_day_in_the_future() -> None:
+    assert years(Clock(UTC, NOW), "Nov 25 11:59:59") == [2026]
+    assert years(Clock(UTC, NOW), "Nov 25 12:00:01") == [2025]
+    assert years(Clock(UTC, NOW), "Jan  5 00:00:00") == [2026]
+    assert years(Clock(UTC, datetime(2026, 12, 31, 23, 0, tzinfo=UTC)), "Jan  1 00:10:00") == [2027]
+
+
+def test_new_year() -> None:
+    clock = Clock(UTC, datetime(2027, 1, 1, 0, 0, 5, tzinfo=UTC))
+    assert years(
+        clock, "Dec 31 23:59:59", "Jan  1 00:00:01", "Dec 31 23:59:58", "Jan  1 00:00:02"
+    ) == [
+        2026,
+        2027,
+        2026,  # a late line from the old year does not move the clock back
+        2027,
+    ]
+
+
+def test_replay_of_last_years_file() -> None:
+    clock = Clock(UTC, datetime(2027, 3, 1, tzinfo=UTC))
+    stamps = (
+        "Nov 23 18:35:21",
+        "Dec  1 00:00:00",
+        "Dec 31 23:59:59",
+        "Jan  1 00:00:00",
+        "Feb 28 10:00:00",
+    )
+    assert years(clock, *stamps) == [2026, 2026, 2026, 2027, 2027]
+
+
+def test_february_29_of_the_last_leap_year() -> None:
+    assert years(Clock(UTC, datetime(2026, 3, 1, tzinfo=UTC)), "Feb 29 10:00:00") == [2024]
+    assert Clock(UTC, NOW).syslog_time("Feb 30 10:00:00") is None
+    assert Clock(UTC, NOW).syslog_time("Foo 10 10:00:00") is None
+
+
+# --- the records ---
+
+
+def test_records_are_frozen_ordinary_dataclasses() -> None:
+    rec = one(SENT)
+    assert type(rec) is Delivery
+    assert isinstance(rec, Delivery)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rec.status = "bounced"  # type: ignore[misc]
+    assert not hasattr(rec, "__dict__")
+    assert rec == Delivery(*(getattr(rec, f.name) for f in dataclasses.fields(Delivery)))
+    assert hash(rec) == hash(dataclasses.replace(rec))
+    assert pickle.loads(pickle.dumps(rec)) == rec
+    assert dataclasses.replace(rec, status="x").status == "x"
+
+
+def test_fast_shapes_parse_like_the_general_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole-line regexes are only a shortcut: without them every line gives the same."""
+    lines = [
+        *sample_lines("maillog.functional"),
+        *sample_lines("maillog.content-filter"),
+        *(line for line in sample_lines("wild/lines.log") if line and not line.startswith("#")),
+    ]
+    fast = [parse_line(line, Clock(UTC, NOW)) for line in lines]
+    shortcuts = ("_COMMON_DELIVERY", "_COMMON_ACTIVE", "_COMMON_REMOVED")
+    taken = sum(bool(getattr(parse, name).match(line)) for line in lines for name in shortcuts)
+    common = sum(isinstance(rec, Delivery | QueueActive | Removed) for rec in fast)
+    assert taken > 0.85 * common  # the shortcut is really used
+    never = re.compile(r"(?!)")
+    for name in shortcuts:
+        monkeypatch.setattr(parse, name, never)
+    general = [parse_line(line, Clock(UTC, NOW)) for line in lines]
+    assert [(line, rec) for line, rec in zip(lines, fast, strict=True)] == list(
+        zip(lines, general, strict=True)
+    )
+
+
+# --- hostile input ---
+
+BIG = 5_000_000
+HEAD = "Nov 23 18:35:21 feas postfix/smtp[5238]: A438320C032: "
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "a" * BIG,
+        "status=" * (BIG // 7),
+        HEAD + "to=<" + "a" * BIG + " status=sent (",
+        HEAD + "to=<" + ">" * BIG + "status=sent",
+        HEAD + "to=<a>, " + "relay=" * (BIG // 6) + " status=sent",
+        HEAD + "to=<a>, relay=x, " + "a=b, " * (BIG // 5) + "dsn=2.0.0, status=sent (x)",
+        HEAD + "to=<a>, relay=x, dsn=2.0.0, status=sent (" + "(" * BIG,
+        "Nov 23 18:35:21 " + "x" * BIG + " status=",
+        "Nov 23 18:35:21 feas postfix/smtp[5238]: " + "A" * BIG + " status=",
+        "<22>1 2026-11-23T18:35:21Z h postfix/smtp 1 - [" + "a" * BIG + "] status=",
+        "<22>1 2026-11-23T18:35:21Z h postfix/smtp 1 - [" + "\\]" * (BIG // 2) + " status=",
+        HEAD + "info: header X-Sendpost-Message-UUID: " + " from x" * (BIG // 7),
+        HEAD + "from=<" + ">, size=1, nrcpt=1 " * (BIG // 20) + "(queue active)",
+        HEAD + "from=<" + ">" * BIG + ", status=expired",
+        HEAD.replace("smtp", "bounce") + "sender " + " " * BIG + "notification: X",
+        " " * BIG + "svc | status=",
+        HEAD
+        + "to=<\x00"
+        + "\x00" * BIG
+        + ">, relay=\x00, dsn=2.0.0, status=sent ("
+        + "\ufffd" * BIG
+        + ")",
+    ],
+    ids=lambda line: f"{line[:12]!r}..{line[-12:]!r}",
+)
+def test_huge_lines_are_handled_in_linear_time(line: str) -> None:
+    started = time.perf_counter()
+    parse_line(line, Clock(UTC, NOW))
+    assert time.perf_counter() - started < 3.0  # about 0.4 s at worst on a slow VM
+
+
+def test_nul_bytes_and_replacement_characters_pass_through() -> None:
+    rec = one(SENT.replace("ok1@", "o\x00k\ufffd@").replace("sink accepted", "\x00\ufffd"))
+    assert isinstance(rec, Delivery)
+    assert rec.recipient == "o\x00k\ufffd@example.com"
+    assert rec.reply == "250 2.0.0 Ok: \x00\ufffd"
