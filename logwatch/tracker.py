@@ -118,6 +118,11 @@ class Tracker:
             self._forget_stale()
         return events
 
+    @property
+    def holding(self) -> bool:
+        """Lines are waiting for their UUID or hop: the clock alone can settle them."""
+        return bool(self._queue)
+
     def finish(self) -> list[Event]:
         """End of input (replay): nothing more can arrive, settle everything held."""
         return self.tick(float("inf"))

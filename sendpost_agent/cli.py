@@ -27,6 +27,18 @@ def _run_milter(config: Config, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+def _run_logwatch(config: Config, args: argparse.Namespace) -> int:
+    from logwatch.agent import run_logwatch
+
+    return run_logwatch(config)
+
+
+def _run_status(config: Config, args: argparse.Namespace) -> int:
+    from logwatch.status import status
+
+    return status(config, sys.stdout)
+
+
 def _run_replay(config: Config, args: argparse.Namespace) -> int:
     from logwatch.replay import replay
 
@@ -45,11 +57,23 @@ def _no_args(parser: argparse.ArgumentParser) -> None:
 Handler = Callable[[Config, argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, Handler, Callable[[argparse.ArgumentParser], None]]] = {
     "milter": ("run the milter in the foreground until SIGTERM", _run_milter, _no_args),
+    "logwatch": (
+        "run the log watcher, the shipper and the health/metrics server in the"
+        " foreground until SIGTERM",
+        _run_logwatch,
+        _no_args,
+    ),
     "replay": (
         "read mail log files from their start, join and classify exactly as logwatch"
         " does, and print one JSON event per line",
         _run_replay,
         _replay_args,
+    ),
+    "status": (
+        "a short summary of the running logwatch (lag, pending events, last send, last"
+        " error); exit 1 when it is unhealthy or not running",
+        _run_status,
+        _no_args,
     ),
 }
 

@@ -166,6 +166,43 @@ def _retention(value: object) -> Duration:
     return seconds
 
 
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+
+
+class Size(int):
+    """Bytes that print the way an operator writes them (``100MB``)."""
+
+    def __str__(self) -> str:
+        for unit in ("GB", "MB", "KB"):
+            if self and self % _SIZE_UNITS[unit] == 0:
+                return f"{self // _SIZE_UNITS[unit]}{unit}"
+        return f"{int(self)}B"
+
+
+def _size(value: object) -> Size:
+    """Bytes, with an optional KB/MB/GB suffix (binary: 1 MB = 1 MiB)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = re.fullmatch(r"(\d+)\s*([KMG]?B?)", _text(value).upper())
+        if not match:
+            raise ValueError(f"{value!r} is not a size, e.g. 100MB or 512KB")
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if size < 64 * 1024:
+        raise ValueError("must be at least 64KB")
+    return Size(size)
+
+
+def _positive_int(value: object) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
 def _bool(value: object) -> bool:
     if isinstance(value, bool):
         return value
@@ -259,6 +296,12 @@ class Config:
         "how long (in log time) a status line waits for its UUID or a presumed"
         " content-filter hop waits for its new queue ID",
     )
+    wal_max_size: Size = _setting(
+        Size(100 * 1024**2), _size, "cap of pending.wal; when full, reading the log pauses"
+    )
+    max_requests_per_minute: int = _setting(
+        10_000, _positive_int, "ceiling on POSTs to the API (its documented rate limit)"
+    )
     log_timezone: str = _setting(
         "local", _timezone, "zone of log lines without an offset (Postfix's TZ): local or IANA"
     )
@@ -279,6 +322,14 @@ class Config:
     @property
     def cursor_path(self) -> Path:
         return self.state_dir / "cursor"
+
+    @property
+    def wal_path(self) -> Path:
+        return self.state_dir / "pending.wal"
+
+    @property
+    def dead_letter_path(self) -> Path:
+        return self.state_dir / "dead-letter.jsonl"
 
     @property
     def tzinfo(self) -> tzinfo | None:

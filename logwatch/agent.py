@@ -1,0 +1,223 @@
+"""`sendpost-agent logwatch`: follow the log, turn lines into events, ship them durably.
+
+Order of durability, which makes a kill -9 at any instant lose nothing:
+
+1. a batch of log lines becomes events, which are appended to the WAL;
+2. about once a second the WAL is fsynced, then the cursor is saved: the log position
+   after that batch, the tracker's state and the WAL's event count at that point;
+3. the shipper removes events from the WAL only after the API answered 2xx.
+
+After a crash the log is read again from the cursor; the pipeline is deterministic, so
+the first events it produces are the ones already appended to the WAL after the cursor
+was saved (``WAL count - cursor count`` of them): they are recognised by number and not
+appended twice. At most the batch in flight at the crash is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import Counter
+
+from aiohttp import web
+
+from logwatch.cursor import CursorError, Position, load_cursor, save_cursor
+from logwatch.events import Event
+from logwatch.follow import Batch, Follower, LogUnreadable
+from logwatch.health import make_app
+from logwatch.metrics import AgentMetrics
+from logwatch.parse import Clock
+from logwatch.pipeline import Pipeline, lookup_of, open_map
+from logwatch.relays import ContentFilters
+from logwatch.shipper import Shipper
+from logwatch.wal import Wal
+from sendpost_agent.config import Config
+
+log = logging.getLogger(__name__)
+
+CURSOR_EVERY = 1.0  # seconds between cursor saves while lines flow
+IDLE_AFTER = 1.0  # seconds without new lines before held lines are settled by the clock
+LOG_RETRY = 5.0  # seconds between attempts to read an unreadable log
+
+
+class AgentStartError(Exception):
+    """logwatch cannot start; the message names the key or file and the fix."""
+
+
+class Agent:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        api_key = config.require_api_key("for logwatch")
+        if config.endpoint.startswith("http://"):
+            log.warning("endpoint %s is plain http: events and the API key travel"
+                        " unencrypted; use https unless this is a local proxy",
+                        config.endpoint)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            loaded = load_cursor(config.cursor_path)
+        except CursorError as exc:
+            raise AgentStartError(str(exc)) from exc
+        self.wal_cap = config.wal_max_size
+        self.wal = Wal(config.wal_path, self.wal_cap)
+        self.metrics = AgentMetrics()
+        self.shipper = Shipper(self.wal, config.endpoint, api_key, config.dead_letter_path,
+                               self.metrics.send_seconds.observe,
+                               max_requests_per_minute=config.max_requests_per_minute)
+        self._map = open_map(config)
+        self.pipeline = Pipeline(config, lookup_of(self._map),
+                                 ContentFilters.from_postfix(config.postfix_config_dir),
+                                 Clock(config.tzinfo))
+        self.events_by_type: Counter[str] = Counter()
+        self.paused = False
+        self.log_error: str | None = None
+        self._position: Position | None = None
+        self._saved_at = 0.0
+        self._suppress = 0  # events already in the WAL from before a crash
+        if loaded is not None:
+            self._position, state = loaded
+            self.pipeline.tracker.restore(state.get("tracker", {}))
+            self._suppress = max(0, self.wal.last_seq - int(state.get("wal_seq", 0)))
+            if self._suppress:
+                log.info("resuming after an unclean stop: the first %d events re-read are"
+                         " already in the WAL", self._suppress)
+        elif self.wal.pending:
+            log.warning("%s is missing but the WAL holds %d events: reading the log from"
+                        " its start may report some events twice", config.cursor_path,
+                        self.wal.pending)
+        # First start: read the current log from its beginning. Only messages the milter
+        # recorded produce events, so this reports what arrived before logwatch started.
+        self.follower = Follower(config.log_path, self._position,
+                                 from_beginning=self._position is None)
+        self.metrics.watch(self)
+
+    def lag_bytes(self) -> int:
+        with contextlib.suppress(OSError, LogUnreadable):
+            return self.follower.lag_bytes()
+        return 0
+
+    async def run(self, stop: asyncio.Event) -> int:
+        runner = web.AppRunner(make_app(self, self.metrics), access_log=None)
+        await runner.setup()
+        listen = self.config.listen
+        try:
+            await web.TCPSite(runner, listen.host, listen.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise AgentStartError(f"listen {listen}: cannot serve /health: {exc.strerror};"
+                                  " choose a free address with --listen") from exc
+        log.info("following %s, shipping to %s, health on http://%s/health",
+                 self.config.log_path, self.config.endpoint, listen)
+        shipping = asyncio.create_task(self.shipper.run(stop))
+        try:
+            await self._read(stop)
+        finally:
+            self._save_cursor()
+            await shipping
+            self.wal.close()
+            self.follower.close()
+            if self._map is not None:
+                self._map.close()
+            await runner.cleanup()
+        log.info("stopped; %d events pending in the WAL", self.wal.pending)
+        return 0
+
+    async def _read(self, stop: asyncio.Event) -> None:
+        stopping = asyncio.create_task(stop.wait())
+        last_line = time.monotonic()
+        idle_settled = True
+        while not stop.is_set():
+            if self.wal.full():
+                await self._wait_for_room(stopping)
+                continue
+            reading = asyncio.create_task(self.follower.next_batch())
+            done, _ = await asyncio.wait({reading, stopping}, timeout=IDLE_AFTER,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if reading not in done:
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError, LogUnreadable, OSError):
+                    await reading
+                if not idle_settled:
+                    # The log is quiet: let held lines' waits end by the wall clock.
+                    tracker = self.pipeline.tracker
+                    now = tracker.now + (time.monotonic() - last_line)
+                    self._append(tracker.tick(now), force_cursor=True)
+                    idle_settled = not tracker.holding
+                continue
+            try:
+                batch = reading.result()
+            except (LogUnreadable, OSError) as exc:
+                self._log_unreadable(exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), LOG_RETRY)
+                continue
+            if self.log_error is not None:
+                log.info("the mail log is readable again")
+                self.log_error = None
+            last_line, idle_settled = time.monotonic(), False
+            self._take(batch)
+        stopping.cancel()
+
+    def _take(self, batch: Batch) -> None:
+        self._position = batch.end
+        self._append(self.pipeline.process(batch.lines))
+
+    def _append(self, events: list[Event], force_cursor: bool = False) -> None:
+        if self._suppress and events:
+            skipped = min(self._suppress, len(events))
+            self._suppress -= skipped
+            events = events[skipped:]
+        if events:
+            self.wal.append([e.to_json().encode() for e in events])
+            for event in events:
+                self.events_by_type[event.event_type.value] += 1
+            self.shipper.wake.set()
+        if (force_cursor and events) or time.monotonic() - self._saved_at >= CURSOR_EVERY:
+            self._save_cursor()
+
+    def _save_cursor(self) -> None:
+        if self._position is None:
+            return
+        self.wal.sync()  # the cursor may only count events that are on disk
+        state = {"tracker": self.pipeline.tracker.snapshot(), "wal_seq": self.wal.last_seq}
+        save_cursor(self.config.cursor_path, self._position, state)
+        self._saved_at = time.monotonic()
+
+    async def _wait_for_room(self, stopping: asyncio.Task[bool]) -> None:
+        if not self.paused:
+            log.warning("the WAL is full (%d bytes): pausing reading the log until the API"
+                        " takes events again; nothing is dropped", self.wal.size_bytes)
+            self.paused = True
+        self.shipper.progress.clear()
+        progress = asyncio.create_task(self.shipper.progress.wait())
+        await asyncio.wait({progress, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        progress.cancel()
+        if not self.wal.full():
+            log.info("the WAL has room again: reading the log")
+            self.paused = False
+
+    def _log_unreadable(self, exc: Exception) -> None:
+        message = str(exc)
+        if message != self.log_error:
+            log.error("cannot read the mail log %s: %s; fix its permissions (the agent"
+                      " reads it via group adm) or log-path; retrying every %.0f s",
+                      self.config.log_path, message, LOG_RETRY)
+        self.log_error = message
+
+
+def run_logwatch(config: Config) -> int:
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await Agent(config).run(stop)
+
+    try:
+        return asyncio.run(main())
+    except AgentStartError as exc:
+        log.error("%s", exc)
+        return 1
+

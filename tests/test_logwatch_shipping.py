@@ -1,0 +1,257 @@
+"""`sendpost-agent logwatch` against a real HTTP server that enforces the API contract.
+
+The log is a real file written line by line, the map is the real SQLite map, the agent
+is the real process; faults are injected in the server. Every test checks that each
+expected event arrives and that nothing arrives that should not (duplicates only as
+far as GUARANTEES.md allows: the batch in flight at a crash).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.agent import LogwatchProcess
+from tests.support.ingest import IngestServer
+from tests.support.maillog import record_messages, write_messages
+
+KEY = "sp-test-key-0123456789"
+
+
+def received(server: IngestServer) -> list[tuple[str, str, str]]:
+    return [(e["message_id"], e["event_type"], e["recipient"]) for e in server.accepted]
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def server() -> Iterator[IngestServer]:
+    with IngestServer(KEY) as s:
+        yield s
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> tuple[Path, Path]:
+    state, log = tmp_path / "state", tmp_path / "mail.log"
+    state.mkdir()
+    log.touch()
+    return state, log
+
+
+def test_events_arrive_once_in_batches_on_one_connection(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    record_messages(state, range(400))
+    with LogwatchProcess(state, log, server.url, KEY) as agent:
+        expected = write_messages(log, range(400))
+        server.wait_for_events(len(expected), timeout=30)
+        time.sleep(0.5)
+        assert sorted(received(server)) == sorted(expected)  # each exactly once
+        assert all(r.events <= 100 for r in server.requests)
+        assert len({r.peer for r in server.requests}) == 1  # one kept-alive connection
+        status, body = agent.health()
+        assert status == 200 and body["status"] == "ok"
+        assert body["pending_events"] == 0
+        metrics = agent.metrics()
+        assert metrics['sendpost_agent_events_total{type="delivered"}'] == 400 + 400 - 58
+        assert metrics['sendpost_agent_batches_total{outcome="2xx"}'] == len(server.requests)
+        assert metrics["sendpost_agent_log_lines_read_total"] == 400 * 5
+        assert agent.stop() == 0
+
+
+def test_low_rate_events_wait_at_most_the_batch_window(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    record_messages(state, range(1))
+    with LogwatchProcess(state, log, server.url, KEY):
+        written = time.monotonic()
+        write_messages(log, range(1))
+        server.wait_for_events(2, timeout=15)
+        assert time.monotonic() - written < 8  # 5 s batch window + reading + sending
+
+
+def test_kill_9_repeatedly_while_events_flow_loses_nothing(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    total, kills = 3000, 6
+    record_messages(state, range(total))
+    rng = random.Random(7)
+    expected: set[tuple[str, str, str]] = set()
+    agent = LogwatchProcess(state, log, server.url, KEY).start()
+    written = 0
+    for _ in range(kills):
+        chunk = rng.randrange(200, 700)
+        expected |= write_messages(log, range(written, min(total, written + chunk)))
+        written = min(total, written + chunk)
+        time.sleep(rng.uniform(0.05, 1.5))
+        agent.kill()
+        agent.start()
+    expected |= write_messages(log, range(written, total))
+    server.wait_for_events(len(expected), timeout=60)
+    time.sleep(1.0)
+    agent.stop()
+    got = received(server)
+    assert set(got) == expected, "events lost or invented"
+    duplicates = sum(n - 1 for n in Counter(got).values())
+    assert duplicates <= kills * 100, f"{duplicates} duplicates for {kills} kills"
+
+
+def test_endpoint_down_for_a_while_then_everything_arrives(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    record_messages(state, range(300))
+    server.go_down()
+    with LogwatchProcess(state, log, server.url, KEY) as agent:
+        expected = write_messages(log, range(300))
+        wait_for(lambda: agent.metrics().get("sendpost_agent_wal_events", 0) == len(expected),
+                 what="events in the WAL")
+        assert agent.metrics()['sendpost_agent_batches_total{outcome="error"}'] >= 1
+        server.come_up()
+        server.wait_for_events(len(expected), timeout=40)
+        time.sleep(0.5)
+        assert sorted(received(server)) == sorted(expected)
+
+
+def test_5xx_burst_and_429_retry_after_are_retried_and_honoured(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    record_messages(state, range(50))
+    server.fail_next(3, status=503)
+    with LogwatchProcess(state, log, server.url, KEY):
+        expected = write_messages(log, range(50))
+        server.wait_for_events(len(expected), timeout=40)
+        assert sorted(received(server)) == sorted(expected)
+        server.clear()
+        record_messages(state, range(50, 60))
+        server.fail_next(1, status=429, retry_after=3)
+        more = write_messages(log, range(50, 60))
+        server.wait_for_events(len(more), timeout=40)
+        statuses = [(r.status, r.time) for r in server.requests]
+        assert statuses[0][0] == 429
+        assert statuses[1][1] - statuses[0][1] >= 2.9  # Retry-After: 3
+
+
+def test_one_bad_event_is_set_aside_and_the_rest_delivered(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    record_messages(state, range(40))
+    server.reject_events(lambda e: e.get("recipient") == "ok13@example.com")
+    with LogwatchProcess(state, log, server.url, KEY):
+        expected = write_messages(log, range(40))
+        server.wait_for_events(len(expected) - 1, timeout=40)
+        dead = state / "dead-letter.jsonl"
+        wait_for(dead.exists, what="the dead-letter file")
+        time.sleep(0.5)
+    assert sorted(received(server)) == sorted(
+        e for e in expected if e[2] != "ok13@example.com")
+    (record,) = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert record["status"] == 400
+    assert record["event"]["recipient"] == "ok13@example.com"
+    assert "0" in record["answer"]  # the server named the index of the bad event
+
+
+def test_wrong_key_keeps_events_and_health_says_so(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    record_messages(state, range(20))
+    with LogwatchProcess(state, log, server.url, "sp-wrong-key") as agent:
+        expected = write_messages(log, range(20))
+        wait_for(lambda: agent.health()[0] == 503, what="unhealthy")
+        status, body = agent.health()
+        assert status == 503
+        assert any("api-key" in str(r) for r in body["reasons"])  # type: ignore[union-attr]
+        assert body["pending_events"] == len(expected)
+        assert agent.log().count("rejected the key") == 1
+        assert "sp-wrong-key" not in agent.log()
+    with LogwatchProcess(state, log, server.url, KEY):  # the operator fixes the key
+        server.wait_for_events(len(expected), timeout=30)
+        assert sorted(received(server)) == sorted(expected)
+
+
+def test_full_wal_pauses_reading_and_resumes_by_itself(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    record_messages(state, range(1500))
+    server.go_down()
+    with LogwatchProcess(state, log, server.url, KEY, "--wal-max-size", "64KB") as agent:
+        expected = write_messages(log, range(1500))
+        wait_for(lambda: agent.metrics().get("sendpost_agent_log_reading_paused") == 1,
+                 what="reading paused")
+        status, body = agent.health()
+        assert status == 503 and "WAL" in " ".join(body["reasons"])  # type: ignore[arg-type]
+        assert agent.metrics()["sendpost_agent_cursor_lag_bytes"] > 0
+        server.come_up()
+        server.wait_for_events(len(expected), timeout=60)
+        time.sleep(0.5)
+        assert sorted(received(server)) == sorted(expected)
+        assert agent.metrics()["sendpost_agent_log_reading_paused"] == 0
+
+
+def test_sigterm_flushes_pending_events_and_exits_0(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    record_messages(state, range(3))
+    agent = LogwatchProcess(state, log, server.url, KEY).start()
+    expected = write_messages(log, range(3))
+    wait_for(lambda: agent.metrics().get("sendpost_agent_wal_events") == len(expected),
+             what="events in the WAL")
+    started = time.monotonic()
+    assert agent.stop() == 0  # before the 5 s batch window ended
+    assert time.monotonic() - started < 5
+    assert sorted(received(server)) == sorted(expected)
+
+
+def test_slow_answers_only_slow_things_down(server: IngestServer,
+                                            paths: tuple[Path, Path]) -> None:
+    state, log = paths
+    record_messages(state, range(250))
+    server.slow(1.0)
+    with LogwatchProcess(state, log, server.url, KEY):
+        expected = write_messages(log, range(250))
+        server.wait_for_events(len(expected), timeout=60)
+        assert sorted(received(server)) == sorted(expected)
+
+
+def test_sigkill_during_send_resends_at_most_the_batch_in_flight(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    record_messages(state, range(150))
+    server.slow(3.0)
+    agent = LogwatchProcess(state, log, server.url, KEY).start()
+    expected = write_messages(log, range(150))
+    time.sleep(1.5)  # 150 messages = 300 events: the first batch of 100 is in flight
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.proc.wait()
+    server.slow(0)
+    agent.start()
+    server.wait_for_events(len(expected), timeout=40)
+    time.sleep(1.0)
+    agent.stop()
+    got = received(server)
+    assert set(got) == expected
+    assert len(got) - len(set(got)) <= 100
