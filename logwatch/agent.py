@@ -33,7 +33,7 @@ from logwatch.parse import Clock
 from logwatch.pipeline import Pipeline, lookup_of, open_map
 from logwatch.relays import ContentFilters
 from logwatch.shipper import Shipper
-from logwatch.wal import Wal
+from logwatch.wal import Wal, WalError
 from sendpost_agent.config import Config
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,10 @@ class Agent:
         except CursorError as exc:
             raise AgentStartError(str(exc)) from exc
         self.wal_cap = config.wal_max_size
-        self.wal = Wal(config.wal_path, self.wal_cap)
+        try:
+            self.wal = Wal(config.wal_path, self.wal_cap)
+        except WalError as exc:
+            raise AgentStartError(str(exc)) from exc
         self.metrics = AgentMetrics()
         self.shipper = Shipper(self.wal, config.endpoint, api_key, config.dead_letter_path,
                                self.metrics.send_seconds.observe,

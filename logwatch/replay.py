@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -12,17 +15,56 @@ from logwatch.follow import read_file_batches
 from logwatch.parse import Clock
 from logwatch.pipeline import Pipeline, lookup_of, newest_mtime, open_map
 from logwatch.relays import ContentFilters
-from sendpost_agent.config import Config, ConfigError
+from logwatch.shipper import Shipper
+from logwatch.wal import Wal
+from sendpost_agent.config import Config, ConfigError, Secret
 
 log = logging.getLogger(__name__)
+SEND_TIMEOUT = 600.0
 
 
-def replay(config: Config, files: list[Path], out: TextIO = sys.stdout) -> int:
-    """Print one API event object per line; a summary of what gave no event goes to the log.
+def replay(config: Config, files: list[Path], send: bool = False,
+           out: TextIO = sys.stdout) -> int:
+    """Print one API event object per line (or ship them with ``send``); a summary of what
+    gave no event goes to the log.
 
     Files are read in the order given (oldest first, like the log was written); year-less
     timestamps take their year from the newest file's modification time.
     """
+    if send:
+        api_key = config.require_api_key("for replay --send")
+        with tempfile.TemporaryDirectory(prefix="sendpost-replay-") as tmp:
+            wal = Wal(Path(tmp) / "replay.wal")
+            try:
+                encoded = io.StringIO()
+                status = _replay(config, files, encoded)
+                if status == 0:
+                    wal.append([line.encode() for line in encoded.getvalue().splitlines()])
+                    status = asyncio.run(_ship(config, api_key, wal))
+            finally:
+                wal.close()
+        return status
+    return _replay(config, files, out)
+
+
+async def _ship(config: Config, api_key: Secret, wal: Wal) -> int:
+    """Send everything now (no batch window); give up after SEND_TIMEOUT without success."""
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    shipper = Shipper(wal, config.endpoint, api_key, config.dead_letter_path, lambda _: None,
+                      max_requests_per_minute=config.max_requests_per_minute)
+    stop = asyncio.Event()
+    stop.set()
+    await shipper.run(stop, flush_within=SEND_TIMEOUT)
+    if wal.pending:
+        log.error("%d events could not be sent (%s); nothing was lost: run replay --send"
+                  " again", wal.pending, shipper.last_error)
+        return 1
+    log.info("sent %d events (%d set aside in %s)", shipper.events_sent,
+             shipper.dead_lettered, config.dead_letter_path)
+    return 0
+
+
+def _replay(config: Config, files: list[Path], out: TextIO) -> int:
     for path in files:
         if not path.is_file():
             raise ConfigError(f"{path}: no such file to replay")

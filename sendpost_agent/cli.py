@@ -42,12 +42,14 @@ def _run_status(config: Config, args: argparse.Namespace) -> int:
 def _run_replay(config: Config, args: argparse.Namespace) -> int:
     from logwatch.replay import replay
 
-    return replay(config, args.files)
+    return replay(config, args.files, send=args.send)
 
 
 def _replay_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE",
                         help="mail log files, plain or .gz, oldest first")
+    parser.add_argument("--send", action="store_true",
+                        help="ship the events to the endpoint instead of printing them")
 
 
 def _no_args(parser: argparse.ArgumentParser) -> None:

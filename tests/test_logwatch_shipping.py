@@ -9,8 +9,11 @@ far as GUARANTEES.md allows: the batch in flight at a crash).
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -255,3 +258,22 @@ def test_sigkill_during_send_resends_at_most_the_batch_in_flight(
     got = received(server)
     assert set(got) == expected
     assert len(got) - len(set(got)) <= 100
+
+
+def test_replay_send_ships_exactly_what_replay_prints(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    record_messages(state, range(120))
+    expected = write_messages(log, range(120))
+    common = [sys.executable, "-m", "sendpost_agent", "replay", str(log),
+              "--state-dir", str(state), "--log-timezone", "UTC",
+              "--postfix-config-dir", str(state / "none")]
+    env = {**os.environ, "SENDPOST_CONFIG": "/dev/null"}
+    printed = subprocess.run(common, capture_output=True, text=True, env=env, timeout=60)
+    sent = subprocess.run([*common, "--send", "--endpoint", server.url, "--api-key", KEY],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout == ""
+    assert server.accepted == [json.loads(line) for line in printed.stdout.splitlines()]
+    assert sorted(received(server)) == sorted(expected)
