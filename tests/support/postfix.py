@@ -500,6 +500,10 @@ class PostfixInstance:
             )
         return match.group(1)
 
+    def logrotate(self) -> None:
+        """``postfix logrotate``: rename the maillog with a date suffix and gzip it."""
+        self._run(["postfix", "-c", str(self.config_dir), "logrotate"])
+
     def flush(self) -> None:
         """``postqueue -f``: retry deferred mail now instead of after the backoff."""
         self._run(["postqueue", "-c", str(self.config_dir), "-f"])
