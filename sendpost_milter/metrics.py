@@ -46,6 +46,10 @@ class MilterMetrics:
             "Unexpected errors; the message was accepted anyway",
             registry=reg,
         )
+        self.probes = Counter(
+            f"{PREFIX}_doctor_probes", "Probes of `sendpost-agent doctor`, discarded",
+            registry=reg,
+        )
         self.map_write_seconds = Histogram(
             f"{PREFIX}_map_write_seconds",
             "Time to commit one queue map row",

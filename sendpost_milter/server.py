@@ -21,6 +21,7 @@ import milter as libmilter
 from prometheus_client import start_http_server
 
 from sendpost_agent.config import Config
+from sendpost_agent.probe import load_key
 from sendpost_agent.queuemap import MapWriter
 from sendpost_milter.metrics import MilterMetrics
 from sendpost_milter.session import session_factory
@@ -139,7 +140,8 @@ def run(config: Config) -> int:
             if config.milter_socket.startswith("unix:"):
                 sock = Path(config.milter_socket.removeprefix("unix:"))
                 prepare_unix_socket_dir(sock)
-            Milter.factory = session_factory(writer, metrics)
+            probe_key = load_key(config.state_dir, create=True)
+            Milter.factory = session_factory(writer, metrics, probe_key)
             libmilter.set_flags(Milter.SETSYMLIST)
             log.info("milter listening on %s, metrics on http://%s/metrics, map %s",
                      config.milter_socket, address, config.map_path)

@@ -3,7 +3,8 @@
 Every callback and reply we do not need is negotiated away (``@nocallback``,
 ``@noreply``): pymilter takes the GIL for each callback, so each one skipped is cost
 saved per message. Whatever happens, the answer is ACCEPT: the milter must never be
-the reason a message is rejected, deferred or discarded.
+the reason a message is rejected, deferred or discarded. The one exception is a probe
+of our own `doctor`, authenticated by the key in state-dir (see sendpost_agent.probe).
 """
 
 from __future__ import annotations
@@ -15,21 +16,26 @@ from collections.abc import Callable
 import Milter
 
 from sendpost_agent.header import HEADER_NAME, classify
+from sendpost_agent.probe import PROBE_HEADER, is_probe
 from sendpost_agent.queuemap import HeaderState, MapWriter
 from sendpost_milter.metrics import MilterMetrics
 
 log = logging.getLogger("sendpost_milter")
 _HEADER_LOWER = HEADER_NAME.lower()
+_PROBE_LOWER = PROBE_HEADER.lower()
 
 
 class Session(Milter.Base):
     """pymilter creates one per connection; a connection may carry several messages."""
 
-    def __init__(self, writer: MapWriter, metrics: MilterMetrics) -> None:
+    def __init__(self, writer: MapWriter, metrics: MilterMetrics,
+                 probe_key: bytes | None) -> None:
         super().__init__()
         self._writer = writer
         self._metrics = metrics
+        self._probe_key = probe_key
         self._values: list[str] = []
+        self._probe: str | None = None
 
     @Milter.nocallback
     def connect(self, hostname, family, hostaddr):  # type: ignore[no-untyped-def]
@@ -61,22 +67,34 @@ class Session(Milter.Base):
 
     @Milter.noreply
     def header(self, name: str, value: str) -> int:
-        if name.lower() == _HEADER_LOWER:
+        lower = name.lower()
+        if lower == _HEADER_LOWER:
             self._values.append(value)
+        elif lower == _PROBE_LOWER:
+            self._probe = value
         return Milter.CONTINUE
 
     @Milter.symlist("i")
     def eom(self) -> int:
         values, self._values = self._values, []
+        probe, self._probe = self._probe, None
+        queue_id = None
         try:
-            self._record(self.getsymval("i"), values)
+            queue_id = self.getsymval("i")
+            self._record(queue_id, values)
         except Exception:
             self._metrics.errors.inc()
             log.exception("internal error at end-of-message; message accepted")
+        if probe is not None and is_probe(self._probe_key, probe):
+            # Only our own doctor's probe, proven by the key in state-dir, is discarded.
+            self._metrics.probes.inc()
+            log.info("queue ID %s: doctor probe recorded and discarded", queue_id or "?")
+            return Milter.DISCARD
         return Milter.ACCEPT
 
     def abort(self) -> int:
         self._values = []
+        self._probe = None
         return Milter.CONTINUE
 
     def _record(self, queue_id: str | None, values: list[str]) -> None:
@@ -105,5 +123,6 @@ class Session(Milter.Base):
         metrics.map_write_seconds.observe(time.perf_counter() - started)
 
 
-def session_factory(writer: MapWriter, metrics: MilterMetrics) -> Callable[[], Session]:
-    return lambda: Session(writer, metrics)
+def session_factory(writer: MapWriter, metrics: MilterMetrics,
+                    probe_key: bytes | None) -> Callable[[], Session]:
+    return lambda: Session(writer, metrics, probe_key)

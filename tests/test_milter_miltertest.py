@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from sendpost_agent.probe import load_key, make_token
 from sendpost_agent.queuemap import HeaderState
 from sendpost_milter.server import libmilter_address
 from tests.support.milter import MilterProcess
@@ -28,7 +29,7 @@ def lua_quote(text: str) -> str:
 
 
 def lua_message(queue_id: str | None, headers: list[tuple[str, str]],
-                abort: bool = False) -> str:
+                abort: bool = False, reply: str = "SMFIR_ACCEPT") -> str:
     """One message on an open connection `conn`; asserts the milter accepted it."""
     lines = ['check(mt.mailfrom(conn, "<sender@example.com>"), "mailfrom")',
              'check(mt.rcptto(conn, "<rcpt@example.com>"), "rcptto")']
@@ -43,7 +44,7 @@ def lua_message(queue_id: str | None, headers: list[tuple[str, str]],
         "check(mt.eoh(conn), 'eoh')",
         'check(mt.bodystring(conn, "hello\\r\\n"), "body")',
         "check(mt.eom(conn), 'eom')",
-        "if mt.getreply(conn) ~= SMFIR_ACCEPT then error('milter did not accept') end",
+        f"if mt.getreply(conn) ~= {reply} then error('milter did not answer {reply}') end",
     ]
     return "\n".join(lines)
 
@@ -183,3 +184,22 @@ def test_sigterm_stops_cleanly_and_a_restart_serves_at_once(tmp_path: Path, kind
         assert second.entry("C1C1C1C1C1").uuid == CANON  # type: ignore[union-attr]
         assert second.entry("C2C2C2C2C2").uuid == OTHER  # type: ignore[union-attr]
         assert "cannot" not in second.log()
+
+
+def test_doctor_probe_is_recorded_and_discarded_only_with_the_key(
+    milter: MilterProcess, tmp_path: Path
+) -> None:
+    key = load_key(milter.state_dir)
+    assert key is not None, "the milter creates state-dir/probe.key at start"
+    forged = "0123456789abcdef.00000000000000000000000000000000"
+    run_miltertest(
+        milter, tmp_path,
+        lua_message("D0C0000001", [("X-Sendpost-Message-UUID", CANON),
+                                   ("X-Sendpost-Doctor-Probe", make_token(key))],
+                    reply="SMFIR_DISCARD"),
+        lua_message("D0C0000002", [("X-Sendpost-Message-UUID", CANON),
+                                   ("X-Sendpost-Doctor-Probe", forged)]),
+    )
+    assert milter.entry("D0C0000001").uuid == CANON  # type: ignore[union-attr]
+    assert milter.entry("D0C0000002").uuid == CANON  # type: ignore[union-attr]
+    assert counter(milter, "sendpost_milter_doctor_probes_total") == 1

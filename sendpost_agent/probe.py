@@ -1,0 +1,52 @@
+"""Doctor probes: test messages the milter recognises and discards (never delivered).
+
+The contract between `sendpost-agent doctor` (sends a probe through the local smtpd) and
+the milter (records it like any message, then answers DISCARD). A probe carries
+``X-Sendpost-Doctor-Probe: NONCE.MAC``, the MAC keyed with ``state-dir/probe.key``, so
+only someone who can read the agent's state can make the milter discard a message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+PROBE_HEADER = "X-Sendpost-Doctor-Probe"
+KEY_FILE = "probe.key"
+_MAC_LEN = 32
+
+
+def load_key(state_dir: Path, create: bool = False) -> bytes | None:
+    """The shared key; the milter creates it at start, doctor only reads it."""
+    path = state_dir / KEY_FILE
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        if not create:
+            return None
+    except (OSError, ValueError):
+        return None
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    with os.fdopen(fd, "w") as out:
+        out.write(key.hex() + "\n")
+    return key
+
+
+def _mac(key: bytes, nonce: str) -> str:
+    return hmac.new(key, nonce.encode(), hashlib.sha256).hexdigest()[:_MAC_LEN]
+
+
+def make_token(key: bytes) -> str:
+    nonce = secrets.token_hex(8)
+    return f"{nonce}.{_mac(key, nonce)}"
+
+
+def is_probe(key: bytes | None, value: str) -> bool:
+    if key is None:
+        return False
+    nonce, _, mac = value.strip().partition(".")
+    return bool(nonce) and hmac.compare_digest(mac, _mac(key, nonce))
