@@ -8,7 +8,6 @@ import re
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -25,8 +24,8 @@ from logwatch.parse import (
     Skipped,
     parse_line,
 )
+from tests.support.samples import SAMPLES
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "postfix-samples"
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 T = datetime(2026, 11, 23, 18, 35, 21, tzinfo=UTC)
 

@@ -16,8 +16,8 @@ from logwatch.parse import Clock, parse_line
 from logwatch.relays import ContentFilters
 from logwatch.tracker import Tracker
 from sendpost_agent.queuemap import HeaderState, MapReader, MapWriter
+from tests.support.samples import SAMPLES
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "postfix-samples"
 FILTER = ContentFilters.from_values(["smtp-amavis:[127.0.0.1]:10024"])
 NOW = datetime(2026, 11, 24, tzinfo=UTC)
 U_MIXED = "11111111-1111-4111-8111-000000000001"
@@ -26,7 +26,7 @@ U_CF = "11111111-1111-4111-8111-000000000020"
 
 def sample(name: str) -> list[str]:
     path = SAMPLES / name
-    assert path.exists(), f"{path} is missing: the tests need shared/postfix-samples"
+    assert path.exists(), f"{path} is missing: the tests need tests/data/postfix-samples"
     return path.read_text().splitlines()
 
 

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from logwatch.parse import Clock, Delivery, Expired, Skipped, parse_line
+from tests.support.samples import SAMPLES
 
-WILD = Path(__file__).resolve().parents[2] / "shared" / "postfix-samples" / "wild"
+WILD = SAMPLES / "wild"
 NOW = datetime(2026, 11, 24, tzinfo=UTC)
 
 # Lines with `status=` that are not a delivery outcome of a known recipient.
@@ -26,7 +27,7 @@ EXPECTED_SKIPS = {
 def wild_file(name: str) -> Path:
     """A missing corpus fails the test: skipping would pass without testing anything."""
     path = WILD / name
-    assert path.is_file(), f"corpus missing: {path} (see shared/postfix-samples/wild/README.md)"
+    assert path.is_file(), f"corpus missing: {path} (see tests/data/postfix-samples/wild/README.md)"
     return path
 
 
