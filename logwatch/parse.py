@@ -2,7 +2,7 @@
 
 Pure and on the hot path: a few plain substring checks reject most lines before any
 regex runs; only ``Clock`` holds state (the year of year-less syslog stamps).
-Field definitions follow shared/postfix-samples/wild/README.md ("status-lines.jsonl
+Field definitions follow tests/data/postfix-samples/wild/README.md ("status-lines.jsonl
 fields"), checked against 459 real status lines by tests/test_wild_lines.py.
 """
 

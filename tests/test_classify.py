@@ -21,7 +21,7 @@ S = EventType.SOFT_BOUNCED
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "CLASSIFICATION.md"
 
-# Every status=bounced line of shared/postfix-samples/wild/status-lines.jsonl (91 lines,
+# Every status=bounced line of tests/data/postfix-samples/wild/status-lines.jsonl (91 lines,
 # real Postfix logs from public repositories and issues; see that README), copied
 # verbatim as (line index in the file, dsn, reply, expected type), each reviewed by hand.
 WILD_BOUNCES: list[tuple[int, str | None, str, EventType]] = [
@@ -626,7 +626,7 @@ def test_wild_table_has_every_bounced_line_once() -> None:
     assert len(indexes) == len(set(indexes)) == 91
 
 
-# The bounces of shared/postfix-samples/maillog.functional and maillog.content-filter
+# The bounces of tests/data/postfix-samples/maillog.functional and maillog.content-filter
 # (a real Postfix 3.7 against a sink that rejects with User unknown).
 SAMPLE_BOUNCE = (
     "host 127.0.0.1[127.0.0.1] said: 550 5.1.1 <bounce1@example.com>: Recipient address "

@@ -1,4 +1,4 @@
-"""Joining and following messages, on the real Postfix output in shared/postfix-samples.
+"""Joining and following messages, on the real Postfix output in tests/data/postfix-samples.
 
 The queue map here is the real SQLite map, filled the way the milter fills it.
 """

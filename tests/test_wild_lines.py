@@ -1,4 +1,4 @@
-"""logwatch.parse against 1139 real Postfix lines from public sources (shared/postfix-samples/wild).
+"""logwatch.parse against 1139 real Postfix lines from public sources (tests/data/postfix-samples/wild).
 
 Every one of the 459 `status=` lines must give exactly the fields the README defines, or be
 rejected on purpose; the rejections are counted per reason so a change in behaviour shows.

@@ -1,4 +1,4 @@
-"""Mail log lines shaped exactly like Postfix 3.7's (see shared/postfix-samples), for tests
+"""Mail log lines shaped exactly like Postfix 3.7's (see tests/data/postfix-samples), for tests
 that need many messages without running Postfix, plus the map rows the milter would write."""
 
 from __future__ import annotations
