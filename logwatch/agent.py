@@ -30,7 +30,7 @@ from logwatch.follow import Batch, Follower, LogUnreadable
 from logwatch.health import make_app
 from logwatch.metrics import AgentMetrics
 from logwatch.parse import Clock
-from logwatch.pipeline import Pipeline, lookup_of, open_map
+from logwatch.pipeline import Pipeline, open_map
 from logwatch.relays import ContentFilters
 from logwatch.shipper import Shipper
 from logwatch.wal import Wal, WalError
@@ -70,7 +70,7 @@ class Agent:
                                self.metrics.send_seconds.observe,
                                max_requests_per_minute=config.max_requests_per_minute)
         self._map = open_map(config)
-        self.pipeline = Pipeline(config, lookup_of(self._map),
+        self.pipeline = Pipeline(config, self._map,
                                  ContentFilters.from_postfix(config.postfix_config_dir),
                                  Clock(config.tzinfo))
         self.events_by_type: Counter[str] = Counter()

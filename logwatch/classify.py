@@ -303,7 +303,11 @@ def event_for_status(status: str, dsn: str | None, reply: str | None) -> Verdict
     plain = _PLAIN_STATUSES.get(status)
     if plain is None:
         return None
-    smtp_code, _, description = _parse_reply(reply or "")
+    reply = reply or ""
+    if reply[3:4] == " " and reply[:3].isdigit() and "said: " not in reply:
+        # The common single-line answer "250 2.0.0 Ok ...": nothing to find or fold.
+        return Verdict(plain[0], int(reply[:3]), reply.strip(), plain[1])
+    smtp_code, _, description = _parse_reply(reply)
     return Verdict(plain[0], _smtp_code(smtp_code, dsn), description, plain[1])
 
 

@@ -11,9 +11,9 @@ from collections import Counter
 from pathlib import Path
 
 from logwatch.events import Event
-from logwatch.parse import Clock, Skipped, parse_line
+from logwatch.parse import Clock, Delivery, Expired, Record, Skipped, parse_line
 from logwatch.relays import ContentFilters
-from logwatch.tracker import Lookup, Tracker
+from logwatch.tracker import Tracker
 from sendpost_agent.config import Config
 from sendpost_agent.queuemap import Entry, MapError, MapReader
 
@@ -21,10 +21,12 @@ log = logging.getLogger(__name__)
 
 
 class Pipeline:
-    def __init__(self, config: Config, lookup: Lookup, filters: ContentFilters,
+    def __init__(self, config: Config, reader: MapReader | None, filters: ContentFilters,
                  clock: Clock) -> None:
         self.clock = clock
-        self.tracker = Tracker(lookup, filters, wait=config.join_wait,
+        self._reader = reader
+        self._batch_rows: dict[str, Entry | None] = {}
+        self.tracker = Tracker(self._lookup, filters, wait=config.join_wait,
                                report_deferred=config.report_deferred,
                                forget_after=config.map_retention)
         self.lines_read = 0
@@ -33,22 +35,47 @@ class Pipeline:
 
     def process(self, lines: list[bytes]) -> list[Event]:
         """One batch of complete lines -> the events they complete, in log order."""
-        events: list[Event] = []
-        feed, clock = self.tracker.feed, self.clock
-        parsed = 0
+        clock, skipped = self.clock, self.skipped
+        records = []
         for raw in lines:
             record = parse_line(raw.decode("utf-8", "replace"), clock)
             if record is None:
                 continue
             if isinstance(record, Skipped):
-                self.skipped[record.reason] += 1
+                skipped[record.reason] += 1
                 continue
-            parsed += 1
-            events += feed(record)
+            records.append(record)
         self.lines_read += len(lines)
-        self.lines_parsed += parsed
+        self.lines_parsed += len(records)
+        self._prefetch(records)
+        events: list[Event] = []
+        feed = self.tracker.feed
+        for record in records:
+            events += feed(record)
         events += self.tracker.tick()
+        self._batch_rows = {}
         return events
+
+    def _prefetch(self, records: list[Record]) -> None:
+        """Look up the batch's unknown queue IDs in one query instead of one per line."""
+        if self._reader is None:
+            return
+        messages = self.tracker.messages
+        wanted = []
+        for r in records:
+            if isinstance(r, Delivery | Expired):
+                message = messages.get(r.queue_id)
+                if message is None or message.uuid is None:
+                    wanted.append(r.queue_id)
+        wanted = list(set(wanted))
+        rows: dict[str, Entry | None] = dict.fromkeys(wanted)
+        rows.update(self._reader.get_many(wanted))
+        self._batch_rows = rows
+
+    def _lookup(self, queue_id: str) -> Entry | None:
+        if queue_id in self._batch_rows:
+            return self._batch_rows[queue_id]
+        return self._reader.get(queue_id) if self._reader is not None else None
 
     def finish(self) -> list[Event]:
         return self.tracker.finish()
@@ -72,16 +99,6 @@ def open_map(config: Config) -> MapReader | None:
     except MapError as exc:
         log.error("%s", exc)
         return None
-
-
-def lookup_of(reader: MapReader | None) -> Lookup:
-    if reader is None:
-        return _no_map
-    return reader.get
-
-
-def _no_map(queue_id: str) -> Entry | None:
-    return None
 
 
 def newest_mtime(paths: list[Path]) -> float:

@@ -13,7 +13,7 @@ from typing import TextIO
 
 from logwatch.follow import read_file_batches
 from logwatch.parse import Clock
-from logwatch.pipeline import Pipeline, lookup_of, newest_mtime, open_map
+from logwatch.pipeline import Pipeline, newest_mtime, open_map
 from logwatch.relays import ContentFilters
 from logwatch.shipper import Shipper
 from logwatch.wal import Wal
@@ -71,7 +71,7 @@ def _replay(config: Config, files: list[Path], out: TextIO) -> int:
     reader = open_map(config)
     filters = ContentFilters.from_postfix(config.postfix_config_dir)
     now = datetime.fromtimestamp(newest_mtime(files), UTC)
-    pipeline = Pipeline(config, lookup_of(reader), filters, Clock(config.tzinfo, now))
+    pipeline = Pipeline(config, reader, filters, Clock(config.tzinfo, now))
     events = 0
     try:
         for path in files:

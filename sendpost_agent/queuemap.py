@@ -46,6 +46,7 @@ PRUNE_CHUNK = 2000
 # this long is a stray sqlite3 shell: give up the row rather than hold the message.
 WRITER_BUSY_TIMEOUT = 1.0
 READER_BUSY_TIMEOUT = 5.0
+_IN_CHUNK = 500  # below SQLite's host-parameter limit
 
 
 class HeaderState(IntEnum):
@@ -179,6 +180,11 @@ class MapWriter:
                 self._conn.close()
 
 
+def _entry(blob: bytes | None, header: int, received_at: int) -> Entry:
+    text = str(uuid.UUID(bytes=blob)) if blob is not None else None
+    return Entry(text, HeaderState(header), received_at)
+
+
 class MapReader:
     """The log watcher's handle; each lookup sees every row committed before it."""
 
@@ -194,11 +200,24 @@ class MapReader:
             ).fetchone()
         except sqlite3.Error as exc:
             raise MapError(f"{self.path}: queue map lookup failed: {exc}") from exc
-        if row is None:
-            return None
-        blob, header, received_at = row
-        text = str(uuid.UUID(bytes=blob)) if blob is not None else None
-        return Entry(text, HeaderState(header), received_at)
+        return None if row is None else _entry(*row)
+
+    def get_many(self, queue_ids: list[str]) -> dict[str, Entry]:
+        """Rows of many queue IDs in few queries: one lookup per status line is too slow."""
+        found: dict[str, Entry] = {}
+        for start in range(0, len(queue_ids), _IN_CHUNK):
+            chunk = queue_ids[start:start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            try:
+                rows = self._conn.execute(
+                    "SELECT queue_id, uuid, header, received_at FROM queuemap"
+                    f" WHERE queue_id IN ({marks})", chunk
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise MapError(f"{self.path}: queue map lookup failed: {exc}") from exc
+            for queue_id, *row in rows:
+                found[queue_id] = _entry(*row)
+        return found
 
     def __len__(self) -> int:
         return self._conn.execute("SELECT count(*) FROM queuemap").fetchone()[0]

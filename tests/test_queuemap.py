@@ -150,3 +150,15 @@ def test_kill_9_of_the_writer_leaves_a_consistent_map(path: Path) -> None:
         reader = MapReader(path)
         assert all(reader.get(qid) is not None for qid in acknowledged)
         reader.close()
+
+
+def test_get_many_answers_like_get_for_many_ids(path: Path) -> None:
+    writer = MapWriter(path, DAY)
+    for i in range(1200):  # more than one IN (...) chunk
+        writer.put(f"M{i:05d}", uuid.UUID(int=i + 1), HeaderState.PRESENT, now=7)
+    writer.put("NOHDR", None, HeaderState.MISSING, now=7)
+    reader = MapReader(path)
+    wanted = [f"M{i:05d}" for i in range(0, 1200, 3)] + ["NOHDR", "ABSENT"]
+    rows = reader.get_many(wanted)
+    assert rows == {q: reader.get(q) for q in wanted if q != "ABSENT"}
+    assert rows["NOHDR"] == Entry(None, HeaderState.MISSING, 7)
