@@ -75,6 +75,8 @@ def test_events_arrive_once_in_batches_on_one_connection(
         assert metrics['sendpost_agent_batches_total{outcome="2xx"}'] == len(server.requests)
         assert metrics["sendpost_agent_log_lines_read_total"] == 400 * 5
         assert agent.stop() == 0
+    assert "plain http" in agent.log()  # warned: the test endpoint is not TLS
+    assert KEY not in agent.log()
 
 
 def test_low_rate_events_wait_at_most_the_batch_window(

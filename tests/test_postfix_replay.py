@@ -186,3 +186,13 @@ def test_milter_down_falls_back_to_header_checks_info(site: SiteFactory) -> None
     assert outcomes(events, unseen) == []
     assert "unmatched:unknown_queue_id=" in summary
     assert outcomes(events, logged) == [("delivered", "ok2@example.com")]
+
+
+def test_soft_bounce_yes_reports_a_deferral_not_a_bounce(site: SiteFactory) -> None:
+    """With soft_bounce = yes Postfix keeps would-be bounces queued (status=SOFTBOUNCE)."""
+    s = site(main_cf={"soft_bounce": "yes"})
+    queue_id, message_uuid = s.send(["bounce@example.com"])
+    s.postfix.wait_for_log(rf"{queue_id}: to=<bounce@example.com>, .*status=SOFTBOUNCE")
+    events, _ = s.replay()
+    assert outcomes(events, message_uuid)[0] == ("deferred", "bounce@example.com")
+    assert "bounced" not in {e["event_type"] for e in events if e["message_id"] == message_uuid}

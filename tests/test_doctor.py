@@ -1,0 +1,308 @@
+"""`sendpost-agent doctor` against real Postfix instances, the real milter and the ingest API.
+
+A healthy site (one Postfix, milter, sink, API for the whole module) must pass and its
+probe must never reach the sink; then one piece at a time is broken. Misconfigured
+Postfix setups each get their own instance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.fixtures import PostfixFactory, require_postfix_tools
+from tests.support.ingest import IngestServer
+from tests.support.milter import MilterProcess
+from tests.support.postfix import PostfixInstance, free_port
+from tests.support.sink import Sink
+
+API_KEY = "doctor-test-key"
+OURS = "unix:sendpost-agent/milter.sock"
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def checks(self) -> dict[str, dict[str, str]]:
+        return {c["name"]: c for c in json.loads(self.stdout)["checks"]}
+
+    def status(self, name: str) -> str:
+        return self.checks[name]["status"]
+
+
+@dataclass
+class Site:
+    postfix: PostfixInstance
+    milter: MilterProcess
+    sink: Sink
+    ingest: IngestServer
+
+    @classmethod
+    def start(cls, postfix: PostfixInstance, state_dir: Path, sink: Sink,
+              ingest: IngestServer) -> Site:
+        """The milter on the shipped relative socket (inside queue_directory), then Postfix."""
+        postfix.queue_directory.mkdir(parents=True, exist_ok=True)
+        milter = MilterProcess(
+            state_dir, f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock").start()
+        postfix.start()
+        return cls(postfix, milter, sink, ingest)
+
+    def doctor(self, *args: str, log_path: Path | None = None,
+               api_key: str = API_KEY) -> Run:
+        proc = subprocess.run(
+            [sys.executable, "-m", "sendpost_agent", "doctor", "--json",
+             "--postfix-config-dir", str(self.postfix.config_dir),
+             "--state-dir", str(self.milter.state_dir),
+             "--log-path", str(log_path or self.postfix.maillog),
+             "--milter-socket", self.milter.socket,
+             "--endpoint", self.ingest.url, "--api-key", api_key, *args],
+            capture_output=True, text=True, timeout=90,
+            env={"PATH": "/usr/sbin:/usr/bin:/bin", "SENDPOST_CONFIG": "/dev/null"},
+        )
+        assert API_KEY not in proc.stdout + proc.stderr
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+    def assert_probe_never_left(self, run: Run) -> None:
+        """The probe (if sent) was discarded: Postfix logged it, and the sink got nothing."""
+        detail = run.checks["probe"]["detail"]
+        if "queue ID" in detail:
+            queue_id = detail.split("queue ID ")[1].split()[0].rstrip("):,")
+            self.postfix.wait_for_log(rf"{queue_id}: milter-discard: .*DISCARD action")
+            time.sleep(1)  # a delivery would have reached the sink by now
+            assert not [ln for ln in self.postfix.maillog_lines() if f"{queue_id}: to=" in ln]
+        assert self.sink.messages == []
+
+    def stop(self) -> None:
+        self.postfix.stop()
+        if self.milter.proc is not None and self.milter.proc.poll() is None:
+            self.milter.stop()
+
+
+@pytest.fixture(scope="module")
+def ingest() -> Iterator[IngestServer]:
+    with IngestServer(API_KEY) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory: pytest.TempPathFactory, ingest: IngestServer) -> Iterator[Site]:
+    require_postfix_tools()
+    root = tmp_path_factory.mktemp("doctor")
+    with Sink() as sink:
+        postfix = PostfixInstance(root / "pf", sink.port,
+                                  smtpd_milters=f"{{ {OURS}, default_action=accept }}",
+                                  smtp_probe=False)
+        site = Site.start(postfix, root / "state", sink, ingest)
+        try:
+            yield site
+        finally:
+            site.stop()
+
+
+SiteFactory = Callable[..., Site]
+
+
+@pytest.fixture
+def site(tmp_path: Path, postfix_factory: PostfixFactory, sink: Sink,
+         ingest: IngestServer) -> Iterator[SiteFactory]:
+    sites: list[Site] = []
+
+    def make(**postfix_settings: object) -> Site:
+        postfix = postfix_factory(start=False, smtp_probe=False, **postfix_settings)
+        sites.append(Site.start(postfix, tmp_path / "state", sink, ingest))
+        return sites[-1]
+
+    yield make
+    for s in sites:
+        s.stop()
+
+
+def test_healthy_site_passes_and_the_probe_never_leaves_the_host(healthy: Site) -> None:
+    requests = len(healthy.ingest.requests)
+    run = healthy.doctor()
+    assert run.code == 0, run.stdout + run.stderr
+    assert json.loads(run.stdout)["overall"] == "pass"
+    assert {name: c["status"] for name, c in run.checks.items()} == {
+        "milter-in-smtpd-milters": "pass", "milter-default-action": "pass",
+        "header-checks": "pass", "content-filters": "pass", "probe": "pass",
+        "mail-log": "pass", "endpoint": "pass"}
+    assert "discarded the probe" in run.checks["probe"]["detail"]
+    assert "Postfix logged the probe" in run.checks["mail-log"]["detail"]
+    sent = healthy.ingest.requests[requests:]
+    assert [(r.status, r.events) for r in sent] == [(400, 0)]  # key checked, no event sent
+    healthy.assert_probe_never_left(run)
+
+
+def test_human_output_and_offline_skips_the_endpoint(healthy: Site) -> None:
+    requests = len(healthy.ingest.requests)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sendpost_agent", "doctor", "--offline",
+         "--postfix-config-dir", str(healthy.postfix.config_dir),
+         "--state-dir", str(healthy.milter.state_dir), "--log-path", str(healthy.postfix.maillog),
+         "--milter-socket", healthy.milter.socket],
+        capture_output=True, text=True, timeout=90,
+        env={"PATH": "/usr/sbin:/usr/bin:/bin", "SENDPOST_CONFIG": "/dev/null"})
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert lines[0].startswith("PASS milter-in-smtpd-milters: ")
+    assert "SKIP endpoint: not checked (--offline)" in lines
+    assert lines[-1] == "verdict: PASS (6 pass, 0 warn, 0 fail, 1 skip)"
+    assert len(healthy.ingest.requests) == requests
+
+
+def test_wrong_api_key_fails_the_endpoint_check(healthy: Site) -> None:
+    run = healthy.doctor("--offline")
+    assert run.status("endpoint") == "skip"
+    run = healthy.doctor(api_key="not-the-key")
+    assert run.code == 1
+    endpoint = run.checks["endpoint"]
+    assert endpoint["status"] == "fail"
+    assert "rejected the api-key (HTTP 401)" in endpoint["detail"]
+    assert "Event Ingestion API Key" in endpoint["fix"]
+    assert "not-the-key" not in run.stdout
+
+
+def test_log_path_that_postfix_does_not_write_fails(healthy: Site, tmp_path: Path) -> None:
+    other = tmp_path / "other.log"
+    other.write_text("Nov 23 18:35:21 host postfix/smtpd[1]: connect from x\n")
+    run = healthy.doctor("--offline", log_path=other)
+    assert run.code == 1
+    mail_log = run.checks["mail-log"]
+    assert mail_log["status"] == "fail"
+    assert "Postfix did not log the probe (queue ID" in mail_log["detail"]
+    assert f"to {other} within 5 s: it is not the file Postfix writes" in mail_log["detail"]
+    assert f"set log-path to {healthy.postfix.maillog}" in mail_log["fix"]  # maillog_file
+
+    run = healthy.doctor("--offline", log_path=tmp_path / "missing.log")
+    assert run.checks["mail-log"]["status"] == "fail"
+    assert "does not exist" in run.checks["mail-log"]["detail"]
+    healthy.assert_probe_never_left(run)
+
+
+def test_milter_down_or_unwritable_socket_fails_the_probe_without_sending(
+    healthy: Site,
+) -> None:
+    sock = Path(healthy.milter.socket.removeprefix("unix:"))
+    sock.chmod(0o600)
+    try:
+        run = healthy.doctor("--offline")
+    finally:
+        sock.chmod(0o660)
+    assert run.code == 1
+    assert "user postfix (Postfix's smtpd) cannot write to" in run.checks["probe"]["detail"]
+
+    healthy.milter.stop()
+    try:
+        run = healthy.doctor("--offline")
+    finally:
+        healthy.milter.start()
+    assert run.code == 1
+    probe = run.checks["probe"]
+    assert probe["status"] == "fail"
+    assert "not sent: the milter does not accept connections on" in probe["detail"]
+    assert "is it running?" in probe["detail"]
+    assert run.status("milter-in-smtpd-milters") == "pass"
+    healthy.assert_probe_never_left(run)
+
+
+def test_milter_missing_from_smtpd_milters(site: SiteFactory) -> None:
+    s = site(smtpd_milters="")
+    run = s.doctor("--offline")
+    assert run.code == 1
+    listed = run.checks["milter-in-smtpd-milters"]
+    assert listed["status"] == "fail"
+    assert f"not in {s.postfix.config_dir}/main.cf line" in listed["detail"]
+    assert "{ unix:sendpost-agent/milter.sock, default_action=accept }" in listed["fix"]
+    assert run.status("milter-default-action") == "skip"
+    assert "not sent" in run.checks["probe"]["detail"]
+    s.assert_probe_never_left(run)
+
+
+def test_default_action_tempfail_fails(site: SiteFactory) -> None:
+    s = site(smtpd_milters=f"{{ {OURS}, default_action=tempfail }}")
+    run = s.doctor("--offline")
+    assert run.code == 1
+    action = run.checks["milter-default-action"]
+    assert action["status"] == "fail"
+    assert "default action tempfail" in action["detail"]
+    assert "would defer every message" in action["detail"]
+    assert run.status("probe") == "pass"
+    s.assert_probe_never_left(run)
+
+
+def test_header_rules_that_hide_the_header_are_reported_with_file_and_line(
+    site: SiteFactory, tmp_path: Path
+) -> None:
+    ignore = tmp_path / "header_checks"
+    ignore.write_text("# local rules\n/^Subject: buy now/ REJECT\n"
+                      "/^X-Sendpost-Message-UUID:/ IGNORE\n/^X-Mailer:/ IGNORE\n")
+    replace = tmp_path / "filter_header_checks"
+    replace.write_text("/^X-Sendpost-/ REPLACE X-Removed: yes\n")
+    s = site(
+        smtpd_milters=f"{{ {OURS}, default_action=accept }}",
+        main_cf={"header_checks": f"regexp:{ignore}"},
+        master_cf_extra=f"rewrite-cleanup unix n - n - 0 cleanup\n"
+                        f"    -o header_checks=regexp:{replace}\n",
+    )
+    run = s.doctor("--offline")
+    assert run.code == 1
+    checks = run.checks["header-checks"]
+    assert checks["status"] == "fail"
+    assert f"{ignore} line 3 IGNOREs X-Sendpost-Message-UUID" in checks["detail"]
+    assert f"{replace} line 1 REPLACEs X-Sendpost-Message-UUID" in checks["detail"]
+    assert "service rewrite-cleanup/unix (-o header_checks)" in checks["detail"]
+    assert "milters see headers after header_checks" in checks["detail"]
+    assert "change it to INFO" in checks["fix"]
+    probe = run.checks["probe"]
+    assert probe["status"] == "fail"
+    assert "the header did not survive: the milter saw X-Sendpost-Message-UUID as missing" \
+        in probe["detail"]
+    s.assert_probe_never_left(run)
+
+
+def test_content_filter_reinjection_without_milters_is_a_warning(site: SiteFactory) -> None:
+    reinject = free_port()
+    s = site(
+        smtpd_milters=f"{{ {OURS}, default_action=accept }}",
+        main_cf={"content_filter": f"smtp-amavis:[127.0.0.1]:{free_port()}"},
+        master_cf_extra=(
+            "smtp-amavis unix - - n - 2 smtp\n"
+            f"127.0.0.1:{reinject} inet n - n - - smtpd\n    -o content_filter=\n"
+            "    -o smtpd_milters=\n    -o receive_override_options="
+            "no_unknown_recipient_checks,no_header_body_checks,no_milters\n"),
+    )
+    run = s.doctor("--offline")
+    assert run.code == 0, run.stdout
+    assert json.loads(run.stdout)["overall"] == "warn"
+    filters = run.checks["content-filters"]
+    assert filters["status"] == "warn"
+    assert f"re-injection listener 127.0.0.1:{reinject}/inet has no_milters" in filters["detail"]
+    assert "logwatch carries the UUID recorded at the first hop" in filters["detail"]
+    assert "no_header_body_checks" in filters["detail"]
+    assert run.status("milter-in-smtpd-milters") == "pass"  # re-injection is exempt
+    assert run.status("probe") == "pass"
+    s.assert_probe_never_left(run)
+
+
+def test_a_directory_that_is_not_a_postfix_config_cannot_run(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "sendpost_agent", "doctor", "--postfix-config-dir",
+         str(tmp_path), "--offline"],
+        capture_output=True, text=True, timeout=30,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SENDPOST_CONFIG": "/dev/null"})
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert f"open {tmp_path}/main.cf: No such file or directory" in proc.stderr
+    assert f"postfix-config-dir ({tmp_path}) must be Postfix's configuration" in proc.stderr
