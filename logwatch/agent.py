@@ -30,11 +30,12 @@ from logwatch.follow import Batch, Follower, LogUnreadable
 from logwatch.health import make_app
 from logwatch.metrics import AgentMetrics
 from logwatch.parse import Clock
-from logwatch.pipeline import Pipeline, open_map
+from logwatch.pipeline import Pipeline
 from logwatch.relays import ContentFilters
 from logwatch.shipper import Shipper
 from logwatch.wal import Wal, WalError
 from sendpost_agent.config import Config
+from sendpost_agent.queuemap import MapError, MapReader
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,10 @@ class Agent:
         self.shipper = Shipper(self.wal, config.endpoint, api_key, config.dead_letter_path,
                                self.metrics.send_seconds.observe,
                                max_requests_per_minute=config.max_requests_per_minute)
-        self._map = open_map(config)
+        try:  # created empty if the milter has not run yet: it fills the same file later
+            self._map = MapReader(config.map_path)
+        except MapError as exc:
+            raise AgentStartError(str(exc)) from exc
         self.pipeline = Pipeline(config, self._map,
                                  ContentFilters.from_postfix(config.postfix_config_dir),
                                  Clock(config.tzinfo))
@@ -121,8 +125,7 @@ class Agent:
             await shipping
             self.wal.close()
             self.follower.close()
-            if self._map is not None:
-                self._map.close()
+            self._map.close()
             await runner.cleanup()
         log.info("stopped; %d events pending in the WAL", self.wal.pending)
         return 0

@@ -6,18 +6,14 @@ events go, so both commands classify exactly alike.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
-from pathlib import Path
 
 from logwatch.events import Event
 from logwatch.parse import Clock, Delivery, Expired, Record, Skipped, parse_line
 from logwatch.relays import ContentFilters
 from logwatch.tracker import Tracker
 from sendpost_agent.config import Config
-from sendpost_agent.queuemap import Entry, MapError, MapReader
-
-log = logging.getLogger(__name__)
+from sendpost_agent.queuemap import Entry, MapReader
 
 
 class Pipeline:
@@ -85,21 +81,3 @@ class Pipeline:
         out = {f"skipped:{k}": v for k, v in self.skipped.items()}
         out.update(self.tracker.counts)
         return out
-
-
-def open_map(config: Config) -> MapReader | None:
-    """The milter's map, or None (with a warning) when this host has none yet."""
-    if not config.map_path.exists():
-        log.warning("%s does not exist: is the milter running with state-dir %s? Without"
-                    " it only header_checks INFO lines can be correlated",
-                    config.map_path, config.state_dir)
-        return None
-    try:
-        return MapReader(config.map_path)
-    except MapError as exc:
-        log.error("%s", exc)
-        return None
-
-
-def newest_mtime(paths: list[Path]) -> float:
-    return max((p.stat().st_mtime for p in paths), default=0.0)

@@ -13,11 +13,12 @@ from typing import TextIO
 
 from logwatch.follow import read_file_batches
 from logwatch.parse import Clock
-from logwatch.pipeline import Pipeline, newest_mtime, open_map
+from logwatch.pipeline import Pipeline
 from logwatch.relays import ContentFilters
 from logwatch.shipper import Shipper
 from logwatch.wal import Wal
 from sendpost_agent.config import Config, ConfigError, Secret
+from sendpost_agent.queuemap import MapError, MapReader
 
 log = logging.getLogger(__name__)
 SEND_TIMEOUT = 600.0
@@ -93,3 +94,21 @@ def _replay(config: Config, files: list[Path], out: TextIO) -> int:
              pipeline.lines_read, pipeline.lines_parsed, events,
              ", ".join(f"{k}={v}" for k, v in sorted(pipeline.counts().items())) or "none")
     return 0
+
+
+def open_map(config: Config) -> MapReader | None:
+    """The milter's map, or None (with a warning) when this host has none yet."""
+    if not config.map_path.exists():
+        log.warning("%s does not exist: is the milter running with state-dir %s? Without"
+                    " it only header_checks INFO lines can be correlated",
+                    config.map_path, config.state_dir)
+        return None
+    try:
+        return MapReader(config.map_path)
+    except MapError as exc:
+        log.error("%s", exc)
+        return None
+
+
+def newest_mtime(paths: list[Path]) -> float:
+    return max((p.stat().st_mtime for p in paths), default=0.0)
