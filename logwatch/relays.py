@@ -12,9 +12,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from sendpost_agent.postconf import PostconfError, PostfixConfig
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +92,12 @@ class ContentFilters:
         Postfix not being readable is not fatal: we then rely on a hop's new queue ID
         showing up in the log (see tracker), and say so.
         """
-        values: list[str] = []
-        for args in (["-h", "content_filter"], ["-P"]):
-            try:
-                out = subprocess.run(
-                    ["postconf", "-c", str(config_dir), *args],
-                    capture_output=True, text=True, timeout=30, check=True,
-                ).stdout
-            except (OSError, subprocess.SubprocessError) as exc:
-                log.warning("cannot read content filters with postconf -c %s: %s; content"
-                            " filter hops are then recognised only by their new queue ID",
-                            config_dir, exc)
-                return cls()
-            for line in out.splitlines():
-                if args == ["-P"]:
-                    name, _, value = line.partition(" = ")
-                    if name.endswith("/content_filter"):
-                        values.append(value)
-                else:
-                    values.append(line)
+        postfix = PostfixConfig(config_dir)
+        try:
+            values = [postfix.value("content_filter")]
+            values += [s.overrides.get("content_filter", "") for s in postfix.services()]
+        except PostconfError as exc:
+            log.warning("cannot read content filters: %s; content filter hops are then"
+                        " recognised only by their new queue ID", exc)
+            return cls()
         return cls.from_values(values)

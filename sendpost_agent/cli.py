@@ -12,7 +12,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sendpost_agent import __version__
-from sendpost_agent.config import SETTINGS, Config, ConfigError, env_of, key_of, load_config
+from sendpost_agent.config import (
+    SETTINGS,
+    Config,
+    ConfigError,
+    HostPort,
+    env_of,
+    key_of,
+    load_config,
+)
+from sendpost_agent.config import _host_port as parse_host_port
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -45,6 +54,28 @@ def _run_replay(config: Config, args: argparse.Namespace) -> int:
     return replay(config, args.files, send=args.send)
 
 
+def _run_doctor(config: Config, args: argparse.Namespace) -> int:
+    from sendpost_agent.doctor import run_doctor
+
+    return run_doctor(config, sys.stdout, smtp=args.smtp, offline=args.offline,
+                      as_json=args.json)
+
+
+def _smtp_address(text: str) -> HostPort:
+    try:
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _doctor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    parser.add_argument("--offline", action="store_true", help="skip the endpoint check")
+    parser.add_argument("--smtp", type=_smtp_address, metavar="HOST:PORT",
+                        help="the smtpd to send the probe to [default: the smtpd listener"
+                        " of master.cf that passes mail to the milter, port 25 first]")
+
+
 def _replay_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE",
                         help="mail log files, plain or .gz, oldest first")
@@ -70,6 +101,13 @@ COMMANDS: dict[str, tuple[str, Handler, Callable[[argparse.ArgumentParser], None
         " does, and print one JSON event per line",
         _run_replay,
         _replay_args,
+    ),
+    "doctor": (
+        "check the Postfix configuration and the live path (milter sees the header, mail"
+        " log, endpoint and key) and print a verdict per check; exit 0 all pass, 1 a check"
+        " failed, 2 doctor could not run",
+        _run_doctor,
+        _doctor_args,
     ),
     "status": (
         "a short summary of the running logwatch (lag, pending events, last send, last"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from sendpost_agent.doctor import milter_target
 from tests.support.fixtures import PostfixFactory, require_postfix_tools
 from tests.support.ingest import IngestServer
 from tests.support.milter import MilterProcess
@@ -145,24 +146,26 @@ def test_healthy_site_passes_and_the_probe_never_leaves_the_host(healthy: Site) 
     healthy.assert_probe_never_left(run)
 
 
-def test_human_output_and_offline_skips_the_endpoint(healthy: Site) -> None:
+def test_human_output_offline_and_explicit_smtp_listener(healthy: Site) -> None:
     requests = len(healthy.ingest.requests)
     proc = subprocess.run(
         [sys.executable, "-m", "sendpost_agent", "doctor", "--offline",
          "--postfix-config-dir", str(healthy.postfix.config_dir),
          "--state-dir", str(healthy.milter.state_dir), "--log-path", str(healthy.postfix.maillog),
-         "--milter-socket", healthy.milter.socket],
+         "--milter-socket", healthy.milter.socket,
+         "--smtp", f"127.0.0.1:{healthy.postfix.smtp_port}"],
         capture_output=True, text=True, timeout=90,
         env={"PATH": "/usr/sbin:/usr/bin:/bin", "SENDPOST_CONFIG": "/dev/null"})
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert lines[0].startswith("PASS milter-in-smtpd-milters: ")
     assert "SKIP endpoint: not checked (--offline)" in lines
+    assert f"sent to 127.0.0.1:{healthy.postfix.smtp_port} as queue ID" in proc.stdout
     assert lines[-1] == "verdict: PASS (6 pass, 0 warn, 0 fail, 1 skip)"
     assert len(healthy.ingest.requests) == requests
 
 
-def test_wrong_api_key_fails_the_endpoint_check(healthy: Site) -> None:
+def test_wrong_api_key_or_failing_api_fails_the_endpoint_check(healthy: Site) -> None:
     run = healthy.doctor("--offline")
     assert run.status("endpoint") == "skip"
     run = healthy.doctor(api_key="not-the-key")
@@ -172,6 +175,11 @@ def test_wrong_api_key_fails_the_endpoint_check(healthy: Site) -> None:
     assert "rejected the api-key (HTTP 401)" in endpoint["detail"]
     assert "Event Ingestion API Key" in endpoint["fix"]
     assert "not-the-key" not in run.stdout
+
+    healthy.ingest.fail_next(1, 503)
+    run = healthy.doctor()
+    assert run.code == 1
+    assert "answered HTTP 503" in run.checks["endpoint"]["detail"]
 
 
 def test_log_path_that_postfix_does_not_write_fails(healthy: Site, tmp_path: Path) -> None:
@@ -306,3 +314,24 @@ def test_a_directory_that_is_not_a_postfix_config_cannot_run(tmp_path: Path) -> 
     assert proc.stdout == ""
     assert f"open {tmp_path}/main.cf: No such file or directory" in proc.stderr
     assert f"postfix-config-dir ({tmp_path}) must be Postfix's configuration" in proc.stderr
+
+
+def test_bad_smtp_address_is_a_usage_error() -> None:
+    proc = subprocess.run([sys.executable, "-m", "sendpost_agent", "doctor", "--smtp", "25"],
+                          capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "SENDPOST_CONFIG": "/dev/null"})
+    assert proc.returncode == 2
+    assert "argument --smtp: '25' is not HOST:PORT" in proc.stderr
+
+
+@pytest.mark.parametrize(("address", "chroot", "target"), [
+    ("unix:sendpost-agent/milter.sock", False, "unix:/var/spool/postfix/sendpost-agent/milter.sock"),
+    ("unix:sendpost-agent/milter.sock", True, "unix:/var/spool/postfix/sendpost-agent/milter.sock"),
+    ("unix:/run/m.sock", False, "unix:/run/m.sock"),
+    ("unix:/run/m.sock", True, "unix:/var/spool/postfix/run/m.sock"),  # inside the chroot
+    ("inet:localhost:9900", False, "inet:127.0.0.1:9900"),
+    ("inet:[::1]:9900", True, "inet:::1:9900"),
+])
+def test_milter_addresses_resolve_as_smtpd_sees_them(address: str, chroot: bool,
+                                                     target: str) -> None:
+    assert milter_target(address, Path("/var/spool/postfix"), chroot) == target

@@ -1,0 +1,55 @@
+"""Catch-up speed: `sendpost-agent replay` over a generated log, beside `grep -c status=`.
+
+Runs the two alternately (A B A B ...) because the machine is noisy, and prints the
+medians. The log and the map holding every message come from bench/genlog.py (seeded).
+
+    python bench/catchup.py --lines 1000000 --rounds 5 --dir /tmp/sendpost-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from genlog import generate  # type: ignore[import-not-found]
+
+
+def timed(cmd: list[str], env: dict[str, str], out: int) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, stdout=out, stderr=subprocess.DEVNULL, check=True, env=env)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/sendpost-bench"))
+    args = parser.parse_args()
+    log, state = args.dir / f"mail-{args.lines}-{args.seed}.log", args.dir / f"state-{args.seed}"
+    if not log.exists():
+        generate(args.lines, args.seed, log, state)
+    env = {**os.environ, "SENDPOST_CONFIG": "/dev/null"}
+    ours = [sys.executable, "-m", "sendpost_agent", "replay", str(log), "--state-dir",
+            str(state), "--log-timezone", "UTC", "--postfix-config-dir", str(args.dir)]
+    grep = ["grep", "-c", "status=", str(log)]
+    times: dict[str, list[float]] = {"replay": [], "grep": []}
+    for _ in range(args.rounds):
+        times["replay"].append(timed(ours, env, subprocess.DEVNULL))
+        # GNU grep stops at the first match when its output is /dev/null: use a pipe.
+        times["grep"].append(timed(grep, env, subprocess.PIPE))
+    replay, grep_s = statistics.median(times["replay"]), statistics.median(times["grep"])
+    print(f"log: {log} ({args.lines} lines), {args.rounds} rounds, medians:")
+    print(f"  sendpost-agent replay: {replay:.2f} s = {args.lines / replay:,.0f} lines/s")
+    print(f"  grep -c status=:       {grep_s:.2f} s = {args.lines / grep_s:,.0f} lines/s")
+    print(f"  replay takes {replay / grep_s:.0f}x as long as grep")
+
+
+if __name__ == "__main__":
+    main()
