@@ -107,7 +107,7 @@ def _path(value: object) -> Path:
     return Path(_text(value))
 
 
-def _host_port(value: object) -> HostPort:
+def parse_host_port(value: object) -> HostPort:
     text = _text(value)
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
     if not match:
@@ -126,7 +126,7 @@ def _milter_socket(value: object) -> str:
     if kind in ("unix", "local") and rest.startswith("/"):
         return f"unix:{rest}"
     if kind == "inet":
-        hp = _host_port(rest)
+        hp = parse_host_port(rest)
         return f"inet:{hp}"
     raise ValueError(
         f"{text!r} is not a milter socket; use unix:/absolute/path or inet:127.0.0.1:PORT"
@@ -270,10 +270,10 @@ class Config:
         " smtpd chroot, so main.cf names it unix:sendpost-agent/milter.sock",
     )
     milter_listen: HostPort = _setting(
-        HostPort("127.0.0.1", 9114), _host_port, "address of the milter's /metrics"
+        HostPort("127.0.0.1", 9114), parse_host_port, "address of the milter's /metrics"
     )
     listen: HostPort = _setting(
-        HostPort("127.0.0.1", 9113), _host_port, "address of logwatch's /health and /metrics"
+        HostPort("127.0.0.1", 9113), parse_host_port, "address of logwatch's /health and /metrics"
     )
     postfix_config_dir: Path = _setting(
         Path("/etc/postfix"),
