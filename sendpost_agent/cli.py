@@ -20,8 +20,8 @@ from sendpost_agent.config import (
     env_of,
     key_of,
     load_config,
+    parse_host_port,
 )
-from sendpost_agent.config import _host_port as parse_host_port
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
