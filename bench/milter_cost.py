@@ -1,0 +1,118 @@
+"""Milter cost: Postfix's receive throughput with and without our milter, alternating.
+
+A private Postfix (the test harness's, tests/support/postfix.py) relays to an in-process
+sink; 4 SMTP clients each send their share of the messages over one connection. Rounds
+alternate without milter / with milter (unix socket as shipped, and inet), and the
+medians are compared. Also reports the client-side latency of one message (DATA to the
+250 reply) and the milter's own map-write histogram.
+
+    python bench/milter_cost.py --messages 2000 --rounds 3      (as root)
+"""
+
+from __future__ import annotations
+
+import argparse
+import smtplib
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.milter import MilterProcess  # noqa: E402
+from tests.support.postfix import PostfixInstance, build_message, free_port  # noqa: E402
+from tests.support.sink import Sink  # noqa: E402
+
+MILTER = "{ %s, default_action=accept, command_timeout=5s }"
+
+
+def send_all(port: int, messages: int, clients: int) -> tuple[float, list[float]]:
+    """Wall time for all messages and each message's DATA latency."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(count: int) -> None:
+        mine = []
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+            for _ in range(count):
+                raw = build_message("sender@example.com", ["ok@example.com"],
+                                    {"X-Sendpost-Message-UUID": str(uuid.uuid4())}, "hi\n")
+                smtp.mail("sender@example.com")
+                smtp.rcpt("ok@example.com")
+                started = time.perf_counter()
+                smtp.data(raw)
+                mine.append(time.perf_counter() - started)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(messages // clients,))
+               for _ in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started, latencies
+
+
+def one_round(root: Path, mode: str, messages: int, clients: int, sink: Sink) -> dict[str, float]:
+    postfix = PostfixInstance(root / "pf", sink.port, smtp_probe=False)
+    milter = None
+    if mode != "none":
+        postfix.queue_directory.mkdir(parents=True, exist_ok=True)
+        socket = (f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock" if mode == "unix"
+                  else f"inet:127.0.0.1:{free_port()}")
+        entry = "unix:sendpost-agent/milter.sock" if mode == "unix" else socket
+        postfix.postconf(smtpd_milters=MILTER % entry)
+        milter = MilterProcess(root / "state", socket).start()
+    postfix.start()
+    try:
+        wall, latencies = send_all(postfix.smtp_port, messages, clients)
+        metrics = milter.metrics() if milter else {}
+    finally:
+        postfix.stop()
+        if milter:
+            milter.stop()
+    latencies.sort()
+    return {
+        "rate": messages / wall,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
+        "map_write_mean_ms": 1000 * metrics.get("sendpost_milter_map_write_seconds_sum", 0)
+        / max(1.0, metrics.get("sendpost_milter_map_write_seconds_count", 0)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    results: dict[str, list[dict[str, float]]] = {"none": [], "unix": [], "inet": []}
+    with Sink() as sink:
+        for r in range(args.rounds):
+            for mode in results:  # A B C A B C ...: the machine's noise hits all alike
+                with tempfile.TemporaryDirectory(prefix=f"milter-cost-{mode}-{r}-") as tmp:
+                    Path(tmp).chmod(0o755)
+                    results[mode].append(one_round(Path(tmp), mode, args.messages,
+                                                   args.clients, sink))
+                sink.clear()
+    base = statistics.median(x["rate"] for x in results["none"])
+    print(f"{args.messages} messages, {args.clients} clients, {args.rounds} rounds (medians)")
+    for mode, runs in results.items():
+        rate = statistics.median(x["rate"] for x in runs)
+        p50 = statistics.median(x["p50_ms"] for x in runs)
+        p99 = statistics.median(x["p99_ms"] for x in runs)
+        write = statistics.median(x["map_write_mean_ms"] for x in runs)
+        print(f"  milter={mode:5} {rate:7.1f} msg/s  ratio {rate / base:.2f}  DATA latency"
+              f" p50 {p50:.1f} ms p99 {p99:.1f} ms" + (f"  map write {write:.3f} ms"
+                                                        if mode != "none" else ""))
+
+
+if __name__ == "__main__":
+    main()
