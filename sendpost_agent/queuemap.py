@@ -107,6 +107,7 @@ class MapWriter:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._checkpointer: sqlite3.Connection | None = None  # maintenance thread only
 
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:
@@ -153,8 +154,11 @@ class MapWriter:
                 return total
 
     def checkpoint(self) -> None:
-        with self._lock:
-            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        """Copy the WAL into the database on a connection of its own, without our lock:
+        a PASSIVE checkpoint never blocks SQLite writers, so puts go on meanwhile."""
+        if self._checkpointer is None:
+            self._checkpointer = _connect(self.path, WRITER_BUSY_TIMEOUT)
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def start_maintenance(self, checkpoint_every: float = 1.0, prune_every: float = 60.0) -> None:
         def run() -> None:
@@ -176,6 +180,8 @@ class MapWriter:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         with self._lock:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
