@@ -9,6 +9,7 @@ read it once at start.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
@@ -20,7 +21,7 @@ from sendpost_agent.postconf import PostconfError, PostfixConfig
 log = logging.getLogger(__name__)
 
 _RELAY = re.compile(r"^(?P<host>[^\[\]]*)(?:\[(?P<addr>[^\]]*)\])?(?::(?P<port>\d+))?$")
-_QUEUED_AS = re.compile(r".*queued as ([0-9A-Za-z]+)")
+_QUEUE_ID = re.compile(r"[0-9A-Za-z]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,7 @@ class Endpoint:
     port: int | None
 
 
+@functools.lru_cache(maxsize=4096)  # a server talks to the same relays all day
 def parse_relay(relay: str | None) -> Endpoint | None:
     """``host[addr]:port`` as Postfix logs ``relay=``; None for ``none``, ``local``..."""
     if not relay or "[" not in relay:
@@ -44,12 +46,16 @@ def parse_relay(relay: str | None) -> Endpoint | None:
 
 def queued_as(reply: str | None) -> str | None:
     """The next MTA's queue ID in a 250 reply (the last one: amavis quotes its own MTA)."""
-    if not reply or "queued as" not in reply:
+    if not reply:
         return None
-    match = _QUEUED_AS.match(reply)
-    return match.group(1) if match else None
+    at = reply.rfind("queued as ")
+    if at < 0:
+        return None
+    match = _QUEUE_ID.match(reply, at + 10)
+    return match.group(0) if match else None
 
 
+@functools.lru_cache(maxsize=4096)
 def is_local(endpoint: Endpoint) -> bool:
     """A relay on this host: loopback address, or a unix socket (``private/...``)."""
     if "/" in endpoint.addr or endpoint.host == "localhost":
