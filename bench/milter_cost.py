@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.milter import MilterProcess  # noqa: E402
-from tests.support.postfix import PostfixInstance, build_message, free_port  # noqa: E402
-from tests.support.sink import Sink  # noqa: E402
+from tests.support.milter import MilterProcess
+from tests.support.postfix import PostfixInstance, build_message, free_port
+from tests.support.sink import Sink
 
 MILTER = "{ %s, default_action=accept, command_timeout=5s }"
 

@@ -1,0 +1,599 @@
+"""install.sh, for real: into a temporary root, against a private Postfix instance.
+
+The paths install.sh would use on a host (/opt/sendpost-agent, /etc/sendpost-agent,
+/var/lib/sendpost-agent, /etc/systemd/system, /usr/local/bin) are pointed into tmp_path
+with the environment overrides the script documents; the Postfix changed is a private
+instance (``--postfix-config-dir``). The system user ``sendpost-agent`` is real: the test
+that purges removes it again. One test builds the real virtualenv (pip install of this
+checkout, ~10 s); the others stub it with SENDPOST_SKIP_VENV=1 and a prefix whose
+``bin/sendpost-agent`` runs this checkout's .venv.
+
+CI runs without systemd: the systemd branch is driven through a fake ``systemctl`` on
+PATH that records its calls (the units themselves are checked in test_systemd.py).
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sendpost_agent.queuemap import MapReader
+from tests.support.fixtures import PostfixFactory
+from tests.support.postfix import PostfixInstance, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "install.sh"
+KEY = "spk-test-0f3c9a1be27d4c55a8e3"
+OTHER_MILTER = "inet:localhost:8891"  # e.g. OpenDKIM, which must survive untouched
+UUID = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
+AGENT = "sendpost-agent"
+UNITS = ("sendpost-agent-milter.service", "sendpost-agent-logwatch.service")
+
+
+def shipped_entry() -> str:
+    text = (ROOT / "postfix-conf" / "main.cf.snippet").read_text()
+    match = re.search(r"^smtpd_milters = (.+)$", text, re.MULTILINE)
+    assert match
+    return match.group(1)
+
+
+@dataclass
+class Host:
+    """The temporary root install.sh installs into, and how to run it there."""
+
+    root: Path
+    postfix: PostfixInstance
+    env: dict[str, str] = field(default_factory=dict)
+    script: Path = SCRIPT
+
+    @property
+    def prefix(self) -> Path:
+        return self.root / "opt" / AGENT
+
+    @property
+    def etc(self) -> Path:
+        return self.root / "etc" / AGENT
+
+    @property
+    def config(self) -> Path:
+        return self.etc / "config.yaml"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "var" / "lib" / AGENT
+
+    @property
+    def systemd(self) -> Path:
+        return self.root / "etc" / "systemd" / "system"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.root / "usr" / "local" / "bin"
+
+    @property
+    def main_cf(self) -> Path:
+        return self.postfix.config_dir / "main.cf"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.postfix.queue_directory / AGENT
+
+    def run(self, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["bash", str(self.script), *args],
+            env={**self.env, **(env or {})},
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        proc.output = proc.stdout + proc.stderr  # type: ignore[attr-defined]
+        return proc
+
+    def install(self, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        proc = self.run("--postfix-config-dir", str(self.postfix.config_dir), *args, **kw)  # type: ignore[arg-type]
+        assert proc.returncode == 0, proc.output  # type: ignore[attr-defined]
+        return proc
+
+    def milters(self) -> str:
+        return self.postfix.postconf_get("smtpd_milters")
+
+    def backups(self) -> list[Path]:
+        return sorted(self.postfix.config_dir.glob("main.cf.sendpost-agent.*"))
+
+
+@pytest.fixture(autouse=True)
+def not_on_a_host_with_a_real_install() -> None:
+    """These tests create and delete the system user sendpost-agent: never next to a real
+    install, whose files that user owns."""
+    real = [p for p in ("/etc/sendpost-agent", "/opt/sendpost-agent") if Path(p).exists()]
+    if real:
+        pytest.fail(f"sendpost-agent is installed on this host ({', '.join(real)}); run these"
+                    " tests on a CI or development machine", pytrace=False)
+
+
+def base_env(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SENDPOST_", "MAIL_CONFIG"))}
+    env.update(
+        SENDPOST_PREFIX=str(root / "opt" / AGENT),
+        SENDPOST_ETC=str(root / "etc" / AGENT),
+        SENDPOST_STATE=str(root / "var" / "lib" / AGENT),
+        SENDPOST_BIN_DIR=str(root / "usr" / "local" / "bin"),
+        SYSTEMD_DIR=str(root / "etc" / "systemd" / "system"),
+        # Never the host's systemd, even on a developer machine that runs one.
+        SENDPOST_SYSTEMD="no",
+    )
+    return env
+
+
+def stub_prefix(prefix: Path, doctor_exit: int = 1) -> None:
+    """A stand-in virtualenv: runs this checkout's .venv; a canned `doctor`."""
+    (prefix / "bin").mkdir(parents=True)
+    agent = Path(sys.executable).parent / AGENT
+    script = prefix / "bin" / AGENT
+    script.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do [ "$a" = doctor ] && { echo "stub doctor: 1 check failed";'
+        f" exit {doctor_exit}; }}; done\n"
+        f'exec {agent} "$@"\n'
+    )
+    script.chmod(0o755)
+
+
+def remove_agent_user() -> None:
+    subprocess.run(["userdel", AGENT], capture_output=True, check=False)
+    subprocess.run(["groupdel", AGENT], capture_output=True, check=False)
+
+
+def stubbed_host(tmp_path: Path, postfix: PostfixInstance) -> Host:
+    """A temp root for install.sh against ``postfix``, with a stubbed virtualenv."""
+    root = tmp_path / "root"
+    root.mkdir()
+    h = Host(root, postfix, base_env(root))
+    stub_prefix(h.prefix)
+    h.env["SENDPOST_SKIP_VENV"] = "1"
+    return h
+
+
+@pytest.fixture
+def host(tmp_path: Path, postfix_factory: PostfixFactory) -> Iterator[Host]:
+    """A started private Postfix with an existing milter, and a stubbed virtualenv."""
+    yield stubbed_host(tmp_path, postfix_factory(smtpd_milters=OTHER_MILTER))
+
+
+def snapshot(*paths: Path) -> dict[str, tuple[int, int, int, str]]:
+    """Every file and directory under paths: mode, owner, group, content hash."""
+    out: dict[str, tuple[int, int, int, str]] = {}
+    for top in paths:
+        for path in [top, *sorted(top.rglob("*"))] if top.is_dir() else [top]:
+            st = path.lstat()
+            digest = ""
+            if stat.S_ISREG(st.st_mode):
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            out[str(path)] = (st.st_mode, st.st_uid, st.st_gid, digest)
+    return out
+
+
+# --- the script itself ---------------------------------------------------------------
+
+
+def test_script_parses_and_is_shellcheck_clean() -> None:
+    subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.fail("shellcheck not found (apt-get install shellcheck; .ci/run installs it)",
+                    pytrace=False)
+    proc = subprocess.run([shellcheck, "--severity=style", str(SCRIPT)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def run_bare(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
+                          env=base_env(Path("/nonexistent-root")), check=False, timeout=30)
+
+
+def test_help_lists_every_flag() -> None:
+    proc = run_bare("--help")
+    assert proc.returncode == 0
+    for flag in ("--api-key", "--mta", "--endpoint", "--log-path", "--uninstall", "--purge",
+                 "--dry-run", "--postfix-config-dir", "--help"):
+        assert flag in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mta", "exim"], "--mta 'exim' is not supported; the only supported MTA is postfix"),
+        (["--mta=sendmail", "--api-key", KEY], "the only supported MTA is postfix"),
+        (["--frobnicate"], "unknown option: --frobnicate"),
+        (["--api-key"], "--api-key needs a value"),
+        (["--api-key", "--dry-run"], "--api-key needs a value"),
+        (["--purge"], "--purge only goes with --uninstall"),
+        (["--endpoint", "events.sendpost.io"], "is not an http(s) URL"),
+        (["--log-path", "mail.log"], "is not an absolute path"),
+        (["--api-key", "two words"], "contains spaces or control characters"),
+    ],
+)
+def test_bad_usage_exits_2_with_a_clear_message(args: list[str], message: str) -> None:
+    proc = run_bare(*args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert "two words" not in proc.stderr  # not even a bad key is echoed
+    if "unknown option" in message:
+        assert "Usage: install.sh" in proc.stderr
+
+
+def test_first_install_without_a_key_exits_2(host: Host) -> None:
+    proc = host.run("--postfix-config-dir", str(host.postfix.config_dir))
+    assert proc.returncode == 2
+    assert "an API key is needed" in proc.stderr
+    assert not host.config.exists()
+
+
+# --- dry run -------------------------------------------------------------------------
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(host: Host) -> None:
+    watched = (host.root, host.postfix.config_dir, host.postfix.queue_directory,
+               Path("/etc/passwd"), Path("/etc/group"))
+    before = snapshot(*watched)
+    proc = host.run("--postfix-config-dir", str(host.postfix.config_dir), "--dry-run",
+                    env={"SENDPOST_API_KEY": KEY})
+    assert proc.returncode == 0, proc.output  # type: ignore[attr-defined]
+    assert snapshot(*watched) == before
+    out = proc.output  # type: ignore[attr-defined]
+    assert KEY not in out
+    assert "nothing was changed" in out
+    for planned in (f"would   create {host.state}", "would   write", "api-key set",
+                    f"would   install {host.systemd}/sendpost-agent-milter.service",
+                    f"set smtpd_milters = {OTHER_MILTER}, {shipped_entry()}",
+                    "would   postfix reload"):
+        assert planned in out, f"{planned!r} missing from:\n{out}"
+    assert " change  " not in out
+
+
+# --- a real install, end to end ------------------------------------------------------
+
+
+def test_real_install_second_run_key_change_and_uninstall(
+    tmp_path: Path, postfix_factory: PostfixFactory
+) -> None:
+    """The whole life: install (real venv), milter works, rerun, new key, uninstall."""
+    postfix = postfix_factory(smtpd_milters=OTHER_MILTER)
+    root = tmp_path / "root"
+    root.mkdir()
+    # A snapshot of the checkout: the fingerprint of its code decides whether a rerun
+    # reinstalls, and this tree may be edited while the test runs.
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "tests", "*.egg-info", "__pycache__", ".*cache", "build"))
+    host = Host(root, postfix, base_env(root), script=checkout / "install.sh")
+    original_main_cf = host.main_cf.read_bytes()
+    remove_agent_user()  # a first install creates it
+    try:
+        first = host.install("--api-key", KEY, "--mta", "postfix",
+                             "--endpoint", "http://127.0.0.1:9/events")
+        out = first.output  # type: ignore[attr-defined]
+        assert KEY not in out
+
+        # Postfix: both milters, ours exactly as shipped; main.cf backed up first.
+        assert host.milters() == f"{OTHER_MILTER}, {shipped_entry()}"
+        [backup] = host.backups()
+        assert backup.read_bytes() == original_main_cf
+        assert "postfix reload" in out
+
+        # The agent's user, files and modes.
+        user = pwd.getpwnam(AGENT)
+        assert user.pw_shell.endswith("nologin")
+        assert not Path(user.pw_dir).exists()
+        config = host.config.stat()
+        assert stat.S_IMODE(config.st_mode) == 0o600
+        assert (config.st_uid, config.st_gid) == (user.pw_uid, user.pw_gid)
+        text = host.config.read_text()
+        assert f'api-key: "{KEY}"' in text
+        assert "mta: postfix" in text
+        assert 'endpoint: "http://127.0.0.1:9/events"' in text
+        assert f'log-path: "{postfix.maillog}"' in text  # Postfix's maillog_file
+        assert f'postfix-config-dir: "{postfix.config_dir}"' in text
+        assert f'state-dir: "{host.state}"' in text
+        assert f'milter-socket: "unix:{host.socket_dir}/milter.sock"' in text
+        state = host.state.stat()
+        assert (stat.S_IMODE(state.st_mode), state.st_uid) == (0o750, user.pw_uid)
+        sock_dir = host.socket_dir.stat()
+        assert stat.S_IMODE(sock_dir.st_mode) == 0o2750
+        assert (sock_dir.st_uid, sock_dir.st_gid) == (user.pw_uid, grp.getgrnam("postfix").gr_gid)
+
+        # The real virtualenv and the command link.
+        agent = host.prefix / "bin" / AGENT
+        assert (host.prefix / "pyvenv.cfg").exists()
+        version = subprocess.run([str(host.bin_dir / AGENT), "--version"],
+                                 capture_output=True, text=True, check=True)
+        assert version.stdout.startswith("sendpost-agent ")
+
+        # The units point at this install and pass systemd-analyze with its binary.
+        milter_unit = (host.systemd / UNITS[0]).read_text()
+        assert f"ExecStart={agent} --config {host.config} milter" in milter_unit
+        assert f"ReadWritePaths={host.state} {host.socket_dir}" in milter_unit
+        verify = subprocess.run(["systemd-analyze", "verify", *(str(host.systemd / u) for u in UNITS)],
+                                capture_output=True, text=True, check=False)
+        assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
+
+        # No systemd here: instructions instead; they work as printed.
+        assert "systemd is not running on this host" in out
+        milter_cmd = re.search(r"^  milter: +(setpriv .* milter)$", out, re.MULTILINE)
+        logwatch_cmd = re.search(r"^  logwatch: +(setpriv .* logwatch)$", out, re.MULTILINE)
+        assert milter_cmd and logwatch_cmd, out
+        assert "--groups=adm" in logwatch_cmd.group(1)
+        # A key install.sh does not manage survives; use a free port for the milter's metrics.
+        with host.config.open("a") as f:
+            f.write(f"milter-listen: 127.0.0.1:{free_port()}\n")
+        assert_milter_works_as_installed(host, milter_cmd.group(1).split())
+
+        # Second run, same flags: nothing changes, and it says so.
+        config_before = host.config.read_bytes()
+        main_cf_before = host.main_cf.read_bytes()
+        again = host.install("--api-key", KEY, "--mta", "postfix",
+                             "--endpoint", "http://127.0.0.1:9/events")
+        assert "No changes: sendpost-agent is installed as requested." in again.output, again.output  # type: ignore[attr-defined]
+        assert " change  " not in again.output  # type: ignore[attr-defined]
+        assert host.main_cf.read_bytes() == main_cf_before
+        assert host.config.read_bytes() == config_before
+        assert len(host.backups()) == 1
+
+        # A new key (from the environment this time) updates config.yaml only.
+        new_key = KEY + "-rotated"
+        rotated = host.install(env={"SENDPOST_API_KEY": new_key})
+        assert "api-key changed" in rotated.output  # type: ignore[attr-defined]
+        assert new_key not in rotated.output  # type: ignore[attr-defined]
+        assert f'api-key: "{new_key}"' in host.config.read_text()
+        assert "milter-listen: 127.0.0.1:" in host.config.read_text()
+        assert host.main_cf.read_bytes() == main_cf_before
+
+        # Uninstall: Postfix's milters exactly as before, services and venv gone,
+        # state and config kept.
+        planned = host.run("--uninstall", "--dry-run")
+        assert planned.returncode == 0, planned.output  # type: ignore[attr-defined]
+        assert f"would   back up main.cf and set smtpd_milters = {OTHER_MILTER}" in planned.output  # type: ignore[attr-defined]
+        assert host.main_cf.read_bytes() == main_cf_before and host.prefix.is_dir()
+
+        gone = host.run("--uninstall")
+        assert gone.returncode == 0, gone.output  # type: ignore[attr-defined]
+        assert host.milters() == OTHER_MILTER
+        assert host.main_cf.read_bytes() == original_main_cf
+        assert len(host.backups()) == 2
+        assert not host.prefix.exists()
+        assert not any(host.systemd.iterdir())
+        assert not (host.bin_dir / AGENT).exists()
+        assert not host.socket_dir.exists()
+        assert host.state.is_dir() and host.config.is_file()
+        assert "--purge" in gone.output  # type: ignore[attr-defined]
+
+        again = host.run("--uninstall")
+        assert "No changes" in again.output  # type: ignore[attr-defined]
+
+        purged = host.run("--uninstall", "--purge")
+        assert purged.returncode == 0, purged.output  # type: ignore[attr-defined]
+        assert not host.state.exists() and not host.etc.exists()
+        with pytest.raises(KeyError):
+            pwd.getpwnam(AGENT)
+        assert host.main_cf.read_bytes() == original_main_cf
+    finally:
+        remove_agent_user()
+
+
+def assert_milter_works_as_installed(host: Host, command: list[str]) -> None:
+    """Run the printed milter command; Postfix must reach it through main.cf's entry."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        sock = host.socket_dir / "milter.sock"
+        deadline = time.monotonic() + 15
+        while not sock.is_socket():
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the milter socket did not appear"
+            time.sleep(0.05)
+        mode = stat.S_IMODE(sock.stat().st_mode)
+        assert (mode & 0o060, mode & 0o007) == (0o060, 0), oct(mode)  # group postfix only
+        assert sock.stat().st_gid == grp.getgrnam("postfix").gr_gid
+        queue_id = host.postfix.send("s@example.com", ["ok@example.com"],
+                                     {"X-Sendpost-Message-UUID": UUID}, "body\n")
+        reader = MapReader(host.state / "queuemap.sqlite3")
+        try:
+            entry = None
+            deadline = time.monotonic() + 10
+            while entry is None and time.monotonic() < deadline:
+                entry = reader.get(queue_id)
+                time.sleep(0.05)
+        finally:
+            reader.close()
+        assert entry is not None and entry.uuid == UUID
+        refused = [ln for ln in host.postfix.maillog_lines()
+                   if "Milter service unix:sendpost-agent" in ln]
+        assert not refused, refused
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            output, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+        assert proc.returncode == 0, output
+
+
+# --- stubbed virtualenv: the other paths ---------------------------------------------
+
+
+def shim_path(tmp_path: Path, names: tuple[str, ...]) -> tuple[str, Path]:
+    """A PATH whose first directory logs argv and environment of every child process."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    log = tmp_path / "children.log"
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    for name in names:
+        real = shutil.which(name, path=search)
+        if real is None:
+            continue
+        shim = shims / name
+        shim.write_text(f'#!/bin/sh\n{{ echo "{name} $*"; env; }} >> {log}\nexec {real} "$@"\n')
+        shim.chmod(0o755)
+    return f"{shims}{os.pathsep}{search}", log
+
+
+def test_no_systemd_prints_instructions_and_the_key_reaches_no_child(
+    host: Host, tmp_path: Path
+) -> None:
+    path, children = shim_path(tmp_path, (
+        "postconf", "postfix", "chown", "chmod", "mv", "mktemp", "install", "stat", "getent",
+        "useradd", "find", "cp", "ln", "rm", "id", "date", "readlink", "systemctl",
+    ))
+    try:
+        proc = host.install("--api-key", KEY, env={"PATH": path, "SENDPOST_API_KEY": KEY})
+        out = proc.output  # type: ignore[attr-defined]
+        assert "systemd is not running on this host" in out
+        run = f"{host.prefix}/bin/{AGENT} --config {host.config}"
+        as_agent = f"setpriv --reuid={AGENT} --regid={AGENT}"
+        assert f"{as_agent} --init-groups -- {run} milter" in out
+        assert f"{as_agent} --groups=adm -- {run} logwatch" in out
+        assert "stub doctor" not in out  # nothing runs yet, so doctor would only fail
+        assert host.milters() == f"{OTHER_MILTER}, {shipped_entry()}"
+        log = children.read_text()
+        assert "postconf -c" in log and "chown" in log  # the shims did see the children
+        assert KEY not in log  # neither in any child's argv nor in its environment
+        assert KEY in host.config.read_text()
+    finally:
+        host.run("--uninstall", "--purge")
+
+
+FAKE_SYSTEMCTL = """#!/bin/bash
+# A stand-in for systemctl: records calls, keeps enabled/active state in files.
+state={state}
+echo "$*" >> "$state/calls"
+args=()
+for a in "$@"; do [[ $a == --quiet || $a == -q ]] || args+=("$a"); done
+set -- "${{args[@]}}"
+cmd=$1; shift
+now=0; [[ ${{1:-}} == --now ]] && {{ now=1; shift; }}
+unit=${{1:-}}
+start() {{
+    touch "$state/active-$1"
+    if [[ $1 == sendpost-agent-milter.service ]]; then
+        rm -f {socket}
+        python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' {socket}
+    fi
+}}
+case $cmd in
+daemon-reload) ;;
+is-enabled) [[ -e $state/enabled-$unit ]] ;;
+is-active) [[ -e $state/active-$unit ]] ;;
+enable) touch "$state/enabled-$unit"; ((now)) && start "$unit" ;;
+disable) rm -f "$state/enabled-$unit"; ((now)) && rm -f "$state/active-$unit" {socket} ;;
+start|restart) start "$unit" ;;
+stop) rm -f "$state/active-$unit" ;;
+*) exit 1 ;;
+esac
+"""
+
+
+def test_systemd_host_enables_starts_runs_doctor_and_uninstalls(
+    tmp_path: Path, postfix_factory: PostfixFactory
+) -> None:
+    """With systemd (faked): daemon-reload, enable --now, doctor's verdict; rerun: nothing.
+
+    Also: a milter_default_action other than accept stays as it is, and a Postfix without
+    milters gets ours alone, and loses the parameter again on uninstall.
+    """
+    postfix = postfix_factory(main_cf={"milter_default_action": "tempfail"})
+    root = tmp_path / "root"
+    root.mkdir()
+    host = Host(root, postfix, base_env(root))
+    stub_prefix(host.prefix, doctor_exit=1)
+    state = tmp_path / "systemctl"
+    state.mkdir()
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "systemctl").write_text(
+        FAKE_SYSTEMCTL.format(state=state, socket=host.socket_dir / "milter.sock"))
+    (fake / "systemctl").chmod(0o755)
+    host.env.update(SENDPOST_SKIP_VENV="1", SENDPOST_SYSTEMD="yes",
+                    PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
+    calls = state / "calls"
+    try:
+        first = host.install("--api-key", KEY)
+        out = first.output  # type: ignore[attr-defined]
+        made = calls.read_text().splitlines()
+        assert "daemon-reload" in made
+        for unit in UNITS:
+            assert f"enable --quiet --now {unit}" in made
+        # The milter is enabled before Postfix is pointed at it.
+        assert out.index("enable --now sendpost-agent-milter") < out.index("set smtpd_milters")
+        assert postfix.postconf_get("smtpd_milters") == shipped_entry()
+        assert postfix.postconf_get("milter_default_action") == "tempfail"
+        assert "milter_default_action = tempfail is left as it is" in out
+        assert "stub doctor: 1 check failed" in out
+        assert "doctor: a check failed" in out and "install stays in place" in out
+        assert "systemd is not running" not in out
+
+        calls.unlink()
+        again = host.install()
+        assert "No changes" in again.output  # type: ignore[attr-defined]
+        made = calls.read_text().splitlines()
+        assert not [c for c in made if not c.startswith(("is-enabled", "is-active"))], made
+
+        # A changed config restarts both services.
+        calls.unlink()
+        host.install("--endpoint", "https://example.invalid/events")
+        made = calls.read_text().splitlines()
+        assert [c for c in made if c.startswith("restart")] == [f"restart {u}" for u in UNITS]
+
+        calls.unlink()
+        gone = host.run("--uninstall")
+        assert gone.returncode == 0, gone.output  # type: ignore[attr-defined]
+        made = calls.read_text().splitlines()
+        for unit in UNITS:
+            assert f"disable --quiet --now {unit}" in made
+        assert "daemon-reload" in made
+        assert postfix.postconf_get("smtpd_milters") == ""
+        assert "smtpd_milters" not in host.main_cf.read_text()
+    finally:
+        host.run("--uninstall", "--purge")
+
+
+def test_uninstall_removes_only_our_entry_from_a_hand_edited_list(
+    tmp_path: Path, postfix_factory: PostfixFactory
+) -> None:
+    ours = "{ unix:sendpost-agent/milter.sock, default_action=accept }"  # edited by hand
+    milters = f"inet:localhost:8891 {ours}\n    unix:/run/other/milter.sock"
+    host = stubbed_host(tmp_path, postfix_factory(smtpd_milters=milters))
+    try:
+        proc = host.install("--api-key", KEY)
+        assert "ok      smtpd_milters has the sendpost-agent milter" in proc.output  # type: ignore[attr-defined]
+        gone = host.run("--uninstall")
+        assert gone.returncode == 0, gone.output  # type: ignore[attr-defined]
+        assert host.milters() == "inet:localhost:8891, unix:/run/other/milter.sock"
+    finally:
+        host.run("--uninstall", "--purge")
+
+
+def test_state_left_by_a_root_run_is_handed_to_the_agent_user(host: Host) -> None:
+    host.state.mkdir(parents=True)
+    legacy = host.state / "queuemap.sqlite3"
+    legacy.write_bytes(b"")
+    try:
+        proc = host.install("--api-key", KEY)
+        assert f"give the files in {host.state} to {AGENT}" in proc.output  # type: ignore[attr-defined]
+        assert legacy.stat().st_uid == pwd.getpwnam(AGENT).pw_uid
+    finally:
+        host.run("--uninstall", "--purge")
