@@ -279,3 +279,21 @@ def test_replay_send_ships_exactly_what_replay_prints(
     assert sent.stdout == ""
     assert server.accepted == [json.loads(line) for line in printed.stdout.splitlines()]
     assert sorted(received(server)) == sorted(expected)
+
+
+def test_endpoint_down_for_over_a_minute_backoff_caps_and_nothing_is_lost(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    """Longer than the 60 s backoff cap: the agent must still come back by itself."""
+    state, log = paths
+    record_messages(state, range(100))
+    server.go_down()
+    with LogwatchProcess(state, log, server.url, KEY) as agent:
+        expected = write_messages(log, range(100))
+        time.sleep(75)
+        errors = agent.metrics()['sendpost_agent_batches_total{outcome="error"}']
+        assert 5 <= errors <= 9  # 1, 2, 4, 8, 16, 32 s ... not hammering the endpoint
+        server.come_up()
+        server.wait_for_events(len(expected), timeout=80)  # next retry <= 60 s + jitter
+        time.sleep(0.5)
+        assert sorted(received(server)) == sorted(expected)
