@@ -278,8 +278,6 @@ _PLAIN_STATUSES: dict[str, tuple[EventType, str]] = {
 }
 _EXPIRED_RULE = "queue-expired"
 
-# Where the remote server's own answer starts inside Postfix's text.
-_SERVER_SAID = re.compile(r"\bsaid: |\brefused to talk to me: ")
 # Basic reply code, separator ('-' = multi-line), optional enhanced code (RFC 3463).
 _LEAD = re.compile(r"([2-5]\d\d)(?:([ -])(?:([245]\.\d{1,3}\.\d{1,3})\b)?|$)")
 # Continuation prefixes that Postfix kept when it joined a multi-line reply into one line.
@@ -342,8 +340,7 @@ def _parse_reply(reply: str) -> tuple[int | None, Code | None, str]:
     ``550-5.7.1 a 550-5.7.1 b 550 5.7.1 c`` becomes ``550 5.7.1 a b c``.
     """
     reply = reply.strip()
-    said = _SERVER_SAID.search(reply)
-    start = said.end() if said else 0
+    start = _server_answer_start(reply)
     lead = _LEAD.match(reply, start)
     if lead is None:
         return None, None, reply
@@ -354,6 +351,15 @@ def _parse_reply(reply: str) -> tuple[int | None, Code | None, str]:
     if separator == "-":
         reply = _fold(reply, start, lead.end(), basic, enhanced)
     return int(basic), code, reply
+
+
+def _server_answer_start(reply: str) -> int:
+    """Where the remote server's own answer starts (0: the whole text is the answer)."""
+    for marker in ("said: ", "refused to talk to me: "):
+        at = reply.find(marker)
+        if at == 0 or (at > 0 and not (reply[at - 1].isalnum() or reply[at - 1] == "_")):
+            return at + len(marker)  # at a word boundary
+    return 0
 
 
 def _fold(reply: str, start: int, body_start: int, basic: str, enhanced: str | None) -> str:

@@ -81,28 +81,31 @@ class Tracker:
 
     def feed(self, record: object) -> list[Event]:
         """Take one parsed record; return the events it completes (maybe none)."""
-        if isinstance(record, Delivery | Expired):
+        kind = type(record)
+        if kind is Delivery or kind is Expired:
+            when = record.time.timestamp()  # type: ignore[attr-defined]
+            if when > self.now:
+                self.now = when
+            return self._decide(record.queue_id, record, when)  # type: ignore[attr-defined, arg-type]
+        if kind is Removed:
+            queue_id = record.queue_id  # type: ignore[attr-defined]
+            if queue_id in self.messages and queue_id not in self._pending:
+                del self.messages[queue_id]
+            return []
+        if kind is QueueActive:
+            assert isinstance(record, QueueActive)
             when = record.time.timestamp()
-            self.now = max(self.now, when)
-            return self._decide(record.queue_id, record, when)
-        if isinstance(record, QueueActive):
-            when = record.time.timestamp()
-            self.now = max(self.now, when)
-            message = self._message(record.queue_id, when)
-            if record.sender == "":
-                message.ndr = True
+            if when > self.now:
+                self.now = when
+            if record.sender == "":  # only Postfix's own reports need a state here
+                self._message(record.queue_id, when).ndr = True
             self._recent[record.queue_id] = when
-            return self._confirm_hop(record.queue_id)
+            return self._confirm_hop(record.queue_id) if self._hops else []
         if isinstance(record, Notification):
             self._message(record.new_queue_id, record.time.timestamp()).ndr = True
             return []
         if isinstance(record, HeaderInfo):
             return self._header_info(record)
-        if isinstance(record, Removed):
-            message = self.messages.get(record.queue_id)
-            if message is not None and record.queue_id not in self._pending:
-                del self.messages[record.queue_id]
-            return []
         return []
 
     def tick(self, now: float | None = None) -> list[Event]:
@@ -141,25 +144,25 @@ class Tracker:
     def _message(self, queue_id: str, when: float) -> Message:
         message = self.messages.get(queue_id)
         if message is None:
-            message = self.messages[queue_id] = Message()
-        message.seen = max(message.seen, when)
+            message = self.messages[queue_id] = Message(seen=when)
+        elif when > message.seen:
+            message.seen = when
         return message
 
-    def _uuid(self, queue_id: str) -> str | None:
+    def _uuid(self, queue_id: str, when: float = 0.0) -> str | None:
         message = self.messages.get(queue_id)
         if message is not None and message.uuid is not None:
             return message.uuid
         entry = self._lookup(queue_id)
         if entry is not None and entry.uuid is not None:
-            message = self._message(queue_id, 0.0)
+            message = self._message(queue_id, when)
             message.uuid, message.from_map = entry.uuid, True
             return entry.uuid
         return None
 
     def _decide(self, queue_id: str, record: Decidable, when: float) -> list[Event]:
-        uuid = self._uuid(queue_id)
+        uuid = self._uuid(queue_id, when)
         if uuid is not None:
-            self._message(queue_id, when)
             return self._events(queue_id, uuid, record, when)
         message = self.messages.get(queue_id)
         if message is not None and message.ndr:
