@@ -297,3 +297,21 @@ def test_endpoint_down_for_over_a_minute_backoff_caps_and_nothing_is_lost(
         server.wait_for_events(len(expected), timeout=80)  # next retry <= 60 s + jitter
         time.sleep(0.5)
         assert sorted(received(server)) == sorted(expected)
+
+
+def test_status_summarises_a_running_agent_and_says_when_none_runs(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    env = {**os.environ, "SENDPOST_CONFIG": "/dev/null"}
+    with LogwatchProcess(state, log, server.url, KEY) as agent:
+        status = subprocess.run(
+            [sys.executable, "-m", "sendpost_agent", "status", "--listen",
+             f"127.0.0.1:{agent.port}"], capture_output=True, text=True, env=env, timeout=30)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert ": ok" in status.stdout and "pending events: 0" in status.stdout
+    gone = subprocess.run(
+        [sys.executable, "-m", "sendpost_agent", "status", "--listen",
+         f"127.0.0.1:{agent.port}"], capture_output=True, text=True, env=env, timeout=30)
+    assert gone.returncode == 1
+    assert "not answering" in gone.stdout
