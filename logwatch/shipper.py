@@ -82,7 +82,7 @@ class Shipper:
         self._api_key = api_key
         self._dead_letter = dead_letter
         self._min_interval = 60.0 / max_requests_per_minute
-        self._last_request = 0.0
+        self._next_slot = 0.0
         self._observe_send = observe_send
         self._session: aiohttp.ClientSession | None = None
         self._flushing = False  # stopping: send what is pending without waiting for a batch
@@ -221,10 +221,13 @@ class Shipper:
         return delay
 
     async def _post(self, events: list[bytes]) -> Answer:
-        wait = self._last_request + self._min_interval - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        self._last_request = time.monotonic()
+        # A fixed schedule: a late wake-up is made up by the next request, so the
+        # average pace is the limit itself, never above it.
+        now = time.monotonic()
+        slot = max(self._next_slot, now)
+        if slot > now:
+            await asyncio.sleep(slot - now)
+        self._next_slot = slot + self._min_interval
         started = time.perf_counter()
         assert self._session is not None
         try:
