@@ -36,6 +36,7 @@ import aiohttp
 from sendpost_agent import __version__
 from sendpost_agent.config import Config, HostPort, Secret
 from sendpost_agent.header import HEADER_NAME
+from sendpost_agent.miltersocket import connect
 from sendpost_agent.postconf import PostconfError, PostfixConfig, Service, split_list
 from sendpost_agent.probe import KEY_FILE, PROBE_HEADER, load_key, make_token
 from sendpost_agent.queuemap import Entry, MapError, MapReader
@@ -496,14 +497,7 @@ class Doctor:
         address = self.config.milter_socket
         kind, _, rest = address.partition(":")
         try:
-            if kind == "unix":
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                    sock.settimeout(MILTER_CONNECT_TIMEOUT)
-                    sock.connect(rest)
-            else:
-                host, _, port = rest.rpartition(":")
-                socket.create_connection((host.strip("[]"), int(port)),
-                                         MILTER_CONNECT_TIMEOUT).close()
+            connect(address, MILTER_CONNECT_TIMEOUT)
         except OSError as exc:
             return (f"the milter does not accept connections on {address}"
                     f" ({exc.strerror or exc}): is it running?")

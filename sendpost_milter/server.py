@@ -12,7 +12,6 @@ import grp
 import logging
 import os
 import signal
-import socket
 import threading
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import milter as libmilter
 from prometheus_client import start_http_server
 
 from sendpost_agent.config import Config
+from sendpost_agent.miltersocket import connect, libmilter_address
 from sendpost_agent.probe import load_key
 from sendpost_agent.queuemap import MapWriter
 from sendpost_milter.metrics import MilterMetrics
@@ -35,16 +35,6 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 class MilterStartError(Exception):
     """The milter could not start; the message names the key or path and the fix."""
-
-
-def libmilter_address(socket: str) -> str:
-    """Postfix notation (``inet:HOST:PORT``, ``unix:/path``) -> libmilter's."""
-    kind, _, rest = socket.partition(":")
-    if kind == "inet":
-        host, _, port = rest.rpartition(":")
-        host = host.strip("[]")
-        return f"inet6:{port}@{host}" if ":" in host else f"inet:{port}@{host}"
-    return f"unix:{rest}"
 
 
 def prepare_unix_socket_dir(sock: Path) -> None:
@@ -104,16 +94,8 @@ def _serve(milter_socket: str) -> None:
 
 
 def _wake(milter_socket: str) -> None:
-    kind, _, rest = milter_socket.partition(":")
-    if kind == "unix":
-        family, target = socket.AF_UNIX, rest
-    else:
-        host, _, port = rest.rpartition(":")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        target = (host.strip("[]"), int(port))  # type: ignore[assignment]
-    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        s.connect(target)
+    with contextlib.suppress(OSError):
+        connect(milter_socket, 1.0)
 
 
 def run(config: Config) -> int:

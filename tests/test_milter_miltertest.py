@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from sendpost_agent.miltersocket import libmilter_address
 from sendpost_agent.probe import load_key, make_token
 from sendpost_agent.queuemap import HeaderState
-from sendpost_milter.server import libmilter_address
 from tests.support.milter import MilterProcess
 from tests.support.postfix import free_port
 

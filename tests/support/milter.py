@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
+from sendpost_agent.miltersocket import connect
 from sendpost_agent.queuemap import Entry, MapReader
 from tests.support.process import AgentProcess
 
 
 def _connectable(address: str) -> bool:
-    kind, _, rest = address.partition(":")
-    if kind == "unix":
-        family, target = socket.AF_UNIX, rest
-    else:
-        host, _, port = rest.rpartition(":")
-        family, target = socket.AF_INET, (host, int(port))  # type: ignore[assignment]
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(target)
-        except OSError:
-            return False
-        return True
+    try:
+        connect(address, 1.0)
+    except OSError:
+        return False
+    return True
 
 
 class MilterProcess(AgentProcess):
