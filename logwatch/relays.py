@@ -98,10 +98,6 @@ class ContentFilters:
         Postfix not being readable is not fatal: we then rely on a hop's new queue ID
         showing up in the log (see tracker), and say so.
         """
-        if not (config_dir / "main.cf").is_file():  # postconf would fail after a 1 s sleep
-            log.warning("no Postfix configuration at %s (postfix-config-dir): content filter"
-                        " hops are recognised only by their new queue ID", config_dir)
-            return cls()
         postfix = PostfixConfig(config_dir)
         try:
             values = [postfix.value("content_filter")]

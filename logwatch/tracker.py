@@ -114,12 +114,22 @@ class Tracker:
         events: list[Event] = []
         while self._queue and self._queue[0].deadline <= limit:
             events += self._settle(heapq.heappop(self._queue))
+        self._forget_recent(self.now - self._wait)
         if self.now - self._last_gc > GC_EVERY:
             self._last_gc = self.now
-            horizon = self.now - self._wait
-            self._recent = {q: t for q, t in self._recent.items() if t >= horizon}
             self._forget_stale()
         return events
+
+    def _forget_recent(self, horizon: float) -> None:
+        """Keep ``_recent`` to the last join-wait of log time: one entry per message
+        queued, so a longer memory would grow with the mail volume."""
+        stale = []
+        for queue_id, when in self._recent.items():  # insertion order is log order
+            if when >= horizon:
+                break
+            stale.append(queue_id)
+        for queue_id in stale:
+            del self._recent[queue_id]
 
     @property
     def holding(self) -> bool:

@@ -70,6 +70,8 @@ class PostfixConfig:
 
     def run(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
         """Run a Postfix tool on this config dir; exit code 1 is left to the caller."""
+        if not (self.config_dir / "main.cf").is_file():  # the tools would sleep 1 s, then fail
+            raise PostconfError(f"open {self.config_dir / 'main.cf'}: No such file or directory")
         path = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN])
         binary = shutil.which(tool, path=path)
         if binary is None:

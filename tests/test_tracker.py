@@ -169,3 +169,12 @@ def test_state_survives_a_restart_between_deferral_and_expiry(reader: MapReader)
         second.restore(state)
         events += run(lines[cut:], second)
         assert events == whole, f"cut at line {cut}"
+
+
+def test_memory_of_queued_ids_stays_within_the_join_wait(reader: MapReader) -> None:
+    """One remembered queue ID per queued message: it must not grow with the volume."""
+    tracker = Tracker(reader.get, FILTER, wait=30.0)
+    lines = [f"Nov 23 18:{i // 60:02d}:{i % 60:02d} h postfix/qmgr[1]: {0xB0000000 + i:X}:"
+             " from=<a@b>, size=1, nrcpt=1 (queue active)" for i in range(3000)]
+    run(lines, tracker, finish=False)
+    assert len(tracker._recent) <= 32  # one per log second, 30 s kept
