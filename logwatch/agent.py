@@ -30,7 +30,7 @@ from logwatch.follow import Batch, Follower, LogUnreadable
 from logwatch.health import make_app
 from logwatch.metrics import AgentMetrics
 from logwatch.parse import Clock
-from logwatch.pipeline import Pipeline
+from logwatch.pipeline import Pipeline, tune_gc
 from logwatch.relays import ContentFilters
 from logwatch.shipper import Shipper
 from logwatch.wal import Wal, WalError
@@ -221,6 +221,7 @@ def run_logwatch(config: Config) -> int:
             loop.add_signal_handler(sig, stop.set)
         return await Agent(config).run(stop)
 
+    tune_gc()
     try:
         return asyncio.run(main())
     except AgentStartError as exc:

@@ -14,9 +14,12 @@ code. ``sent`` and ``deferred`` lines never reach the table: they are the hot pa
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+
+from sendpost_agent.fastinit import fast_constructor
 
 __all__ = ["RULES", "EventType", "Rule", "Verdict", "event_for_status", "expired_verdict"]
 
@@ -271,6 +274,7 @@ RULES: tuple[Rule, ...] = (
 )
 
 # Statuses reported without looking at the table: (event, rule name).
+_new_verdict = fast_constructor(Verdict)  # one per status line
 _PLAIN_STATUSES: dict[str, tuple[EventType, str]] = {
     "sent": (EventType.DELIVERED, "status-sent"),
     "deferred": (EventType.DEFERRED, "status-deferred"),
@@ -296,6 +300,12 @@ def event_for_status(status: str, dsn: str | None, reply: str | None) -> Verdict
     pairs them with remembered deferrals via ``expired_verdict``. Address-verification
     probes (``deliverable``, ``undeliverable``...) are not deliveries.
     """
+    if status == "sent":  # its reply names the next queue ID: never twice the same text
+        return _status_verdict(status, dsn, reply)
+    return _cached_status_verdict(status, dsn, reply)
+
+
+def _status_verdict(status: str, dsn: str | None, reply: str | None) -> Verdict | None:
     if status == "bounced":
         return _classify_bounce(dsn, reply or "")
     plain = _PLAIN_STATUSES.get(status)
@@ -304,9 +314,13 @@ def event_for_status(status: str, dsn: str | None, reply: str | None) -> Verdict
     reply = reply or ""
     if reply[3:4] == " " and reply[:3].isdigit() and "said: " not in reply:
         # The common single-line answer "250 2.0.0 Ok ...": nothing to find or fold.
-        return Verdict(plain[0], int(reply[:3]), reply.strip(), plain[1])
+        return _new_verdict(plain[0], int(reply[:3]), reply.strip(), plain[1])
     smtp_code, _, description = _parse_reply(reply)
-    return Verdict(plain[0], _smtp_code(smtp_code, dsn), description, plain[1])
+    return _new_verdict(plain[0], _smtp_code(smtp_code, dsn), description, plain[1])
+
+
+# Rejection and deferral texts come back again and again; walking RULES is the slow part.
+_cached_status_verdict = functools.lru_cache(maxsize=4096)(_status_verdict)
 
 
 def expired_verdict(last_deferral: Verdict | None) -> Verdict:
@@ -328,7 +342,7 @@ def _classify_bounce(dsn: str | None, reply: str) -> Verdict:
     smtp_code, reply_enhanced, description = _parse_reply(reply)
     code = _bounce_code(reply_enhanced, description, dsn)
     rule = next(r for r in RULES if r.matches(code, description))
-    return Verdict(rule.event_type, _smtp_code(smtp_code, dsn), description, rule.name)
+    return _new_verdict(rule.event_type, _smtp_code(smtp_code, dsn), description, rule.name)
 
 
 def _parse_reply(reply: str) -> tuple[int | None, Code | None, str]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from json import JSONEncoder
+from json.encoder import encode_basestring as _quote  # str -> JSON literal, non-ASCII kept
 
 from logwatch.classify import EventType, Verdict
-
-_quote = JSONEncoder(ensure_ascii=False).encode  # a str -> its JSON string literal
+from sendpost_agent.fastinit import fast_constructor
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,10 +19,10 @@ class Event:
     smtp_code: int | None
     smtp_description: str
 
-    @classmethod
-    def of(cls, message_id: str, verdict: Verdict, when: datetime, recipient: str) -> Event:
-        return cls(message_id, verdict.event_type, when, recipient, verdict.smtp_code,
-                   verdict.description)
+    @staticmethod
+    def of(message_id: str, verdict: Verdict, when: datetime, recipient: str) -> Event:
+        return _new_event(message_id, verdict.event_type, when, recipient, verdict.smtp_code,
+                          verdict.description)
 
     def to_api(self) -> dict[str, object]:
         """The API's JSON object; optional fields are left out when unknown."""
@@ -42,13 +41,15 @@ class Event:
 
     def to_json(self) -> str:
         """Same text as json.dumps(to_api()), built directly: this runs once per event."""
-        parts = [f'{{"message_id":{_quote(self.message_id)},"event_type":"{self.event_type.value}"'
-                 f',"timestamp":"{self.timestamp.isoformat()}"']
+        text = (f'{{"message_id":{_quote(self.message_id)},"event_type":"{self.event_type.value}"'
+                f',"timestamp":"{self.timestamp.isoformat()}"')
         if self.smtp_code is not None:
-            parts.append(f',"smtp_code":{int(self.smtp_code)}')
+            text += f',"smtp_code":{int(self.smtp_code)}'
         if self.smtp_description:
-            parts.append(f',"smtp_description":{_quote(self.smtp_description)}')
+            text += f',"smtp_description":{_quote(self.smtp_description)}'
         if self.recipient:
-            parts.append(f',"recipient":{_quote(self.recipient)}')
-        parts.append("}")
-        return "".join(parts)
+            text += f',"recipient":{_quote(self.recipient)}'
+        return text + "}"
+
+
+_new_event = fast_constructor(Event)

@@ -9,10 +9,10 @@ fields"), checked against 459 real status lines by tests/test_wild_lines.py.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, fields, make_dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import TypeVar
+
+from sendpost_agent.fastinit import fast_constructor
 
 __all__ = [
     "Clock",
@@ -24,6 +24,7 @@ __all__ = [
     "Record",
     "Removed",
     "Skipped",
+    "parse_block",
     "parse_line",
 ]
 
@@ -109,30 +110,10 @@ class Skipped:
 
 Record = Delivery | Expired | QueueActive | Notification | Removed | HeaderInfo
 
-_T = TypeVar("_T")
-
-
-def _fast_new(cls: type[_T]) -> Callable[..., _T]:
-    """A constructor for a frozen slots dataclass at the price of a mutable one.
-
-    The frozen ``__init__`` calls ``object.__setattr__`` once per field, which doubled
-    the parser's time per line. Filling an unfrozen twin with the same slots and then
-    re-classing it gives the very same frozen instance of ``cls``.
-    """
-    twin = make_dataclass(f"_{cls.__name__}Draft", [f.name for f in fields(cls)], slots=True)
-
-    def new(*args: object) -> _T:
-        obj = twin(*args)
-        obj.__class__ = cls
-        return obj
-
-    return new
-
-
 # For the three records nearly every message produces.
-_new_delivery = _fast_new(Delivery)
-_new_queue_active = _fast_new(QueueActive)
-_new_removed = _fast_new(Removed)
+_new_delivery = fast_constructor(Delivery)
+_new_queue_active = fast_constructor(QueueActive)
+_new_removed = fast_constructor(Removed)
 
 # Shared instances: a skipped line costs no allocation.
 _BAD_TIME = Skipped("unparseable timestamp")
@@ -286,6 +267,30 @@ _COMMON_ACTIVE = re.compile(_COMMON_HEAD + _ACTIVE_TAIL)
 _COMMON_REMOVED = re.compile(_COMMON_HEAD + r"removed\Z")
 
 _STATUS_LINE, _ACTIVE_LINE, _REMOVED_LINE, _NOTIFICATION_LINE, _HEADER_LINE = range(5)
+
+
+_LINE_ENDS = ("(queue active)", ": removed")
+_RARE_MARKERS = (" notification: ", "info: header ")
+
+
+def parse_block(text: str, clock: Clock) -> list[Record | Skipped]:
+    """``parse_line`` over every line of ``text`` (complete lines joined by newlines), in
+    order, without the None results.
+
+    Four lines in five cannot matter. They are rejected by the substring tests that
+    parse_line starts with, inside one comprehension, so they cost no call; the two rare
+    markers are looked for in the whole block first.
+    """
+    lines = text.split("\n")
+    if _RARE_MARKERS[0] in text or _RARE_MARKERS[1] in text:
+        lines = [
+            line for line in lines
+            if "status=" in line or line.endswith(_LINE_ENDS)
+            or _RARE_MARKERS[0] in line or _RARE_MARKERS[1] in line
+        ]
+    else:
+        lines = [line for line in lines if "status=" in line or line.endswith(_LINE_ENDS)]
+    return [record for line in lines if (record := parse_line(line, clock)) is not None]
 
 
 def parse_line(line: str, clock: Clock) -> Record | Skipped | None:

@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from logwatch.events import Event
 from logwatch.follow import read_file_batches
 from logwatch.parse import Clock
-from logwatch.pipeline import Pipeline
+from logwatch.pipeline import Pipeline, tune_gc
 from logwatch.relays import ContentFilters
-from logwatch.shipper import Shipper
 from logwatch.wal import Wal
 from sendpost_agent.config import Config, ConfigError, Secret
 from sendpost_agent.queuemap import MapError, MapReader
@@ -32,6 +32,7 @@ def replay(config: Config, files: list[Path], send: bool = False,
     Files are read in the order given (oldest first, like the log was written); year-less
     timestamps take their year from the newest file's modification time.
     """
+    tune_gc()
     if send:
         api_key = config.require_api_key("for replay --send")
         with tempfile.TemporaryDirectory(prefix="sendpost-replay-") as tmp:
@@ -50,6 +51,8 @@ def replay(config: Config, files: list[Path], send: bool = False,
 
 async def _ship(config: Config, api_key: Secret, wal: Wal) -> int:
     """Send everything now (no batch window); give up after SEND_TIMEOUT without success."""
+    from logwatch.shipper import Shipper  # its HTTP client's imports take 0.2 s
+
     config.state_dir.mkdir(parents=True, exist_ok=True)
     shipper = Shipper(wal, config.endpoint, api_key, config.dead_letter_path, lambda _: None,
                       max_requests_per_minute=config.max_requests_per_minute)
@@ -77,12 +80,8 @@ def _replay(config: Config, files: list[Path], out: TextIO) -> int:
     try:
         for path in files:
             for batch in read_file_batches(path):
-                for event in pipeline.process(batch):
-                    out.write(event.to_json() + "\n")
-                    events += 1
-        for event in pipeline.finish():
-            out.write(event.to_json() + "\n")
-            events += 1
+                events += _write(out, pipeline.process(batch))
+        events += _write(out, pipeline.finish())
     except OSError as exc:
         log.error("cannot read %s: %s", getattr(exc, "filename", "?"), exc.strerror or exc)
         return 1
@@ -94,6 +93,11 @@ def _replay(config: Config, files: list[Path], out: TextIO) -> int:
              pipeline.lines_read, pipeline.lines_parsed, events,
              ", ".join(f"{k}={v}" for k, v in sorted(pipeline.counts().items())) or "none")
     return 0
+
+
+def _write(out: TextIO, events: list[Event]) -> int:
+    out.write("".join([event.to_json() + "\n" for event in events]))
+    return len(events)
 
 
 def open_map(config: Config) -> MapReader | None:

@@ -40,9 +40,13 @@ _HEADER_LOWER = HEADER_NAME.lower()
 
 @dataclass(slots=True)
 class Message:
-    """What we know of one queue ID beyond the map."""
+    """What we know of one queue ID beyond the map.
 
-    uuid: str | None = None  # from the map, the INFO line or the hop that created it
+    Only messages that need it have one (deferred recipients, Postfix's own, a UUID
+    that is not in the map): one per message would cost time on every line and memory.
+    """
+
+    uuid: str | None = None  # from the INFO line or the hop; the map's once deferred
     from_map: bool = False  # uuid can be looked up again: no need to persist it
     ndr: bool = False  # Postfix's own bounce/notification message
     deferred: dict[str, Verdict] = field(default_factory=dict)  # recipient -> last deferral
@@ -74,6 +78,8 @@ class Tracker:
         self._seq = 0
         self._recent: dict[str, float] = {}  # queue IDs queued recently (presumed hops)
         self.now = 0.0  # newest log time seen
+        self._time: datetime | None = None  # the last record's time, and as epoch seconds
+        self._when = 0.0
         self._last_gc = 0.0
         self.counts: Counter[str] = Counter()
 
@@ -83,9 +89,7 @@ class Tracker:
         """Take one parsed record; return the events it completes (maybe none)."""
         kind = type(record)
         if kind is Delivery or kind is Expired:
-            when = record.time.timestamp()  # type: ignore[attr-defined]
-            if when > self.now:
-                self.now = when
+            when = self._advance(record.time)  # type: ignore[attr-defined]
             return self._decide(record.queue_id, record, when)  # type: ignore[attr-defined, arg-type]
         if kind is Removed:
             queue_id = record.queue_id  # type: ignore[attr-defined]
@@ -94,9 +98,7 @@ class Tracker:
             return []
         if kind is QueueActive:
             assert isinstance(record, QueueActive)
-            when = record.time.timestamp()
-            if when > self.now:
-                self.now = when
+            when = self._advance(record.time)
             if record.sender == "":  # only Postfix's own reports need a state here
                 self._message(record.queue_id, when).ndr = True
             self._recent[record.queue_id] = when
@@ -107,6 +109,15 @@ class Tracker:
         if isinstance(record, HeaderInfo):
             return self._header_info(record)
         return []
+
+    def _advance(self, time: datetime) -> float:
+        """``time`` in epoch seconds; moves ``now`` forward. The lines of one second share
+        one datetime (the parser's cache): the conversion runs once per second of log."""
+        if time is not self._time:
+            self._time, self._when = time, time.timestamp()
+            if self._when > self.now:
+                self.now = self._when
+        return self._when
 
     def tick(self, now: float | None = None) -> list[Event]:
         """Settle every held line whose wait is over at ``now`` (default: newest log time)."""
@@ -159,19 +170,16 @@ class Tracker:
             message.seen = when
         return message
 
-    def _uuid(self, queue_id: str, when: float = 0.0) -> str | None:
+    def _uuid(self, queue_id: str) -> str | None:
+        """Known here (INFO line, hop), else the map's: not copied, the map keeps it."""
         message = self.messages.get(queue_id)
         if message is not None and message.uuid is not None:
             return message.uuid
         entry = self._lookup(queue_id)
-        if entry is not None and entry.uuid is not None:
-            message = self._message(queue_id, when)
-            message.uuid, message.from_map = entry.uuid, True
-            return entry.uuid
-        return None
+        return entry.uuid if entry is not None else None
 
     def _decide(self, queue_id: str, record: Decidable, when: float) -> list[Event]:
-        uuid = self._uuid(queue_id, when)
+        uuid = self._uuid(queue_id)
         if uuid is not None:
             return self._events(queue_id, uuid, record, when)
         message = self.messages.get(queue_id)
@@ -230,21 +238,28 @@ class Tracker:
         return events
 
     def _events(self, queue_id: str, uuid: str, record: Decidable, when: float) -> list[Event]:
-        message = self._message(queue_id, when)
-        if isinstance(record, Expired):
+        message = self.messages.get(queue_id)
+        if message is not None and when > message.seen:
+            message.seen = when
+        if type(record) is Expired:
             return self._expired(message, uuid, record)
+        assert type(record) is Delivery
         verdict = event_for_status(record.status, record.dsn, record.reply)
         if verdict is None:
             self.counts[f"not_a_delivery:{record.status}"] += 1
             return []
-        if verdict.event_type is EventType.DEFERRED:
+        event_type = verdict.event_type
+        if event_type is EventType.DEFERRED:
+            if message is None:  # a new state: its UUID came from the map
+                message = self.messages[queue_id] = Message(uuid, from_map=True, seen=when)
             message.deferred[record.recipient] = verdict
             if not self._report_deferred:
                 self.counts["deferred_not_reported"] += 1
                 return []
             return [Event.of(uuid, verdict, record.time, record.recipient)]
-        message.deferred.pop(record.recipient, None)
-        if verdict.event_type is EventType.DELIVERED:
+        if message is not None and message.deferred:
+            message.deferred.pop(record.recipient, None)
+        if event_type is EventType.DELIVERED:
             new_id = queued_as(record.reply)
             if new_id is not None:
                 endpoint = parse_relay(record.relay)
@@ -263,8 +278,8 @@ class Tracker:
         assert verdict is not None
         return Event.of(uuid, verdict, record.time, record.recipient)
 
-    def _expired(self, message: Message, uuid: str, record: Expired) -> list[Event]:
-        if not message.deferred:
+    def _expired(self, message: Message | None, uuid: str, record: Expired) -> list[Event]:
+        if message is None or not message.deferred:
             self.counts["expired_without_known_recipients"] += 1
             return []
         events = [

@@ -22,6 +22,7 @@ from logwatch.parse import (
     QueueActive,
     Removed,
     Skipped,
+    parse_block,
     parse_line,
 )
 from tests.support.samples import SAMPLES
@@ -677,3 +678,17 @@ def test_nul_bytes_and_replacement_characters_pass_through() -> None:
     assert isinstance(rec, Delivery)
     assert rec.recipient == "o\x00k\ufffd@example.com"
     assert rec.reply == "250 2.0.0 Ok: \x00\ufffd"
+
+
+@pytest.mark.parametrize(
+    "name", ["maillog.functional", "maillog.content-filter", "wild/lines.log"]
+)
+def test_parse_block_gives_what_parse_line_gives_line_by_line(name: str) -> None:
+    """The block parser's prefilter may drop only lines that parse_line ignores."""
+    lines = sample_lines(name)
+    lines += [SENT.replace("A438320C032: ", ""), "not a log line", "", BOUNCED + " status="]
+    clock = Clock(UTC, NOW)
+    one_by_one = [r for line in lines if (r := parse_line(line, clock)) is not None]
+    block = parse_block("\n".join(lines), Clock(UTC, NOW))
+    assert block == one_by_one
+    assert any(isinstance(r, Skipped) for r in block)  # the odd lines are counted, not lost
