@@ -18,8 +18,7 @@ import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-
-from sendpost_agent.fastinit import fast_constructor
+from typing import NamedTuple
 
 __all__ = ["RULES", "EventType", "Rule", "Verdict", "event_for_status", "expired_verdict"]
 
@@ -35,8 +34,7 @@ class EventType(StrEnum):
     DEFERRED = "deferred"
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """The event to report for one recipient, and the rule that chose it (for logs/tests)."""
 
     event_type: EventType
@@ -274,7 +272,7 @@ RULES: tuple[Rule, ...] = (
 )
 
 # Statuses reported without looking at the table: (event, rule name).
-_new_verdict = fast_constructor(Verdict)  # one per status line
+_new = tuple.__new__  # Verdict(...) without its Python-level __new__: one per status line
 _PLAIN_STATUSES: dict[str, tuple[EventType, str]] = {
     "sent": (EventType.DELIVERED, "status-sent"),
     "deferred": (EventType.DEFERRED, "status-deferred"),
@@ -314,9 +312,9 @@ def _status_verdict(status: str, dsn: str | None, reply: str | None) -> Verdict 
     reply = reply or ""
     if reply[3:4] == " " and reply[:3].isdigit() and "said: " not in reply:
         # The common single-line answer "250 2.0.0 Ok ...": nothing to find or fold.
-        return _new_verdict(plain[0], int(reply[:3]), reply.strip(), plain[1])
+        return _new(Verdict, (plain[0], int(reply[:3]), reply.strip(), plain[1]))
     smtp_code, _, description = _parse_reply(reply)
-    return _new_verdict(plain[0], _smtp_code(smtp_code, dsn), description, plain[1])
+    return _new(Verdict, (plain[0], _smtp_code(smtp_code, dsn), description, plain[1]))
 
 
 # Rejection and deferral texts come back again and again; walking RULES is the slow part.
@@ -342,7 +340,7 @@ def _classify_bounce(dsn: str | None, reply: str) -> Verdict:
     smtp_code, reply_enhanced, description = _parse_reply(reply)
     code = _bounce_code(reply_enhanced, description, dsn)
     rule = next(r for r in RULES if r.matches(code, description))
-    return _new_verdict(rule.event_type, _smtp_code(smtp_code, dsn), description, rule.name)
+    return Verdict(rule.event_type, _smtp_code(smtp_code, dsn), description, rule.name)
 
 
 def _parse_reply(reply: str) -> tuple[int | None, Code | None, str]:

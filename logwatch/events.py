@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from json.encoder import encode_basestring as _quote  # str -> JSON literal, non-ASCII kept
+from typing import NamedTuple
 
 from logwatch.classify import EventType, Verdict
-from sendpost_agent.fastinit import fast_constructor
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     message_id: str  # the SendPost message UUID
     event_type: EventType
     timestamp: datetime  # aware: encoded as RFC 3339 with the log's offset
@@ -21,8 +19,9 @@ class Event:
 
     @staticmethod
     def of(message_id: str, verdict: Verdict, when: datetime, recipient: str) -> Event:
-        return _new_event(message_id, verdict.event_type, when, recipient, verdict.smtp_code,
-                          verdict.description)
+        # tuple.__new__ skips the Python-level __new__: this runs once per event
+        return _new(Event, (message_id, verdict.event_type, when, recipient, verdict.smtp_code,
+                            verdict.description))
 
     def to_api(self) -> dict[str, object]:
         """The API's JSON object; optional fields are left out when unknown."""
@@ -41,8 +40,13 @@ class Event:
 
     def to_json(self) -> str:
         """Same text as json.dumps(to_api()), built directly: this runs once per event."""
-        text = (f'{{"message_id":{_quote(self.message_id)},"event_type":"{self.event_type.value}"'
-                f',"timestamp":"{self.timestamp.isoformat()}"')
+        global _last_stamp
+        stamp = _last_stamp
+        if stamp[0] is not self.timestamp:  # the events of one log second share a datetime
+            stamp = _last_stamp = (self.timestamp, self.timestamp.isoformat())
+        # A StrEnum member is its value's text: concatenation needs no .value lookup.
+        text = ('{"message_id":' + _quote(self.message_id) + ',"event_type":"'
+                + self.event_type + '","timestamp":"' + stamp[1] + '"')
         if self.smtp_code is not None:
             text += f',"smtp_code":{int(self.smtp_code)}'
         if self.smtp_description:
@@ -52,4 +56,5 @@ class Event:
         return text + "}"
 
 
-_new_event = fast_constructor(Event)
+_new = tuple.__new__
+_last_stamp: tuple[datetime | None, str] = (None, "")  # one tuple: a thread sees a matching pair

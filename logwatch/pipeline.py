@@ -16,6 +16,8 @@ from logwatch.tracker import Tracker
 from sendpost_agent.config import Config
 from sendpost_agent.queuemap import Entry, MapReader
 
+_NOT_FETCHED = object()
+
 
 class Pipeline:
     def __init__(self, config: Config, reader: MapReader | None, filters: ContentFilters,
@@ -64,8 +66,9 @@ class Pipeline:
         self._batch_rows = rows
 
     def _lookup(self, queue_id: str) -> Entry | None:
-        if queue_id in self._batch_rows:
-            return self._batch_rows[queue_id]
+        entry = self._batch_rows.get(queue_id, _NOT_FETCHED)
+        if entry is not _NOT_FETCHED:
+            return entry  # type: ignore[return-value]
         return self._reader.get(queue_id) if self._reader is not None else None
 
     def finish(self) -> list[Event]:

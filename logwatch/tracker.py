@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -354,7 +354,7 @@ _KINDS: dict[str, type[Delivery] | type[Expired]] = {"Delivery": Delivery, "Expi
 
 
 def record_to_json(record: Decidable) -> dict[str, Any]:
-    out = {f.name: getattr(record, f.name) for f in fields(record)}
+    out = record._asdict()
     out["time"] = record.time.isoformat()
     out["kind"] = type(record).__name__
     return out

@@ -25,9 +25,9 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,14 @@ class HeaderState(IntEnum):
     REPEATED = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     uuid: str | None  # canonical lower-case RFC 4122 text, None when unusable
     header: HeaderState
     received_at: int
 
 
 _HEADER_STATES = tuple(HeaderState)
+_new = tuple.__new__  # Entry(...) without its Python-level __new__: one per queue ID read
 
 
 class MapError(Exception):
@@ -203,7 +203,7 @@ def _entry(blob: bytes | None, header: int, received_at: int) -> Entry:
     if blob is not None:  # str(uuid.UUID(bytes=blob)), five times faster
         h = blob.hex()
         text = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-    return Entry(text, _HEADER_STATES[header], received_at)
+    return _new(Entry, (text, _HEADER_STATES[header], received_at))
 
 
 class MapReader:
@@ -236,8 +236,8 @@ class MapReader:
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise MapError(f"{self.path}: queue map lookup failed: {exc}") from exc
-            for queue_id, *row in rows:
-                found[queue_id] = _entry(*row)
+            for queue_id, blob, header, received_at in rows:
+                found[queue_id] = _entry(blob, header, received_at)
         return found
 
     def __len__(self) -> int:
