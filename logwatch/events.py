@@ -44,17 +44,21 @@ class Event(NamedTuple):
         stamp = _last_stamp
         if stamp[0] is not self.timestamp:  # the events of one log second share a datetime
             stamp = _last_stamp = (self.timestamp, self.timestamp.isoformat())
-        # A StrEnum member is its value's text: concatenation needs no .value lookup.
-        text = ('{"message_id":' + _quote(self.message_id) + ',"event_type":"'
-                + self.event_type + '","timestamp":"' + stamp[1] + '"')
-        if self.smtp_code is not None:
-            text += f',"smtp_code":{int(self.smtp_code)}'
-        if self.smtp_description:
-            text += f',"smtp_description":{_quote(self.smtp_description)}'
-        if self.recipient:
-            text += f',"recipient":{_quote(self.recipient)}'
+        message_id, event_type, _, recipient, code, description = self
+        if code is not None and description and recipient:  # nearly always: one format
+            return _FULL % (_quote(message_id), event_type, stamp[1], int(code),
+                            _quote(description), _quote(recipient))
+        text = _HEAD % (_quote(message_id), event_type, stamp[1])
+        if code is not None:
+            text += f',"smtp_code":{int(code)}'
+        if description:
+            text += f',"smtp_description":{_quote(description)}'
+        if recipient:
+            text += f',"recipient":{_quote(recipient)}'
         return text + "}"
 
 
 _new = tuple.__new__
+_HEAD = '{"message_id":%s,"event_type":"%s","timestamp":"%s"'  # %s of a StrEnum: its value
+_FULL = _HEAD + ',"smtp_code":%d,"smtp_description":%s,"recipient":%s}'
 _last_stamp: tuple[datetime | None, str] = (None, "")  # one tuple: a thread sees a matching pair

@@ -263,26 +263,31 @@ _STATUS_LINE, _ACTIVE_LINE, _REMOVED_LINE, _NOTIFICATION_LINE, _HEADER_LINE = ra
 
 _LINE_ENDS = ("(queue active)", ": removed")
 _RARE_MARKERS = (" notification: ", "info: header ")
+_RARE_BYTES = tuple(marker.encode() for marker in _RARE_MARKERS)
 
 
-def parse_block(text: str, clock: Clock) -> list[Record | Skipped]:
-    """``parse_line`` over every line of ``text`` (complete lines joined by newlines), in
-    order, without the None results.
+def parse_block(lines: list[bytes], clock: Clock) -> list[Record | Skipped]:
+    """``parse_line`` over every line (undecoded, without its newline), in order, without
+    the None results.
 
-    Four lines in five cannot matter. They are rejected by the substring tests that
-    parse_line starts with, inside one comprehension, so they cost no call; the two rare
-    markers are looked for in the whole block first.
+    Four lines in five cannot matter. They are decoded and rejected by the substring
+    tests parse_line starts with inside one comprehension, so they cost no call; the two
+    rare markers are looked for in the whole block first.
     """
-    lines = text.split("\n")
-    if _RARE_MARKERS[0] in text or _RARE_MARKERS[1] in text:
-        lines = [
-            line for line in lines
-            if "status=" in line or line.endswith(_LINE_ENDS)
-            or _RARE_MARKERS[0] in line or _RARE_MARKERS[1] in line
+    block = b"\n".join(lines)
+    if _RARE_BYTES[0] in block or _RARE_BYTES[1] in block:
+        text = [
+            line for raw in lines
+            if "status=" in (line := raw.decode("utf-8", "replace"))
+            or line.endswith(_LINE_ENDS) or _RARE_MARKERS[0] in line or _RARE_MARKERS[1] in line
         ]
     else:
-        lines = [line for line in lines if "status=" in line or line.endswith(_LINE_ENDS)]
-    return [record for line in lines if (record := parse_line(line, clock)) is not None]
+        text = [
+            line for raw in lines
+            if "status=" in (line := raw.decode("utf-8", "replace"))
+            or line.endswith(_LINE_ENDS)
+        ]
+    return [record for line in text if (record := parse_line(line, clock)) is not None]
 
 
 def parse_line(line: str, clock: Clock) -> Record | Skipped | None:

@@ -34,10 +34,9 @@ class Pipeline:
 
     def process(self, lines: list[bytes]) -> list[Event]:
         """One batch of complete lines -> the events they complete, in log order."""
-        text = b"\n".join(lines).decode("utf-8", "replace")
         records: list[Record] = []
         skipped = self.skipped
-        for record in parse_block(text, self.clock):
+        for record in parse_block(lines, self.clock):
             if type(record) is Skipped:
                 skipped[record.reason] += 1
             else:

@@ -688,6 +688,6 @@ def test_parse_block_gives_what_parse_line_gives_line_by_line(name: str) -> None
     lines += [SENT.replace("A438320C032: ", ""), "not a log line", "", BOUNCED + " status="]
     clock = Clock(UTC, NOW)
     one_by_one = [r for line in lines if (r := parse_line(line, clock)) is not None]
-    block = parse_block("\n".join(lines), Clock(UTC, NOW))
+    block = parse_block([line.encode() for line in lines], Clock(UTC, NOW))
     assert block == one_by_one
     assert any(isinstance(r, Skipped) for r in block)  # the odd lines are counted, not lost
