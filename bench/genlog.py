@@ -116,7 +116,7 @@ def generate(lines: int, seed: int, out: Path, state_dir: Path | None) -> int:
         message(log, n, n * 0.05, qid)
         if writer is not None:
             writer.put(qid, uuid.UUID(int=(1 << 120) + n), HeaderState.PRESENT,
-                       now=START.timestamp())
+                       now=START.timestamp() + n * 0.05)  # received when logged
         n += 1
     if writer is not None:
         writer.close()

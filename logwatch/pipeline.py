@@ -10,6 +10,7 @@ import gc
 from collections import Counter
 
 from logwatch.events import Event
+from logwatch.mapwindow import KEEP, MapWindow
 from logwatch.parse import Clock, Delivery, Expired, Record, Skipped, parse_block
 from logwatch.relays import ContentFilters
 from logwatch.tracker import Tracker
@@ -24,6 +25,7 @@ class Pipeline:
                  clock: Clock) -> None:
         self.clock = clock
         self._reader = reader
+        self._window = None if reader is None else MapWindow(reader, config.join_wait + KEEP)
         self._batch_rows: dict[str, Entry | None] = {}
         self.tracker = Tracker(self._lookup, filters, wait=config.join_wait,
                                report_deferred=config.report_deferred,
@@ -54,14 +56,14 @@ class Pipeline:
 
     def _prefetch(self, records: list[Record]) -> None:
         """Look up the batch's queue IDs in a few queries instead of one per line."""
-        if self._reader is None:
+        if self._window is None or not records:
             return
         wanted = {r.queue_id for r in records if type(r) is Delivery or type(r) is Expired}
         messages = self.tracker.messages
         if messages:
             wanted = {q for q in wanted if (m := messages.get(q)) is None or m.uuid is None}
         rows: dict[str, Entry | None] = dict.fromkeys(wanted)
-        rows.update(self._reader.get_many(list(wanted)))
+        rows.update(self._window.get_many(list(wanted), records[-1].time.timestamp()))
         self._batch_rows = rows
 
     def _lookup(self, queue_id: str) -> Entry | None:

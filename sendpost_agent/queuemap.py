@@ -240,6 +240,30 @@ class MapReader:
                 found[queue_id] = _entry(blob, header, received_at)
         return found
 
+    def first_id(self, queue_ids: list[str]) -> int | None:
+        """The insertion number of the oldest of these rows (None if none is here)."""
+        marks = ",".join("?" * len(queue_ids[:_IN_CHUNK]))
+        try:
+            row = self._conn.execute(
+                f"SELECT min(id) FROM queuemap WHERE queue_id IN ({marks})", queue_ids[:_IN_CHUNK]
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise MapError(f"{self.path}: queue map lookup failed: {exc}") from exc
+        return None if row is None else row[0]
+
+    def scan(self, start_id: int, limit: int) -> list[tuple[int, str, Entry]]:
+        """Up to ``limit`` rows from insertion number ``start_id`` on, in insertion order:
+        (number, queue ID, entry). Reading in order costs a fraction of a lookup per row."""
+        try:
+            rows = self._conn.execute(
+                "SELECT id, queue_id, uuid, header, received_at FROM queuemap WHERE id >= ?"
+                " ORDER BY id LIMIT ?", (start_id, limit)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise MapError(f"{self.path}: queue map read failed: {exc}") from exc
+        return [(row_id, queue_id, _entry(blob, header, received_at))
+                for row_id, queue_id, blob, header, received_at in rows]
+
     def __len__(self) -> int:
         return self._conn.execute("SELECT count(*) FROM queuemap").fetchone()[0]
 

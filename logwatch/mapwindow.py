@@ -1,0 +1,73 @@
+"""Map rows read ahead in insertion order: the cheap way to join a log read in bulk.
+
+The milter writes a message's row when Postfix receives it, and nearly all of its
+status lines follow within seconds. So rows are read in insertion order up to a little
+past the log's time, which costs about a third of looking each queue ID up (bench/map.py
+figures in docs/PERFORMANCE.md), and kept for ``keep`` seconds of log time. Queue IDs
+not in the window are looked up one by one as before: the window changes the speed of
+a lookup, never its answer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from sendpost_agent.queuemap import Entry, MapReader
+
+KEEP = 60.0  # seconds of log time a row is kept beyond join-wait
+AHEAD = 5.0  # seconds past the log's time: the milter's clock and syslog's may differ
+SCAN_ROWS = 1000  # rows per read
+MAX_ROWS_PER_CALL = 50_000  # a log far ahead of the map (wrong log-timezone) reads no more
+
+
+class MapWindow:
+    def __init__(self, reader: MapReader, keep: float) -> None:
+        self._reader = reader
+        self._keep = keep
+        self._rows: dict[str, Entry] = {}
+        self._order: deque[tuple[int, str]] = deque()  # (received_at, queue ID), oldest first
+        self._next_id: int | None = None  # first row not read yet; None: not placed yet
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get_many(self, queue_ids: list[str], now: float) -> dict[str, Entry]:
+        """Rows of ``queue_ids`` (missing ones left out) for lines logged up to ``now``."""
+        if self._next_id is None and queue_ids:
+            self._next_id = self._reader.first_id(queue_ids)
+        self._forget(now - self._keep)
+        self._read_ahead(now + AHEAD)
+        rows = self._rows
+        found: dict[str, Entry] = {}
+        missing = []
+        for queue_id in queue_ids:
+            entry = rows.get(queue_id)
+            if entry is None:
+                missing.append(queue_id)
+            else:
+                found[queue_id] = entry
+        if missing:
+            found.update(self._reader.get_many(missing))
+        return found
+
+    def _read_ahead(self, until: float) -> None:
+        """Read rows in insertion order up to the first one received after ``until``."""
+        if self._next_id is None:
+            return
+        rows, order, read = self._rows, self._order, 0
+        while read < MAX_ROWS_PER_CALL:
+            batch = self._reader.scan(self._next_id, SCAN_ROWS)
+            for row_id, queue_id, entry in batch:
+                if entry.received_at > until:
+                    return  # this row is read again next time
+                rows[queue_id] = entry
+                order.append((entry.received_at, queue_id))
+                self._next_id = row_id + 1
+            read += len(batch)
+            if len(batch) < SCAN_ROWS:
+                return
+
+    def _forget(self, horizon: float) -> None:
+        order, rows = self._order, self._rows
+        while order and order[0][0] < horizon:
+            rows.pop(order.popleft()[1], None)

@@ -1,0 +1,83 @@
+"""The read-ahead window over the map: same answers as lookups, fewer of them."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from logwatch import mapwindow
+from logwatch.mapwindow import MapWindow
+from sendpost_agent.queuemap import Entry, HeaderState, MapReader, MapWriter
+
+T0 = 1_795_392_000  # 2026-11-23 00:00:00 UTC
+
+
+class CountingReader(MapReader):
+    """The real reader, counting how often each query kind runs."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.looked_up: list[str] = []
+        self.scans = 0
+
+    def get_many(self, queue_ids: list[str]) -> dict[str, Entry]:
+        self.looked_up += queue_ids
+        return super().get_many(queue_ids)
+
+    def scan(self, start_id: int, limit: int) -> list[tuple[int, str, Entry]]:
+        self.scans += 1
+        return super().scan(start_id, limit)
+
+
+@pytest.fixture
+def reader(tmp_path: Path) -> CountingReader:
+    path = tmp_path / "queuemap.sqlite3"
+    writer = MapWriter(path, 7 * 86400.0)
+    for n in range(3000):  # one message a second, as the milter would have written them
+        header = HeaderState.PRESENT if n % 7 else HeaderState.MISSING
+        writer.put(f"Q{n:05d}", uuid.UUID(int=n + 1) if n % 7 else None, header, now=T0 + n)
+    writer.close()
+    return CountingReader(path)
+
+
+def qid(n: int) -> str:
+    return f"Q{n:05d}"
+
+
+def test_answers_are_those_of_lookups_and_most_come_from_reading_ahead(
+    reader: CountingReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mapwindow, "SCAN_ROWS", 100)
+    window = MapWindow(reader, keep=60.0)
+    direct = MapReader(reader.path)
+    for second in range(0, 3000, 10):  # a batch of log lines every 10 s of log time
+        wanted = [qid(n) for n in range(max(0, second - 20), second + 1)]  # lines lag receipt
+        wanted.append("NOTHERE")
+        assert window.get_many(wanted, T0 + second) == direct.get_many(wanted)
+    # Only the first batch and the unknown ID were looked up; the rest was read in order.
+    assert len(reader.looked_up) < 320 and reader.looked_up.count("NOTHERE") == 300
+    assert reader.scans >= 30
+    assert len(window) <= 60 + mapwindow.AHEAD + 1  # kept: `keep` seconds of rows
+
+
+def test_rows_older_than_keep_are_looked_up_again(reader: CountingReader) -> None:
+    window = MapWindow(reader, keep=60.0)
+    assert window.get_many([qid(100)], T0 + 100) == {qid(100): reader.get(qid(100))}
+    window.get_many([qid(1000)], T0 + 1000)
+    reader.looked_up.clear()
+    assert window.get_many([qid(100)], T0 + 1001) == {qid(100): reader.get(qid(100))}
+    assert reader.looked_up == [qid(100)]  # forgotten by the window, still found
+
+
+def test_a_log_far_ahead_of_the_map_reads_a_bounded_amount(
+    reader: CountingReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong log-timezone puts the log hours ahead: reading ahead must not run away."""
+    monkeypatch.setattr(mapwindow, "SCAN_ROWS", 100)
+    monkeypatch.setattr(mapwindow, "MAX_ROWS_PER_CALL", 500)
+    window = MapWindow(reader, keep=60.0)
+    found = window.get_many([qid(0), qid(2999)], T0 + 10 * 3600)
+    assert set(found) == {qid(0), qid(2999)}
+    assert reader.scans == 5
