@@ -18,6 +18,7 @@ KEEP = 60.0  # seconds of log time a row is kept beyond join-wait
 AHEAD = 5.0  # seconds past the log's time: the milter's clock and syslog's may differ
 SCAN_ROWS = 1000  # rows per read
 MAX_ROWS_PER_CALL = 50_000  # a log far ahead of the map (wrong log-timezone) reads no more
+MAX_KEPT = 20_000  # about 6 MiB: at higher rates the rest is looked up row by row
 
 
 class MapWindow:
@@ -55,7 +56,7 @@ class MapWindow:
         if self._next_id is None:
             return
         rows, order, read = self._rows, self._order, 0
-        while read < MAX_ROWS_PER_CALL:
+        while read < MAX_ROWS_PER_CALL and len(rows) < MAX_KEPT:
             batch = self._reader.scan(self._next_id, SCAN_ROWS)
             for row_id, queue_id, entry in batch:
                 if entry.received_at > until:

@@ -81,3 +81,16 @@ def test_a_log_far_ahead_of_the_map_reads_a_bounded_amount(
     found = window.get_many([qid(0), qid(2999)], T0 + 10 * 3600)
     assert set(found) == {qid(0), qid(2999)}
     assert reader.scans == 5
+
+
+def test_the_window_never_holds_more_than_its_cap(
+    reader: CountingReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of mail (here: a long keep) fills the window only up to MAX_KEPT rows."""
+    monkeypatch.setattr(mapwindow, "SCAN_ROWS", 100)
+    monkeypatch.setattr(mapwindow, "MAX_KEPT", 250)
+    window = MapWindow(reader, keep=86400.0)
+    for second in range(0, 3000, 100):
+        wanted = [qid(second)]
+        assert window.get_many(wanted, T0 + second) == reader.get_many(wanted)
+        assert len(window) <= 250 + 100  # the cap, plus at most one read
