@@ -3,9 +3,13 @@
 The milter writes a message's row when Postfix receives it, and nearly all of its
 status lines follow within seconds. So rows are read in insertion order up to a little
 past the log's time, which costs about a third of looking each queue ID up (bench/map.py
-figures in docs/PERFORMANCE.md), and kept for ``keep`` seconds of log time. Queue IDs
-not in the window are looked up one by one as before: the window changes the speed of
-a lookup, never its answer.
+figures in docs/PERFORMANCE.md), and kept for ``keep`` seconds of log time.
+
+Answers are those of a lookup: a reused queue ID's newer row (INSERT OR REPLACE gives it
+a higher number) is read before the window answers for lines logged up to ``now``,
+because every row received by ``now + AHEAD`` has been read; whenever reading stops
+short of that, this call's queue IDs are all looked up instead. Queue IDs not in the
+window are looked up one by one as before.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from sendpost_agent.queuemap import Entry, MapReader
 KEEP = 60.0  # seconds of log time a row is kept beyond join-wait
 AHEAD = 5.0  # seconds past the log's time: the milter's clock and syslog's may differ
 SCAN_ROWS = 1000  # rows per read
-MAX_ROWS_PER_CALL = 50_000  # a log far ahead of the map (wrong log-timezone) reads no more
-MAX_KEPT = 20_000  # about 6 MiB: at higher rates the rest is looked up row by row
+MAX_ROWS_PER_CALL = 50_000  # a window far behind the log catches up over several calls
+MAX_KEPT = 20_000  # about 6 MiB: at higher rates the oldest rows are looked up again
 
 
 class MapWindow:
@@ -35,9 +39,12 @@ class MapWindow:
     def get_many(self, queue_ids: list[str], now: float) -> dict[str, Entry]:
         """Rows of ``queue_ids`` (missing ones left out) for lines logged up to ``now``."""
         if self._next_id is None and queue_ids:
-            self._next_id = self._reader.first_id(queue_ids)
+            # Rows older than the window would be forgotten at once: a retry of a message
+            # received days ago must not place the window days back.
+            self._next_id = self._reader.first_id(queue_ids, since=now - self._keep)
         self._forget(now - self._keep)
-        self._read_ahead(now + AHEAD)
+        if not self._read_ahead(now + AHEAD):
+            return self._reader.get_many(queue_ids)
         rows = self._rows
         found: dict[str, Entry] = {}
         missing = []
@@ -51,24 +58,37 @@ class MapWindow:
             found.update(self._reader.get_many(missing))
         return found
 
-    def _read_ahead(self, until: float) -> None:
-        """Read rows in insertion order up to the first one received after ``until``."""
+    def _read_ahead(self, until: float) -> bool:
+        """Read rows in insertion order up to the first one received after ``until``;
+        False when it stopped short (the window's answers may be stale then)."""
         if self._next_id is None:
-            return
+            return False
         rows, order, read = self._rows, self._order, 0
-        while read < MAX_ROWS_PER_CALL and len(rows) < MAX_KEPT:
+        while read < MAX_ROWS_PER_CALL:
             batch = self._reader.scan(self._next_id, SCAN_ROWS)
             for row_id, queue_id, entry in batch:
                 if entry.received_at > until:
-                    return  # this row is read again next time
+                    return True  # this row is read again next time
                 rows[queue_id] = entry
                 order.append((entry.received_at, queue_id))
                 self._next_id = row_id + 1
+                if len(order) > MAX_KEPT:
+                    self._drop_oldest()
             read += len(batch)
             if len(batch) < SCAN_ROWS:
-                return
+                if not batch and self._reader.last_id() < self._next_id - 1:
+                    self._next_id = None  # the table was emptied: numbering restarted
+                    return False
+                return True
+        return False
 
     def _forget(self, horizon: float) -> None:
-        order, rows = self._order, self._rows
+        order = self._order
         while order and order[0][0] < horizon:
-            rows.pop(order.popleft()[1], None)
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        received_at, queue_id = self._order.popleft()
+        entry = self._rows.get(queue_id)
+        if entry is not None and entry.received_at == received_at:  # not a newer row's
+            del self._rows[queue_id]

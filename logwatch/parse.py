@@ -381,9 +381,12 @@ def _iso_time(stamp: str, clock: Clock) -> datetime | None:
     """RFC 3339 / journalctl short-iso stamps carry their offset; a bare one gets the clock's."""
     try:
         time = datetime.fromisoformat(stamp)
-    except ValueError:
+        if time.tzinfo is None:
+            time = clock.localize(time)
+        time.timestamp()  # year 1 or 9999 with an offset: out of range, not a crash later
+    except (ValueError, OverflowError):
         return None
-    return time if time.tzinfo is not None else clock.localize(time)
+    return time
 
 
 def _status(

@@ -14,7 +14,7 @@ from typing import TextIO
 from logwatch.events import Event
 from logwatch.follow import read_file_batches
 from logwatch.parse import Clock
-from logwatch.pipeline import Pipeline, tune_gc
+from logwatch.pipeline import Pipeline
 from logwatch.relays import ContentFilters
 from logwatch.wal import Wal
 from sendpost_agent.config import Config, ConfigError, Secret
@@ -32,7 +32,6 @@ def replay(config: Config, files: list[Path], send: bool = False,
     Files are read in the order given (oldest first, like the log was written); year-less
     timestamps take their year from the newest file's modification time.
     """
-    tune_gc()
     if send:
         api_key = config.require_api_key("for replay --send")
         with tempfile.TemporaryDirectory(prefix="sendpost-replay-") as tmp:

@@ -171,7 +171,7 @@ class Tracker:
         return message
 
     def _uuid(self, queue_id: str) -> str | None:
-        """Known here (INFO line, hop), else the map's: not copied, the map keeps it."""
+        """Known here (INFO line, hop, or kept with deferrals), else the map's."""
         message = self.messages.get(queue_id)
         if message is not None and message.uuid is not None:
             return message.uuid

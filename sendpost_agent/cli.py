@@ -49,8 +49,10 @@ def _run_status(config: Config, args: argparse.Namespace) -> int:
 
 
 def _run_replay(config: Config, args: argparse.Namespace) -> int:
+    from logwatch.pipeline import tune_gc
     from logwatch.replay import replay
 
+    tune_gc()  # process-wide: here, not in replay(), which tests call in-process
     return replay(config, args.files, send=args.send)
 
 

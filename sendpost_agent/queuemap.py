@@ -240,16 +240,26 @@ class MapReader:
                 found[queue_id] = _entry(blob, header, received_at)
         return found
 
-    def first_id(self, queue_ids: list[str]) -> int | None:
-        """The insertion number of the oldest of these rows (None if none is here)."""
-        marks = ",".join("?" * len(queue_ids[:_IN_CHUNK]))
+    def first_id(self, queue_ids: list[str], since: float) -> int | None:
+        """The insertion number of the oldest of these rows received at ``since`` or later
+        (None if there is none)."""
+        chunk = queue_ids[:_IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
         try:
             row = self._conn.execute(
-                f"SELECT min(id) FROM queuemap WHERE queue_id IN ({marks})", queue_ids[:_IN_CHUNK]
+                f"SELECT min(id) FROM queuemap WHERE queue_id IN ({marks})"
+                " AND received_at >= ?", [*chunk, int(since)]
             ).fetchone()
         except sqlite3.Error as exc:
             raise MapError(f"{self.path}: queue map lookup failed: {exc}") from exc
         return None if row is None else row[0]
+
+    def last_id(self) -> int:
+        """The highest insertion number (0 for an empty map)."""
+        try:
+            return int(self._conn.execute("SELECT max(id) FROM queuemap").fetchone()[0] or 0)
+        except sqlite3.Error as exc:
+            raise MapError(f"{self.path}: queue map read failed: {exc}") from exc
 
     def scan(self, start_id: int, limit: int) -> list[tuple[int, str, Entry]]:
         """Up to ``limit`` rows from insertion number ``start_id`` on, in insertion order:

@@ -691,3 +691,21 @@ def test_parse_block_gives_what_parse_line_gives_line_by_line(name: str) -> None
     block = parse_block([line.encode() for line in lines], Clock(UTC, NOW))
     assert block == one_by_one
     assert any(isinstance(r, Skipped) for r in block)  # the odd lines are counted, not lost
+    # The usual block has neither rare marker: the other branch of the prefilter.
+    common = [line for line in lines if " notification: " not in line
+              and "info: header " not in line]
+    clock = Clock(UTC, NOW)
+    expected = [r for line in common if (r := parse_line(line, clock)) is not None]
+    assert parse_block([line.encode() for line in common], Clock(UTC, NOW)) == expected
+
+
+def test_parse_block_decodes_invalid_utf8_like_the_follower_promises() -> None:
+    raw = SENT.encode().replace(b"ok1@", b"ok\xff\xfe1@")
+    (record,) = parse_block([b"noise \xff", raw], Clock(UTC, NOW))
+    assert isinstance(record, Delivery) and record.recipient == "ok\ufffd\ufffd1@example.com"
+
+
+def test_iso_stamp_out_of_range_in_the_local_zone_is_skipped_not_a_crash() -> None:
+    line = ("0001-01-01T00:00:00 mx postfix/smtp[1]: ABCDE12345: to=<a@b>, relay=x,"
+            " delay=1, dsn=2.0.0, status=sent (250 ok)")
+    assert parse_line(line, Clock(None, NOW)) == Skipped("unparseable timestamp")
