@@ -270,23 +270,17 @@ def parse_block(lines: list[bytes], clock: Clock) -> list[Record | Skipped]:
     """``parse_line`` over every line (undecoded, without its newline), in order, without
     the None results.
 
-    Four lines in five cannot matter. They are decoded and rejected by the substring
-    tests parse_line starts with inside one comprehension, so they cost no call; the two
-    rare markers are looked for in the whole block first.
+    Most lines cannot matter. They are decoded and rejected by the substring tests
+    parse_line starts with inside one comprehension, so they cost no call; the two rare
+    markers are tested per line only when the whole block holds one of them.
     """
     block = b"\n".join(lines)
-    if _RARE_BYTES[0] in block or _RARE_BYTES[1] in block:
-        text = [
-            line for raw in lines
-            if "status=" in (line := raw.decode("utf-8", "replace"))
-            or line.endswith(_LINE_ENDS) or _RARE_MARKERS[0] in line or _RARE_MARKERS[1] in line
-        ]
-    else:
-        text = [
-            line for raw in lines
-            if "status=" in (line := raw.decode("utf-8", "replace"))
-            or line.endswith(_LINE_ENDS)
-        ]
+    rare = _RARE_BYTES[0] in block or _RARE_BYTES[1] in block
+    text = [
+        line for raw in lines
+        if "status=" in (line := raw.decode("utf-8", "replace")) or line.endswith(_LINE_ENDS)
+        or (rare and (_RARE_MARKERS[0] in line or _RARE_MARKERS[1] in line))
+    ]
     return [record for line in text if (record := parse_line(line, clock)) is not None]
 
 
