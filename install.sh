@@ -578,7 +578,7 @@ build_venv() {
     # Build from a copy: the checkout stays untouched (no build/ or egg-info in it).
     stage=$(mktemp -d)
     tar -C "$SRC_DIR" --exclude=./.git --exclude=./.venv --exclude=./tests --exclude=./build \
-        --exclude='*.egg-info' --exclude=__pycache__ --exclude='./.*cache' -cf - . |
+        --exclude='*.egg-info' --exclude='*.so' --exclude=__pycache__ --exclude='./.*cache' -cf - . |
         tar -C "$stage" -xf -
     "$PREFIX/bin/pip" install --quiet --disable-pip-version-check --upgrade "$stage" || status=$?
     rm -rf -- "$stage"

@@ -9,7 +9,9 @@ Answers are those of a lookup: a reused queue ID's newer row (INSERT OR REPLACE 
 a higher number) is read before the window answers for lines logged up to ``now``,
 because every row received by ``now + AHEAD`` has been read; whenever reading stops
 short of that, this call's queue IDs are all looked up instead. Queue IDs not in the
-window are looked up one by one as before.
+window are looked up one by one as before. A row read ahead that a reused queue ID
+replaces meanwhile is still taken, then overwritten by the newer row in the same call:
+no line logged before the newer message was received is answered with it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class MapWindow:
         self._rows: dict[str, Entry] = {}
         self._order: deque[tuple[int, str]] = deque()  # (received_at, queue ID), oldest first
         self._next_id: int | None = None  # first row not read yet; None: not placed yet
+        self._ahead: deque[tuple[int, str, Entry]] = deque()  # read, received after the log
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -59,26 +62,37 @@ class MapWindow:
         return found
 
     def _read_ahead(self, until: float) -> bool:
-        """Read rows in insertion order up to the first one received after ``until``;
-        False when it stopped short (the window's answers may be stale then)."""
+        """Take rows in insertion order up to the first one received after ``until``;
+        False when it stopped short (the window's answers may be stale then).
+
+        Rows read past ``until`` wait in ``_ahead`` for a later call: a live log comes in
+        small batches, and reading them again each time cost more than the lookups saved.
+        """
         if self._next_id is None:
             return False
-        rows, order, read = self._rows, self._order, 0
-        while read < MAX_ROWS_PER_CALL:
-            batch = self._reader.scan(self._next_id, SCAN_ROWS)
-            for row_id, queue_id, entry in batch:
+        rows, order, ahead = self._rows, self._order, self._ahead
+        for _ in range(MAX_ROWS_PER_CALL // SCAN_ROWS):
+            caught_up = False
+            if not ahead:
+                batch = self._reader.scan(self._next_id, SCAN_ROWS)
+                if not batch:
+                    if self._reader.last_id() < self._next_id - 1:
+                        self._next_id = None  # the table was emptied: numbering restarted
+                        return False
+                    return True
+                self._next_id = batch[-1][0] + 1
+                ahead.extend(batch)
+                caught_up = len(batch) < SCAN_ROWS
+            while ahead:
+                _, queue_id, entry = ahead[0]
                 if entry.received_at > until:
-                    return True  # this row is read again next time
+                    return True
+                ahead.popleft()
                 rows[queue_id] = entry
                 order.append((entry.received_at, queue_id))
-                self._next_id = row_id + 1
                 if len(order) > MAX_KEPT:
                     self._drop_oldest()
-            read += len(batch)
-            if len(batch) < SCAN_ROWS:
-                if not batch and self._reader.last_id() < self._next_id - 1:
-                    self._next_id = None  # the table was emptied: numbering restarted
-                    return False
+            if caught_up:
                 return True
         return False
 

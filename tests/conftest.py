@@ -1,1 +1,24 @@
+from pathlib import Path
+
+import pytest
+
 pytest_plugins = ["tests.support.fixtures"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test stale compiled modules: Python imports a module's .so before its .py,
+    so an edit not yet compiled (setup.py) would silently go untested. The code of all of
+    them is in one library, sendpost_logwatch__mypyc*.so; each module's .so only loads it."""
+    sources = [so.with_name(so.name.split(".")[0] + ".py") for so in ROOT.glob("logwatch/*.so")]
+    if not sources:
+        return
+    library = max((so.stat().st_mtime for so in ROOT.glob("sendpost_logwatch__mypyc*.so")),
+                  default=0.0)
+    stale = [str(p.relative_to(ROOT)) for p in sources
+             if not p.exists() or p.stat().st_mtime > library]
+    if stale:
+        pytest.exit(f"{', '.join(stale)} changed after it was compiled: recompile with"
+                    " `.venv/bin/pip install -e .` (or delete the .so files to test the"
+                    " plain Python)", returncode=4)

@@ -124,7 +124,7 @@ def test_read_file_batches_from_an_offset_with_an_unterminated_last_line(tmp_pat
     assert [line for b in read_file_batches(path, 8) for line in b] == [b"three", b"four"]
 
 
-def test_read_file_batches_tells_gzip_by_magic_not_name_and_batches_big(tmp_path: Path) -> None:
+def test_read_file_batches_tells_gzip_by_magic_not_name_and_reads_in_blocks(tmp_path: Path) -> None:
     lines = [
         b"2026-11-23T18:35:21 host postfix/smtp[1]: line %d \xff\x00" % i for i in range(100_000)
     ]
@@ -133,7 +133,7 @@ def test_read_file_batches_tells_gzip_by_magic_not_name_and_batches_big(tmp_path
         f.write(b"\n".join(lines) + b"\n")
     batches = list(read_file_batches(path))
     assert [line for b in batches for line in b] == lines
-    assert len(batches) <= 8
+    assert len(batches) <= len(lines) // 1000  # thousands of lines per batch, not a few
     offset = sum(len(line) + 1 for line in lines[:10])
     assert next(read_file_batches(path, offset))[0] == lines[10]
 
