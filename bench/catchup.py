@@ -19,6 +19,14 @@ from pathlib import Path
 from genlog import generate  # type: ignore[import-not-found]
 
 
+def build() -> str:
+    """How this checkout's log pipeline is built (setup.py compiles it with mypyc)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import logwatch.parse
+
+    return "mypyc-compiled" if (logwatch.parse.__file__ or "").endswith(".so") else "not compiled"
+
+
 def timed(cmd: list[str], env: dict[str, str], out: int) -> float:
     started = time.perf_counter()
     subprocess.run(cmd, stdout=out, stderr=subprocess.DEVNULL, check=True, env=env)
@@ -45,7 +53,7 @@ def main() -> None:
         # GNU grep stops at the first match when its output is /dev/null: use a pipe.
         times["grep"].append(timed(grep, env, subprocess.PIPE))
     replay, grep_s = statistics.median(times["replay"]), statistics.median(times["grep"])
-    print(f"log: {log} ({args.lines} lines), {args.rounds} rounds, medians:")
+    print(f"log: {log} ({args.lines} lines), {args.rounds} rounds, medians; pipeline {build()}:")
     print(f"  sendpost-agent replay: {replay:.2f} s = {args.lines / replay:,.0f} lines/s")
     print(f"  grep -c status=:       {grep_s:.2f} s = {args.lines / grep_s:,.0f} lines/s")
     print(f"  replay takes {replay / grep_s:.0f}x as long as grep")

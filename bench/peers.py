@@ -58,6 +58,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from catchup import build  # type: ignore[import-not-found]
 from genlog import generate  # type: ignore[import-not-found]
 
 POLL = 0.05  # seconds between two scrapes of the exporter's /metrics
@@ -338,7 +339,7 @@ def pflogsumm(log: Path, totals: Totals) -> Tool:
 
 def versions() -> dict[str, str]:
     found = {"sendpost-agent replay": f"{version('sendpost-agent')} (Python"
-             f" {sys.version.split()[0]})"}
+             f" {sys.version.split()[0]}, {build()})"}
     names = {"prometheus-postfix-exporter": "prometheus-postfix-exporter",
              "mtail": "mtail (postfix.mtail)", "pflogsumm": "pflogsumm"}
     for package in PACKAGES:

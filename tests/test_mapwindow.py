@@ -21,6 +21,7 @@ class CountingReader(MapReader):
         super().__init__(path)
         self.looked_up: list[str] = []
         self.scans = 0
+        self.rows_read = 0
 
     def get_many(self, queue_ids: list[str]) -> dict[str, Entry]:
         self.looked_up += queue_ids
@@ -28,7 +29,9 @@ class CountingReader(MapReader):
 
     def scan(self, start_id: int, limit: int) -> list[tuple[int, str, Entry]]:
         self.scans += 1
-        return super().scan(start_id, limit)
+        rows = super().scan(start_id, limit)
+        self.rows_read += len(rows)
+        return rows
 
 
 @pytest.fixture
@@ -44,6 +47,19 @@ def reader(tmp_path: Path) -> CountingReader:
 
 def qid(n: int) -> str:
     return f"Q{n:05d}"
+
+
+def test_each_row_is_read_once_however_small_the_batches(
+    reader: CountingReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live log comes a line at a time: rows read past its time wait, not read again."""
+    monkeypatch.setattr(mapwindow, "SCAN_ROWS", 100)
+    window = MapWindow(reader, keep=60.0)
+    direct = MapReader(reader.path)
+    for second in range(3000):
+        wanted = [qid(second)]
+        assert window.get_many(wanted, T0 + second) == direct.get_many(wanted)
+    assert reader.rows_read == 3000 and reader.looked_up == []
 
 
 def test_answers_are_those_of_lookups_and_most_come_from_reading_ahead(
