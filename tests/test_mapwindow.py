@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -49,16 +50,20 @@ def qid(n: int) -> str:
     return f"Q{n:05d}"
 
 
+def ask(window: MapWindow, reader: MapReader, batches: Iterable[tuple[int, list[str]]]) -> None:
+    """Ask as a log read in batches would (log second, its queue IDs): each answer must be
+    what a lookup gives."""
+    direct = MapReader(reader.path)
+    for second, wanted in batches:
+        assert window.get_many(wanted, T0 + second) == direct.get_many(wanted)
+
+
 def test_each_row_is_read_once_however_small_the_batches(
     reader: CountingReader, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A live log comes a line at a time: rows read past its time wait, not read again."""
     monkeypatch.setattr(mapwindow, "SCAN_ROWS", 100)
-    window = MapWindow(reader, keep=60.0)
-    direct = MapReader(reader.path)
-    for second in range(3000):
-        wanted = [qid(second)]
-        assert window.get_many(wanted, T0 + second) == direct.get_many(wanted)
+    ask(MapWindow(reader, keep=60.0), reader, ((s, [qid(s)]) for s in range(3000)))
     assert reader.rows_read == 3000 and reader.looked_up == []
 
 
@@ -67,11 +72,9 @@ def test_answers_are_those_of_lookups_and_most_come_from_reading_ahead(
 ) -> None:
     monkeypatch.setattr(mapwindow, "SCAN_ROWS", 100)
     window = MapWindow(reader, keep=60.0)
-    direct = MapReader(reader.path)
-    for second in range(0, 3000, 10):  # a batch of log lines every 10 s of log time
-        wanted = [qid(n) for n in range(max(0, second - 20), second + 1)]  # lines lag receipt
-        wanted.append("NOTHERE")
-        assert window.get_many(wanted, T0 + second) == direct.get_many(wanted)
+    # A batch of log lines every 10 s of log time; lines lag their message's receipt.
+    ask(window, reader, ((s, [*map(qid, range(max(0, s - 20), s + 1)), "NOTHERE"])
+                         for s in range(0, 3000, 10)))
     # Only the first batch and the unknown ID were looked up; the rest was read in order.
     assert len(reader.looked_up) < 320 and reader.looked_up.count("NOTHERE") == 300
     assert reader.scans >= 30
