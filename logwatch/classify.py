@@ -18,7 +18,7 @@ import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 __all__ = ["RULES", "EventType", "Rule", "Verdict", "event_for_status", "expired_verdict"]
 
@@ -72,8 +72,8 @@ def _rule(name: str, event_type: EventType, codes: str, text: str | None, why: s
     return Rule(name, event_type, parsed, pattern, why)
 
 
-_HARD = EventType.BOUNCED
-_SOFT = EventType.SOFT_BOUNCED
+_HARD: Final = EventType.BOUNCED
+_SOFT: Final = EventType.SOFT_BOUNCED
 
 # Codes that carry no detail: the remote gave none (Postfix then logs x.0.0), or the
 # catch-all 5.5.0 that Outlook/Hotmail use for "mailbox unavailable". The text decides.
@@ -272,23 +272,23 @@ RULES: tuple[Rule, ...] = (
 )
 
 # Statuses reported without looking at the table: (event, rule name).
-_new = tuple.__new__  # Verdict(...) without its Python-level __new__: one per status line
-_PLAIN_STATUSES: dict[str, tuple[EventType, str]] = {
+_new: Final = tuple.__new__  # Verdict(...) without its Python-level __new__: one per status line
+_PLAIN_STATUSES: Final[dict[str, tuple[EventType, str]]] = {
     "sent": (EventType.DELIVERED, "status-sent"),
     "deferred": (EventType.DEFERRED, "status-deferred"),
     "SOFTBOUNCE": (EventType.DEFERRED, "status-softbounce"),
 }
-_EXPIRED_RULE = "queue-expired"
+_EXPIRED_RULE: Final = "queue-expired"
 
 # Basic reply code, separator ('-' = multi-line), optional enhanced code (RFC 3463).
-_LEAD = re.compile(r"([2-5]\d\d)(?:([ -])(?:([245]\.\d{1,3}\.\d{1,3})\b)?|$)")
+_LEAD: Final = re.compile(r"([2-5]\d\d)(?:([ -])(?:([245]\.\d{1,3}\.\d{1,3})\b)?|$)")
 # Continuation prefixes that Postfix kept when it joined a multi-line reply into one line.
-_CONTINUATION = re.compile(r"\s([2-5]\d\d)[ -](?:([245]\.\d{1,3}\.\d{1,3})(?=\s))?\s*")
+_CONTINUATION: Final = re.compile(r"\s([2-5]\d\d)[ -](?:([245]\.\d{1,3}\.\d{1,3})(?=\s))?\s*")
 # qmail-style enhanced code in the text: "(#5.1.1)", "550 #5.1.0 Address rejected."
-_HASH_CODE = re.compile(r"#(5\.\d{1,3}\.\d{1,3})\b")
-_DSN = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
-_CLASS_REPLY_CODE = {2: 250, 4: 450, 5: 550}
-_NO_DETAIL: Code = (5, 0, 0)
+_HASH_CODE: Final = re.compile(r"#(5\.\d{1,3}\.\d{1,3})\b")
+_DSN: Final = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+_CLASS_REPLY_CODE: Final = {2: 250, 4: 450, 5: 550}
+_NO_DETAIL: Final[Code] = (5, 0, 0)
 
 
 def event_for_status(status: str, dsn: str | None, reply: str | None) -> Verdict | None:
@@ -318,7 +318,7 @@ def _status_verdict(status: str, dsn: str | None, reply: str | None) -> Verdict 
 
 
 # Rejection and deferral texts come back again and again; walking RULES is the slow part.
-_cached_status_verdict = functools.lru_cache(maxsize=4096)(_status_verdict)
+_cached_status_verdict: Final = functools.lru_cache(maxsize=4096)(_status_verdict)
 
 
 def expired_verdict(last_deferral: Verdict | None) -> Verdict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from json.encoder import encode_basestring as _quote  # str -> JSON literal, non-ASCII kept
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from logwatch.classify import EventType, Verdict
 
@@ -58,7 +58,7 @@ class Event(NamedTuple):
         return text + "}"
 
 
-_new = tuple.__new__
-_HEAD = '{"message_id":%s,"event_type":"%s","timestamp":"%s"'  # %s of a StrEnum: its value
-_FULL = _HEAD + ',"smtp_code":%d,"smtp_description":%s,"recipient":%s}'
+_new: Final = tuple.__new__
+_HEAD: Final = '{"message_id":%s,"event_type":"%s","timestamp":"%s"'  # %s of a StrEnum: its value
+_FULL: Final = _HEAD + ',"smtp_code":%d,"smtp_description":%s,"recipient":%s}'
 _last_stamp: tuple[datetime | None, str] = (None, "")  # one tuple: a thread sees a matching pair

@@ -17,11 +17,12 @@ no line logged before the newer message was received is answered with it.
 from __future__ import annotations
 
 from collections import deque
+from typing import Final
 
 from sendpost_agent.queuemap import Entry, MapReader
 
-KEEP = 60.0  # seconds of log time a row is kept beyond join-wait
-AHEAD = 5.0  # seconds past the log's time: the milter's clock and syslog's may differ
+KEEP: Final = 60.0  # seconds of log time a row is kept beyond join-wait
+AHEAD: Final = 5.0  # seconds past the log's time: the milter's clock and syslog's may differ
 SCAN_ROWS = 1000  # rows per read
 MAX_ROWS_PER_CALL = 50_000  # a window far behind the log catches up over several calls
 MAX_KEPT = 20_000  # about 6 MiB: at higher rates the oldest rows are looked up again

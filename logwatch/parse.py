@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 __all__ = [
     "Clock",
@@ -104,25 +104,25 @@ class Skipped:
 Record = Delivery | Expired | QueueActive | Notification | Removed | HeaderInfo
 # Records are named tuples: immutable, and built without a Python-level __init__ by
 # tuple.__new__ on the hot path (a frozen dataclass's __init__ doubled the cost per line).
-_new = tuple.__new__
+_new: Final = tuple.__new__
 
 
 # Shared instances: a skipped line costs no allocation.
-_BAD_TIME = Skipped("unparseable timestamp")
-_BAD_PREFIX = Skipped("unparseable prefix")
-_NO_QUEUE_ID = Skipped("no queue id")
-_NO_RECIPIENT = Skipped("no recipient")
-_NO_STATUS = Skipped("no status")
-_NOT_DELIVERY = Skipped("not a delivery status")
+_BAD_TIME: Final = Skipped("unparseable timestamp")
+_BAD_PREFIX: Final = Skipped("unparseable prefix")
+_NO_QUEUE_ID: Final = Skipped("no queue id")
+_NO_RECIPIENT: Final = Skipped("no recipient")
+_NO_STATUS: Final = Skipped("no status")
+_NOT_DELIVERY: Final = Skipped("not a delivery status")
 
-_MONTHS = {
+_MONTHS: Final = {
     m: i
     for i, m in enumerate(
         ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
     )
 }
-_ONE_DAY = timedelta(days=1)
-_CACHE_MAX = 4096  # distinct seconds kept; one per log second, so ~1 hour of a busy log
+_ONE_DAY: Final = timedelta(days=1)
+_CACHE_MAX: Final = 4096  # distinct seconds kept; one per log second, so ~1 hour of a busy log
 
 
 class Clock:
@@ -206,7 +206,7 @@ class Clock:
 # `[<PRI>]` then a BSD stamp (journalctl short-precise adds a fraction) or an ISO 8601
 # one (rsyslog RFC 3339, journalctl short-iso[-precise]); then the host, which some
 # setups leave out, and the syslog tag with its pid and (almost always) a colon.
-_HEAD = re.compile(
+_HEAD: Final = re.compile(
     r"(?:<\d{1,3}>)?"
     r"(?:(?P<bsd>[A-Z][a-z]{2} {1,2}\d{1,2} \d\d:\d\d:\d\d)(?:\.(?P<frac>\d{1,9}))?"
     r"|(?P<iso>\d{4}-\d\d-\d\dT[\d:.]++(?:Z|[+-]\d\d:?\d\d)?))"
@@ -214,32 +214,34 @@ _HEAD = re.compile(
 )
 # RFC 5424: <PRI>1 STAMP HOST APP PROCID MSGID SD MSG (the tag is APP, not APP[PID]).
 # bsd and frac never participate: same group names as _HEAD.
-_HEAD_5424 = re.compile(
+_HEAD_5424: Final = re.compile(
     r"(?:(?P<bsd>(?!))(?P<frac>))?<\d{1,3}>1 (?P<iso>\S++) \S++ (?P<prog>\S++) \S++ \S++ "
     r"(?:-|(?:\[(?:[^\]\\]++|\\.)*+\])++) ?\ufeff?"
 )
 # `docker compose logs`: `service-1    | ` before the syslog line.
-_COMPOSE = re.compile(r" *+[\w.-]++ ++\| ")
+_COMPOSE: Final = re.compile(r" *+[\w.-]++ ++\| ")
 # Short ids are upper-case hex, long ones (enable_long_queue_ids) base-52 without vowels.
 _QUEUE_ID = r"[0-9A-F]{5,}+|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,}+"
-_QID = re.compile(rf"({_QUEUE_ID}): +")
+_QID: Final = re.compile(rf"({_QUEUE_ID}): +")
 # The first `>` followed by a separator ends the address (`to=<a@<cutout>>,`).
 _ADDRESS = r"<([^>]*+(?:>(?![,\s]|$)[^>]*+)*+)>|([^,]*+)"
-_TO = re.compile(rf"to=(?:{_ADDRESS})")
-_ORIG_TO = re.compile(rf",? *+orig_to=(?:{_ADDRESS})")
+_TO: Final = re.compile(rf"to=(?:{_ADDRESS})")
+_ORIG_TO: Final = re.compile(rf",? *+orig_to=(?:{_ADDRESS})")
 # Postfix puts a space before every key; a literal prefix also makes the search fast.
-_STATUS = re.compile(r" status=([^\s,(]*+) *+(\()?")
-_RELAY = re.compile(r" relay=([^,]*+)")
-_DSN = re.compile(r" dsn=([^,]*+)")
-_EXPIRED = re.compile(r"from=<([^>]*+(?:>(?!, status=)[^>]*+)*+)>, status=((?:force-)?expired)\b")
-_ACTIVE = re.compile(r"from=<(.*)>, size=\d++, nrcpt=(\d++) \(queue active\)")
-_NOTIFICATION = re.compile(r"((?:sender|postmaster) [a-z -]*notification): (\S++)$")
+_STATUS: Final = re.compile(r" status=([^\s,(]*+) *+(\()?")
+_RELAY: Final = re.compile(r" relay=([^,]*+)")
+_DSN: Final = re.compile(r" dsn=([^,]*+)")
+_EXPIRED: Final = re.compile(
+    r"from=<([^>]*+(?:>(?!, status=)[^>]*+)*+)>, status=((?:force-)?expired)\b"
+)
+_ACTIVE: Final = re.compile(r"from=<(.*)>, size=\d++, nrcpt=(\d++) \(queue active\)")
+_NOTIFICATION: Final = re.compile(r"((?:sender|postmaster) [a-z -]*notification): (\S++)$")
 # cleanup_act_log(): `info: header <header, cut at 200> from <origin>; from=<s> to=<r> ...`;
 # the first ` from <origin>;` ends the value (sender and helo that follow are untrusted).
-_HEADER_INFO = re.compile(
+_HEADER_INFO: Final = re.compile(
     r"info: header ([^:\s]++): *((?:[^ ]++| (?!from [^\s;]*+;(?: |$)))*+) from [^\s;]*+;"
 )
-_UUID_HEADER = "x-sendpost-message-uuid"
+_UUID_HEADER: Final = "x-sendpost-message-uuid"
 
 # Whole-line shapes of nearly all lines (single spaces, `STAMP host postfix…[pid]: QID: `,
 # Postfix >= 2.3 keys): one regex call instead of several. Whatever they match,
@@ -262,9 +264,9 @@ _COMMON_REMOVED = re.compile(_COMMON_HEAD + r"removed\Z")
 _STATUS_LINE, _ACTIVE_LINE, _REMOVED_LINE, _NOTIFICATION_LINE, _HEADER_LINE = range(5)
 
 
-_LINE_ENDS = ("(queue active)", ": removed")
-_RARE_MARKERS = (" notification: ", "info: header ")
-_RARE_BYTES = tuple(marker.encode() for marker in _RARE_MARKERS)
+_LINE_ENDS: Final = ("(queue active)", ": removed")
+_RARE_MARKERS: Final = (" notification: ", "info: header ")
+_RARE_BYTES: Final = tuple(marker.encode() for marker in _RARE_MARKERS)
 
 
 def parse_block(lines: list[bytes], clock: Clock) -> list[Record | Skipped]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
+from typing import Final
 
 from logwatch.events import Event
 from logwatch.mapwindow import KEEP, MapWindow
@@ -17,7 +18,7 @@ from logwatch.tracker import Tracker
 from sendpost_agent.config import Config
 from sendpost_agent.queuemap import Entry, MapReader
 
-_NOT_FETCHED = object()
+_NOT_FETCHED: Final = object()
 
 
 class Pipeline:

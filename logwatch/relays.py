@@ -15,13 +15,14 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from sendpost_agent.postconf import PostconfError, PostfixConfig
 
 log = logging.getLogger(__name__)
 
-_RELAY = re.compile(r"^(?P<host>[^\[\]]*)(?:\[(?P<addr>[^\]]*)\])?(?::(?P<port>\d+))?$")
-_QUEUE_ID = re.compile(r"[0-9A-Za-z]+")
+_RELAY: Final = re.compile(r"^(?P<host>[^\[\]]*)(?:\[(?P<addr>[^\]]*)\])?(?::(?P<port>\d+))?$")
+_QUEUE_ID: Final = re.compile(r"[0-9A-Za-z]+")
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from logwatch.classify import EventType, Verdict, event_for_status, expired_verdict
 from logwatch.events import Event
@@ -33,9 +33,9 @@ from sendpost_agent.header import HEADER_NAME, parse_uuid
 from sendpost_agent.queuemap import Entry
 
 Lookup = Callable[[str], Entry | None]
-GC_EVERY = 3600.0  # log seconds between sweeps of stale state
+GC_EVERY: Final = 3600.0  # log seconds between sweeps of stale state
 Decidable = Delivery | Expired
-_HEADER_LOWER = HEADER_NAME.lower()
+_HEADER_LOWER: Final = HEADER_NAME.lower()
 
 
 @dataclass(slots=True)
@@ -350,7 +350,9 @@ class Tracker:
         self.now = float(state.get("now", 0.0))
 
 
-_KINDS: dict[str, type[Delivery] | type[Expired]] = {"Delivery": Delivery, "Expired": Expired}
+_KINDS: Final[dict[str, type[Delivery] | type[Expired]]] = {
+    "Delivery": Delivery, "Expired": Expired
+}
 
 
 def record_to_json(record: Decidable) -> dict[str, Any]:
