@@ -310,7 +310,7 @@ def _status_verdict(status: str, dsn: str | None, reply: str | None) -> Verdict 
     if plain is None:
         return None
     reply = reply or ""
-    if reply[3:4] == " " and reply[:3].isdigit() and "said: " not in reply:
+    if reply[3:4] == " " and reply[:3].isascii() and reply[:3].isdigit() and "said: " not in reply:
         # The common single-line answer "250 2.0.0 Ok ...": nothing to find or fold.
         return _new(Verdict, (plain[0], int(reply[:3]), reply.strip(), plain[1]))
     smtp_code, _, description = _parse_reply(reply)

@@ -9,9 +9,13 @@ Answers are those of a lookup: a reused queue ID's newer row (INSERT OR REPLACE 
 a higher number) is read before the window answers for lines logged up to ``now``,
 because every row received by ``now + AHEAD`` has been read; whenever reading stops
 short of that, this call's queue IDs are all looked up instead. Queue IDs not in the
-window are looked up one by one as before. A row read ahead that a reused queue ID
-replaces meanwhile is still taken, then overwritten by the newer row in the same call:
-no line logged before the newer message was received is answered with it.
+window are looked up one by one as before.
+
+One deliberate difference: a row read ahead (received after the log's time) that is
+replaced meanwhile by a reused queue ID's newer row, or pruned, is still taken when the
+log reaches its time. Lines logged before the newer message was received are answered
+with the older row, the message they belong to (a lookup would give the newer one);
+the newer row is taken once the log reaches its receipt, as before.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ class MapWindow:
         if self._next_id is None:
             return False
         rows, order, ahead = self._rows, self._order, self._ahead
-        for _ in range(MAX_ROWS_PER_CALL // SCAN_ROWS):
+        for _ in range(max(1, -(-MAX_ROWS_PER_CALL // SCAN_ROWS))):
             caught_up = False
             if not ahead:
                 batch = self._reader.scan(self._next_id, SCAN_ROWS)

@@ -7,18 +7,22 @@ events go, so both commands classify exactly alike.
 from __future__ import annotations
 
 import gc
+import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Final
 
 from logwatch.events import Event
 from logwatch.mapwindow import KEEP, MapWindow
-from logwatch.parse import Clock, Delivery, Expired, Record, Skipped, parse_block
+from logwatch.parse import Clock, Delivery, Expired, Record, Skipped, parse_block, parse_line
 from logwatch.relays import ContentFilters
 from logwatch.tracker import Tracker
 from sendpost_agent.config import Config
 from sendpost_agent.queuemap import Entry, MapReader
 
+log = logging.getLogger(__name__)
 _NOT_FETCHED: Final = object()
+_INTERNAL_ERROR: Final = Skipped("internal error")
 
 
 class Pipeline:
@@ -34,12 +38,20 @@ class Pipeline:
         self.lines_read = 0
         self.lines_parsed = 0
         self.skipped: Counter[str] = Counter()
+        # Attributes, not module names, so that a test can make them fail (compiled, a
+        # call to a module's function does not look the name up).
+        self.parse_block: Callable[[list[bytes], Clock], list[Record | Skipped]] = parse_block
+        self.parse_line: Callable[[str, Clock], Record | Skipped | None] = parse_line
 
     def process(self, lines: list[bytes]) -> list[Event]:
         """One batch of complete lines -> the events they complete, in log order."""
         records: list[Record] = []
         skipped = self.skipped
-        for record in parse_block(lines, self.clock):
+        try:
+            parsed = self.parse_block(lines, self.clock)
+        except Exception:
+            parsed = self._parse_each(lines)
+        for record in parsed:
             if type(record) is Skipped:
                 skipped[record.reason] += 1
             else:
@@ -50,10 +62,41 @@ class Pipeline:
         events: list[Event] = []
         feed = self.tracker.feed
         for record in records:
-            events += feed(record)
-        events += self.tracker.tick()
+            try:
+                events += feed(record)
+            except Exception:
+                self._internal_error("handling", record)
+        try:
+            events += self.tracker.tick()
+        except Exception:
+            self._internal_error("settling held lines at", records[-1] if records else None)
         self._batch_rows = {}
         return events
+
+    # A bug must cost the line it met, not the agent: a crash would recur on the same
+    # line after every restart. The line is counted and logged, ever more sparsely.
+
+    def _parse_each(self, lines: list[bytes]) -> list[Record | Skipped]:
+        """``parse_block``, one line at a time: only after it raised on one of them."""
+        out: list[Record | Skipped] = []
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            try:
+                record = self.parse_line(line, self.clock)
+            except Exception:
+                self._internal_error("parsing", line[:300])
+                continue
+            if record is not None:
+                out.append(record)
+        return out
+
+    def _internal_error(self, doing: str, what: object) -> None:
+        self.skipped[_INTERNAL_ERROR.reason] += 1
+        count = self.skipped[_INTERNAL_ERROR.reason]
+        if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: bounded, never silent
+            log.exception("internal error #%d %s %r; skipped and counted"
+                          " (skipped:internal error): please report it with this line",
+                          count, doing, what)
 
     def _prefetch(self, records: list[Record]) -> None:
         """Look up the batch's queue IDs in a few queries instead of one per line."""

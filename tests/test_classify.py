@@ -1061,6 +1061,14 @@ def test_sent_and_deferred_never_consult_the_table(monkeypatch: pytest.MonkeyPat
     )
 
 
+def test_a_reply_code_of_other_digits_is_no_crash() -> None:
+    """str.isdigit() is true for superscripts, int() refuses them: a forged line with
+    such a code crashed the agent, and again at every restart on the same line."""
+    verdict = event_for_status("sent", "2.0.0", "2\u00b20 ok")
+    assert verdict is not None and verdict.event_type is EventType.DELIVERED
+    assert verdict.smtp_code == 250  # from the DSN class: the text has no valid code
+
+
 # --- expiry --------------------------------------------------------------------------
 
 

@@ -132,6 +132,32 @@ def test_a_reused_queue_id_gets_its_newer_row(tmp_path: Path) -> None:
     assert window.get_many([qid(90)], T0 + 101)[qid(90)].uuid == str(uuid.UUID(int=999))
 
 
+def test_a_row_replaced_while_read_ahead_answers_for_the_lines_logged_before_the_newer(
+    tmp_path: Path,
+) -> None:
+    """The one deliberate difference from a lookup (module docstring): each line gets
+    the message that had its queue ID when it was logged."""
+    path = tmp_path / "queuemap.sqlite3"
+    writer = MapWriter(path, 7 * 86400.0)
+    for n in range(100):
+        writer.put(qid(n), uuid.UUID(int=n + 1), HeaderState.PRESENT, now=T0 + n)
+    window = MapWindow(MapReader(path), keep=60.0)
+    window.get_many([qid(50)], T0 + 50)  # reads ahead: row 70 waits for its time
+    writer.put(qid(70), uuid.UUID(int=999), HeaderState.PRESENT, now=T0 + 200)  # reused
+    writer.close()
+    assert window.get_many([qid(70)], T0 + 80)[qid(70)].uuid == str(uuid.UUID(int=71))
+    assert window.get_many([qid(70)], T0 + 200)[qid(70)].uuid == str(uuid.UUID(int=999))
+
+
+def test_a_call_limit_below_one_read_still_reads_ahead(
+    reader: CountingReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mapwindow, "MAX_ROWS_PER_CALL", 500)  # below SCAN_ROWS (1000)
+    window = MapWindow(reader, keep=60.0)
+    ask(window, reader, ((s, [qid(s)]) for s in range(0, 100, 10)))
+    assert len(window) > 0 and reader.looked_up == []
+
+
 def test_an_emptied_map_restarting_its_numbering_places_the_window_again(
     tmp_path: Path,
 ) -> None:

@@ -1,0 +1,93 @@
+"""A bug met on one log line costs that line, never the agent: it would meet the same
+line again after every restart. The line is counted and logged instead."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from logwatch.parse import Clock, Delivery, Record, Skipped, parse_line
+from logwatch.pipeline import Pipeline
+from logwatch.relays import ContentFilters
+from sendpost_agent.config import load_config
+from sendpost_agent.queuemap import HeaderState, MapReader, MapWriter
+
+NOW = datetime(2026, 11, 24, tzinfo=UTC)
+UUIDS = {"A438320C032": "11111111-1111-4111-8111-000000000001",
+         "B438320C033": "11111111-1111-4111-8111-000000000002"}
+LINES = [
+    f"Nov 23 18:35:2{n} feas postfix/smtp[5238]: {queue_id}: to=<{n}@example.com>,"
+    " relay=mx.example.com[192.0.2.1]:25, delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0,"
+    " status=sent (250 2.0.0 Ok: queued as 4F1A2B)"
+    for n, queue_id in enumerate(UUIDS)
+]
+
+
+@pytest.fixture
+def pipe(tmp_path: Path) -> Pipeline:
+    writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
+    for queue_id, value in UUIDS.items():
+        writer.put(queue_id, uuid.UUID(value), HeaderState.PRESENT)
+    writer.close()
+    (tmp_path / "config.yaml").write_text("")
+    config = load_config({}, tmp_path / "config.yaml", {})
+    return Pipeline(config, MapReader(tmp_path / "map.sqlite3"), ContentFilters(),
+                    Clock(UTC, NOW))
+
+
+def delivered_to(pipe: Pipeline) -> list[str]:
+    events = pipe.process([line.encode() for line in LINES]) + pipe.finish()
+    return [e.recipient for e in events]
+
+
+def test_a_line_the_parser_fails_on_is_skipped_counted_and_logged(
+    pipe: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    def block_fails(lines: list[bytes], clock: Clock) -> list[Record | Skipped]:
+        raise RuntimeError("a parser bug")
+
+    def first_line_fails(line: str, clock: Clock) -> Record | Skipped | None:
+        if line == LINES[0]:
+            raise RuntimeError("a parser bug")
+        return parse_line(line, clock)
+
+    pipe.parse_block = block_fails
+    pipe.parse_line = first_line_fails
+    with caplog.at_level(logging.ERROR, "logwatch.pipeline"):
+        assert delivered_to(pipe) == ["1@example.com"]
+    assert pipe.counts()["skipped:internal error"] == 1
+    assert "internal error #1 parsing" in caplog.text and "A438320C032" in caplog.text
+
+
+def test_a_record_the_tracker_fails_on_is_skipped_counted_and_logged(
+    pipe: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    def status_missing(lines: list[bytes], clock: Clock) -> list[Record | Skipped]:
+        records = [parse_line(raw.decode(), clock) for raw in lines]
+        first = records[0]
+        assert isinstance(first, Delivery)
+        records[0] = first._replace(time="Nov 23")  # what a parser bug could hand on
+        return [r for r in records if r is not None]
+
+    pipe.parse_block = status_missing
+    with caplog.at_level(logging.ERROR, "logwatch.pipeline"):
+        assert delivered_to(pipe) == ["1@example.com"]
+    assert pipe.counts()["skipped:internal error"] == 1
+    assert "internal error #1 handling" in caplog.text
+
+
+def test_internal_errors_are_logged_ever_more_sparsely_but_all_counted(
+    pipe: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, "logwatch.pipeline"):
+        for _ in range(20):
+            try:
+                raise RuntimeError("a bug")
+            except RuntimeError:
+                pipe._internal_error("parsing", "a line")
+    assert pipe.counts()["skipped:internal error"] == 20
+    assert [r.getMessage().split()[2] for r in caplog.records] == ["#1", "#2", "#4", "#8", "#16"]
