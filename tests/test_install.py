@@ -323,6 +323,11 @@ def test_real_install_second_run_key_change_and_uninstall(
         version = subprocess.run([str(host.bin_dir / AGENT), "--version"],
                                  capture_output=True, text=True, check=True)
         assert version.stdout.startswith("sendpost-agent ")
+        # Its log pipeline is the compiled one (setup.py), and it loads.
+        pipeline = subprocess.run([str(host.prefix / "bin" / "python"), "-c",
+                                   "import logwatch.pipeline as m; print(m.__file__)"],
+                                  capture_output=True, text=True, check=True, cwd="/")
+        assert pipeline.stdout.strip().endswith(".so"), pipeline.stdout
 
         # The units point at this install and pass systemd-analyze with its binary.
         milter_unit = (host.systemd / UNITS[0]).read_text()
