@@ -39,16 +39,19 @@ class Event(NamedTuple):
         return out
 
     def to_json(self) -> str:
-        """Same text as json.dumps(to_api()), built directly: this runs once per event."""
+        """Same text as json.dumps(to_api()), built directly: this runs once per event.
+        f-strings, not ``%``: compiled, they are joined without parsing a format."""
         global _last_stamp
         stamp = _last_stamp
         if stamp[0] is not self.timestamp:  # the events of one log second share a datetime
             stamp = _last_stamp = (self.timestamp, self.timestamp.isoformat())
         message_id, event_type, _, recipient, code, description = self
-        if code is not None and description and recipient:  # nearly always: one format
-            return _FULL % (_quote(message_id), event_type, stamp[1], int(code),
-                            _quote(description), _quote(recipient))
-        text = _HEAD % (_quote(message_id), event_type, stamp[1])
+        head = (f'{{"message_id":{_quote(message_id)},"event_type":"{event_type._value_}",'
+                f'"timestamp":"{stamp[1]}"')
+        if code is not None and description and recipient:  # nearly always: one string
+            return (f'{head},"smtp_code":{int(code)},"smtp_description":{_quote(description)},'
+                    f'"recipient":{_quote(recipient)}}}')
+        text = head
         if code is not None:
             text += f',"smtp_code":{int(code)}'
         if description:
@@ -59,6 +62,4 @@ class Event(NamedTuple):
 
 
 _new: Final = tuple.__new__
-_HEAD: Final = '{"message_id":%s,"event_type":"%s","timestamp":"%s"'  # %s of a StrEnum: its value
-_FULL: Final = _HEAD + ',"smtp_code":%d,"smtp_description":%s,"recipient":%s}'
 _last_stamp: tuple[datetime | None, str] = (None, "")  # one tuple: a thread sees a matching pair
