@@ -84,7 +84,7 @@ class Pipeline:
             try:
                 record = self.parse_line(line, self.clock)
             except Exception:
-                self._internal_error("parsing", line[:300])
+                self._internal_error("parsing", line)
                 continue
             if record is not None:
                 out.append(record)
@@ -94,7 +94,7 @@ class Pipeline:
         self.skipped[_INTERNAL_ERROR.reason] += 1
         count = self.skipped[_INTERNAL_ERROR.reason]
         if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: bounded, never silent
-            log.exception("internal error #%d %s %r; skipped and counted"
+            log.exception("internal error #%d %s %.500r; skipped and counted"
                           " (skipped:internal error): please report it with this line",
                           count, doing, what)
 
