@@ -149,7 +149,7 @@ class Agent:
                     # The log is quiet: let held lines' waits end by the wall clock.
                     tracker = self.pipeline.tracker
                     now = tracker.now + (time.monotonic() - last_line)
-                    self._append(tracker.tick(now), force_cursor=True)
+                    self._append(self.pipeline.tick(now), force_cursor=True)
                     idle_settled = not tracker.holding
                 continue
             try:
@@ -167,8 +167,9 @@ class Agent:
         stopping.cancel()
 
     def _take(self, batch: Batch) -> None:
-        self._position = batch.end
-        self._append(self.pipeline.process(batch.lines))
+        events = self.pipeline.process(batch.lines)
+        self._position = batch.end  # only now: should process raise, the cursor saved on
+        self._append(events)  # the way out must not count this batch as handled
 
     def _append(self, events: list[Event], force_cursor: bool = False) -> None:
         if self._suppress and events:
@@ -226,5 +227,9 @@ def run_logwatch(config: Config) -> int:
         return asyncio.run(main())
     except AgentStartError as exc:
         log.error("%s", exc)
+        return 1
+    except MapError as exc:
+        log.error("%s; stopped without counting the lines not joined yet: they are read"
+                  " again at the next start", exc)
         return 1
 

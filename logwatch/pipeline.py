@@ -18,7 +18,7 @@ from logwatch.parse import Clock, Delivery, Expired, Record, Skipped, parse_bloc
 from logwatch.relays import ContentFilters
 from logwatch.tracker import Tracker
 from sendpost_agent.config import Config
-from sendpost_agent.queuemap import Entry, MapReader
+from sendpost_agent.queuemap import Entry, MapError, MapReader
 
 log = logging.getLogger(__name__)
 _NOT_FETCHED: Final = object()
@@ -64,14 +64,23 @@ class Pipeline:
         for record in records:
             try:
                 events += feed(record)
+            except MapError:
+                raise  # the map, not this line: the caller retries the batch
             except Exception:
                 self._internal_error("handling", record)
-        try:
-            events += self.tracker.tick()
-        except Exception:
-            self._internal_error("settling held lines at", records[-1] if records else None)
+        events += self.tick()
         self._batch_rows = {}
         return events
+
+    def tick(self, now: float | None = None) -> list[Event]:
+        """The tracker's held lines whose wait is over at ``now`` (default: the log's time)."""
+        try:
+            return self.tracker.tick(now)
+        except MapError:
+            raise
+        except Exception:
+            self._internal_error("settling held lines at", now)
+            return []
 
     # A bug must cost the line it met, not the agent: a crash would recur on the same
     # line after every restart. The line is counted and logged, ever more sparsely.
@@ -117,7 +126,8 @@ class Pipeline:
         return self._reader.get(queue_id) if self._reader is not None else None
 
     def finish(self) -> list[Event]:
-        return self.tracker.finish()
+        """End of input (replay): settle everything held."""
+        return self.tick(float("inf"))
 
     def counts(self) -> dict[str, int]:
         """Every line that gave no event, by reason (for the summary and metrics)."""

@@ -84,6 +84,9 @@ def _replay(config: Config, files: list[Path], out: TextIO) -> int:
     except OSError as exc:
         log.error("cannot read %s: %s", getattr(exc, "filename", "?"), exc.strerror or exc)
         return 1
+    except MapError as exc:
+        log.error("%s; nothing after the lines replayed so far was joined", exc)
+        return 1
     finally:
         if reader is not None:
             reader.close()

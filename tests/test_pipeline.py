@@ -3,6 +3,7 @@ line again after every restart. The line is counted and logged instead."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -10,11 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from logwatch.agent import Agent
+from logwatch.cursor import load_cursor
+from logwatch.follow import Batch
 from logwatch.parse import Clock, Delivery, Record, Skipped, parse_line
 from logwatch.pipeline import Pipeline
 from logwatch.relays import ContentFilters
 from sendpost_agent.config import load_config
-from sendpost_agent.queuemap import HeaderState, MapReader, MapWriter
+from sendpost_agent.queuemap import Entry, HeaderState, MapError, MapReader, MapWriter
+from tests.support.maillog import record_messages, write_messages
 
 NOW = datetime(2026, 11, 24, tzinfo=UTC)
 UUIDS = {"A438320C032": "11111111-1111-4111-8111-000000000001",
@@ -91,3 +96,54 @@ def test_internal_errors_are_logged_ever_more_sparsely_but_all_counted(
                 pipe._internal_error("parsing", "a line")
     assert pipe.counts()["skipped:internal error"] == 20
     assert [r.getMessage().split()[2] for r in caplog.records] == ["#1", "#2", "#4", "#8", "#16"]
+
+
+# --- the map failing is not a line failing ----------------------------------------------
+
+
+class BrokenMap(MapReader):
+    """The real reader, its file gone bad after logwatch started."""
+
+    def get(self, queue_id: str) -> Entry | None:
+        raise MapError(f"{self.path}: queue map lookup failed: disk I/O error")
+
+    def get_many(self, queue_ids: list[str]) -> dict[str, Entry]:
+        raise MapError(f"{self.path}: queue map lookup failed: disk I/O error")
+
+    def first_id(self, queue_ids: list[str], since: float) -> int | None:
+        raise MapError(f"{self.path}: queue map lookup failed: disk I/O error")
+
+
+def test_a_map_failure_is_raised_not_counted_as_a_bad_line(pipe: Pipeline, tmp_path: Path) -> None:
+    # pipe: its fixture wrote the map and config files this pipeline uses
+    config = load_config({}, tmp_path / "config.yaml", {})
+    broken = Pipeline(config, BrokenMap(tmp_path / "map.sqlite3"), ContentFilters(),
+                      Clock(UTC, NOW))
+    with pytest.raises(MapError):
+        broken.process([line.encode() for line in LINES])
+    assert "skipped:internal error" not in broken.counts()
+
+
+def test_a_map_failure_stops_logwatch_before_its_cursor_counts_the_batch(tmp_path: Path) -> None:
+    """logwatch exits on it (systemd restarts it); its lines must be read again then."""
+    state, log = tmp_path / "state", tmp_path / "mail.log"
+    state.mkdir()
+    record_messages(state, range(3))
+    write_messages(log, range(3))
+    (tmp_path / "config.yaml").write_text(
+        f'api-key: "sp-test-key"\nlog-path: "{log}"\nstate-dir: "{state}"\n'
+        'endpoint: "http://127.0.0.1:9/events"\n')
+    config = load_config({}, tmp_path / "config.yaml", {})
+    agent = Agent(config)
+    try:
+        agent.pipeline = Pipeline(config, BrokenMap(config.map_path), ContentFilters(),
+                                  Clock(UTC, NOW))
+        batch = asyncio.run(agent.follower.next_batch())
+        assert isinstance(batch, Batch) and len(batch.lines) == 3 * 5
+        with pytest.raises(MapError):
+            agent._take(batch)
+        agent._save_cursor()  # what logwatch does on its way out
+        assert load_cursor(config.cursor_path) is None  # no line counted as handled
+    finally:
+        agent.wal.close()
+        agent.follower.close()
