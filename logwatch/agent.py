@@ -118,10 +118,16 @@ class Agent:
         log.info("following %s, shipping to %s, health on http://%s/health",
                  self.config.log_path, self.config.endpoint, listen)
         shipping = asyncio.create_task(self.shipper.run(stop))
+        clean = False
         try:
             await self._read(stop)
+            clean = True
         finally:
-            self._save_cursor()
+            # After a failure (the map unreadable) the state in memory may be part of a
+            # batch ahead of its lines: the last cursor saved stands, as after a crash.
+            if clean:
+                self._save_cursor()
+            stop.set()  # the shipper flushes what it can and ends with the reading
             await shipping
             self.wal.close()
             self.follower.close()

@@ -234,7 +234,8 @@ _DSN: Final = re.compile(r" dsn=([^,]*+)")
 _EXPIRED: Final = re.compile(
     r"from=<([^>]*+(?:>(?!, status=)[^>]*+)*+)>, status=((?:force-)?expired)\b"
 )
-_ACTIVE: Final = re.compile(r"from=<(.*)>, size=\d++, nrcpt=(\d++) \(queue active\)")
+# nrcpt at most 9 digits: int() refuses over 4,300 (a forged line is then no record).
+_ACTIVE: Final = re.compile(r"from=<(.*)>, size=\d++, nrcpt=(\d{1,9}+) \(queue active\)")
 _NOTIFICATION: Final = re.compile(r"((?:sender|postmaster) [a-z -]*notification): (\S++)$")
 # cleanup_act_log(): `info: header <header, cut at 200> from <origin>; from=<s> to=<r> ...`;
 # the first ` from <origin>;` ends the value (sender and helo that follow are untrusted).
@@ -257,7 +258,7 @@ _COMMON_DELIVERY = re.compile(
     r"(?:[a-z_]++=[^,]*+, ){0,8}?dsn=([^,]*+), status=([^\s,(]++) *+(?:\((.*)\)|\((.*))?"
 )
 _COMMON_ACTIVE = re.compile(
-    _COMMON_HEAD + r"from=<(.*)>, size=[0-9]++, nrcpt=([0-9]++) \(queue active\)"
+    _COMMON_HEAD + r"from=<(.*)>, size=[0-9]++, nrcpt=([0-9]{1,9}+) \(queue active\)"
 )
 _COMMON_REMOVED = re.compile(_COMMON_HEAD + r"removed\Z")
 

@@ -34,7 +34,8 @@ class Pipeline:
         self._batch_rows: dict[str, Entry | None] = {}
         self.tracker = Tracker(self._lookup, filters, wait=config.join_wait,
                                report_deferred=config.report_deferred,
-                               forget_after=config.map_retention)
+                               forget_after=config.map_retention,
+                               on_error=self._internal_error)
         self.lines_read = 0
         self.lines_parsed = 0
         self.skipped: Counter[str] = Counter()
@@ -79,7 +80,7 @@ class Pipeline:
         except MapError:
             raise
         except Exception:
-            self._internal_error("settling held lines at", now)
+            self._internal_error("settling held lines", "")
             return []
 
     # A bug must cost the line it met, not the agent: a crash would recur on the same

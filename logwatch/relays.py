@@ -21,7 +21,9 @@ from sendpost_agent.postconf import PostconfError, PostfixConfig
 
 log = logging.getLogger(__name__)
 
-_RELAY: Final = re.compile(r"^(?P<host>[^\[\]]*)(?:\[(?P<addr>[^\]]*)\])?(?::(?P<port>\d+))?$")
+_RELAY: Final = re.compile(  # a port of 1-5 digits: int() refuses over 4,300
+    r"^(?P<host>[^\[\]]*)(?:\[(?P<addr>[^\]]*)\])?(?::(?P<port>\d{1,5}))?$"
+)
 _QUEUE_ID: Final = re.compile(r"[0-9A-Za-z]+")
 
 

@@ -30,9 +30,10 @@ from logwatch.events import Event
 from logwatch.parse import Delivery, Expired, HeaderInfo, Notification, QueueActive, Removed
 from logwatch.relays import ContentFilters, is_local, parse_relay, queued_as
 from sendpost_agent.header import HEADER_NAME, parse_uuid
-from sendpost_agent.queuemap import Entry
+from sendpost_agent.queuemap import Entry, MapError
 
 Lookup = Callable[[str], Entry | None]
+OnError = Callable[[str, object], None]  # (what it was doing, the record): count, log
 GC_EVERY: Final = 3600.0  # log seconds between sweeps of stale state
 Decidable = Delivery | Expired
 _HEADER_LOWER: Final = HEADER_NAME.lower()
@@ -65,8 +66,12 @@ class _Held:
 
 class Tracker:
     def __init__(self, lookup: Lookup, filters: ContentFilters, *, wait: float = 30.0,
-                 report_deferred: bool = True, forget_after: float = 7 * 86400.0) -> None:
+                 report_deferred: bool = True, forget_after: float = 7 * 86400.0,
+                 on_error: OnError | None = None) -> None:
+        """``on_error``: a bug met while deciding one held line costs that line only
+        (the others settled with it are kept); without it (tests) the bug is raised."""
         self._lookup = lookup
+        self._on_error = on_error
         self._filters = filters
         self._wait = wait
         self._report_deferred = report_deferred
@@ -124,7 +129,15 @@ class Tracker:
         limit = self.now if now is None else now
         events: list[Event] = []
         while self._queue and self._queue[0].deadline <= limit:
-            events += self._settle(heapq.heappop(self._queue))
+            item = heapq.heappop(self._queue)
+            try:
+                events += self._settle(item)
+            except MapError:
+                raise  # the map, not this line: logwatch stops and reads it again
+            except Exception:
+                if self._on_error is None:
+                    raise
+                self._on_error("settling", item.record)
         self._forget_recent(self.now - self._wait)
         if self.now - self._last_gc > GC_EVERY:
             self._last_gc = self.now
@@ -234,7 +247,12 @@ class Tracker:
             return []
         events: list[Event] = []
         for item in held:
-            events += self._events(queue_id, uuid, item.record, item.deadline - self._wait)
+            try:
+                events += self._events(queue_id, uuid, item.record, item.deadline - self._wait)
+            except Exception:
+                if self._on_error is None:
+                    raise
+                self._on_error("handling", item.record)
         return events
 
     def _events(self, queue_id: str, uuid: str, record: Decidable, when: float) -> list[Event]:

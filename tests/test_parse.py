@@ -24,6 +24,7 @@ from logwatch.parse import (
     parse_block,
     parse_line,
 )
+from logwatch.relays import Endpoint, parse_relay
 from tests.support.samples import SAMPLES
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -670,6 +671,21 @@ def test_huge_lines_are_handled_in_linear_time(line: str) -> None:
     started = time.perf_counter()
     parse_line(line, Clock(UTC, NOW))
     assert time.perf_counter() - started < 3.0  # about 0.4 s at worst on a slow VM
+
+
+@pytest.mark.parametrize("head", [HEAD, HEAD.replace("smtp[5238]", "smtp")],
+                         ids=["common shape", "general parser (no pid)"])
+def test_numbers_too_long_for_int_make_no_record_and_no_error(head: str) -> None:
+    """int() refuses more than 4,300 digits: a forged line must not raise."""
+    line = head.replace("smtp", "qmgr") + "from=<a@b>, size=1, nrcpt={} (queue active)"
+    assert isinstance(parse_line(line.format(2), Clock(UTC, NOW)), QueueActive)
+    assert parse_line(line.format("9" * 5000), Clock(UTC, NOW)) is None
+
+
+def test_a_relay_port_too_long_for_int_is_no_relay() -> None:
+    assert parse_relay("mx.example.com[192.0.2.1]:" + "9" * 5000) is None
+    assert parse_relay("mx.example.com[192.0.2.1]:25") == Endpoint("mx.example.com",
+                                                                   "192.0.2.1", 25)
 
 
 def test_nul_bytes_and_replacement_characters_pass_through() -> None:

@@ -13,13 +13,13 @@ import pytest
 
 from logwatch.agent import Agent
 from logwatch.cursor import load_cursor
-from logwatch.follow import Batch
 from logwatch.parse import Clock, Delivery, Record, Skipped, parse_line
 from logwatch.pipeline import Pipeline
 from logwatch.relays import ContentFilters
 from sendpost_agent.config import load_config
 from sendpost_agent.queuemap import Entry, HeaderState, MapError, MapReader, MapWriter
 from tests.support.maillog import record_messages, write_messages
+from tests.support.postfix import free_port
 
 NOW = datetime(2026, 11, 24, tzinfo=UTC)
 UUIDS = {"A438320C032": "11111111-1111-4111-8111-000000000001",
@@ -124,26 +124,26 @@ def test_a_map_failure_is_raised_not_counted_as_a_bad_line(pipe: Pipeline, tmp_p
     assert "skipped:internal error" not in broken.counts()
 
 
-def test_a_map_failure_stops_logwatch_before_its_cursor_counts_the_batch(tmp_path: Path) -> None:
-    """logwatch exits on it (systemd restarts it); its lines must be read again then."""
+def test_a_map_failure_stops_logwatch_without_counting_the_lines_it_could_not_join(
+    tmp_path: Path,
+) -> None:
+    """logwatch exits with the error (systemd restarts it); those lines are read again."""
     state, log = tmp_path / "state", tmp_path / "mail.log"
     state.mkdir()
     record_messages(state, range(3))
     write_messages(log, range(3))
     (tmp_path / "config.yaml").write_text(
         f'api-key: "sp-test-key"\nlog-path: "{log}"\nstate-dir: "{state}"\n'
-        'endpoint: "http://127.0.0.1:9/events"\n')
+        f'endpoint: "http://127.0.0.1:9/events"\nlisten: "127.0.0.1:{free_port()}"\n')
     config = load_config({}, tmp_path / "config.yaml", {})
     agent = Agent(config)
-    try:
-        agent.pipeline = Pipeline(config, BrokenMap(config.map_path), ContentFilters(),
-                                  Clock(UTC, NOW))
-        batch = asyncio.run(agent.follower.next_batch())
-        assert isinstance(batch, Batch) and len(batch.lines) == 3 * 5
-        with pytest.raises(MapError):
-            agent._take(batch)
-        agent._save_cursor()  # what logwatch does on its way out
-        assert load_cursor(config.cursor_path) is None  # no line counted as handled
-    finally:
-        agent.wal.close()
-        agent.follower.close()
+    agent.pipeline = Pipeline(config, BrokenMap(config.map_path), ContentFilters(),
+                              Clock(UTC, NOW))
+
+    async def run() -> int:
+        return await asyncio.wait_for(agent.run(asyncio.Event()), timeout=30)
+
+    with pytest.raises(MapError):  # raised, not hanging until a SIGTERM
+        asyncio.run(run())
+    assert agent.follower.lines_read == 3 * 5
+    assert load_cursor(config.cursor_path) is None  # no line counted as handled

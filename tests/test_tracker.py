@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from logwatch.parse import Clock, parse_line
+from logwatch.parse import Clock, Delivery, HeaderInfo, parse_line
 from logwatch.relays import ContentFilters
 from logwatch.tracker import Tracker
-from sendpost_agent.queuemap import HeaderState, MapReader, MapWriter
+from sendpost_agent.queuemap import Entry, HeaderState, MapReader, MapWriter
 from tests.support.samples import SAMPLES
 
 FILTER = ContentFilters.from_values(["smtp-amavis:[127.0.0.1]:10024"])
@@ -178,3 +178,56 @@ def test_memory_of_queued_ids_stays_within_the_join_wait(reader: MapReader) -> N
              " from=<a@b>, size=1, nrcpt=1 (queue active)" for i in range(3000)]
     run(lines, tracker, finish=False)
     assert len(tracker._recent) <= 32  # one per log second, 30 s kept
+
+
+# --- a bug on one held line costs that line only -----------------------------------------
+
+STATUS = ("Nov 23 18:35:21 feas postfix/smtp[5238]: {qid}: to=<{rcpt}>, relay=mx.example.com"
+          "[192.0.2.1]:25, delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0, status=sent (250 2.0.0 Ok)")
+
+
+def held_lines(tracker: Tracker, lines: list[tuple[str, str]], bad: str) -> None:
+    """Feed status lines whose queue IDs have no UUID yet; the one to ``bad`` carries a
+    reply of the wrong type, as a parser bug could hand on: deciding it raises."""
+    clock = Clock(UTC, NOW)
+    for qid, rcpt in lines:
+        record = parse_line(STATUS.format(qid=qid, rcpt=rcpt), clock)
+        assert isinstance(record, Delivery)
+        if rcpt == bad:
+            record = record._replace(reply=250)
+        assert tracker.feed(record) == []
+
+
+def test_a_bug_settling_one_held_line_keeps_the_others_settled_with_it() -> None:
+    rows: dict[str, Entry] = {}
+    errors: list[tuple[str, object]] = []
+    tracker = Tracker(rows.get, FILTER, on_error=lambda doing, what: errors.append((doing, what)))
+    held_lines(tracker, [("AAAAA10001", "r1@x"), ("AAAAA10002", "r2@x"), ("AAAAA10003", "r3@x")],
+               bad="r2@x")
+    for n, qid in enumerate(("AAAAA10001", "AAAAA10002", "AAAAA10003"), 1):  # rows came late
+        rows[qid] = Entry(f"11111111-1111-4111-8111-00000000000{n}", HeaderState.PRESENT, 0)
+    events = tracker.tick(tracker.now + 3600)
+    assert [e.recipient for e in events] == ["r1@x", "r3@x"]
+    assert [doing for doing, _ in errors] == ["settling"]
+
+
+def test_a_bug_on_one_line_released_by_an_info_line_keeps_the_others() -> None:
+    errors: list[tuple[str, object]] = []
+    tracker = Tracker(lambda qid: None, FILTER,
+                      on_error=lambda doing, what: errors.append((doing, what)))
+    held_lines(tracker, [("AAAAA10001", "r1@x"), ("AAAAA10001", "r2@x"),
+                         ("AAAAA10001", "r3@x")], bad="r2@x")
+    info = HeaderInfo(datetime(2026, 11, 23, 18, 35, 22, tzinfo=UTC), "postfix/cleanup",
+                      "AAAAA10001", "X-Sendpost-Message-UUID", U_MIXED)
+    assert [e.recipient for e in tracker.feed(info)] == ["r1@x", "r3@x"]
+    assert [doing for doing, _ in errors] == ["handling"]
+    assert tracker.finish() == []  # nothing left held, nothing reported twice
+
+
+def test_without_an_error_handler_a_bug_is_raised() -> None:
+    rows: dict[str, Entry] = {}
+    tracker = Tracker(rows.get, FILTER)
+    held_lines(tracker, [("AAAAA10002", "r2@x")], bad="r2@x")
+    rows["AAAAA10002"] = Entry(U_MIXED, HeaderState.PRESENT, 0)
+    with pytest.raises(TypeError):
+        tracker.tick(tracker.now + 3600)
