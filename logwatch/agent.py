@@ -173,9 +173,11 @@ class Agent:
         stopping.cancel()
 
     def _take(self, batch: Batch) -> None:
+        # The position moves only once the batch is processed: should processing raise,
+        # no cursor may count these lines as handled.
         events = self.pipeline.process(batch.lines)
-        self._position = batch.end  # only now: should process raise, the cursor saved on
-        self._append(events)  # the way out must not count this batch as handled
+        self._position = batch.end
+        self._append(events)
 
     def _append(self, events: list[Event], force_cursor: bool = False) -> None:
         if self._suppress and events:

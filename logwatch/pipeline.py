@@ -66,7 +66,7 @@ class Pipeline:
             try:
                 events += feed(record)
             except MapError:
-                raise  # the map, not this line: the caller retries the batch
+                raise  # the map, not this line: logwatch stops and reads it again
             except Exception:
                 self._internal_error("handling", record)
         events += self.tick()
