@@ -155,7 +155,7 @@ class Agent:
                     # The log is quiet: let held lines' waits end by the wall clock.
                     tracker = self.pipeline.tracker
                     now = tracker.now + (time.monotonic() - last_line)
-                    self._append(self.pipeline.tick(now), force_cursor=True)
+                    self._append(tracker.tick(now), force_cursor=True)
                     idle_settled = not tracker.holding
                 continue
             try:

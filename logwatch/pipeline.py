@@ -22,7 +22,7 @@ from sendpost_agent.queuemap import Entry, MapError, MapReader
 
 log = logging.getLogger(__name__)
 _NOT_FETCHED: Final = object()
-_INTERNAL_ERROR: Final = Skipped("internal error")
+_INTERNAL_ERROR: Final = "internal error"  # the skip reason of a line a bug met
 
 
 class Pipeline:
@@ -69,19 +69,9 @@ class Pipeline:
                 raise  # the map, not this line: logwatch stops and reads it again
             except Exception:
                 self._internal_error("handling", record)
-        events += self.tick()
+        events += self.tracker.tick()  # it guards each held line itself (on_error)
         self._batch_rows = {}
         return events
-
-    def tick(self, now: float | None = None) -> list[Event]:
-        """The tracker's held lines whose wait is over at ``now`` (default: the log's time)."""
-        try:
-            return self.tracker.tick(now)
-        except MapError:
-            raise
-        except Exception:
-            self._internal_error("settling held lines", "")
-            return []
 
     # A bug must cost the line it met, not the agent: a crash would recur on the same
     # line after every restart. The line is counted and logged, ever more sparsely.
@@ -101,8 +91,8 @@ class Pipeline:
         return out
 
     def _internal_error(self, doing: str, what: object) -> None:
-        self.skipped[_INTERNAL_ERROR.reason] += 1
-        count = self.skipped[_INTERNAL_ERROR.reason]
+        self.skipped[_INTERNAL_ERROR] += 1
+        count = self.skipped[_INTERNAL_ERROR]
         if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: bounded, never silent
             log.exception("internal error #%d %s %.500r; skipped and counted"
                           " (skipped:internal error): please report it with this line",
@@ -127,8 +117,7 @@ class Pipeline:
         return self._reader.get(queue_id) if self._reader is not None else None
 
     def finish(self) -> list[Event]:
-        """End of input (replay): settle everything held."""
-        return self.tick(float("inf"))
+        return self.tracker.finish()
 
     def counts(self) -> dict[str, int]:
         """Every line that gave no event, by reason (for the summary and metrics)."""

@@ -132,12 +132,8 @@ class Tracker:
             item = heapq.heappop(self._queue)
             try:
                 events += self._settle(item)
-            except MapError:
-                raise  # the map, not this line: logwatch stops and reads it again
-            except Exception:
-                if self._on_error is None:
-                    raise
-                self._on_error("settling", item.record)
+            except Exception as exc:
+                self._failed(exc, "settling", item.record)
         self._forget_recent(self.now - self._wait)
         if self.now - self._last_gc > GC_EVERY:
             self._last_gc = self.now
@@ -249,11 +245,16 @@ class Tracker:
         for item in held:
             try:
                 events += self._events(queue_id, uuid, item.record, item.deadline - self._wait)
-            except Exception:
-                if self._on_error is None:
-                    raise
-                self._on_error("handling", item.record)
+            except Exception as exc:
+                self._failed(exc, "handling", item.record)
         return events
+
+    def _failed(self, exc: Exception, doing: str, record: Decidable) -> None:
+        """One held line met a bug: ``on_error`` counts it and the others go on. A map
+        failure is not the line's: it is raised (logwatch stops and reads it again)."""
+        if self._on_error is None or isinstance(exc, MapError):
+            raise exc
+        self._on_error(doing, record)
 
     def _events(self, queue_id: str, uuid: str, record: Decidable, when: float) -> list[Event]:
         message = self.messages.get(queue_id)
