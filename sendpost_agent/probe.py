@@ -46,7 +46,11 @@ def make_token(key: bytes) -> str:
 
 
 def is_probe(key: bytes | None, value: str) -> bool:
+    """Any header value is safe here: a non-ASCII one (even undecodable bytes kept as
+    surrogates) is simply not a probe; compare_digest refuses non-ASCII text."""
     if key is None:
         return False
     nonce, _, mac = value.strip().partition(".")
-    return bool(nonce) and hmac.compare_digest(mac, _mac(key, nonce))
+    if not (nonce and nonce.isascii() and mac.isascii()):
+        return False
+    return hmac.compare_digest(mac, _mac(key, nonce))

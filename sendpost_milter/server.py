@@ -15,7 +15,6 @@ import signal
 import threading
 from pathlib import Path
 
-import Milter
 import milter as libmilter
 from prometheus_client import start_http_server
 
@@ -24,7 +23,7 @@ from sendpost_agent.miltersocket import connect, libmilter_address
 from sendpost_agent.probe import load_key
 from sendpost_agent.queuemap import MapWriter
 from sendpost_milter.metrics import MilterMetrics
-from sendpost_milter.session import session_factory
+from sendpost_milter.session import Callbacks
 
 log = logging.getLogger("sendpost_milter")
 MILTER_NAME = "sendpost-agent"
@@ -57,6 +56,23 @@ def prepare_unix_socket_dir(sock: Path) -> None:
     os.chmod(directory, 0o2750)
 
 
+def _register(callbacks: Callbacks, milter_socket: str) -> None:
+    """What ``Milter.runmilter`` does, minus its per-callback Python dispatch.
+
+    Callbacks we leave unset (connect, helo, envelope, end-of-headers, body, close)
+    are answered CONTINUE by pymilter in C. An exception escaping a callback is
+    answered CONTINUE (pymilter's default is TEMPFAIL: the message would be deferred).
+    """
+    libmilter.set_header_callback(callbacks.header)
+    libmilter.set_eom_callback(callbacks.eom)
+    libmilter.set_abort_callback(callbacks.abort)
+    libmilter.set_exception_policy(libmilter.CONTINUE)
+    libmilter.set_flags(libmilter.SETSYMLIST)
+    libmilter.setconn(libmilter_address(milter_socket))
+    libmilter.settimeout(MTA_IO_TIMEOUT)
+    libmilter.register(MILTER_NAME, data=callbacks.data, negotiate=callbacks.negotiate)
+
+
 def _serve(milter_socket: str) -> None:
     """Run libmilter in a worker thread until a stop signal arrives in this one.
 
@@ -65,11 +81,15 @@ def _serve(milter_socket: str) -> None:
     when it is waiting for it, so we take it here, stop libmilter and wake its accept
     loop with connections of our own: SIGTERM to exit takes well under a second.
     """
+    try:
+        libmilter.opensocket(True)  # True: remove a stale unix socket left by a crash
+    except libmilter.error as exc:
+        raise _cannot_serve(milter_socket, exc) from exc
     failure: list[libmilter.error] = []
 
     def work() -> None:
         try:
-            Milter.runmilter(MILTER_NAME, libmilter_address(milter_socket), MTA_IO_TIMEOUT)
+            libmilter.main()
         except libmilter.error as exc:
             failure.append(exc)
 
@@ -85,12 +105,15 @@ def _serve(milter_socket: str) -> None:
             while worker.is_alive():
                 _wake(milter_socket)
                 worker.join(0.05)
-    worker.join()
     if failure:
-        raise MilterStartError(
-            f"milter-socket {milter_socket}: cannot serve: {failure[0]}; check that the"
-            " directory exists and no other process holds the socket"
-        )
+        raise _cannot_serve(milter_socket, failure[0])
+
+
+def _cannot_serve(milter_socket: str, exc: libmilter.error) -> MilterStartError:
+    return MilterStartError(
+        f"milter-socket {milter_socket}: cannot serve: {exc}; check that the"
+        " directory exists and no other process holds the socket"
+    )
 
 
 def _wake(milter_socket: str) -> None:
@@ -123,8 +146,7 @@ def run(config: Config) -> int:
                 sock = Path(config.milter_socket.removeprefix("unix:"))
                 prepare_unix_socket_dir(sock)
             probe_key = load_key(config.state_dir, create=True)
-            Milter.factory = session_factory(writer, metrics, probe_key)
-            libmilter.set_flags(Milter.SETSYMLIST)
+            _register(Callbacks(writer, metrics, probe_key), config.milter_socket)
             log.info("milter listening on %s, metrics on http://%s/metrics, map %s",
                      config.milter_socket, address, config.map_path)
             _serve(config.milter_socket)

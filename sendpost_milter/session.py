@@ -1,21 +1,25 @@
-"""One milter session per SMTP connection: collect the header, record the row at EOM.
+"""The milter's callbacks: collect the header per connection, record the row at EOM.
 
-Every callback and reply we do not need is negotiated away (``@nocallback``,
-``@noreply``): pymilter takes the GIL for each callback, so each one skipped is cost
-saved per message, and each reply skipped is a round trip Postfix no longer waits for.
-Negotiated, Postfix sends per message DATA (one reply), the headers (no reply) and the
-end-of-message (one reply). Whatever happens, the answer is ACCEPT: the milter must never
-be the reason a message is rejected, deferred or discarded. The one exception is a probe
-of our own `doctor`, authenticated by the key in state-dir (see sendpost_agent.probe).
+They are bound straight to pymilter's C module (``milter``), not through
+``Milter.Base``: its dispatch runs a lambda, a context lookup, a decode of every header
+value and a decorator per callback, and a callback left unset costs no Python at all
+(pymilter answers CONTINUE in C). Every step we do not need is negotiated away, so per
+message Postfix sends DATA (one reply), the headers (no reply) and end-of-message (one
+reply).
+
+Whatever happens, the answer is ACCEPT: the milter must never be the reason a message
+is rejected, deferred or discarded. The one exception is a probe of our own `doctor`,
+authenticated by the key in state-dir (see sendpost_agent.probe). An exception that
+escapes a callback anyway is answered CONTINUE (see ``server``), never pymilter's
+default TEMPFAIL.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from typing import Final, Protocol
 
-import Milter
 import milter as libmilter
 
 from sendpost_agent.header import HEADER_NAME, classify
@@ -24,8 +28,16 @@ from sendpost_agent.queuemap import HeaderState, MapWriter
 from sendpost_milter.metrics import MilterMetrics
 
 log = logging.getLogger("sendpost_milter")
-_HEADER_LOWER = HEADER_NAME.lower()
-_PROBE_LOWER = PROBE_HEADER.lower()
+_HEADER_LOWER: Final = HEADER_NAME.lower()
+_PROBE_LOWER: Final = PROBE_HEADER.lower()
+CONTINUE: Final[int] = libmilter.CONTINUE
+ACCEPT: Final[int] = libmilter.ACCEPT
+DISCARD: Final[int] = libmilter.DISCARD
+# Steps we ask the MTA to leave out (when it can), and headers sent without a reply.
+SKIPPED_STEPS: Final[int] = (
+    libmilter.P_NOCONNECT | libmilter.P_NOHELO | libmilter.P_NOMAIL | libmilter.P_NORCPT
+    | libmilter.P_NOEOH | libmilter.P_NOBODY | libmilter.P_NOUNKNOWN
+)
 _warned: set[str] = set()  # negotiation problems are logged once, not per connection
 
 
@@ -35,55 +47,63 @@ def _warn_once(message: str, *args: object) -> None:
         log.warning(message, *args)
 
 
-class Session(Milter.Base):
-    """pymilter creates one per connection; a connection may carry several messages."""
+class Context(Protocol):
+    """The part of pymilter's per-connection context object we use."""
+
+    def getpriv(self) -> Session: ...
+    def setpriv(self, session: Session) -> None: ...
+    def getsymval(self, name: str) -> str | None: ...
+    def setsymlist(self, stage: int, macros: str) -> None: ...
+
+
+class Session:
+    """One SMTP connection's state; a connection may carry several messages."""
+
+    __slots__ = ("header_reply", "probe", "values")
+
+    def __init__(self, header_reply: int) -> None:
+        self.values: list[str] = []
+        self.probe: str | None = None
+        # NOREPLY once the MTA agreed not to wait for one; else it waits for CONTINUE.
+        self.header_reply = header_reply
+
+
+class Callbacks:
+    """What libmilter calls; one instance serves every connection (one per process)."""
 
     def __init__(self, writer: MapWriter, metrics: MilterMetrics,
                  probe_key: bytes | None) -> None:
-        super().__init__()
         self._writer = writer
         self._metrics = metrics
         self._probe_key = probe_key
-        self._values: list[str] = []
-        self._probe: str | None = None
 
-    def negotiate(self, opts: list[int]) -> int:
-        """Ask for only macro ``i`` at end-of-message, then negotiate the skipped steps.
+    def negotiate(self, ctx: Context, opts: list[int]) -> int:
+        """Ask for macro ``i`` only at end-of-message and skip every step we can.
 
-        Not pymilter's ``@symlist``: in pymilter 1.0.5 it hands bytes to a C call that
-        wants str, and the TypeError makes ``Base.negotiate`` answer ALL_OPTS, which
-        silently drops every ``@nocallback``/``@noreply`` below (Postfix then sends
-        every step and waits for each reply: 11 round trips for a 5-header message
-        instead of 2). Without the list Postfix still sends ``i`` at end-of-message (its
-        default milter_end_of_data_macros), so a failure here only costs a warning.
+        ``opts`` is what the MTA offers: the actions we may take and the protocol steps
+        it can leave out. We take no action but the macro list, and keep only the
+        skips we want; a skip the MTA cannot do just costs a C-level CONTINUE. Without
+        the macro list Postfix still sends ``i`` at end-of-message (its default
+        milter_end_of_data_macros), so a failure here only costs a warning.
         """
-        if opts[0] & libmilter.SETSYMLIST:
+        actions, offered = opts[0], opts[1]
+        nr_header = offered & libmilter.P_NR_HDR
+        ctx.setpriv(Session(libmilter.NOREPLY if nr_header else CONTINUE))
+        if actions & libmilter.SETSYMLIST:
             try:
-                self._ctx.setsymlist(libmilter.M_EOM, "i")
+                ctx.setsymlist(libmilter.M_EOM, "i")
             except Exception as exc:
                 _warn_once("cannot ask the MTA for macro i only at end-of-message: %s", exc)
-        result: int = super().negotiate(opts)
-        if result != Milter.CONTINUE:
-            _warn_once("milter protocol negotiation failed; the MTA sends every step")
-        return result
+        else:
+            _warn_once("the MTA cannot take a macro list; it sends its default macros")
+        if not nr_header:
+            _warn_once("the MTA cannot take headers without a reply; it waits for each")
+        opts[0] = actions & libmilter.SETSYMLIST
+        opts[1] = offered & (SKIPPED_STEPS | libmilter.P_NR_HDR)
+        opts[2] = opts[3] = 0
+        return CONTINUE
 
-    @Milter.nocallback
-    def connect(self, hostname, family, hostaddr):  # type: ignore[no-untyped-def]
-        return Milter.CONTINUE
-
-    @Milter.nocallback
-    def hello(self, hostname):  # type: ignore[no-untyped-def]
-        return Milter.CONTINUE
-
-    @Milter.nocallback
-    def envfrom(self, f, *str):  # type: ignore[no-untyped-def]
-        return Milter.CONTINUE
-
-    @Milter.nocallback
-    def envrcpt(self, to, *str):  # type: ignore[no-untyped-def]
-        return Milter.CONTINUE
-
-    def data(self) -> int:
+    def data(self, ctx: Context) -> int:
         """Answered on purpose: the reply lets an inet socket's data out without delay.
 
         Postfix writes the macros of the skipped steps up to DATA without waiting, then
@@ -92,46 +112,42 @@ class Session(Milter.Base):
         message (measured: p50 45 ms, 83 msg/s). On a unix socket the reply costs one
         short round trip, not measurable in bench/milter_cost.py.
         """
-        return Milter.CONTINUE
+        return CONTINUE
 
-    @Milter.nocallback
-    def eoh(self) -> int:
-        return Milter.CONTINUE
-
-    @Milter.nocallback
-    def body(self, chunk: bytes) -> int:
-        return Milter.CONTINUE
-
-    @Milter.noreply
-    def header(self, name: str, value: str) -> int:
+    def header(self, ctx: Context, name: str, value: bytes) -> int:
+        """Called for every header: only our two are decoded and kept."""
+        session = ctx.getpriv()
         lower = name.lower()
         if lower == _HEADER_LOWER:
-            self._values.append(value)
+            session.values.append(value.decode("utf-8", "surrogateescape"))
         elif lower == _PROBE_LOWER:
-            self._probe = value
-        return Milter.CONTINUE
+            session.probe = value.decode("utf-8", "surrogateescape")
+        return session.header_reply
 
-    def eom(self) -> int:
-        values, self._values = self._values, []
-        probe, self._probe = self._probe, None
+    def eom(self, ctx: Context) -> int:
+        session = ctx.getpriv()
+        values, session.values = session.values, []
+        probe, session.probe = session.probe, None
         queue_id = None
         try:
-            queue_id = self.getsymval("i")
+            queue_id = ctx.getsymval("i")
             self._record(queue_id, values)
+            if probe is not None and is_probe(self._probe_key, probe):
+                # Only our own doctor's probe, proven by the key in state-dir, is discarded.
+                self._metrics.probes.inc()
+                log.info("queue ID %s: doctor probe recorded and discarded", queue_id or "?")
+                return DISCARD
         except Exception:
             self._metrics.errors.inc()
             log.exception("internal error at end-of-message; message accepted")
-        if probe is not None and is_probe(self._probe_key, probe):
-            # Only our own doctor's probe, proven by the key in state-dir, is discarded.
-            self._metrics.probes.inc()
-            log.info("queue ID %s: doctor probe recorded and discarded", queue_id or "?")
-            return Milter.DISCARD
-        return Milter.ACCEPT
+        return ACCEPT
 
-    def abort(self) -> int:
-        self._values = []
-        self._probe = None
-        return Milter.CONTINUE
+    def abort(self, ctx: Context) -> int:
+        """The message ended without end-of-message: forget its headers."""
+        session = ctx.getpriv()
+        session.values = []
+        session.probe = None
+        return CONTINUE
 
     def _record(self, queue_id: str | None, values: list[str]) -> None:
         metrics = self._metrics
@@ -157,8 +173,3 @@ class Session(Milter.Base):
                       queue_id, self._writer.path, exc)
             return
         metrics.map_write_seconds.observe(time.perf_counter() - started)
-
-
-def session_factory(writer: MapWriter, metrics: MilterMetrics,
-                    probe_key: bytes | None) -> Callable[[], Session]:
-    return lambda: Session(writer, metrics, probe_key)

@@ -227,3 +227,19 @@ def test_doctor_probe_is_recorded_and_discarded_only_with_the_key(
     assert milter.entry("D0C0000001").uuid == CANON  # type: ignore[union-attr]
     assert milter.entry("D0C0000002").uuid == CANON  # type: ignore[union-attr]
     assert counter(milter, "sendpost_milter_doctor_probes_total") == 1
+
+
+@pytest.mark.parametrize("value", ["é.é", "\u00e9" * 40, "abc.\u0661\u0662", ".", ""],
+                         ids=["accented", "long-accented", "arabic-digits", "dot", "empty"])
+def test_garbage_probe_header_is_accepted_like_any_message(
+    milter: MilterProcess, tmp_path: Path, request: pytest.FixtureRequest, value: str
+) -> None:
+    """A forged probe header is only a header: the message is recorded and accepted.
+
+    A non-ASCII value once raised in the MAC comparison, and pymilter's default answer
+    to an exception is TEMPFAIL: Postfix deferred the message."""
+    queue_id = "E0" + request.node.callspec.id.upper().replace("-", "")[:10]
+    run_miltertest(milter, tmp_path, lua_message(
+        queue_id, [("X-Sendpost-Doctor-Probe", value), ("X-Sendpost-Message-UUID", CANON)]))
+    assert milter.entry(queue_id).uuid == CANON  # type: ignore[union-attr]
+    assert "Traceback" not in milter.log()
