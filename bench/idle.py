@@ -28,26 +28,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memory import map_cache  # type: ignore[import-not-found]
-from shipping import KEY, cpu_seconds, logwatch  # type: ignore[import-not-found]
+from procstat import context_switches, cpu_seconds  # type: ignore[import-not-found]
+from shipping import KEY, logwatch  # type: ignore[import-not-found]
 
 from tests.support.ingest import IngestServer
 from tests.support.milter import MilterProcess
 
 TARGET_PCT = 0.5
-
-
-def context_switches(pid: int) -> int:
-    """Voluntary + involuntary context switches of all the process's threads."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            text = (task / "status").read_text()
-        except OSError:  # the thread ended
-            continue
-        for line in text.splitlines():
-            if "ctxt_switches:" in line:  # voluntary_ and nonvoluntary_
-                total += int(line.split(":")[1])
-    return total
 
 
 def main() -> None:

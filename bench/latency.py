@@ -34,7 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shipping import KEY, cpu_seconds, logwatch  # type: ignore[import-not-found]
+from procstat import cpu_seconds  # type: ignore[import-not-found]
+from shipping import KEY, logwatch  # type: ignore[import-not-found]
 
 from tests.support.ingest import IngestServer
 from tests.support.maillog import message, record_messages

@@ -3,15 +3,25 @@
 A private Postfix (the test harness's, tests/support/postfix.py) relays to a sink in a
 process of its own; 4 SMTP clients each send their share of the messages over one
 connection. Rounds alternate without milter / with milter (unix socket as shipped, and
-inet), and the medians are compared. Also reports the client-side latency of one message
-(DATA to the 250 reply) and the milter's own map-write histogram.
+inet), and the medians are compared. Also reported: the client-side latency of one
+message (DATA to the 250 reply), the milter's CPU and context switches per message
+(all its threads, /proc, while the clients send) and its map-write histogram.
 
-    python bench/milter_cost.py --messages 2000 --rounds 3      (as root)
+``--reference`` adds two milters that do nothing but negotiate what ours does and
+answer ACCEPT (bench/reference/): one on libmilter in C, the floor any pymilter milter
+pays, and one in a single Python thread without libmilter. They show how much of the
+cost is ours and how much the protocol layer's.
+
+    python bench/milter_cost.py --messages 2000 --rounds 5 --reference      (as root)
 """
 
 from __future__ import annotations
 
 import argparse
+import grp
+import json
+import os
+import shutil
 import smtplib
 import statistics
 import subprocess
@@ -20,15 +30,25 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from procstat import context_switches, cpu_seconds  # type: ignore[import-not-found]
 
 from tests.support.milter import MilterProcess
 from tests.support.postfix import PostfixInstance, build_message, free_port
 from tests.support.sink import Sink
 
 MILTER = "{ %s, default_action=accept, command_timeout=5s }"
+REFERENCE = Path(__file__).resolve().parent / "reference"
+OURS = ("unix", "inet")
+REFERENCES = ("ref-libmilter", "ref-single")
+Metrics = Callable[[], dict[str, float]]
+Running = tuple[int, Metrics]  # a milter's pid and how to read its /metrics
 
 
 def send_all(port: int, messages: int, clients: int) -> tuple[float, list[float]]:
@@ -71,38 +91,100 @@ def serve_sink() -> None:
 
 
 def start_sink() -> tuple[subprocess.Popen[str], int]:
-    """The sink runs apart from the clients, as the relay host would on a network: in this
-    process its Python work took the clients' GIL and inflated their DATA latency."""
+    """The sink runs apart from the clients, as the relay host would on a network: in
+    this process its Python work took the clients' GIL and inflated their DATA latency."""
     child = subprocess.Popen([sys.executable, __file__, "--serve-sink"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     return child, int(child.stdout.readline())
 
 
-def one_round(root: Path, mode: str, messages: int, clients: int,
-              sink_port: int) -> dict[str, float]:
+def build_reference(work: Path) -> Path:
+    """Compile the C reference milter (needs gcc and libmilter-dev, as .ci/run installs)."""
+    if shutil.which("gcc") is None:
+        sys.exit("--reference needs gcc and libmilter-dev (apt-get install gcc libmilter-dev)")
+    binary = work / "noop_libmilter"
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(REFERENCE / "noop_libmilter.c"),
+                    "-lmilter", "-pthread"], check=True)
+    return binary
+
+
+@contextmanager
+def reference_milter(argv: list[str], sock: Path) -> Iterator[Running]:
+    """Run a reference milter on a unix socket Postfix (group postfix) can use."""
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    os.chown(sock.parent, -1, grp.getgrnam("postfix").gr_gid)
+    sock.parent.chmod(0o2770)  # the socket inherits group postfix
+    proc = subprocess.Popen([*argv, f"unix:{sock}"], cwd="/")
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{argv[0]} did not listen on {sock}")
+            time.sleep(0.02)
+        sock.chmod(0o660)
+        yield proc.pid, dict
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+@contextmanager
+def our_milter(root: Path, socket: str) -> Iterator[Running]:
+    milter = MilterProcess(root / "state", socket).start()
+    try:
+        assert milter.proc is not None
+        yield milter.proc.pid, milter.metrics
+    finally:
+        milter.stop()
+
+
+@contextmanager
+def no_milter() -> Iterator[Running]:
+    yield 0, dict
+
+
+def one_round(root: Path, mode: str, messages: int, clients: int, sink_port: int,
+              c_reference: Path | None) -> dict[str, float]:
     postfix = PostfixInstance(root / "pf", sink_port, smtp_probe=False)
-    milter = None
+    start: Callable[[], AbstractContextManager[Running]] = no_milter
     if mode != "none":
         postfix.queue_directory.mkdir(parents=True, exist_ok=True)
-        socket = (f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock" if mode == "unix"
-                  else f"inet:127.0.0.1:{free_port()}")
-        entry = "unix:sendpost-agent/milter.sock" if mode == "unix" else socket
+        sock = postfix.queue_directory / "sendpost-agent" / "milter.sock"
+        address = f"inet:127.0.0.1:{free_port()}" if mode == "inet" else f"unix:{sock}"
+        entry = address if mode == "inet" else "unix:sendpost-agent/milter.sock"
         postfix.postconf(smtpd_milters=MILTER % entry)
-        milter = MilterProcess(root / "state", socket).start()
-    postfix.start()
-    try:
-        wall, latencies = send_all(postfix.smtp_port, messages, clients)
-        metrics = milter.metrics() if milter else {}
-    finally:
-        postfix.stop()
-        if milter:
-            milter.stop()
+        if mode in OURS:
+            start = partial(our_milter, root, address)
+        elif mode == "ref-libmilter":
+            start = partial(reference_milter, [str(c_reference)], sock)
+        else:
+            script = str(REFERENCE / "noop_singlethread.py")
+            start = partial(reference_milter, [sys.executable, script], sock)
+    with start() as (pid, read_metrics):
+        postfix.start()
+        try:
+            cpu, switches = (cpu_seconds(pid), context_switches(pid)) if pid else (0.0, 0)
+            wall, latencies = send_all(postfix.smtp_port, messages, clients)
+            if pid:
+                cpu, switches = cpu_seconds(pid) - cpu, context_switches(pid) - switches
+            metrics = read_metrics()
+        finally:
+            postfix.stop()
+    # A milter Postfix cannot use is skipped (default_action=accept) with a warning: such
+    # a round measured Postfix alone, and is refused.
+    trouble = [line for line in postfix.maillog_lines()
+               if "warning:" in line and "milter" in line.lower()]
+    if trouble:
+        raise RuntimeError(f"milter={mode}: Postfix could not use the milter:\n"
+                           + "\n".join(trouble[:5]))
     latencies.sort()
     return {
         "rate": messages / wall,
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
+        "cpu_us": 1e6 * cpu / messages,
+        "switches": switches / messages,
         "map_write_mean_ms": 1000 * metrics.get("sendpost_milter_map_write_seconds_sum", 0)
         / max(1.0, metrics.get("sendpost_milter_map_write_seconds_count", 0)),
     }
@@ -113,35 +195,52 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reference", action="store_true",
+                        help="also run the no-op reference milters of bench/reference/")
+    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     parser.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_sink:
         serve_sink()
         return
-    results: dict[str, list[dict[str, float]]] = {"none": [], "unix": [], "inet": []}
+    modes = ["none", *OURS, *(REFERENCES if args.reference else ())]
+    results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     sink, sink_port = start_sink()
-    try:
-        for r in range(args.rounds):
-            for mode in results:  # A B C A B C ...: the machine's noise hits all alike
-                with tempfile.TemporaryDirectory(prefix=f"milter-cost-{mode}-{r}-") as tmp:
-                    Path(tmp).chmod(0o755)
-                    x = one_round(Path(tmp), mode, args.messages, args.clients, sink_port)
-                results[mode].append(x)
-                # Per round too: medians alone hide a round the machine's noise spoiled.
-                print(f"  round {r} milter={mode:5} {x['rate']:7.1f} msg/s  DATA latency"
-                      f" p50 {x['p50_ms']:.1f} ms p99 {x['p99_ms']:.1f} ms", flush=True)
-    finally:
-        sink.communicate()  # closes its stdin: it stops
+    with tempfile.TemporaryDirectory(prefix="milter-cost-") as work:
+        c_reference = build_reference(Path(work)) if args.reference else None
+        try:
+            for r in range(args.rounds):
+                for mode in modes:  # A B C A B C ...: the machine's noise hits all alike
+                    with tempfile.TemporaryDirectory(prefix=f"milter-cost-{mode}-{r}-") as tmp:
+                        Path(tmp).chmod(0o755)
+                        x = one_round(Path(tmp), mode, args.messages, args.clients,
+                                      sink_port, c_reference)
+                    results[mode].append(x)
+                    # Per round too: medians alone hide a round the machine's noise spoiled.
+                    print(f"  round {r} milter={mode:13} {x['rate']:7.1f} msg/s  DATA latency"
+                          f" p50 {x['p50_ms']:.1f} ms p99 {x['p99_ms']:.1f} ms"
+                          + (f"  milter CPU {x['cpu_us']:.0f} us/msg,"
+                             f" {x['switches']:.1f} switches/msg" if mode != "none" else ""),
+                          flush=True)
+        finally:
+            sink.communicate()  # closes its stdin: it stops
     base = statistics.median(x["rate"] for x in results["none"])
-    print(f"{args.messages} messages, {args.clients} clients, {args.rounds} rounds (medians)")
+    summary = {}
+    print(f"{args.messages} messages, {args.clients} clients, {args.rounds} rounds (medians;"
+          " ratio: median of each round's ratio to that round's no-milter rate)")
     for mode, runs in results.items():
-        rate = statistics.median(x["rate"] for x in runs)
-        p50 = statistics.median(x["p50_ms"] for x in runs)
-        p99 = statistics.median(x["p99_ms"] for x in runs)
-        write = statistics.median(x["map_write_mean_ms"] for x in runs)
-        print(f"  milter={mode:5} {rate:7.1f} msg/s  ratio {rate / base:.2f}  DATA latency"
-              f" p50 {p50:.1f} ms p99 {p99:.1f} ms" + (f"  map write {write:.3f} ms"
-                                                        if mode != "none" else ""))
+        row = {key: statistics.median(x[key] for x in runs) for key in runs[0]}
+        row["ratio"] = statistics.median(
+            x["rate"] / none["rate"] for x, none in zip(runs, results["none"], strict=True))
+        summary[mode] = row
+        print(f"  milter={mode:13} {row['rate']:7.1f} msg/s  ratio {row['ratio']:.2f}"
+              f" (of medians {row['rate'] / base:.2f})  DATA latency p50 {row['p50_ms']:.1f}"
+              f" ms p99 {row['p99_ms']:.1f} ms"
+              + (f"  CPU {row['cpu_us']:.0f} us/msg, {row['switches']:.1f} switches/msg"
+                 if mode != "none" else "")
+              + (f"  map write {row['map_write_mean_ms']:.3f} ms" if mode in OURS else ""))
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "rounds": results}, indent=1))
 
 
 if __name__ == "__main__":

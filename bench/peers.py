@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from catchup import build  # type: ignore[import-not-found]
 from genlog import generate  # type: ignore[import-not-found]
+from procstat import cpu_seconds  # type: ignore[import-not-found]
 
 POLL = 0.05  # seconds between two scrapes of the exporter's /metrics
 MTAIL_PROGRAM = Path("/usr/share/doc/mtail/examples/postfix.mtail")
@@ -158,12 +159,6 @@ def timed(cmd: list[str], **kwargs: object) -> tuple[float, float, bytes]:
     return seconds, cpu, done.stdout or b""
 
 
-def cpu_of(pid: int) -> float:
-    """CPU seconds (user + system) a running process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def compare(tool: str, got: dict[str, float], want: Checks) -> None:
     wrong = {k: (got.get(k, 0), v) for k, v in want.items() if got.get(k, 0) != v}
     if wrong:
@@ -242,7 +237,7 @@ def exporter(log: Path, work: Path, totals: Totals, timeout: float) -> Tool:
             base = follow(target, scrape)
             with log.open("rb") as src, target.open("r+b") as dst:
                 dst.seek(0, os.SEEK_END)  # sendfile refuses an O_APPEND file
-                cpu = cpu_of(proc.pid)
+                cpu = cpu_seconds(proc.pid)
                 started = time.perf_counter()
                 size, offset = os.fstat(src.fileno()).st_size, 0
                 while offset < size:
@@ -253,7 +248,7 @@ def exporter(log: Path, work: Path, totals: Totals, timeout: float) -> Tool:
                 seconds = time.perf_counter() - started
                 got = {k: sums[k] - base[k] for k in want}
                 if all(got[k] >= v for k, v in want.items()):
-                    return Run(seconds, cpu_of(proc.pid) - cpu, got,
+                    return Run(seconds, cpu_seconds(proc.pid) - cpu, got,
                                f" (the append itself took {appended:.2f} s)")
                 if seconds > timeout:
                     raise SystemExit(f"prometheus-postfix-exporter: {timeout:.0f} s after the"

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import random
 import statistics
 import sys
@@ -37,6 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from procstat import cpu_seconds  # type: ignore[import-not-found]
+
 from logwatch.wal import Wal
 from tests.support.agent import LogwatchProcess
 from tests.support.ingest import IngestServer
@@ -44,7 +45,6 @@ from tests.support.ingest import IngestServer
 KEY = "sp-bench-key-0123456789"
 TARGET = 20_000  # events/s
 START = datetime(2026, 11, 23, 18, 0, 0, tzinfo=UTC)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # (event_type, smtp_code, smtp_description, weight): a realistic mix, SendPost's shapes
 KINDS = [
     ("delivered", 250, "250 2.0.0 OK  1763856000 a1si1234567wra.123 - gsmtp", 78),
@@ -95,12 +95,6 @@ def prefill_wal(path: Path, seed: int, per_record: int, *, events: int | None = 
         return wal.pending, wal.size_bytes
     finally:
         wal.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def logwatch(state: Path, log: Path, url: str, *extra: str,

@@ -1,4 +1,5 @@
-"""Tiny runs of bench/latency.py, shipping.py, memory.py and idle.py, to keep them working.
+"""Tiny runs of bench/latency.py, shipping.py, memory.py, idle.py and milter_cost.py, to
+keep them working.
 
 Each runs as its documented command with small inputs and must exit 0 and report its
 figures. No figure is compared with a target here: timing belongs to the benchmarks
@@ -66,3 +67,17 @@ def test_idle_bench_reports_cpu_of_both_processes(tmp_path: Path) -> None:
     summary = report["summary"]
     for key in ("milter_pct", "logwatch_pct", "both_pct", "milter_wakeups_per_s"):
         assert finite(summary[key]) and summary[key] >= 0
+
+
+def test_milter_cost_bench_runs_every_milter_through_postfix(tmp_path: Path) -> None:
+    """Ours (unix and inet) and both reference milters, each through a real Postfix; a
+    round in which Postfix could not use the milter would fail the run."""
+    report = run_bench("milter_cost", tmp_path, "--messages", "40", "--rounds", "1",
+                       "--reference", timeout=300)
+    summary = report["summary"]
+    assert set(summary) == {"none", "unix", "inet", "ref-libmilter", "ref-single"}
+    for mode, row in summary.items():
+        assert finite(row["rate"], row["p50_ms"], row["ratio"]) and row["rate"] > 0
+        if mode != "none":
+            assert row["switches"] > 0, f"{mode}: the milter saw no traffic"
+    assert summary["unix"]["map_write_mean_ms"] > 0  # our milter wrote the map
