@@ -33,6 +33,7 @@ _PROBE_LOWER: Final = PROBE_HEADER.lower()
 CONTINUE: Final[int] = libmilter.CONTINUE
 ACCEPT: Final[int] = libmilter.ACCEPT
 DISCARD: Final[int] = libmilter.DISCARD
+NOREPLY: Final[int] = libmilter.NOREPLY
 # Steps we ask the MTA to leave out (when it can), and headers sent without a reply.
 SKIPPED_STEPS: Final[int] = (
     libmilter.P_NOCONNECT | libmilter.P_NOHELO | libmilter.P_NOMAIL | libmilter.P_NORCPT
@@ -59,17 +60,29 @@ class Context(Protocol):
 class Session:
     """One SMTP connection's state; a connection may carry several messages."""
 
-    __slots__ = ("header_reply", "probe", "values")
+    __slots__ = ("probe", "values")
 
-    def __init__(self, header_reply: int) -> None:
+    def __init__(self) -> None:
         self.values: list[str] = []
         self.probe: str | None = None
-        # NOREPLY once the MTA agreed not to wait for one; else it waits for CONTINUE.
-        self.header_reply = header_reply
+
+
+def _session(ctx: Context) -> Session:
+    """The connection's state, made here if negotiation made none (after a QUIT_NC the
+    MTA starts the next session on the same connection without negotiating again)."""
+    session = ctx.getpriv()
+    if session is None:
+        session = Session()
+        ctx.setpriv(session)
+    return session
 
 
 class Callbacks:
-    """What libmilter calls; one instance serves every connection (one per process)."""
+    """What libmilter calls; one instance serves every connection (one per process).
+
+    Each callback catches its own errors, counts and logs them: pymilter would only
+    print an escaping exception to stderr.
+    """
 
     def __init__(self, writer: MapWriter, metrics: MilterMetrics,
                  probe_key: bytes | None) -> None:
@@ -81,26 +94,27 @@ class Callbacks:
         """Ask for macro ``i`` only at end-of-message and skip every step we can.
 
         ``opts`` is what the MTA offers: the actions we may take and the protocol steps
-        it can leave out. We take no action but the macro list, and keep only the
-        skips we want; a skip the MTA cannot do just costs a C-level CONTINUE. Without
-        the macro list Postfix still sends ``i`` at end-of-message (its default
-        milter_end_of_data_macros), so a failure here only costs a warning.
+        it can leave out. It is answered first, so that nothing below can leave the
+        offer as the answer (it includes "send no headers"). We take no action but the
+        macro list, and keep only the skips we want; a skip the MTA cannot do just costs
+        a C-level CONTINUE. Without the macro list Postfix still sends ``i`` at
+        end-of-message (its default milter_end_of_data_macros): only a warning.
         """
         actions, offered = opts[0], opts[1]
-        nr_header = offered & libmilter.P_NR_HDR
-        ctx.setpriv(Session(libmilter.NOREPLY if nr_header else CONTINUE))
-        if actions & libmilter.SETSYMLIST:
-            try:
-                ctx.setsymlist(libmilter.M_EOM, "i")
-            except Exception as exc:
-                _warn_once("cannot ask the MTA for macro i only at end-of-message: %s", exc)
-        else:
-            _warn_once("the MTA cannot take a macro list; it sends its default macros")
-        if not nr_header:
-            _warn_once("the MTA cannot take headers without a reply; it waits for each")
         opts[0] = actions & libmilter.SETSYMLIST
         opts[1] = offered & (SKIPPED_STEPS | libmilter.P_NR_HDR)
         opts[2] = opts[3] = 0
+        try:
+            ctx.setpriv(Session())
+        except Exception:
+            self._internal_error("negotiation")
+        if not actions & libmilter.SETSYMLIST:
+            _warn_once("the MTA cannot take a macro list; it sends its default macros")
+            return CONTINUE
+        try:
+            ctx.setsymlist(libmilter.M_EOM, "i")
+        except Exception as exc:
+            _warn_once("cannot ask the MTA for macro i only at end-of-message: %s", exc)
         return CONTINUE
 
     def data(self, ctx: Context) -> int:
@@ -115,21 +129,27 @@ class Callbacks:
         return CONTINUE
 
     def header(self, ctx: Context, name: str, value: bytes) -> int:
-        """Called for every header: only our two are decoded and kept."""
-        session = ctx.getpriv()
-        lower = name.lower()
-        if lower == _HEADER_LOWER:
-            session.values.append(value.decode("utf-8", "surrogateescape"))
-        elif lower == _PROBE_LOWER:
-            session.probe = value.decode("utf-8", "surrogateescape")
-        return session.header_reply
+        """Called for every header: only our two are decoded and kept.
+
+        Always NOREPLY: libmilter itself answers CONTINUE to an MTA that cannot take
+        headers without a reply (it offers us that step as if every MTA could).
+        """
+        try:
+            lower = name.lower()
+            if lower == _HEADER_LOWER:
+                _session(ctx).values.append(value.decode("utf-8", "surrogateescape"))
+            elif lower == _PROBE_LOWER:
+                _session(ctx).probe = value.decode("utf-8", "surrogateescape")
+        except Exception:
+            self._internal_error("a header")
+        return NOREPLY
 
     def eom(self, ctx: Context) -> int:
-        session = ctx.getpriv()
-        values, session.values = session.values, []
-        probe, session.probe = session.probe, None
         queue_id = None
         try:
+            session = _session(ctx)
+            values, session.values = session.values, []
+            probe, session.probe = session.probe, None
             queue_id = ctx.getsymval("i")
             self._record(queue_id, values)
             if probe is not None and is_probe(self._probe_key, probe):
@@ -138,16 +158,22 @@ class Callbacks:
                 log.info("queue ID %s: doctor probe recorded and discarded", queue_id or "?")
                 return DISCARD
         except Exception:
-            self._metrics.errors.inc()
-            log.exception("internal error at end-of-message; message accepted")
+            self._internal_error("end-of-message")
         return ACCEPT
 
     def abort(self, ctx: Context) -> int:
         """The message ended without end-of-message: forget its headers."""
-        session = ctx.getpriv()
-        session.values = []
-        session.probe = None
+        try:
+            session = _session(ctx)
+            session.values = []
+            session.probe = None
+        except Exception:
+            self._internal_error("abort")
         return CONTINUE
+
+    def _internal_error(self, where: str) -> None:
+        self._metrics.errors.inc()
+        log.exception("internal error at %s; message accepted", where)
 
     def _record(self, queue_id: str | None, values: list[str]) -> None:
         metrics = self._metrics

@@ -62,7 +62,11 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path, sink: Sink,
 
 
 def delivered(setup: Setup, queue_id: str) -> None:
-    setup.postfix.wait_for_log(rf" {queue_id}: to=<[^>]+>, .*status=sent ", timeout=30)
+    delivered_in(setup.postfix, queue_id)
+
+
+def delivered_in(postfix: PostfixInstance, queue_id: str) -> None:
+    postfix.wait_for_log(rf" {queue_id}: to=<[^>]+>, .*status=sent ", timeout=30)
 
 
 def test_map_rows_match_the_queue_ids_postfix_reports(setup: Setup) -> None:
@@ -108,6 +112,37 @@ def test_one_connection_many_messages_each_gets_its_own_row(setup: Setup) -> Non
                                            count=3):
         ids.append(re.search(r": (\w+): message-id=", line).group(1))  # type: ignore[union-attr]
     assert [setup.milter.entry(q).uuid for q in ids] == [UUID_A, None, UUID_B]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("protocol", ["2", "4"])
+def test_older_milter_protocols_record_every_message(
+    tmp_path: Path, postfix_factory: PostfixFactory, protocol: str
+) -> None:
+    """An operator may pin an old milter protocol for another milter. Version 2 has no
+    DATA step and neither can take headers without a reply: libmilter then answers each
+    header itself, and every message still gets its own row."""
+    postfix = postfix_factory(start=False, smtp_probe=False)
+    postfix.queue_directory.mkdir(parents=True, exist_ok=True)
+    milters = shipped_smtpd_milters().replace("milter.sock,", f"milter.sock, protocol={protocol},")
+    assert f"protocol={protocol}" in milters
+    postfix.postconf(smtpd_milters=milters)
+    socket = f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock"
+    with MilterProcess(tmp_path / "state", socket) as milter:
+        postfix.start()
+        with smtplib.SMTP("127.0.0.1", postfix.smtp_port) as smtp:
+            for i, header in enumerate([UUID_A, None, UUID_B]):
+                headers = {"X-Sendpost-Message-UUID": header} if header else {"Subject": f"m{i}"}
+                smtp.sendmail(SENDER, ["ok@example.com"],
+                              build_message(SENDER, ["ok@example.com"], headers, "x\n"))
+        lines = postfix.wait_for_log(r"postfix/cleanup\[\d+\]: (\w+): message-id=", count=3)
+        ids = [re.search(r": (\w+): message-id=", line).group(1)  # type: ignore[union-attr]
+               for line in lines]
+        assert [milter.entry(q).uuid for q in ids] == [UUID_A, None, UUID_B]  # type: ignore[union-attr]
+        for queue_id in ids:
+            delivered_in(postfix, queue_id)
+        assert not [line for line in postfix.maillog_lines() if "warning:" in line], \
+            postfix.maillog_tail()
+        assert "internal error" not in milter.log()
 
 
 @pytest.mark.parametrize("failure", ["killed", "hung"])
