@@ -5,7 +5,8 @@ process of its own; 4 SMTP clients each send their share of the messages over on
 connection. Rounds alternate without milter / with milter (unix socket as shipped, and
 inet), and the medians are compared. Also reported: the client-side latency of one
 message (DATA to the 250 reply), the milter's CPU and context switches per message
-(all its threads, /proc, while the clients send) and its map-write histogram.
+(all its threads, /proc, while the clients send), the whole machine's CPU per message
+(/proc/stat, without time stolen by other guests) and our map-write histogram.
 
 ``--reference`` adds two milters that do nothing but negotiate what ours does and
 answer ACCEPT (bench/reference/): one on libmilter in C, the floor any pymilter milter
@@ -37,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from procstat import context_switches, cpu_seconds  # type: ignore[import-not-found]
+from procstat import busy_seconds, context_switches, cpu_seconds  # type: ignore[import-not-found]
 
 from tests.support.milter import MilterProcess
 from tests.support.postfix import PostfixInstance, build_message, free_port
@@ -165,7 +166,9 @@ def one_round(root: Path, mode: str, messages: int, clients: int, sink_port: int
         postfix.start()
         try:
             cpu, switches = (cpu_seconds(pid), context_switches(pid)) if pid else (0.0, 0)
+            busy = busy_seconds()
             wall, latencies = send_all(postfix.smtp_port, messages, clients)
+            busy = busy_seconds() - busy
             if pid:
                 cpu, switches = cpu_seconds(pid) - cpu, context_switches(pid) - switches
             metrics = read_metrics()
@@ -184,6 +187,8 @@ def one_round(root: Path, mode: str, messages: int, clients: int, sink_port: int
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
         "cpu_us": 1e6 * cpu / messages,
+        "host_cpu_us": 1e6 * busy / messages,
+        "host_busy": busy / wall / (os.cpu_count() or 1),
         "switches": switches / messages,
         "map_write_mean_ms": 1000 * metrics.get("sendpost_milter_map_write_seconds_sum", 0)
         / max(1.0, metrics.get("sendpost_milter_map_write_seconds_count", 0)),
@@ -218,7 +223,8 @@ def main() -> None:
                     results[mode].append(x)
                     # Per round too: medians alone hide a round the machine's noise spoiled.
                     print(f"  round {r} milter={mode:13} {x['rate']:7.1f} msg/s  DATA latency"
-                          f" p50 {x['p50_ms']:.1f} ms p99 {x['p99_ms']:.1f} ms"
+                          f" p50 {x['p50_ms']:.1f} ms p99 {x['p99_ms']:.1f} ms  host CPU"
+                          f" {x['host_cpu_us']:.0f} us/msg ({x['host_busy']:.0%} busy)"
                           + (f"  milter CPU {x['cpu_us']:.0f} us/msg,"
                              f" {x['switches']:.1f} switches/msg" if mode != "none" else ""),
                           flush=True)
@@ -235,8 +241,9 @@ def main() -> None:
         summary[mode] = row
         print(f"  milter={mode:13} {row['rate']:7.1f} msg/s  ratio {row['ratio']:.2f}"
               f" (of medians {row['rate'] / base:.2f})  DATA latency p50 {row['p50_ms']:.1f}"
-              f" ms p99 {row['p99_ms']:.1f} ms"
-              + (f"  CPU {row['cpu_us']:.0f} us/msg, {row['switches']:.1f} switches/msg"
+              f" ms p99 {row['p99_ms']:.1f} ms  host CPU {row['host_cpu_us']:.0f} us/msg"
+              f" ({row['host_busy']:.0%} busy)"
+              + (f"  milter CPU {row['cpu_us']:.0f} us/msg, {row['switches']:.1f} switches/msg"
                  if mode != "none" else "")
               + (f"  map write {row['map_write_mean_ms']:.3f} ms" if mode in OURS else ""))
     if args.json:

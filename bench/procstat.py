@@ -14,6 +14,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def busy_seconds() -> float:
+    """CPU time the whole machine spent working (user, nice, system, irq, softirq; not
+    idle, iowait or time stolen by other guests), summed over its cores."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    return (user + nice + system + irq + softirq) / CLK_TCK
+
+
 def context_switches(pid: int) -> int:
     """Voluntary + involuntary context switches of all the process's threads."""
     total = 0
