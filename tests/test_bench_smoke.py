@@ -1,5 +1,5 @@
-"""Tiny runs of bench/latency.py, shipping.py, memory.py, idle.py and milter_cost.py, to
-keep them working.
+"""Tiny runs of bench/latency.py, shipping.py, memory.py, idle.py, milter_cost.py and
+milter_callbacks.py, to keep them working.
 
 Each runs as its documented command with small inputs and must exit 0 and report its
 figures. No figure is compared with a target here: timing belongs to the benchmarks
@@ -81,3 +81,10 @@ def test_milter_cost_bench_runs_every_milter_through_postfix(tmp_path: Path) -> 
         if mode != "none":
             assert row["switches"] > 0, f"{mode}: the milter saw no traffic"
     assert summary["unix"]["map_write_mean_ms"] > 0  # our milter wrote the map
+
+
+def test_milter_callbacks_bench_reports_python_per_message(tmp_path: Path) -> None:
+    report = run_bench("milter_callbacks", tmp_path, "--messages", "200", "--rounds", "1")
+    summary = report["summary"]
+    assert finite(summary["with_commit"], summary["without_commit"])
+    assert 0 < summary["without_commit"] < summary["with_commit"]

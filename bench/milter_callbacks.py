@@ -1,0 +1,103 @@
+"""The milter's own Python per message, without libmilter: its callbacks in a tight loop.
+
+Each message makes the calls Postfix causes (DATA, six ordinary headers and ours,
+end-of-message, abort) on sendpost_milter.session.Callbacks, with a stand-in for
+pymilter's context and a real queue map; CPU time per message is reported with the
+SQLite commit and without it. A tight loop keeps code and data in the CPU caches, so
+this is a lower bound: bench/milter_cost.py measures the live cost.
+
+    python bench/milter_callbacks.py --messages 20000 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import milter as libmilter
+
+from sendpost_agent.queuemap import MapWriter
+from sendpost_milter.metrics import MilterMetrics
+from sendpost_milter.session import Callbacks, Session
+
+HEADERS = [
+    ("Received", b"from client.example (localhost [127.0.0.1]) by mx.example (Postfix)"
+                 b" with ESMTP id 4B5E214968 for <ok@example.com>; Tue, 24 Nov 2026"),
+    ("From", b"<sender@example.com>"), ("To", b"<ok@example.com>"), ("Subject", b"hi"),
+    ("Date", b"Tue, 24 Nov 2026 03:45:09 +0000"), ("Message-ID", b"<1795491909.1@example>"),
+]
+
+
+class FakeContext:
+    """What the callbacks use of pymilter's context object."""
+
+    def __init__(self) -> None:
+        self.queue_id = ""
+        self.session: Session | None = None
+
+    def getpriv(self) -> Session | None:
+        return self.session
+
+    def setpriv(self, session: Session) -> None:
+        self.session = session
+
+    def getsymval(self, name: str) -> str:
+        return self.queue_id
+
+    def setsymlist(self, stage: int, macros: str) -> None:
+        pass
+
+
+def per_message(callbacks: Callbacks, messages: int) -> float:
+    """CPU microseconds per message."""
+    ctx = FakeContext()
+    callbacks.negotiate(ctx, [0x1FF, 0x1FFFFF, 0, 0])  # type: ignore[arg-type]
+    values = [str(uuid.uuid4()).encode() for _ in range(messages)]
+    started = time.process_time()
+    for i, value in enumerate(values):
+        ctx.queue_id = f"4B5E{i:08X}"
+        callbacks.data(ctx)  # type: ignore[arg-type]
+        for name, header in HEADERS:
+            callbacks.header(ctx, name, header)  # type: ignore[arg-type]
+        callbacks.header(ctx, "X-Sendpost-Message-UUID", value)  # type: ignore[arg-type]
+        if callbacks.eom(ctx) != libmilter.ACCEPT:  # type: ignore[arg-type]
+            raise RuntimeError("the milter did not accept")
+        callbacks.abort(ctx)  # type: ignore[arg-type]
+    return 1e6 * (time.process_time() - started) / messages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    args = parser.parse_args()
+    runs: dict[str, list[float]] = {"with_commit": [], "without_commit": []}
+    for _ in range(args.rounds):
+        with tempfile.TemporaryDirectory(prefix="milter-callbacks-") as tmp:
+            writer = MapWriter(Path(tmp) / "queuemap.sqlite3", 86_400)
+            try:
+                callbacks = Callbacks(writer, MilterMetrics(), None)
+                runs["with_commit"].append(per_message(callbacks, args.messages))
+                writer.put = lambda *a, **k: None  # type: ignore[method-assign]
+                runs["without_commit"].append(per_message(callbacks, args.messages))
+            finally:
+                writer.close()
+    summary = {key: statistics.median(values) for key, values in runs.items()}
+    print(f"milter callbacks, {args.messages:,} messages x {args.rounds} rounds (medians):"
+          f" {summary['with_commit']:.1f} us/message with the SQLite commit,"
+          f" {summary['without_commit']:.1f} us without")
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "rounds": runs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
