@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import milter as libmilter
 
-from sendpost_agent.queuemap import MapWriter
+from sendpost_agent.queuemap import MapReader, MapWriter
 from sendpost_milter.metrics import MilterMetrics
 from sendpost_milter.session import Callbacks, Session
 
@@ -59,18 +59,18 @@ class FakeContext:
 def per_message(callbacks: Callbacks, messages: int) -> float:
     """CPU microseconds per message."""
     ctx = FakeContext()
-    callbacks.negotiate(ctx, [0x1FF, 0x1FFFFF, 0, 0])  # type: ignore[arg-type]
+    callbacks.negotiate(ctx, [0x1FF, 0x1FFFFF, 0, 0])
     values = [str(uuid.uuid4()).encode() for _ in range(messages)]
     started = time.process_time()
     for i, value in enumerate(values):
         ctx.queue_id = f"4B5E{i:08X}"
-        callbacks.data(ctx)  # type: ignore[arg-type]
+        callbacks.data(ctx)
         for name, header in HEADERS:
-            callbacks.header(ctx, name, header)  # type: ignore[arg-type]
-        callbacks.header(ctx, "X-Sendpost-Message-UUID", value)  # type: ignore[arg-type]
-        if callbacks.eom(ctx) != libmilter.ACCEPT:  # type: ignore[arg-type]
+            callbacks.header(ctx, name, header)
+        callbacks.header(ctx, "X-Sendpost-Message-UUID", value)
+        if callbacks.eom(ctx) != libmilter.ACCEPT:
             raise RuntimeError("the milter did not accept")
-        callbacks.abort(ctx)  # type: ignore[arg-type]
+        callbacks.abort(ctx)
     return 1e6 * (time.process_time() - started) / messages
 
 
@@ -81,9 +81,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = parser.parse_args()
     runs: dict[str, list[float]] = {"with_commit": [], "without_commit": []}
+    rows = []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="milter-callbacks-") as tmp:
-            writer = MapWriter(Path(tmp) / "queuemap.sqlite3", 86_400)
+            path = Path(tmp) / "queuemap.sqlite3"
+            writer = MapWriter(path, 86_400)
             try:
                 callbacks = Callbacks(writer, MilterMetrics(), None)
                 runs["with_commit"].append(per_message(callbacks, args.messages))
@@ -91,12 +93,16 @@ def main() -> None:
                 runs["without_commit"].append(per_message(callbacks, args.messages))
             finally:
                 writer.close()
+            reader = MapReader(path)
+            rows.append(len(reader))  # every message of the run with the commit
+            reader.close()
     summary = {key: statistics.median(values) for key, values in runs.items()}
     print(f"milter callbacks, {args.messages:,} messages x {args.rounds} rounds (medians):"
           f" {summary['with_commit']:.1f} us/message with the SQLite commit,"
           f" {summary['without_commit']:.1f} us without")
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "rounds": runs}, indent=1))
+        args.json.write_text(json.dumps({"summary": summary, "rounds": runs,
+                                         "map_rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

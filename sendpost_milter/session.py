@@ -10,8 +10,8 @@ reply).
 Whatever happens, the answer is ACCEPT: the milter must never be the reason a message
 is rejected, deferred or discarded. The one exception is a probe of our own `doctor`,
 authenticated by the key in state-dir (see sendpost_agent.probe). An exception that
-escapes a callback anyway is answered CONTINUE (see ``server``), never pymilter's
-default TEMPFAIL.
+escapes a callback anyway is answered CONTINUE (see ``server``), not pymilter's default
+TEMPFAIL.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _warn_once(message: str, *args: object) -> None:
 class Context(Protocol):
     """The part of pymilter's per-connection context object we use."""
 
-    def getpriv(self) -> Session: ...
+    def getpriv(self) -> Session | None: ...
     def setpriv(self, session: Session) -> None: ...
     def getsymval(self, name: str) -> str | None: ...
     def setsymlist(self, stage: int, macros: str) -> None: ...

@@ -246,3 +246,15 @@ def test_garbage_probe_header_is_accepted_like_any_message(
         queue_id, [("X-Sendpost-Doctor-Probe", value), ("X-Sendpost-Message-UUID", CANON)]))
     assert milter.entry(queue_id).uuid == CANON  # type: ignore[union-attr]
     assert "Traceback" not in milter.log()
+
+
+def test_header_name_that_is_not_utf8_is_passed_over(milter: MilterProcess,
+                                                     tmp_path: Path) -> None:
+    """pymilter cannot make a Python string of such a name and fails before calling us
+    (it prints the error); the other headers and end-of-message still reach us."""
+    bad_header = "check(mt.header(conn, 'X-Bad-\\255-Name', 'value'), 'header')\n"
+    message = lua_message("F0F0F0F0F0", [("X-Sendpost-Message-UUID", CANON)])
+    first_header = message.index("check(mt.header(")
+    run_miltertest(milter, tmp_path,
+                   message[:first_header] + bad_header + message[first_header:])
+    assert milter.entry("F0F0F0F0F0").uuid == CANON  # type: ignore[union-attr]

@@ -61,12 +61,20 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path, sink: Sink,
         yield Setup(postfix, milter, sink)
 
 
-def delivered(setup: Setup, queue_id: str) -> None:
-    delivered_in(setup.postfix, queue_id)
-
-
-def delivered_in(postfix: PostfixInstance, queue_id: str) -> None:
+def delivered(postfix: PostfixInstance, queue_id: str) -> None:
     postfix.wait_for_log(rf" {queue_id}: to=<[^>]+>, .*status=sent ", timeout=30)
+
+
+def send_three_on_one_connection(postfix: PostfixInstance) -> list[str]:
+    """UUID_A, no header, UUID_B over one SMTP connection; their queue IDs in order."""
+    with smtplib.SMTP("127.0.0.1", postfix.smtp_port) as smtp:
+        for i, header in enumerate([UUID_A, None, UUID_B]):
+            headers = {"X-Sendpost-Message-UUID": header} if header else {"Subject": f"m{i}"}
+            raw = build_message(SENDER, ["ok@example.com"], headers, "x\n")
+            smtp.sendmail(SENDER, ["ok@example.com"], raw)
+    lines = postfix.wait_for_log(r"postfix/cleanup\[\d+\]: (\w+): message-id=", count=3)
+    return [re.search(r": (\w+): message-id=", line).group(1)  # type: ignore[union-attr]
+            for line in lines]
 
 
 def test_map_rows_match_the_queue_ids_postfix_reports(setup: Setup) -> None:
@@ -86,7 +94,7 @@ def test_map_rows_match_the_queue_ids_postfix_reports(setup: Setup) -> None:
     for queue_id, expected_uuid, state in sent:
         # Postfix's own log names the same queue ID the milter recorded.
         setup.postfix.wait_for_log(rf"postfix/cleanup\[\d+\]: {queue_id}: message-id=")
-        delivered(setup, queue_id)
+        delivered(setup.postfix, queue_id)
         entry = setup.milter.entry(queue_id)
         assert entry is not None, f"no map row for {queue_id}"
         assert (entry.uuid, entry.header) == (expected_uuid, state)
@@ -102,15 +110,7 @@ def test_map_rows_match_the_queue_ids_postfix_reports(setup: Setup) -> None:
 
 
 def test_one_connection_many_messages_each_gets_its_own_row(setup: Setup) -> None:
-    ids = []
-    with smtplib.SMTP("127.0.0.1", setup.postfix.smtp_port) as smtp:
-        for i, header in enumerate([UUID_A, None, UUID_B]):
-            headers = {"X-Sendpost-Message-UUID": header} if header else {"Subject": f"m{i}"}
-            raw = build_message(SENDER, ["ok@example.com"], headers, "x\n")
-            smtp.sendmail(SENDER, ["ok@example.com"], raw)
-    for line in setup.postfix.wait_for_log(r"postfix/cleanup\[\d+\]: (\w+): message-id=",
-                                           count=3):
-        ids.append(re.search(r": (\w+): message-id=", line).group(1))  # type: ignore[union-attr]
+    ids = send_three_on_one_connection(setup.postfix)
     assert [setup.milter.entry(q).uuid for q in ids] == [UUID_A, None, UUID_B]  # type: ignore[union-attr]
 
 
@@ -129,17 +129,10 @@ def test_older_milter_protocols_record_every_message(
     socket = f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock"
     with MilterProcess(tmp_path / "state", socket) as milter:
         postfix.start()
-        with smtplib.SMTP("127.0.0.1", postfix.smtp_port) as smtp:
-            for i, header in enumerate([UUID_A, None, UUID_B]):
-                headers = {"X-Sendpost-Message-UUID": header} if header else {"Subject": f"m{i}"}
-                smtp.sendmail(SENDER, ["ok@example.com"],
-                              build_message(SENDER, ["ok@example.com"], headers, "x\n"))
-        lines = postfix.wait_for_log(r"postfix/cleanup\[\d+\]: (\w+): message-id=", count=3)
-        ids = [re.search(r": (\w+): message-id=", line).group(1)  # type: ignore[union-attr]
-               for line in lines]
+        ids = send_three_on_one_connection(postfix)
         assert [milter.entry(q).uuid for q in ids] == [UUID_A, None, UUID_B]  # type: ignore[union-attr]
         for queue_id in ids:
-            delivered_in(postfix, queue_id)
+            delivered(postfix, queue_id)
         assert not [line for line in postfix.maillog_lines() if "warning:" in line], \
             postfix.maillog_tail()
         assert "internal error" not in milter.log()
@@ -157,7 +150,7 @@ def test_mail_flows_when_the_milter_is_down_or_hung(setup: Setup, failure: str) 
         queue_id = setup.postfix.send(SENDER, ["ok@example.com"],
                                       {"X-Sendpost-Message-UUID": UUID_A}, "body\n")
         accepted_after = time.monotonic() - started
-        delivered(setup, queue_id)
+        delivered(setup.postfix, queue_id)
         setup.postfix.wait_for_log(
             r"warning: connect to Milter service" if failure == "killed"
             else r"warning: milter .*: read error in initial handshake"
@@ -175,10 +168,10 @@ def test_restarted_milter_records_again(setup: Setup) -> None:
     setup.milter.stop()
     before = setup.postfix.send(SENDER, ["ok@example.com"],
                                 {"X-Sendpost-Message-UUID": UUID_A}, "1\n")
-    delivered(setup, before)
+    delivered(setup.postfix, before)
     setup.milter.start()
     after = setup.postfix.send(SENDER, ["ok@example.com"],
                                {"X-Sendpost-Message-UUID": UUID_B}, "2\n")
-    delivered(setup, after)
+    delivered(setup.postfix, after)
     assert setup.milter.entry(before) is None
     assert setup.milter.entry(after).uuid == UUID_B  # type: ignore[union-attr]
