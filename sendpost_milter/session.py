@@ -173,7 +173,7 @@ class Callbacks:
 
     def _internal_error(self, where: str) -> None:
         self._metrics.errors.inc()
-        log.exception("internal error at %s; message accepted", where)
+        log.exception("internal error at %s; the mail is not held up", where)
 
     def _record(self, queue_id: str | None, values: list[str]) -> None:
         metrics = self._metrics
