@@ -235,7 +235,8 @@ _EXPIRED: Final = re.compile(
     r"from=<([^>]*+(?:>(?!, status=)[^>]*+)*+)>, status=((?:force-)?expired)\b"
 )
 # nrcpt at most 9 digits: int() refuses over 4,300 (a forged line is then no record).
-_ACTIVE: Final = re.compile(r"from=<(.*)>, size=\d++, nrcpt=(\d{1,9}+) \(queue active\)")
+_ACTIVE_TAIL = r"from=<(.*)>, size=[0-9]++, nrcpt=([0-9]{1,9}+) \(queue active\)"
+_ACTIVE: Final = re.compile(_ACTIVE_TAIL)
 _NOTIFICATION: Final = re.compile(r"((?:sender|postmaster) [a-z -]*notification): (\S++)$")
 # cleanup_act_log(): `info: header <header, cut at 200> from <origin>; from=<s> to=<r> ...`;
 # the first ` from <origin>;` ends the value (sender and helo that follow are untrusted).
@@ -257,9 +258,7 @@ _COMMON_DELIVERY = re.compile(
     _COMMON_HEAD + r"to=<([^>]*+)>, (?:orig_to=<([^>]*+)>, )?relay=([^,]*+), "
     r"(?:[a-z_]++=[^,]*+, ){0,8}?dsn=([^,]*+), status=([^\s,(]++) *+(?:\((.*)\)|\((.*))?"
 )
-_COMMON_ACTIVE = re.compile(
-    _COMMON_HEAD + r"from=<(.*)>, size=[0-9]++, nrcpt=([0-9]{1,9}+) \(queue active\)"
-)
+_COMMON_ACTIVE = re.compile(_COMMON_HEAD + _ACTIVE_TAIL)
 _COMMON_REMOVED = re.compile(_COMMON_HEAD + r"removed\Z")
 
 _STATUS_LINE, _ACTIVE_LINE, _REMOVED_LINE, _NOTIFICATION_LINE, _HEADER_LINE = range(5)

@@ -18,7 +18,7 @@ from logwatch.parse import Clock, Delivery, Expired, Record, Skipped, parse_bloc
 from logwatch.relays import ContentFilters
 from logwatch.tracker import Tracker
 from sendpost_agent.config import Config
-from sendpost_agent.queuemap import Entry, MapError, MapReader
+from sendpost_agent.queuemap import Entry, MapReader
 
 log = logging.getLogger(__name__)
 _NOT_FETCHED: Final = object()
@@ -63,13 +63,8 @@ class Pipeline:
         events: list[Event] = []
         feed = self.tracker.feed
         for record in records:
-            try:
-                events += feed(record)
-            except MapError:
-                raise  # the map, not this line: logwatch stops and reads it again
-            except Exception:
-                self._internal_error("handling", record)
-        events += self.tracker.tick()  # it guards each held line itself (on_error)
+            events += feed(record)  # the tracker guards each line itself (on_error)
+        events += self.tracker.tick()
         self._batch_rows = {}
         return events
 

@@ -68,8 +68,8 @@ class Tracker:
     def __init__(self, lookup: Lookup, filters: ContentFilters, *, wait: float = 30.0,
                  report_deferred: bool = True, forget_after: float = 7 * 86400.0,
                  on_error: OnError | None = None) -> None:
-        """``on_error``: a bug met while deciding one held line costs that line only
-        (the others settled with it are kept); without it (tests) the bug is raised."""
+        """``on_error``: a bug met on one line (fed, or held and settled later) costs that
+        line only; without it (tests) the bug is raised."""
         self._lookup = lookup
         self._on_error = on_error
         self._filters = filters
@@ -91,7 +91,15 @@ class Tracker:
     # --- input -----------------------------------------------------------------------
 
     def feed(self, record: object) -> list[Event]:
-        """Take one parsed record; return the events it completes (maybe none)."""
+        """Take one parsed record; return the events it completes (maybe none). A bug met
+        on it costs this record only (see ``_failed``)."""
+        try:
+            return self._take(record)
+        except Exception as exc:
+            self._failed(exc, "handling", record)
+            return []
+
+    def _take(self, record: object) -> list[Event]:
         kind = type(record)
         if kind is Delivery or kind is Expired:
             when = self._advance(record.time)  # type: ignore[attr-defined]
@@ -249,9 +257,9 @@ class Tracker:
                 self._failed(exc, "handling", item.record)
         return events
 
-    def _failed(self, exc: Exception, doing: str, record: Decidable) -> None:
-        """One held line met a bug: ``on_error`` counts it and the others go on. A map
-        failure is not the line's: it is raised (logwatch stops and reads it again)."""
+    def _failed(self, exc: Exception, doing: str, record: object) -> None:
+        """A line met a bug: ``on_error`` counts it and the others go on. A map failure is
+        not the line's: it is raised (logwatch stops and reads it again)."""
         if self._on_error is None or isinstance(exc, MapError):
             raise exc
         self._on_error(doing, record)
