@@ -139,7 +139,7 @@ class Agent:
     async def _read(self, stop: asyncio.Event) -> None:
         stopping = asyncio.create_task(stop.wait())
         last_line = time.monotonic()
-        idle_settled = True
+        idle_settled = not self.pipeline.tracker.holding  # held lines restored: settle them
         while not stop.is_set():
             if self.wal.full():
                 await self._wait_for_room(stopping)
@@ -196,7 +196,9 @@ class Agent:
         if self._position is None:
             return
         self.wal.sync()  # the cursor may only count events that are on disk
-        state = {"tracker": self.pipeline.tracker.snapshot(), "wal_seq": self.wal.last_seq}
+        # Events still to be recognised after a crash belong to lines after this position.
+        state = {"tracker": self.pipeline.tracker.snapshot(),
+                 "wal_seq": self.wal.last_seq - self._suppress}
         save_cursor(self.config.cursor_path, self._position, state)
         self._saved_at = time.monotonic()
 

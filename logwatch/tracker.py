@@ -91,13 +91,19 @@ class Tracker:
     # --- input -----------------------------------------------------------------------
 
     def feed(self, record: object) -> list[Event]:
-        """Take one parsed record; return the events it completes (maybe none). A bug met
-        on it costs this record only (see ``_failed``)."""
+        """Take one parsed record; return the events it completes (maybe none), then those
+        of held lines whose wait ended before the log's time. Settling here, not once per
+        batch, makes the events' order depend on the lines alone, never on how they were
+        split into batches: after a crash logwatch recognises the events it already wrote
+        by their number in that order. A bug met on the record costs it only (``_failed``)."""
         try:
-            return self._take(record)
+            events = self._take(record)
         except Exception as exc:
             self._failed(exc, "handling", record)
-            return []
+            events = []
+        if self._queue and self._queue[0].deadline < self.now:
+            events += self._settle_due(self.now)
+        return events
 
     def _take(self, record: object) -> list[Event]:
         kind = type(record)
@@ -133,19 +139,23 @@ class Tracker:
         return self._when
 
     def tick(self, now: float | None = None) -> list[Event]:
-        """Settle every held line whose wait is over at ``now`` (default: newest log time)."""
-        limit = self.now if now is None else now
+        """Settle every held line whose wait ended before ``now`` (default: newest log
+        time, when ``feed`` has settled them already) and forget what is too old."""
+        events = self._settle_due(self.now if now is None else now)
+        self._forget_recent(self.now - self._wait)
+        if self.now - self._last_gc > GC_EVERY:
+            self._last_gc = self.now
+            self._forget_stale()
+        return events
+
+    def _settle_due(self, limit: float) -> list[Event]:
         events: list[Event] = []
-        while self._queue and self._queue[0].deadline <= limit:
+        while self._queue and self._queue[0].deadline < limit:
             item = heapq.heappop(self._queue)
             try:
                 events += self._settle(item)
             except Exception as exc:
                 self._failed(exc, "settling", item.record)
-        self._forget_recent(self.now - self._wait)
-        if self.now - self._last_gc > GC_EVERY:
-            self._last_gc = self.now
-            self._forget_stale()
         return events
 
     def _forget_recent(self, horizon: float) -> None:
