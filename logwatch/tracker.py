@@ -91,18 +91,25 @@ class Tracker:
     # --- input -----------------------------------------------------------------------
 
     def feed(self, record: object) -> list[Event]:
-        """Take one parsed record; return the events it completes (maybe none), then those
-        of held lines whose wait ended before the log's time. Settling here, not once per
-        batch, makes the events' order depend on the lines alone, never on how they were
-        split into batches: after a crash logwatch recognises the events it already wrote
-        by their number in that order. A bug met on the record costs it only (``_failed``)."""
+        """Take one parsed record; return the events of held lines whose wait ended before
+        its time, then those it completes (maybe none).
+
+        Settling here, not once per batch, makes the events' order depend on the lines
+        alone, never on how they were split into batches: after a crash logwatch
+        recognises the events it already wrote by their number in that order. The clock
+        settling held lines while the log is quiet puts them at the same place: before
+        the next line. A bug met on the record costs it only (``_failed``).
+        """
+        events: list[Event] = []
         try:
-            events = self._take(record)
+            kind = type(record)
+            if kind is Delivery or kind is Expired or kind is QueueActive:
+                self._advance(record.time)  # type: ignore[attr-defined]
+            if self._queue:
+                events = self._settle_due(self.now)
+            events += self._take(record)
         except Exception as exc:
             self._failed(exc, "handling", record)
-            events = []
-        if self._queue and self._queue[0].deadline < self.now:
-            events += self._settle_due(self.now)
         return events
 
     def _take(self, record: object) -> list[Event]:

@@ -147,7 +147,7 @@ def test_events_come_in_the_same_order_however_the_lines_are_batched(
         batched = pipe if not orders else new_pipeline(tmp_path)
         events = [e for batch in batches for e in batched.process([x.encode() for x in batch])]
         orders.add(tuple(e.recipient for e in events))
-    assert orders == {("0@example.com", "1@example.com", "held@example.com",
+    assert orders == {("0@example.com", "held@example.com", "1@example.com",
                        "2@example.com")}
 
 
