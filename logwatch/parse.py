@@ -19,6 +19,7 @@ __all__ = [
     "Expired",
     "HeaderInfo",
     "Notification",
+    "Pickup",
     "QueueActive",
     "Record",
     "Removed",
@@ -72,6 +73,17 @@ class Notification(NamedTuple):
     new_queue_id: str
 
 
+class Pickup(NamedTuple):
+    """pickup queued a locally submitted message, or one re-queued by ``postsuper -r``
+    (``orig_id``: its old queue ID); the milter sees neither (pickup turns it off for the
+    second)."""
+
+    time: datetime
+    program: str
+    queue_id: str
+    orig_id: str | None
+
+
 class Removed(NamedTuple):
     """The message left the queue: nothing more will be logged for this queue id."""
 
@@ -101,7 +113,7 @@ class Skipped:
     reason: str
 
 
-Record = Delivery | Expired | QueueActive | Notification | Removed | HeaderInfo
+Record = Delivery | Expired | QueueActive | Notification | Pickup | Removed | HeaderInfo
 # Records are named tuples: immutable, and built without a Python-level __init__ by
 # tuple.__new__ on the hot path (a frozen dataclass's __init__ doubled the cost per line).
 _new: Final = tuple.__new__
@@ -237,6 +249,8 @@ _EXPIRED: Final = re.compile(
 # nrcpt at most 9 digits: int() refuses over 4,300 (a forged line is then no record).
 _ACTIVE_TAIL = r"from=<(.*)>, size=[0-9]++, nrcpt=([0-9]{1,9}+) \(queue active\)"
 _ACTIVE: Final = re.compile(_ACTIVE_TAIL)
+# pickup.c: `uid=N from=<sender>`, plus ` orig_id=OLDID` for mail `postsuper -r` re-queued.
+_PICKUP: Final = re.compile(r"uid=[0-9]++ from=<.*>(?: orig_id=([0-9A-Za-z]++))?\Z")
 _NOTIFICATION: Final = re.compile(r"((?:sender|postmaster) [a-z -]*notification): (\S++)$")
 # cleanup_act_log(): `info: header <header, cut at 200> from <origin>; from=<s> to=<r> ...`;
 # the first ` from <origin>;` ends the value (sender and helo that follow are untrusted).
@@ -261,11 +275,12 @@ _COMMON_DELIVERY = re.compile(
 _COMMON_ACTIVE = re.compile(_COMMON_HEAD + _ACTIVE_TAIL)
 _COMMON_REMOVED = re.compile(_COMMON_HEAD + r"removed\Z")
 
-_STATUS_LINE, _ACTIVE_LINE, _REMOVED_LINE, _NOTIFICATION_LINE, _HEADER_LINE = range(5)
+_STATUS_LINE, _ACTIVE_LINE, _REMOVED_LINE, _NOTIFICATION_LINE, _HEADER_LINE, _PICKUP_LINE = (
+    range(6))
 
 
 _LINE_ENDS: Final = ("(queue active)", ": removed")
-_RARE_MARKERS: Final = (" notification: ", "info: header ")
+_RARE_MARKERS: Final = (" notification: ", "info: header ", ": uid=")
 _RARE_BYTES: Final = tuple(marker.encode() for marker in _RARE_MARKERS)
 
 
@@ -279,11 +294,11 @@ def parse_block(lines: list[bytes], clock: Clock) -> list[Record | Skipped]:
     line only when the whole block holds one of them.
     """
     block = b"\n".join(lines)
-    rare = _RARE_BYTES[0] in block or _RARE_BYTES[1] in block
+    rare = any(marker in block for marker in _RARE_BYTES)
     text = [
         line for raw in lines
         if "status=" in (line := raw.decode("utf-8", "replace")) or line.endswith(_LINE_ENDS)
-        or (rare and (_RARE_MARKERS[0] in line or _RARE_MARKERS[1] in line))
+        or (rare and any(marker in line for marker in _RARE_MARKERS))
     ]
     return [record for line in text if (record := parse_line(line, clock)) is not None]
 
@@ -324,6 +339,8 @@ def parse_line(line: str, clock: Clock) -> Record | Skipped | None:
         return _general(line, _NOTIFICATION_LINE, clock)
     if "info: header " in line:
         return _general(line, _HEADER_LINE, clock)
+    if ": uid=" in line:
+        return _general(line, _PICKUP_LINE, clock)
     return None
 
 
@@ -369,6 +386,9 @@ def _general(line: str, kind: int, clock: Clock) -> Record | Skipped | None:
     if kind == _NOTIFICATION_LINE:
         m = _NOTIFICATION.match(line, pos)
         return Notification(time, program, queue_id, m[1], m[2]) if m else None
+    if kind == _PICKUP_LINE:
+        m = _PICKUP.match(line, pos)
+        return Pickup(time, program, queue_id, m[1]) if m else None
     m = _HEADER_INFO.match(line, pos)
     if m is None or m[1].lower() != _UUID_HEADER:
         return None

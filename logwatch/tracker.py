@@ -27,7 +27,15 @@ from typing import Any, Final
 
 from logwatch.classify import EventType, Verdict, event_for_status, expired_verdict
 from logwatch.events import Event
-from logwatch.parse import Delivery, Expired, HeaderInfo, Notification, QueueActive, Removed
+from logwatch.parse import (
+    Delivery,
+    Expired,
+    HeaderInfo,
+    Notification,
+    Pickup,
+    QueueActive,
+    Removed,
+)
 from logwatch.relays import ContentFilters, is_local, parse_relay, queued_as
 from sendpost_agent.header import HEADER_NAME, parse_uuid
 from sendpost_agent.queuemap import Entry, MapError
@@ -50,6 +58,9 @@ class Message:
     uuid: str | None = None  # from the INFO line or the hop; the map's once deferred
     from_map: bool = False  # uuid can be looked up again: no need to persist it
     ndr: bool = False  # Postfix's own bounce/notification message
+    # Never passed the milter (made by Postfix, or queued by pickup): a map row under its
+    # queue ID is an older message's that had the same (reused) ID.
+    no_milter: bool = False
     deferred: dict[str, Verdict] = field(default_factory=dict)  # recipient -> last deferral
     seen: float = 0.0  # log time of the last line, for garbage collection
 
@@ -130,8 +141,11 @@ class Tracker:
             self._recent[record.queue_id] = when
             return self._confirm_hop(record.queue_id) if self._hops else []
         if isinstance(record, Notification):
-            self._message(record.new_queue_id, record.time.timestamp()).ndr = True
+            message = self._message(record.new_queue_id, record.time.timestamp())
+            message.ndr = message.no_milter = True
             return []
+        if isinstance(record, Pickup):
+            return self._pickup(record)
         if isinstance(record, HeaderInfo):
             return self._header_info(record)
         return []
@@ -205,9 +219,10 @@ class Tracker:
         return message
 
     def _uuid(self, queue_id: str) -> str | None:
-        """Known here (INFO line, hop, or kept with deferrals), else the map's."""
+        """Known here (INFO line, hop, requeue, or kept with deferrals), else the map's,
+        unless the message never passed the milter."""
         message = self.messages.get(queue_id)
-        if message is not None and message.uuid is not None:
+        if message is not None and (message.uuid is not None or message.no_milter):
             return message.uuid
         entry = self._lookup(queue_id)
         return entry.uuid if entry is not None else None
@@ -343,6 +358,23 @@ class Tracker:
             message.uuid = uuid
         return self._release(child)
 
+    def _pickup(self, record: Pickup) -> list[Event]:
+        """A local submission, or ``postsuper -r`` re-queueing ``orig_id`` under a new ID:
+        the message goes on there with its UUID and remembered deferrals."""
+        message = self._message(record.queue_id, record.time.timestamp())
+        message.no_milter = True
+        if record.orig_id is None:
+            return []
+        uuid = self._uuid(record.orig_id)
+        old = self.messages.pop(record.orig_id, None)
+        if uuid is None:
+            return []
+        self.counts["requeued"] += 1
+        message.uuid = uuid
+        if old is not None:
+            message.deferred.update(old.deferred)
+        return self._release(record.queue_id)
+
     def _confirm_hop(self, queue_id: str) -> list[Event]:
         """``queue_id`` appeared: deliveries held as presumed hops to it were hops."""
         held = self._hops.pop(queue_id, None)
@@ -369,10 +401,11 @@ class Tracker:
         """What must survive a restart, as JSON-able data: what the map cannot rebuild."""
         messages = {}
         for queue_id, m in self.messages.items():
-            if m.deferred or m.ndr or (m.uuid is not None and not m.from_map):
+            if m.deferred or m.ndr or m.no_milter or (m.uuid is not None and not m.from_map):
                 messages[queue_id] = {
                     "uuid": None if m.from_map else m.uuid,
                     "ndr": m.ndr,
+                    "no_milter": m.no_milter,
                     "seen": m.seen,
                     "deferred": {r: [v.smtp_code, v.description] for r, v in m.deferred.items()},
                 }
@@ -383,7 +416,8 @@ class Tracker:
     def restore(self, state: dict[str, Any]) -> None:
         for queue_id, m in state.get("messages", {}).items():
             self.messages[queue_id] = Message(
-                uuid=m["uuid"], ndr=m["ndr"], seen=m["seen"],
+                uuid=m["uuid"], ndr=m["ndr"], no_milter=m.get("no_milter", False),
+                seen=m["seen"],
                 deferred={
                     r: Verdict(EventType.DEFERRED, code, text, "restored")
                     for r, (code, text) in m["deferred"].items()

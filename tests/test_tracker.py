@@ -231,3 +231,50 @@ def test_without_an_error_handler_a_bug_is_raised() -> None:
     rows["AAAAA10002"] = Entry(U_MIXED, HeaderState.PRESENT, 0)
     with pytest.raises(TypeError):
         tracker.tick(tracker.now + 3600)
+
+
+REUSED = "5C23B20C0D1"  # in the map: an older message that had this queue ID
+
+
+def test_postsuper_requeued_message_keeps_its_uuid_and_deferrals(reader: MapReader) -> None:
+    """`postsuper -r` re-queues a message under a new queue ID through pickup, which
+    turns milters off for it (pickup.c): the outcome there is still this message's."""
+    relay = "relay=mx.example.net[203.0.113.5]:25, delay=5, delays=0/0/5/0"
+    tracker = Tracker(reader.get, FILTER, wait=30.0)
+    events = run([
+        f"Nov 23 18:35:21 h postfix/smtp[2]: A438320C032: to=<slow@example.com>, {relay},"
+        " dsn=4.4.1, status=deferred (connect to mx.example.net[203.0.113.5]:25: Connection"
+        " timed out)",
+        "Nov 23 19:00:00 h postfix/pickup[6002]: 1C2D320C040: uid=106"
+        " from=<sender@example.com> orig_id=A438320C032",
+        f"Nov 23 19:00:01 h postfix/smtp[2]: 1C2D320C040: to=<slow@example.com>, {relay},"
+        " dsn=5.1.1, status=bounced (host mx.example.net[203.0.113.5] said: 550 5.1.1"
+        " <slow@example.com>: Recipient address rejected: User unknown (in reply to RCPT TO"
+        " command))",
+    ], tracker, finish=False)
+    assert brief(events, U_MIXED) == [("deferred", "slow@example.com"),
+                                      ("bounced", "slow@example.com")]
+    restarted = Tracker(reader.get, FILTER, wait=30.0)
+    restarted.restore(json.loads(json.dumps(tracker.snapshot())))
+    expired = run(["Nov 28 19:00:02 h postfix/qmgr[1]: 1C2D320C040: from=<sender@example.com>,"
+                   " status=expired, returned to sender"], restarted)
+    assert expired == []  # the bounce settled the only deferred recipient
+
+
+@pytest.mark.parametrize("origin", [
+    "Nov 23 18:40:00 h postfix/bounce[5240]: A438320C032: sender non-delivery notification:"
+    f" {REUSED}",
+    f"Nov 23 18:40:00 h postfix/pickup[5241]: {REUSED}: uid=0 from=<root>",
+], ids=["postfix-bounce", "local-submission"])
+def test_a_message_the_milter_never_saw_does_not_take_a_reused_queue_ids_row(
+    reader: MapReader, origin: str
+) -> None:
+    """Postfix's own reports and locally submitted mail never pass the milter: a row under
+    their queue ID belongs to an older message that had the same ID."""
+    tracker = Tracker(reader.get, FILTER, wait=30.0)
+    events = run([
+        origin,
+        f"Nov 23 18:40:01 h postfix/local[5242]: {REUSED}: to=<root@h.example>, relay=local,"
+        " delay=0.1, delays=0/0/0/0.1, dsn=2.0.0, status=sent (delivered to mailbox)",
+    ], tracker)
+    assert events == []
