@@ -17,11 +17,17 @@ only after handling ``Batch.lines`` and restarts from the last persisted positio
   final unterminated line) before switching, and the switch happens only once the new
   file at ``log_path`` has data, i.e. once the writer has moved on (logrotate ``create``
   with a writer still on the old file until HUP, ``postfix logrotate`` that renames,
-  gzips and lets the next write create the file).
+  gzips and lets the next write create the file). Rotated several times while we were
+  not reading (the caller paused, or catching up): the rotated files newer than the old
+  one are read between the two, as after a rotation while stopped (below). If the old
+  file is no longer beside the log, files rotated after it may have been deleted too:
+  a warning says so.
 * truncation while running (``copytruncate``, ``: > mail.log``, a file overwritten in
   place): noticed by size or by the first bytes changing; the lines written between our
   last read and the truncation are read from the rotated copy, found beside the log by
-  fingerprint (also once gzipped); without a copy they are lost (warning).
+  fingerprint (also once gzipped), then the newer rotated files (copied again while we
+  were not reading); without a copy those lines are lost (warning), and reading goes on
+  with the rotated files modified since we last saw the log intact.
 * rotation while stopped: the position's file is looked up by fingerprint at ``log_path``
   then beside it (the log's name followed by ``.N``, ``-DATE`` or ``.DATE-TIME`` and
   maybe ``.gz``: other names and other compressions are ignored), finished from
@@ -274,6 +280,11 @@ class _Source:
         os.close(self.fd)
 
 
+def _names(files: list[_Source]) -> str:
+    """For messages: the files we go on with."""
+    return ", ".join(str(s.path) for s in files) or "no rotated file"
+
+
 def _age_key(src: _Source, base: str) -> tuple[int, int, str]:
     """Oldest first: by mtime; on ties ``.2`` is older than ``.1``, dates sort by name."""
     suffix = src.path.name[len(base) :].removesuffix(".gz").lstrip(".-")
@@ -475,31 +486,38 @@ class Follower:
     def _check_truncated(self, src: _Source) -> Batch | None:
         """Before reading on: has the live file shrunk, or been rewritten in place?"""
         head = os.pread(src.fd, FINGERPRINT_BYTES, 0)
-        if os.fstat(src.fd).st_size >= src.pos and head.startswith(src.head):
-            src.head = head
+        st = os.fstat(src.fd)
+        if st.st_size >= src.pos and head.startswith(src.head):
+            src.head, src.st = head, st  # st's mtime: when we last saw it intact
             return None
         old, read_to = src.file_id(), src.pos
         consumed = read_to - self._lines.pending
-        copy = self._find_sibling(old, exclude=src)
+        # Copied more than once while we were not reading: each copy follows the first.
+        copy, later = self._rotated_after(old, src.st.st_mtime_ns, live=src)
         self.truncations += 1
         src.restart()
+        files = [copy, *later, src] if copy is not None else [*later, src]
+        for s in files[:-1]:
+            s.is_copy = True  # earlier content of the live file: leaving it is no rotation
+        self._src, self._queue = files[0], files[1:] + self._queue
         if copy is not None:
             log.info(
-                "%s was truncated (copytruncate): reading its last lines from %s",
+                "%s was truncated (copytruncate): reading its last lines from %s, then %d "
+                "newer rotated file(s), then the log from its start",
                 self.log_path,
                 copy.path,
+                len(later),
             )
-            copy.pos, copy.is_copy = consumed, True
+            copy.pos = consumed
             self._lines.reset()
-            self._queue.insert(0, src)
-            self._src = copy
             return None
         log.warning(
-            "%s was truncated or overwritten and no rotated copy of it was found: "
-            "reading it from its start; lines logged after byte %d and before the "
-            "truncation, if any, are lost",
+            "%s was truncated or overwritten and no rotated copy of it was found: lines "
+            "logged after byte %d and before the truncation, if any, are lost. Going on "
+            "with %s, then the log from its start",
             self.log_path,
             consumed,
+            _names(later),
         )
         last = self._lines.flush()
         self.lines_cut = self._lines.cut
@@ -524,10 +542,32 @@ class Follower:
         if new.st.st_size == 0 or src.same_inode(new.st):
             new.close()  # the writer is still on the old file: wait for its first write
             return False
+        try:  # rotated more than once while we were not reading: the files in between
+            found, later = self._rotated_after(src.file_id(), src.st.st_mtime_ns, live=new)
+        except BaseException:
+            new.close()
+            raise
+        if found is not None:
+            found.close()  # we read the old file through the fd we have
+            log.info(
+                "%s was rotated: finishing the old file, then %d newer rotated file(s), "
+                "then the new one",
+                self.log_path,
+                len(later),
+            )
+        else:
+            log.warning(
+                "%s was rotated and the file we were reading (inode %d, read to its end) is "
+                "not beside it any more (deleted, moved elsewhere, or compressed other than "
+                "with gzip): rotated files newer than it may have been deleted before we "
+                "could read them, their lines lost. Going on with %s, then the new log",
+                self.log_path,
+                src.st.st_ino,
+                _names(later),
+            )
         new.final = False
         src.final = True  # read the old file to its end once more, then switch
-        self._queue.append(new)
-        log.info("%s was rotated: finishing the old file, then reading the new one", self.log_path)
+        self._queue += [*later, new]
         return True
 
     def _advance(self) -> None:
@@ -594,13 +634,10 @@ class Follower:
         if live is not None and start.file.matches(live.st.st_dev, live.st.st_ino, live.head):
             live.pos = start.offset  # shorter than that? _check_truncated will tell
             return [live]
-        siblings = self._siblings(exclude=live)
-        found = self._best_match(start.file, siblings)
+        saved_ns = None if start.saved_at is None else int(start.saved_at * 1e9)
+        found, later = self._rotated_after(start.file, saved_ns, live)
         if found is not None:
             found.pos = start.offset
-            base = self.log_path.name
-            newer = [s for s in siblings if _age_key(s, base) > _age_key(found, base)]
-            later = self._distinct(newer, seen={found.head, live.head if live else b""})
             log.info(
                 "%s was rotated while we were stopped: finishing %s, then %d newer "
                 "rotated file(s), then the current log",
@@ -609,9 +646,6 @@ class Follower:
                 len(later),
             )
         else:
-            saved_ns = None if start.saved_at is None else int(start.saved_at * 1e9)
-            newer = [s for s in siblings if saved_ns is not None and s.st.st_mtime_ns > saved_ns]
-            later = self._distinct(newer, seen={live.head if live else b""})
             log.warning(
                 "cannot find %s (inode %d, offset %d) at %s nor beside it by its first bytes: "
                 "it was deleted, or truncated without a copy; lines logged to it after that "
@@ -621,12 +655,9 @@ class Follower:
                 start.file.inode,
                 start.offset,
                 self.log_path,
-                ", ".join(str(s.path) for s in later) or "no rotated file",
+                _names(later),
             )
         keep = ([found] if found is not None else []) + later
-        for s in siblings:
-            if s not in keep:
-                s.close()
         if keep and not keep[-1].gz and (live is None or live.st.st_size == 0):
             # The writer may still be on the newest rotated file (rotated, not yet told to
             # reopen): follow it like the live log until the new log gets data.
@@ -688,13 +719,31 @@ class Follower:
         base = self.log_path.name
         return sorted(out, key=lambda s: _age_key(s, base))
 
-    def _find_sibling(self, file: FileId, exclude: _Source) -> _Source | None:
-        siblings = self._siblings(exclude=exclude)
+    def _rotated_after(
+        self, file: FileId, since_ns: int | None, live: _Source | None
+    ) -> tuple[_Source | None, list[_Source]]:
+        """``file`` beside the log, and the rotated files to read after it, before ``live``.
+
+        After it: newer by ``_age_key`` or, if ``file`` is gone (deleted, or truncated
+        without a copy), modified after ``since_ns``. So the files we never read follow,
+        and none we did, also not as a .gz being made of one (its mtime is new until gzip
+        is done). Oldest first, one per content; the siblings not returned are closed.
+        """
+        siblings = self._siblings(exclude=live)
         found = self._best_match(file, siblings)
+        if found is not None:
+            base = self.log_path.name
+            newer = [s for s in siblings if _age_key(s, base) > _age_key(found, base)]
+        else:
+            newer = [s for s in siblings if since_ns is not None and s.st.st_mtime_ns > since_ns]
+        seen = {s.head for s in siblings if s not in newer}
+        if live is not None:
+            seen.add(live.head)
+        later = self._distinct(newer, seen)
         for s in siblings:
-            if s is not found:
+            if s is not found and s not in later:
                 s.close()
-        return found
+        return found, later
 
     # -- waiting -----------------------------------------------------------------------
 

@@ -620,6 +620,72 @@ def test_a_restart_while_the_log_is_rotated_away_waits_for_the_new_one(
     run(main())
 
 
+# -- several rotations while reading is paused ---------------------------------------------
+
+
+def rotate_again(log: Path, rotate: Callable[[Path], None], keep: int) -> None:
+    """logrotate with ``rotate keep``: .1 -> .2 ... (the oldest goes, also .gz), then ``rotate``."""
+    for n in range(keep, 0, -1):
+        for older in log.parent.glob(f"mail.log.{n}*"):
+            if n == keep:
+                older.unlink()
+            else:
+                older.rename(log.with_name(older.name.replace(f".{n}", f".{n + 1}", 1)))
+    rotate(log)
+
+
+@pytest.mark.parametrize("rotate", [rename_create, copytruncate, copytruncate_compressed])
+def test_several_rotations_while_reading_is_paused(
+    log: Path, rotate: Callable[[Path], None]
+) -> None:
+    """Reading pauses (the WAL is full during an API outage) while the log is rotated 3 times."""
+    w = Writer(log)
+    log.write_bytes(b"")
+
+    async def main() -> None:
+        async with Follower(log) as f:
+            a = w.write(3)
+            assert (await take(f, 3))[0] == a
+            expected = w.write(2)  # not read before the rotations
+            for _ in range(3):
+                rotate_again(log, rotate, keep=4)
+                expected += w.write(2)
+            assert (await take(f, len(expected)))[0] == expected
+            await quiet(f)
+
+    run(main())
+
+
+@pytest.mark.parametrize("rotate", [rename_create, copytruncate])
+def test_a_rotated_file_deleted_before_it_was_read_is_reported_and_the_newer_ones_follow(
+    log: Path, rotate: Callable[[Path], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``rotate 1``: three rotations while reading is paused keep only the last rotated file."""
+    w = Writer(log)
+    log.write_bytes(b"")
+
+    async def main() -> None:
+        async with Follower(log) as f:
+            a = w.write(3)
+            assert (await take(f, 3))[0] == a
+            b = w.write(2)
+            written = []
+            for _ in range(3):
+                time.sleep(0.02)  # distinct mtimes: what comes later is newer
+                rotate_again(log, rotate, keep=1)
+                written.append(w.write(2))
+            # The old file stays open with create, so b is read; with copytruncate it is
+            # lost with the first copy. The second file is lost either way.
+            expected = (b if rotate is rename_create else []) + written[1] + written[2]
+            assert (await take(f, len(expected)))[0] == expected
+            await quiet(f)
+
+    with caplog.at_level(logging.WARNING, "logwatch.follow"):
+        run(main())
+    assert "lost" in caplog.text
+    assert f"Going on with {log.with_name('mail.log.1')}, then the" in caplog.text
+
+
 def test_lag_counts_what_is_not_consumed_yet(log: Path) -> None:
     w = Writer(log)
     w.write(10)
