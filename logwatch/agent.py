@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 CURSOR_EVERY = 1.0  # seconds between cursor saves while lines flow
 IDLE_AFTER = 1.0  # seconds without new lines before held lines are settled by the clock
 LOG_RETRY = 5.0  # seconds between attempts to read an unreadable log
+MAP_CHECK_EVERY = 5.0  # seconds between checks that the map file is still the same
 
 
 class AgentStartError(Exception):
@@ -83,6 +84,7 @@ class Agent:
         self._position: Position | None = None
         self._saved_at = 0.0
         self._suppress = 0  # events already in the WAL from before a crash
+        self._map_checked = 0.0
         if loaded is not None:
             self._position, state = loaded
             self.pipeline.tracker.restore(state.get("tracker", {}))
@@ -175,9 +177,20 @@ class Agent:
     def _take(self, batch: Batch) -> None:
         # The position moves only once the batch is processed: should processing raise,
         # no cursor may count these lines as handled.
+        if time.monotonic() - self._map_checked >= MAP_CHECK_EVERY:
+            self._map_checked = time.monotonic()
+            if self._map.replaced():
+                self._reopen_map()
         events = self.pipeline.process(batch.lines)
         self._position = batch.end
         self._append(events)
+
+    def _reopen_map(self) -> None:
+        log.warning("%s was replaced (the milter sets a corrupt map aside and starts a new"
+                    " one): joining against the new file", self.config.map_path)
+        replaced, self._map = self._map, MapReader(self.config.map_path)
+        self.pipeline.use_map(self._map)
+        replaced.close()
 
     def _append(self, events: list[Event], force_cursor: bool = False) -> None:
         if self._suppress and events:

@@ -29,8 +29,8 @@ class Pipeline:
     def __init__(self, config: Config, reader: MapReader | None, filters: ContentFilters,
                  clock: Clock) -> None:
         self.clock = clock
-        self._reader = reader
-        self._window = None if reader is None else MapWindow(reader, config.join_wait + KEEP)
+        self._keep = config.join_wait + KEEP
+        self.use_map(reader)
         self._batch_rows: dict[str, Entry | None] = {}
         self.tracker = Tracker(self._lookup, filters, wait=config.join_wait,
                                report_deferred=config.report_deferred,
@@ -43,6 +43,11 @@ class Pipeline:
         # call to a module's function does not look the name up).
         self.parse_block: Callable[[list[bytes], Clock], list[Record | Skipped]] = parse_block
         self.parse_line: Callable[[str, Clock], Record | Skipped | None] = parse_line
+
+    def use_map(self, reader: MapReader | None) -> None:
+        """Join against ``reader`` from now on (also when the map file was replaced)."""
+        self._reader = reader
+        self._window = None if reader is None else MapWindow(reader, self._keep)
 
     def process(self, lines: list[bytes]) -> list[Event]:
         """One batch of complete lines -> the events they complete, in log order."""

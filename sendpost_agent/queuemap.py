@@ -21,6 +21,7 @@ the oldest rows and needs no index on time.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -43,8 +44,11 @@ CREATE TABLE IF NOT EXISTS queuemap (
 """
 PRUNE_CHUNK = 2000
 # In WAL mode only another writer can block the milter; there is none, so a lock held
-# this long is a stray sqlite3 shell: give up the row rather than hold the message.
-WRITER_BUSY_TIMEOUT = 1.0
+# this long is a stray sqlite3 shell or backup: give up the row rather than hold the
+# message. After one such wait, puts do not wait at all for a while: end-of-message
+# calls queue up behind the one waiting, and waits in a row would add up to seconds.
+WRITER_BUSY_TIMEOUT = 0.1
+IMPATIENT_FOR = 5.0
 READER_BUSY_TIMEOUT = 5.0
 _IN_CHUNK = 500  # below SQLite's host-parameter limit
 # A checkpoint fsyncs the database: on a busy server that competes with Postfix's own
@@ -76,7 +80,12 @@ class MapError(Exception):
     """The map file cannot be used; the message names the file and the fix."""
 
 
+class MapCorrupt(MapError):
+    """SQLite finds the file is no sound database: the one case to move it aside."""
+
+
 def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    conn = None
     try:
         conn = sqlite3.connect(
             path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
@@ -98,7 +107,12 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
                 " stop both processes and move the file aside"
             )
     except sqlite3.DatabaseError as exc:
-        raise MapError(f"{path}: cannot open the queue map: {exc}") from exc
+        if conn is not None:
+            conn.close()
+        if exc.sqlite_errorname.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+            raise MapCorrupt(f"{path}: cannot open the queue map: {exc}") from exc
+        raise MapError(f"{path}: cannot open the queue map: {exc}; fix the cause (disk"
+                       " space, permissions, another process locking it) and restart") from exc
     return conn
 
 
@@ -116,16 +130,16 @@ class MapWriter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._checkpointer: sqlite3.Connection | None = None  # maintenance thread only
+        self._impatient_until = 0.0  # puts do not wait for a lock until then
 
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:
-        """Open the map; a corrupt file is moved aside so that mail keeps flowing."""
+        """Open the map; a corrupt file is moved aside so that mail keeps flowing. Any
+        other error (a full disk, a lock) is no reason to lose the rows: it is raised."""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             return _connect(path, WRITER_BUSY_TIMEOUT)
-        except MapError as exc:
-            if "schema version" in str(exc):
-                raise
+        except MapCorrupt as exc:
             aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
             log.error("%s; moving it to %s and starting an empty map", exc, aside)
             for suffix in ("", "-wal", "-shm"):
@@ -140,26 +154,41 @@ class MapWriter:
         received = int(time.time() if now is None else now)
         blob = message_uuid.bytes if message_uuid is not None else None
         with self._lock:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO queuemap (queue_id, uuid, header, received_at)"
-                " VALUES (?, ?, ?, ?)",
-                (queue_id, blob, int(header), received),
-            )
+            if self._impatient_until and time.monotonic() >= self._impatient_until:
+                self._impatient_until = 0.0
+                self._conn.execute(f"PRAGMA busy_timeout={int(WRITER_BUSY_TIMEOUT * 1000)}")
+            try:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO queuemap (queue_id, uuid, header, received_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (queue_id, blob, int(header), received),
+                )
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorname.startswith("SQLITE_BUSY") and not self._impatient_until:
+                    self._impatient_until = time.monotonic() + IMPATIENT_FOR
+                    self._conn.execute("PRAGMA busy_timeout=0")
+                raise
 
     def prune(self, now: float | None = None) -> int:
-        """Delete rows older than the retention, a chunk at a time; returns rows deleted."""
-        cutoff = int((time.time() if now is None else now) - self.retention)
-        total = 0
+        """Delete rows older than the retention, oldest first, a chunk at a time, up to
+        the first row of a plausible age; returns rows deleted. Rows stamped in the
+        future (the clock was set ahead when they were written) are stepped over, not
+        waited for: they would hold up the pruning of every row after them."""
+        wall = time.time() if now is None else now
+        cutoff, future = int(wall - self.retention), int(wall + 3600)
+        total, after = 0, 0
         while True:
             with self._lock:
-                deleted = self._conn.execute(
-                    "DELETE FROM queuemap WHERE id IN"
-                    " (SELECT id FROM queuemap ORDER BY id LIMIT ?) AND received_at < ?",
-                    (PRUNE_CHUNK, cutoff),
-                ).rowcount
-            total += deleted
-            if deleted < PRUNE_CHUNK:
+                rows = self._conn.execute(
+                    "SELECT id, received_at FROM queuemap WHERE id > ? ORDER BY id LIMIT ?",
+                    (after, PRUNE_CHUNK)).fetchall()
+                if rows:
+                    total += self._conn.execute(
+                        "DELETE FROM queuemap WHERE id > ? AND id <= ? AND received_at < ?",
+                        (after, rows[-1][0], cutoff)).rowcount
+            if len(rows) < PRUNE_CHUNK or any(cutoff <= at <= future for _, at in rows):
                 return total
+            after = rows[-1][0]
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database on a connection of its own, without our lock:
@@ -179,7 +208,7 @@ class MapWriter:
                         last_prune = time.monotonic()
                         if pruned := self.prune():
                             log.info("pruned %d queue map rows older than retention", pruned)
-                except sqlite3.Error as exc:
+                except Exception as exc:  # the thread must outlive it, or the WAL grows
                     log.error("%s: queue map maintenance failed: %s", self.path, exc)
 
         self._thread = threading.Thread(target=run, name="queuemap-maintenance", daemon=True)
@@ -213,6 +242,15 @@ class MapReader:
         self.path = path
         self._conn = _connect(path, READER_BUSY_TIMEOUT)
         self._conn.execute("PRAGMA query_only=ON")
+        self._inode = os.stat(path).st_ino
+
+    def replaced(self) -> bool:
+        """Another file is at the path now (the milter set a corrupt map aside and began
+        a new one): this handle still reads the old file and would see no new row."""
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except FileNotFoundError:
+            return False  # gone, not replaced yet: keep the old until the new one exists
 
     def get(self, queue_id: str) -> Entry | None:
         try:

@@ -7,13 +7,14 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from sendpost_agent.queuemap import Entry, HeaderState, MapReader, MapWriter
+from sendpost_agent.queuemap import Entry, HeaderState, MapError, MapReader, MapWriter
 
 DAY = 86400.0
 U1 = uuid.UUID("3f2504e0-4f89-11d3-9a0c-0305e82c3301")
@@ -85,6 +86,66 @@ def test_corrupt_map_is_moved_aside_so_mail_keeps_flowing(path: Path) -> None:
     writer.put("C1", U1, HeaderState.PRESENT)
     assert MapReader(path).get("C1") is not None
     assert list(path.parent.glob("queuemap.sqlite3.corrupt-*"))
+
+
+def test_a_map_locked_at_start_is_kept_not_moved_aside(path: Path) -> None:
+    """Only a corrupt file is set aside: a lock, a full disk or a permission problem
+    would clear up, and throwing the rows away would lose every queued message's events."""
+    writer = MapWriter(path, DAY)
+    writer.put("K1", U1, HeaderState.PRESENT)
+    writer.close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(MapError, match="database is locked; fix the cause"):
+        MapWriter(path, DAY)
+    holder.close()
+    assert not list(path.parent.glob("queuemap.sqlite3.corrupt-*"))
+    assert MapReader(path).get("K1") is not None
+
+
+def test_a_locked_map_does_not_hold_messages_up_for_seconds(path: Path) -> None:
+    """A stray sqlite3 shell holding the write lock: the milter gives up rows instead of
+    making each end-of-message wait behind the previous one's wait."""
+    writer = MapWriter(path, DAY)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    failed = []
+
+    def put(n: int) -> None:
+        try:
+            writer.put(f"L{n}", U1, HeaderState.PRESENT)
+        except sqlite3.OperationalError:
+            failed.append(n)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=put, args=(n,)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    waited = time.monotonic() - started
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert len(failed) == 12
+    assert waited < 2.0, f"12 messages held {waited:.1f} s in all (one wait each: 12 s)"
+    writer.put("L-after", U1, HeaderState.PRESENT)  # the lock is gone: written at once
+    assert MapReader(path).get("L-after") is not None
+
+
+def test_rows_stamped_in_the_future_do_not_stop_pruning(path: Path) -> None:
+    """The clock was a year ahead when some rows were written, then corrected."""
+    writer = MapWriter(path, DAY)
+    now = 1_800_000_000.0
+    for i in range(2500):  # more than a prune chunk
+        writer.put(f"FUT{i:05d}", U1, HeaderState.PRESENT, now=now + 365 * DAY)
+    for i in range(3000):
+        writer.put(f"OLD{i:05d}", U1, HeaderState.PRESENT, now=now - DAY - 10)
+    writer.put("FRESH", U2, HeaderState.PRESENT, now=now)
+    assert writer.prune(now=now) == 3000
+    reader = MapReader(path)
+    assert len(reader) == 2501
+    assert reader.get("OLD00001") is None
 
 
 WRITER_SCRIPT = textwrap.dedent("""

@@ -1,6 +1,9 @@
-"""After a kill -9 logwatch reads the log again from its cursor and recognises, by their
-number, the events it had already written to the WAL: none may be lost or written twice,
-however the lines fall into batches and however many crashes follow each other.
+"""logwatch recovering from what happens around it.
+
+After a kill -9 it reads the log again from its cursor and recognises, by their number,
+the events it had already written to the WAL: none may be lost or written twice, however
+the lines fall into batches and however many crashes follow each other. When the milter
+replaces the map file (it sets a corrupt one aside), logwatch joins against the new one.
 
 The agent runs in this process so that each crash comes at a chosen point: between
 two cursor saves, the WAL holding events the cursor does not count yet. A crash is the
@@ -122,3 +125,22 @@ def test_a_crash_after_a_held_line_was_settled_loses_nothing(tmp_path: Path) -> 
     assert sorted(recipient for _, recipient in events) == [
         "r0@example.com", "r1@example.com", "r2@example.com", "r3@example.com"]
     assert max(events.values()) == 1, "events written twice"
+
+
+def test_a_replaced_map_file_is_joined_against_once_it_appears(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    record_messages(cfg.state_dir, range(2))
+    write_messages(cfg.log_path, range(2))
+    agent = Agent(cfg)
+    read_on(agent)
+    for suffix in ("", "-wal", "-shm"):  # as the milter sets a corrupt map aside
+        old = Path(f"{cfg.map_path}{suffix}")
+        if old.exists():
+            old.rename(f"{cfg.map_path}.corrupt-1{suffix}")
+    record_messages(cfg.state_dir, range(2, 4))  # the milter's new, empty map
+    write_messages(cfg.log_path, range(2, 4))
+    agent._map_checked = 0.0  # the check's interval (5 s) is over
+    read_on(agent)
+    crash(agent)
+    events = wal_events(cfg)
+    assert len(events) == 2 * 4, "the messages after the replacement were not joined"
