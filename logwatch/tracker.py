@@ -38,7 +38,7 @@ from logwatch.parse import (
 )
 from logwatch.relays import ContentFilters, is_local, parse_relay, queued_as
 from sendpost_agent.header import HEADER_NAME, parse_uuid
-from sendpost_agent.queuemap import Entry, MapError
+from sendpost_agent.queuemap import Entry, HeaderState, MapError
 
 Lookup = Callable[[str], Entry | None]
 OnError = Callable[[str, object], None]  # (what it was doing, the record): count, log
@@ -320,6 +320,13 @@ class Tracker:
             message.deferred.pop(record.recipient, None)
         if event_type is EventType.DELIVERED:
             new_id = queued_as(record.reply)
+            reply = record.reply
+            if (new_id is None and reply is not None and "discarded" in reply
+                    and self._filters.is_hop(parse_relay(record.relay))):
+                # amavis's `250 2.7.0 Ok, discarded, id=... - INFECTED`: taken by the
+                # filter and never delivered. No event type says so; a delivery would lie.
+                self.counts["content_filter_discarded"] += 1
+                return []
             if new_id is not None:
                 endpoint = parse_relay(record.relay)
                 if self._filters.is_hop(endpoint):
@@ -392,6 +399,12 @@ class Tracker:
             return []
         message = self._message(record.queue_id, record.time.timestamp())
         if message.uuid is None:
+            entry = self._lookup(record.queue_id)
+            if entry is not None and entry.header is not HeaderState.MISSING:
+                # The milter saw the header and found it unusable (repeated: which of
+                # the values is it?); the INFO lines show the same headers.
+                self.counts["header_info_ignored"] += 1
+                return []
             message.uuid = str(parsed)
         return self._release(record.queue_id)
 

@@ -278,3 +278,39 @@ def test_a_message_the_milter_never_saw_does_not_take_a_reused_queue_ids_row(
         " delay=0.1, delays=0/0/0/0.1, dsn=2.0.0, status=sent (delivered to mailbox)",
     ], tracker)
     assert events == []
+
+
+def test_mail_the_content_filter_discarded_is_not_reported_delivered(reader: MapReader) -> None:
+    """amavis answers 250 for a virus it drops (real line: wild/lines.log 960)."""
+    tracker = Tracker(reader.get, FILTER, wait=30.0)
+    events = run([
+        "Jun  1 09:20:36 postfix postfix/smtp[3133]: C8E5320C056:"
+        " to=<damjan@u10.cyberlab.fhnw.ch>, relay=127.0.0.1[127.0.0.1]:10024, delay=0.09,"
+        " delays=0.01/0/0/0.07, dsn=2.7.0, status=sent (250 2.7.0 Ok, discarded,"
+        " id=01626-02 - INFECTED: Win.Test.EICAR_HDB-1)",
+    ], tracker)
+    assert events == []
+    assert tracker.counts["content_filter_discarded"] == 1
+
+
+def test_info_lines_do_not_override_the_milters_repeated_header_verdict(tmp_path: Path) -> None:
+    """Two X-Sendpost-Message-UUID headers: the milter recorded no UUID on purpose, and
+    the header_checks INFO lines show both values; neither may be taken."""
+    writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
+    writer.put("D1E2F3A4B5C", None, HeaderState.REPEATED)
+    writer.close()
+    reader = MapReader(tmp_path / "map.sqlite3")
+    tracker = Tracker(reader.get, FILTER, wait=30.0)
+    info = ("Nov 23 18:35:20 h postfix/cleanup[7]: D1E2F3A4B5C: info: header"
+            " X-Sendpost-Message-UUID: {} from localhost[127.0.0.1]; from=<s@example.com>"
+            " to=<r@example.com> proto=ESMTP helo=<h>")
+    events = run([
+        info.format("11111111-1111-4111-8111-111111111111"),
+        info.format("22222222-2222-4222-8222-222222222222"),
+        "Nov 23 18:35:21 h postfix/smtp[2]: D1E2F3A4B5C: to=<r@example.com>,"
+        " relay=mx.example.net[203.0.113.5]:25, delay=1, delays=0/0/0.5/0.5, dsn=2.0.0,"
+        " status=sent (250 2.0.0 Ok)",
+    ], tracker)
+    assert events == []
+    assert tracker.counts["header_info_ignored"] == 2
+    assert tracker.counts["unmatched:header_repeated"] == 1
