@@ -399,7 +399,7 @@ class Tracker:
             return []
         message = self._message(record.queue_id, record.time.timestamp())
         if message.uuid is None:
-            entry = self._lookup(record.queue_id)
+            entry = None if message.no_milter else self._lookup(record.queue_id)
             if entry is not None and entry.header is not HeaderState.MISSING:
                 # The milter saw the header and found it unusable (repeated: which of
                 # the values is it?); the INFO lines show the same headers.
