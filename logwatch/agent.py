@@ -120,6 +120,10 @@ class Agent:
         log.info("following %s, shipping to %s, health on http://%s/health",
                  self.config.log_path, self.config.endpoint, listen)
         shipping = asyncio.create_task(self.shipper.run(stop))
+        # Shipping that ends by itself (a bug, a corrupt WAL) ends reading too: else the
+        # WAL would fill while nothing is sent. The events read are in the WAL, so the
+        # cursor is saved as after a clean stop.
+        shipping.add_done_callback(lambda _: stop.set())
         clean = False
         try:
             await self._read(stop)
@@ -130,11 +134,16 @@ class Agent:
             if clean:
                 self._save_cursor()
             stop.set()  # the shipper flushes what it can and ends with the reading
-            await shipping
+            await asyncio.wait({shipping})  # its error is reported after the cleanup
             self.wal.close()
             self.follower.close()
             self._map.close()
             await runner.cleanup()
+        if (error := shipping.exception()) is not None:
+            log.error("shipping failed: %s; stopped with %d events pending in the WAL, exit"
+                      " 1 (systemd restarts logwatch)", error, self.wal.pending,
+                      exc_info=None if isinstance(error, WalError) else error)
+            return 1
         log.info("stopped; %d events pending in the WAL", self.wal.pending)
         return 0
 

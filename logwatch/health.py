@@ -25,6 +25,9 @@ def evaluate(agent: Agent, now: float) -> tuple[bool, dict[str, object]]:
     reasons: list[str] = []
     if shipper.key_rejected:
         reasons.append("the API rejects the api-key (401/403): set the right key")
+    if shipper.write_error is not None:
+        reasons.append(f"{shipper.write_error}: events wait in the WAL until it can be"
+                       " written (free disk space?)")
     if shipper.failing_since is not None and now - shipper.failing_since > FAILING_TOO_LONG:
         reasons.append(f"the endpoint has failed for {now - shipper.failing_since:.0f} s:"
                        f" {shipper.last_error}")

@@ -74,6 +74,8 @@ class _AgentCollector(Collector):
         yield _counter("events_sent", "Events accepted by the API", shipper.events_sent)
         yield _counter("events_dead_lettered", "Events the API refused, set aside",
                        shipper.dead_lettered)
+        yield _counter("state_write_errors", "Failed writes of the WAL ack file or the"
+                       " dead-letter file (retried)", shipper.write_errors)
         yield _counter("wal_torn_records", "Torn WAL records found and skipped at start",
                        wal.torn_records)
         yield _gauge("wal_bytes", "Size of the WAL on disk", wal.size_bytes)

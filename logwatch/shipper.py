@@ -4,7 +4,8 @@ Delivery guarantee: at least once. An event leaves the WAL only after the API ac
 the batch holding it; a crash may resend at most the batch that was in flight. Events
 the API refuses for their content (400/413/422) are isolated by splitting the batch
 and set aside in ``dead-letter.jsonl`` with the server's answer, so one bad event
-never blocks the rest.
+never blocks the rest. A failed write of the ack file or of ``dead-letter.jsonl`` (a full
+disk) does not end shipping: it is retried with backoff while the events wait in the WAL.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from logwatch.wal import Wal
+from logwatch.wal import Wal, pwrite_all
 from sendpost_agent import __version__
 from sendpost_agent.config import Secret
 
@@ -61,6 +63,21 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return None
 
 
+def append_line(path: Path, line: bytes) -> None:
+    """Append a whole line or nothing, so that retrying a failed write leaves no torn line."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            pwrite_all(fd, line, end)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, end)
+            raise
+    finally:
+        os.close(fd)
+
+
 def batch_body(events: list[bytes]) -> bytes:
     """The events are stored already encoded: join them, never re-encode."""
     return b'{"events":[' + b",".join(events) + b"]}"
@@ -93,6 +110,8 @@ class Shipper:
         self.failing_since: float | None = None
         self.last_success: float | None = None
         self.last_error: str | None = None
+        self.write_error: str | None = None  # while the ack or dead-letter file cannot be written
+        self.write_errors = 0
         self.batches: Counter[str] = Counter()  # by outcome: 2xx, 4xx, 5xx, error
         self.events_sent = 0
         self.dead_lettered = 0
@@ -152,7 +171,7 @@ class Shipper:
         answer = await self._send_until_decided(events)
         if answer.status in CONTENT_REJECTED:
             await self._isolate(events, answer)
-        self._wal.ack(seqs[-1])
+        await self._write_until_done(self._wal.ack_path, lambda: self._wal.ack(seqs[-1]))
         self.progress.set()
 
     async def _send_until_decided(self, events: list[bytes]) -> Answer:
@@ -169,7 +188,7 @@ class Shipper:
     async def _isolate(self, events: list[bytes], answer: Answer) -> None:
         """Split a refused batch until the refused events are alone; the rest is sent."""
         if len(events) == 1:
-            self._set_aside(events[0], answer)
+            await self._set_aside(events[0], answer)
             return
         middle = len(events) // 2
         for half in (events[:middle], events[middle:]):
@@ -177,14 +196,41 @@ class Shipper:
             if reply.status in CONTENT_REJECTED:
                 await self._isolate(half, reply)
 
-    def _set_aside(self, event: bytes, answer: Answer) -> None:
-        self.dead_lettered += 1
+    async def _set_aside(self, event: bytes, answer: Answer) -> None:
         record = {"time": time.time(), "status": answer.status, "answer": answer.text[:2000],
                   "event": json.loads(event)}
-        with self._dead_letter.open("a", encoding="utf-8") as out:
-            out.write(json.dumps(record, separators=(",", ":")) + "\n")
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        await self._write_until_done(self._dead_letter,
+                                     lambda: append_line(self._dead_letter, line))
+        self.dead_lettered += 1
         log.error("the API refused an event (HTTP %s: %s); set aside in %s",
                   answer.status, answer.text[:200], self._dead_letter)
+
+    async def _write_until_done(self, path: Path, write: Callable[[], None]) -> None:
+        """Retry a failed local write with backoff until it succeeds.
+
+        Events leave the WAL only once their ack (or dead-letter record) is written, and a
+        full or failing disk is no reason to stop shipping for good: meanwhile the events
+        wait in the WAL and ``/health`` says why.
+        """
+        failures = 0
+        while True:
+            try:
+                write()
+            except OSError as exc:
+                failures += 1
+                self.write_errors += 1
+                self.write_error = self.last_error = f"cannot write {path}: {exc}"
+                delay = backoff_delay(failures, None)
+                if failures & (failures - 1) == 0:  # the 1st, 2nd, 4th...: never a flood
+                    log.error("%s; the events stay in the WAL; retry %d in %.1f s",
+                              self.write_error, failures, delay)
+                await asyncio.sleep(delay)
+            else:
+                if failures:
+                    log.info("%s is written again (after %d failures)", path, failures)
+                self.write_error = None
+                return
 
     def _accepted(self, count: int) -> None:
         self.events_sent += count

@@ -54,7 +54,7 @@ from array import array
 from bisect import bisect_right
 from pathlib import Path
 
-__all__ = ["Wal", "WalError"]
+__all__ = ["Wal", "WalError", "pwrite_all"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,10 @@ class Wal:
         return self._end
 
     @property
+    def ack_path(self) -> Path:
+        return self._ack_path
+
+    @property
     def pending(self) -> int:
         return self.last_seq - self.acked_seq
 
@@ -137,8 +141,8 @@ class Wal:
         head = _HEADER.pack(_MAGIC, _VERSION, len(payload), len(events), first, 0)[:_CRC_AT]
         crc = zlib.crc32(payload, zlib.crc32(head))
         try:
-            _pwrite_all(self._fd, b"".join((head, crc.to_bytes(4, "little"), payload)),
-                        self._end)
+            pwrite_all(self._fd, b"".join((head, crc.to_bytes(4, "little"), payload)),
+                       self._end)
         except BaseException:
             # A partial record must not stay in front of the next one.
             with contextlib.suppress(OSError):
@@ -180,14 +184,20 @@ class Wal:
             if events is None:
                 raise WalError(self.path, f"{self.path}: the record at offset "
                                f"{self._offsets[k]} changed after it was checked (disk "
-                               "corruption?); restart the agent: it drops the bad part")
+                               "corruption? check the disk); a restart of the agent drops"
+                               " it and the records after it (their events are lost)")
             skip = max(0, start - first)
             out.extend(zip(range(first + skip, first + count),
                            events[skip:skip + max_events - len(out)], strict=False))
         return out
 
     def ack(self, seq: int) -> None:
-        """Events up to ``seq`` were delivered: persist that, then reclaim their space."""
+        """Events up to ``seq`` were delivered: persist that, then reclaim their space.
+
+        An OSError leaves ``acked_seq`` unchanged: the events stay pending and the same
+        ack may be retried. (The new ack file may be on disk already; that is correct too,
+        as the events were delivered.)
+        """
         if seq > self.last_seq:
             raise ValueError(f"ack({seq}) is beyond the last seq {self.last_seq}")
         if seq <= self.acked_seq:
@@ -269,21 +279,26 @@ class Wal:
             os.ftruncate(self._fd, offset)
 
     def _reclaim(self) -> None:
-        """Drop what is acked: truncate when nothing is left, compact when worth it."""
+        """Drop what is acked: truncate when nothing is left, compact when worth it.
+
+        A failure is only logged: the ack stands (``ack`` raises only for the ack file),
+        the index still matches the file, and the next ack tries again.
+        """
         n = len(self._firsts)
         k = self._locate(self.acked_seq + 1)
-        if n and k == n:
-            os.ftruncate(self._fd, 0)
-            del self._offsets[:], self._firsts[:], self._counts[:]
-            self._end = 0
-        elif k > 0:
-            prefix = self._offsets[k]
-            if prefix >= max(self._end - prefix, min(_COMPACT_MIN_BYTES, self.cap_bytes // 4)):
-                try:
+        try:
+            if n and k == n:
+                os.ftruncate(self._fd, 0)
+                del self._offsets[:], self._firsts[:], self._counts[:]
+                self._end = 0
+            elif k > 0:
+                prefix = self._offsets[k]
+                if prefix >= max(self._end - prefix,
+                                 min(_COMPACT_MIN_BYTES, self.cap_bytes // 4)):
                     self._compact(k)
-                except OSError as exc:  # the ack stands; the next one tries again
-                    log.error("%s: cannot compact (%s); acked events keep using disk space",
-                              self.path, exc)
+        except OSError as exc:
+            log.error("%s: cannot reclaim the space of acked events (%s); they keep using"
+                      " disk space until the next ack", self.path, exc)
 
     def _compact(self, k: int) -> None:
         """Replace the file with its records from ``k`` on (temp, fsync, rename, fsync dir)."""
@@ -296,7 +311,7 @@ class Wal:
                 if not chunk:
                     raise WalError(self.path, f"{self.path} shrank while being compacted;"
                                    " only this agent may write it")
-                _pwrite_all(fd, chunk, pos - base)
+                pwrite_all(fd, chunk, pos - base)
                 pos += len(chunk)
             os.fsync(fd)
             os.replace(self._tmp_path, self.path)
@@ -338,7 +353,7 @@ class Wal:
         data = json.dumps({"version": _ACK_VERSION, "acked_seq": seq}).encode()
         fd = os.open(self._ack_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            _pwrite_all(fd, data, 0)
+            pwrite_all(fd, data, 0)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -357,7 +372,8 @@ def _payload(buf: bytes, at: int, first: int, count: int) -> list[bytes] | None:
     return payload.split(b"\n")
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (pwrite may write less than asked)."""
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)

@@ -194,6 +194,80 @@ def test_wrong_key_keeps_events_and_health_says_so(
         assert sorted(received(server)) == sorted(expected)
 
 
+def test_an_ack_that_cannot_be_written_keeps_the_events_and_health_says_so(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    record_messages(state, range(60))
+    with LogwatchProcess(state, log, server.url, KEY) as agent:
+        blocker = state / "pending.wal.ack"
+        blocker.mkdir()  # a directory in the ack file's place: as root, a real failed write
+        expected = write_messages(log, range(60))  # over 100 events: a batch goes at once
+        wait_for(lambda: agent.health()[0] == 503, what="unhealthy")
+        wait_for(lambda: agent.metrics().get("sendpost_agent_wal_events") == len(expected),
+                 what="every event in the WAL")
+        status, body = agent.health()
+        assert status == 503 and f"cannot write {blocker}" in str(body["reasons"])
+        assert "Is a directory" in str(body["reasons"])
+        assert body["pending_events"] == len(expected)  # sent, but not removed unacked
+        assert agent.metrics()["sendpost_agent_state_write_errors_total"] >= 1
+        blocker.rmdir()  # the disk has room again
+        server.wait_for_events(len(expected), timeout=30)
+        wait_for(lambda: agent.health()[0] == 200, what="healthy again")
+        assert agent.health()[1]["pending_events"] == 0
+        assert sorted(received(server)) == sorted(expected)  # only the ack was retried
+        assert agent.stop() == 0
+    assert f"cannot write {blocker}" in agent.log()
+
+
+def test_a_dead_letter_file_that_cannot_be_written_loses_nothing(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    record_messages(state, range(40))
+    server.reject_events(lambda e: e.get("recipient") == "ok13@example.com")
+    dead = state / "dead-letter.jsonl"
+    dead.mkdir()
+    with LogwatchProcess(state, log, server.url, KEY) as agent:
+        expected = write_messages(log, range(40))
+        wait_for(lambda: agent.health()[0] == 503, what="unhealthy")
+        status, body = agent.health()
+        assert status == 503 and f"cannot write {dead}" in str(body["reasons"])
+        assert body["pending_events"] == len(expected)
+        dead.rmdir()
+        server.wait_for_events(len(expected) - 1, timeout=30)
+        wait_for(lambda: agent.health()[0] == 200, what="healthy again")
+        assert agent.metrics()["sendpost_agent_events_dead_lettered_total"] == 1
+    assert sorted(received(server)) == sorted(
+        e for e in expected if e[2] != "ok13@example.com")
+    (record,) = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert record["event"]["recipient"] == "ok13@example.com"
+
+
+def test_shipping_that_fails_for_good_stops_the_agent_with_exit_1(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    """A corrupt WAL ends shipping: logwatch must not read on silently but exit for a restart."""
+    state, log = paths
+    record_messages(state, range(20))
+    with LogwatchProcess(state, log, server.url, KEY) as agent:
+        expected = write_messages(log, range(10))
+        wait_for(lambda: agent.metrics().get("sendpost_agent_wal_events") == len(expected),
+                 what="events in the WAL")
+        with (state / "pending.wal").open("r+b") as wal:  # within the 5 s batch window
+            wal.seek(-2, os.SEEK_END)
+            wal.write(b"X")
+        assert agent.proc is not None
+        assert agent.proc.wait(timeout=15) == 1
+    assert f"{state / 'pending.wal'}: the record at offset" in agent.log()
+    assert "check the disk" in agent.log()
+    with LogwatchProcess(state, log, server.url, KEY) as agent:  # as systemd restarts it
+        more = write_messages(log, range(10, 20))
+        server.wait_for_events(len(more), timeout=30)
+        assert agent.metrics()["sendpost_agent_wal_torn_records_total"] == 1
+    assert more <= set(received(server)) <= expected | more
+
+
 def test_full_wal_pauses_reading_and_resumes_by_itself(
     server: IngestServer, paths: tuple[Path, Path]
 ) -> None:

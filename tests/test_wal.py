@@ -218,6 +218,27 @@ def test_acked_records_left_by_a_crash_are_skipped_and_reclaimed(path: Path) -> 
     wal.close()
 
 
+def test_a_failed_ack_write_changes_nothing_and_the_ack_can_be_retried(path: Path) -> None:
+    """The shipper retries a failed ack: until it succeeds, the events must stay pending."""
+    wal = Wal(path)
+    add(wal, 10)
+    wal.ack(3)
+    ack_file = path.with_name("pending.wal.ack")
+    ack_file.unlink()
+    ack_file.mkdir()  # the new ack file, written in full, cannot be renamed onto it
+    with pytest.raises(IsADirectoryError):
+        wal.ack(8)
+    assert wal.acked_seq == 3
+    assert_holds_exactly_the_unacked(wal)
+    ack_file.rmdir()
+    wal.ack(8)
+    assert_holds_exactly_the_unacked(wal)
+    wal.close()
+    wal = Wal(path)
+    assert (wal.acked_seq, wal.last_seq) == (8, 10)
+    wal.close()
+
+
 @pytest.mark.parametrize("content", [b"", b"{not json", b'{"version": 1, "acked_seq": -3}',
                                      b'{"version": 7, "acked_seq": 3}', b"[]"])
 def test_a_corrupt_ack_file_says_which_file_and_what_to_do(path: Path, content: bytes) -> None:
