@@ -21,6 +21,8 @@ import logging
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -47,6 +49,19 @@ MAP_CHECK_EVERY = 5.0  # seconds between checks that the map file is still the s
 
 class AgentStartError(Exception):
     """logwatch cannot start; the message names the key or file and the fix."""
+
+
+class StateWriteError(Exception):
+    """The WAL or the cursor cannot be written (a full disk): logwatch stops and is
+    restarted; the lines since the last cursor saved are read again, nothing is lost."""
+
+
+@contextlib.contextmanager
+def _writing(path: Path, what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise StateWriteError(f"{path}: cannot {what}: {exc.strerror}") from exc
 
 
 class Agent:
@@ -124,21 +139,27 @@ class Agent:
         # WAL would fill while nothing is sent. The events read are in the WAL, so the
         # cursor is saved as after a clean stop.
         shipping.add_done_callback(lambda _: stop.set())
-        clean = False
+        failed: StateWriteError | None = None
         try:
             await self._read(stop)
-            clean = True
+            self._save_cursor()
+        except StateWriteError as exc:
+            failed = exc
         finally:
-            # After a failure (the map unreadable) the state in memory may be part of a
-            # batch ahead of its lines: the last cursor saved stands, as after a crash.
-            if clean:
-                self._save_cursor()
+            # After a failure (the map unreadable, a full disk) the state in memory may be
+            # part of a batch ahead of its lines: the last cursor saved stands, as after
+            # a crash.
             stop.set()  # the shipper flushes what it can and ends with the reading
             await asyncio.wait({shipping})  # its error is reported after the cleanup
-            self.wal.close()
+            with contextlib.suppress(OSError):  # a failing disk is reported below
+                self.wal.close()
             self.follower.close()
             self._map.close()
             await runner.cleanup()
+        if failed is not None:
+            log.error("%s; stopped, exit 1: free disk space (systemd restarts logwatch,"
+                      " which reads the lines since its last cursor again)", failed)
+            return 1
         if (error := shipping.exception()) is not None:
             log.error("shipping failed: %s; stopped with %d events pending in the WAL, exit"
                       " 1 (systemd restarts logwatch)", error, self.wal.pending,
@@ -207,7 +228,8 @@ class Agent:
             self._suppress -= skipped
             events = events[skipped:]
         if events:
-            self.wal.append([e.to_json().encode() for e in events])
+            with _writing(self.config.wal_path, "append events"):
+                self.wal.append([e.to_json().encode() for e in events])
             for event in events:
                 self.events_by_type[event.event_type.value] += 1
             self.shipper.wake.set()
@@ -217,11 +239,13 @@ class Agent:
     def _save_cursor(self) -> None:
         if self._position is None:
             return
-        self.wal.sync()  # the cursor may only count events that are on disk
         # Events still to be recognised after a crash belong to lines after this position.
         state = {"tracker": self.pipeline.tracker.snapshot(),
                  "wal_seq": self.wal.last_seq - self._suppress}
-        save_cursor(self.config.cursor_path, self._position, state)
+        with _writing(self.config.wal_path, "sync"):
+            self.wal.sync()  # the cursor may only count events that are on disk
+        with _writing(self.config.cursor_path, "save the position"):
+            save_cursor(self.config.cursor_path, self._position, state)
         self._saved_at = time.monotonic()
 
     async def _wait_for_room(self, stopping: asyncio.Task[bool]) -> None:

@@ -268,6 +268,29 @@ def test_shipping_that_fails_for_good_stops_the_agent_with_exit_1(
     assert more <= set(received(server)) <= expected | more
 
 
+def test_a_full_disk_stops_logwatch_cleanly_and_a_restart_loses_nothing(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    """The WAL cannot grow (here: a file size limit, which fails writes with EFBIG as a
+    full disk fails them with ENOSPC): exit 1 with the file and the fix, no traceback."""
+    state, log = paths
+    record_messages(state, range(1500))
+    server.go_down()
+    agent = LogwatchProcess(state, log, server.url, KEY)
+    agent.args = ["prlimit", "--fsize=200000", "--", *agent.args]
+    agent.start()
+    expected = write_messages(log, range(1500))
+    assert agent.proc is not None
+    assert agent.proc.wait(timeout=30) == 1
+    assert f"{state / 'pending.wal'}: cannot append events: File too large" in agent.log()
+    assert "Traceback" not in agent.log()
+    server.come_up()
+    with LogwatchProcess(state, log, server.url, KEY):  # as systemd restarts it
+        server.wait_for_events(len(expected), timeout=60)
+        time.sleep(0.5)
+    assert set(received(server)) == expected
+
+
 def test_full_wal_pauses_reading_and_resumes_by_itself(
     server: IngestServer, paths: tuple[Path, Path]
 ) -> None:
