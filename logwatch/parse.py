@@ -134,6 +134,7 @@ _MONTHS: Final = {
     )
 }
 _ONE_DAY: Final = timedelta(days=1)
+_FOLD_JUMP: Final = timedelta(minutes=5)  # lines from several processes come out of order
 _CACHE_MAX: Final = 4096  # distinct seconds kept; one per log second, so ~1 hour of a busy log
 
 
@@ -146,13 +147,15 @@ class Clock:
     ``tz=None`` means the system's local zone, applied per instant (DST-correct).
     """
 
-    __slots__ = ("_cache", "_month", "_now", "_tz", "_year")
+    __slots__ = ("_cache", "_fold", "_last", "_month", "_now", "_tz", "_year")
 
     def __init__(self, tz: tzinfo | None = None, now: datetime | None = None) -> None:
         self._tz = tz
         self._now = now if now is not None else datetime.now(UTC)
         self._year: int | None = None
         self._month = 0
+        self._last: datetime | None = None  # newest wall time in the repeated hour
+        self._fold = False  # in the hour repeated when DST ends, second time round
         self._cache: dict[str, datetime] = {}
 
     def syslog_time(self, stamp: str) -> datetime | None:
@@ -186,11 +189,31 @@ class Clock:
             if year != self._year:
                 self._cache.clear()
             self._year, self._month = year, month
+        if self._ambiguous(wall):  # the hour repeated when DST ends: never cached
+            return self.localize(self._second_time_round(wall))
+        self._fold = False
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         aware = self.localize(wall)
         self._cache[stamp] = aware
         return aware
+
+    def _second_time_round(self, wall: datetime) -> datetime:
+        """An hour of stamps repeats when DST ends: the log going back by more than a few
+        minutes within it is its second time round (``fold=1``), an hour later."""
+        last = self._last
+        if last is None or wall > last:
+            self._last = wall
+        elif last - wall > _FOLD_JUMP:
+            self._fold = True
+        return wall.replace(fold=1) if self._fold else wall
+
+    def _ambiguous(self, wall: datetime) -> bool:
+        first, second = wall.replace(fold=0), wall.replace(fold=1)
+        if self._tz is None:
+            return first.astimezone().utcoffset() != second.astimezone().utcoffset()
+        return (first.replace(tzinfo=self._tz).utcoffset()
+                != second.replace(tzinfo=self._tz).utcoffset())
 
     def localize(self, wall: datetime) -> datetime:
         """Attach the configured zone to a naive wall-clock time."""

@@ -547,6 +547,17 @@ def test_default_zone_is_local_and_zones_follow_dst() -> None:
     assert fixed == T + timedelta(hours=5)
 
 
+def test_the_hour_repeated_when_dst_ends_is_told_apart() -> None:
+    """Berlin, 25 Oct 2026: 02:00-02:59 comes twice, first at +02:00, then at +01:00."""
+    berlin = Clock(ZoneInfo("Europe/Berlin"), NOW)
+    stamps = ["Oct 25 01:59:58", "Oct 25 02:00:01", "Oct 25 02:59:59", "Oct 25 02:59:58",
+              "Oct 25 02:00:01", "Oct 25 02:30:00", "Oct 25 03:00:00"]
+    times = [berlin.syslog_time(stamp) for stamp in stamps]
+    utc = [t.astimezone(UTC).strftime("%H:%M:%S") for t in times if t is not None]
+    assert utc == ["23:59:58", "00:00:01", "00:59:59", "00:59:58",  # a line out of order
+                   "01:00:01", "01:30:00", "02:00:00"]
+
+
 # --- year inference ---
 
 
