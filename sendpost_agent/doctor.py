@@ -89,11 +89,13 @@ class MilterEntry:
 
     @classmethod
     def parse(cls, item: str) -> MilterEntry:
+        """Inside the braces Postfix separates the parts as in the list itself: by commas
+        or whitespace (``{ unix:m.sock default_action=accept }`` is valid)."""
         if not item.startswith("{"):
             return cls(item)
-        address, *rest = (part.strip() for part in item.strip("{} ").split(","))
-        pairs = (part.partition("=") for part in rest if part)
-        return cls(address, {name.strip(): value.strip() for name, _, value in pairs})
+        address, *rest = split_list(item.removeprefix("{").removesuffix("}")) or [""]
+        pairs = (part.partition("=") for part in rest)
+        return cls(address, {name: value for name, _, value in pairs})
 
 
 def milter_target(address: str, queue_directory: Path, chroot: bool) -> str:

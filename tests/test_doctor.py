@@ -250,6 +250,24 @@ def test_default_action_tempfail_fails(site: SiteFactory) -> None:
     s.assert_probe_never_left(run)
 
 
+def test_entry_whose_parts_are_separated_by_spaces_is_read_as_postfix_reads_it(
+    site: SiteFactory,
+) -> None:
+    """Postfix splits ``{ ... }`` on commas or whitespace; doctor once split on commas only
+    and called the milter missing. tempfail shows its default_action is read too."""
+    s = site(smtpd_milters=f"{{ {OURS}   default_action=tempfail }}")
+    run = s.doctor("--offline")
+    assert run.status("milter-in-smtpd-milters") == "pass", run.stdout
+    assert f"{s.milter.socket} is in smtpd_milters" in run.checks["milter-in-smtpd-milters"][
+        "detail"]
+    action = run.checks["milter-default-action"]
+    assert action["status"] == "fail"
+    assert "default action tempfail (default_action of its smtpd_milters entry in" \
+        in action["detail"]
+    assert run.status("probe") == "pass"  # Postfix took the entry and used the milter
+    s.assert_probe_never_left(run)
+
+
 def test_header_rules_that_hide_the_header_are_reported_with_file_and_line(
     site: SiteFactory, tmp_path: Path
 ) -> None:
