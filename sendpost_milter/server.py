@@ -133,6 +133,17 @@ def run(config: Config) -> int:
     except Exception as exc:
         raise MilterStartError(f"state-dir {config.state_dir}: {exc}") from exc
     try:
+        if config.milter_socket.startswith("unix:"):
+            # First: the clean-up below unlinks the socket, which fails under a non-directory.
+            sock = Path(config.milter_socket.removeprefix("unix:"))
+            try:
+                prepare_unix_socket_dir(sock)
+            except OSError as exc:
+                raise MilterStartError(
+                    f"milter-socket {config.milter_socket}: cannot create the socket's"
+                    f" directory {exc.filename or sock.parent}: {exc.strerror or exc}; create"
+                    " it (group postfix, mode 2750) or choose another milter-socket"
+                ) from exc
         address = config.milter_listen
         try:
             http_server, _ = start_http_server(address.port, address.host, metrics.registry)
@@ -143,9 +154,6 @@ def run(config: Config) -> int:
             ) from exc
         try:
             writer.start_maintenance()
-            if config.milter_socket.startswith("unix:"):
-                sock = Path(config.milter_socket.removeprefix("unix:"))
-                prepare_unix_socket_dir(sock)
             probe_key = load_key(config.state_dir, create=True)
             _register(Callbacks(writer, metrics, probe_key), config.milter_socket)
             log.info("milter listening on %s, metrics on http://%s/metrics, map %s",

@@ -6,9 +6,11 @@ checks the reply (always ACCEPT), the map row and the counters an operator would
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -211,6 +213,30 @@ def test_sigterm_stops_cleanly_and_a_restart_serves_at_once(tmp_path: Path, kind
         assert second.entry("C1C1C1C1C1").uuid == CANON  # type: ignore[union-attr]
         assert second.entry("C2C2C2C2C2").uuid == OTHER  # type: ignore[union-attr]
         assert "cannot" not in second.log()
+
+
+@pytest.mark.parametrize(("where", "reason"), [
+    ("/proc/sys/sendpost-test/m.sock", "/proc/sys/sendpost-test: No such file or directory"),
+    ("{tmp}/a-file/m.sock", "{tmp}/a-file: File exists"),
+], ids=["cannot-mkdir", "under-a-file"])
+def test_socket_directory_that_cannot_be_created_is_a_start_error(
+    tmp_path: Path, where: str, reason: str
+) -> None:
+    """One error line naming the key, the path and why; once a traceback (twice, when the
+    socket clean-up at exit failed too)."""
+    (tmp_path / "a-file").write_text("")
+    milter_socket = "unix:" + where.format(tmp=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "sendpost_agent", "milter", "--state-dir",
+         str(tmp_path / "state"), "--milter-listen", f"127.0.0.1:{free_port()}",
+         "--milter-socket", milter_socket],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "SENDPOST_CONFIG": "/dev/null"})
+    assert result.returncode == 1
+    assert f"ERROR sendpost_milter: milter-socket {milter_socket}: cannot create the" \
+        f" socket's directory {reason.format(tmp=tmp_path)}; create it (group postfix," \
+        " mode 2750) or choose another milter-socket" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_doctor_probe_is_recorded_and_discarded_only_with_the_key(
