@@ -38,7 +38,7 @@ from sendpost_agent.config import Config, HostPort, Secret
 from sendpost_agent.header import HEADER_NAME
 from sendpost_agent.miltersocket import connect
 from sendpost_agent.postconf import PostconfError, PostfixConfig, Service, split_list
-from sendpost_agent.probe import KEY_FILE, PROBE_HEADER, load_key, make_token
+from sendpost_agent.probe import KEY_FILE, PROBE_HEADER, DamagedKey, load_key, make_token
 from sendpost_agent.queuemap import Entry, MapError, MapReader
 
 EXIT_OK, EXIT_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
@@ -441,7 +441,11 @@ class Doctor:
         """Send a probe through smtpd; the milter must record its UUID and discard it."""
         name = "probe"
         state_dir = self.config.state_dir
-        key = load_key(state_dir)
+        try:
+            key = load_key(state_dir)
+        except DamagedKey as exc:
+            return Check(name, "fail", f"not sent: {exc}, so the milter could not recognise"
+                         " and discard the probe", exc.fix)
         if key is None:
             key_path = state_dir / KEY_FILE
             if key_path.exists():

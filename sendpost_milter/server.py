@@ -20,7 +20,7 @@ from prometheus_client import start_http_server
 
 from sendpost_agent.config import Config
 from sendpost_agent.miltersocket import connect, libmilter_address
-from sendpost_agent.probe import load_key
+from sendpost_agent.probe import DamagedKey, load_key
 from sendpost_agent.queuemap import MapWriter
 from sendpost_milter.metrics import MilterMetrics
 from sendpost_milter.session import Callbacks
@@ -154,7 +154,12 @@ def run(config: Config) -> int:
             ) from exc
         try:
             writer.start_maintenance()
-            probe_key = load_key(config.state_dir, create=True)
+            try:
+                probe_key = load_key(config.state_dir, create=True)
+            except DamagedKey as exc:
+                log.warning("%s: doctor's probes cannot be recognised, so doctor will not"
+                            " send one; fix: %s", exc, exc.fix)
+                probe_key = None
             _register(Callbacks(writer, metrics, probe_key), config.milter_socket)
             log.info("milter listening on %s, metrics on http://%s/metrics, map %s",
                      config.milter_socket, address, config.map_path)

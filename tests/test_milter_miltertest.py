@@ -258,6 +258,29 @@ def test_doctor_probe_is_recorded_and_discarded_only_with_the_key(
     assert counter(milter, "sendpost_milter_doctor_probes_total") == 1
 
 
+@pytest.mark.parametrize("damage", [b"", b"\xff not a key\n", b"abcd\n"],
+                         ids=["empty", "garbage", "short"])
+def test_damaged_probe_key_is_one_warning_and_probes_are_plain_mail(
+    tmp_path: Path, damage: bytes
+) -> None:
+    """Once silent, and an empty file (truncated by a power loss) gave an empty key that
+    anyone could make probes with: a forged one was discarded."""
+    key_path = tmp_path / "state" / "probe.key"
+    key_path.parent.mkdir()
+    key_path.write_bytes(damage)
+    with MilterProcess(tmp_path / "state", f"unix:{tmp_path}/sock/m.sock") as proc:
+        run_miltertest(proc, tmp_path, lua_message(
+            "DA0A6E0001", [("X-Sendpost-Message-UUID", CANON),
+                           ("X-Sendpost-Doctor-Probe", make_token(b""))]))
+        assert proc.entry("DA0A6E0001").uuid == CANON  # type: ignore[union-attr]
+        warning = (f"WARNING sendpost_milter: {key_path} is damaged (it must hold 64 hex"
+                   " digits): doctor's probes cannot be recognised, so doctor will not send"
+                   f" one; fix: delete {key_path} and restart the milter, which writes a new"
+                   " key at start")
+        assert proc.log().count(warning) == 1, proc.log()
+    assert key_path.read_bytes() == damage  # left for the operator, as the warning says
+
+
 @pytest.mark.parametrize("value", ["é.é", "\u00e9" * 40, "abc.\u0661\u0662", ".", ""],
                          ids=["accented", "long-accented", "arabic-digits", "dot", "empty"])
 def test_garbage_probe_header_is_accepted_like_any_message(
