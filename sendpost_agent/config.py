@@ -370,7 +370,14 @@ def _read_file(path: Path) -> dict[str, tuple[object, int]]:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # refuses control characters at once
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(
+            f"{path} line {line}: not valid YAML: unacceptable character U+{exc.character:04X}"
+            " (YAML allows no control characters but tab and line breaks); delete it"
+        ) from None
     try:
         node = loader.get_single_node()
         if node is None:

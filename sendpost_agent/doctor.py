@@ -38,7 +38,7 @@ from sendpost_agent.config import Config, HostPort, Secret
 from sendpost_agent.header import HEADER_NAME
 from sendpost_agent.miltersocket import connect
 from sendpost_agent.postconf import PostconfError, PostfixConfig, Service, split_list
-from sendpost_agent.probe import KEY_FILE, PROBE_HEADER, load_key, make_token
+from sendpost_agent.probe import KEY_FILE, PROBE_HEADER, DamagedKey, load_key, make_token
 from sendpost_agent.queuemap import Entry, MapError, MapReader
 
 EXIT_OK, EXIT_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
@@ -89,11 +89,13 @@ class MilterEntry:
 
     @classmethod
     def parse(cls, item: str) -> MilterEntry:
+        """Inside the braces Postfix separates the parts as in the list itself: by commas
+        or whitespace (``{ unix:m.sock default_action=accept }`` is valid)."""
         if not item.startswith("{"):
             return cls(item)
-        address, *rest = (part.strip() for part in item.strip("{} ").split(","))
-        pairs = (part.partition("=") for part in rest if part)
-        return cls(address, {name.strip(): value.strip() for name, _, value in pairs})
+        address, *rest = split_list(item.removeprefix("{").removesuffix("}")) or [""]
+        pairs = (part.partition("=") for part in rest)
+        return cls(address, {name: value for name, _, value in pairs})
 
 
 def milter_target(address: str, queue_directory: Path, chroot: bool) -> str:
@@ -439,7 +441,11 @@ class Doctor:
         """Send a probe through smtpd; the milter must record its UUID and discard it."""
         name = "probe"
         state_dir = self.config.state_dir
-        key = load_key(state_dir)
+        try:
+            key = load_key(state_dir)
+        except DamagedKey as exc:
+            return Check(name, "fail", f"not sent: {exc}, so the milter could not recognise"
+                         " and discard the probe", exc.fix)
         if key is None:
             key_path = state_dir / KEY_FILE
             if key_path.exists():

@@ -16,20 +16,43 @@ from pathlib import Path
 
 PROBE_HEADER = "X-Sendpost-Doctor-Probe"
 KEY_FILE = "probe.key"
+_KEY_LEN = 32
 _MAC_LEN = 32
 
 
+class DamagedKey(ValueError):
+    """probe.key holds no key (truncated, edited): say so, not "cannot read" or nothing."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} is damaged (it must hold {_KEY_LEN * 2} hex digits)")
+        self.fix = f"delete {path} and restart the milter, which writes a new key at start"
+
+
 def load_key(state_dir: Path, create: bool = False) -> bytes | None:
-    """The shared key; the milter creates it at start, doctor only reads it."""
+    """The shared key; the milter creates it at start, doctor only reads it.
+
+    None when the file is missing (and not created) or unreadable; DamagedKey when it
+    holds no valid key: an empty one (a truncated file) would let anyone forge a probe.
+    """
     path = state_dir / KEY_FILE
     try:
-        return bytes.fromhex(path.read_text().strip())
+        data = path.read_bytes()
     except FileNotFoundError:
-        if not create:
-            return None
-    except (OSError, ValueError):
+        return _create_key(path) if create else None
+    except OSError:
         return None
-    key = secrets.token_bytes(32)
+    try:
+        key = bytes.fromhex(data.decode("ascii"))
+    except ValueError:  # UnicodeDecodeError too
+        key = b""
+    if len(key) != _KEY_LEN:
+        raise DamagedKey(path)
+    return key
+
+
+def _create_key(path: Path) -> bytes:
+    """O_EXCL: never replace a key a running doctor or milter may already use."""
+    key = secrets.token_bytes(_KEY_LEN)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     with os.fdopen(fd, "w") as out:
         out.write(key.hex() + "\n")

@@ -20,7 +20,7 @@ from prometheus_client import start_http_server
 
 from sendpost_agent.config import Config
 from sendpost_agent.miltersocket import connect, libmilter_address
-from sendpost_agent.probe import load_key
+from sendpost_agent.probe import DamagedKey, load_key
 from sendpost_agent.queuemap import MapWriter
 from sendpost_milter.metrics import MilterMetrics
 from sendpost_milter.session import Callbacks
@@ -133,6 +133,17 @@ def run(config: Config) -> int:
     except Exception as exc:
         raise MilterStartError(f"state-dir {config.state_dir}: {exc}") from exc
     try:
+        if config.milter_socket.startswith("unix:"):
+            # First: the clean-up below unlinks the socket, which fails under a non-directory.
+            sock = Path(config.milter_socket.removeprefix("unix:"))
+            try:
+                prepare_unix_socket_dir(sock)
+            except OSError as exc:
+                raise MilterStartError(
+                    f"milter-socket {config.milter_socket}: cannot create the socket's"
+                    f" directory {exc.filename or sock.parent}: {exc.strerror or exc}; create"
+                    " it (group postfix, mode 2750) or choose another milter-socket"
+                ) from exc
         address = config.milter_listen
         try:
             http_server, _ = start_http_server(address.port, address.host, metrics.registry)
@@ -143,10 +154,12 @@ def run(config: Config) -> int:
             ) from exc
         try:
             writer.start_maintenance()
-            if config.milter_socket.startswith("unix:"):
-                sock = Path(config.milter_socket.removeprefix("unix:"))
-                prepare_unix_socket_dir(sock)
-            probe_key = load_key(config.state_dir, create=True)
+            try:
+                probe_key = load_key(config.state_dir, create=True)
+            except DamagedKey as exc:
+                log.warning("%s: doctor's probes cannot be recognised, so doctor will not"
+                            " send one; fix: %s", exc, exc.fix)
+                probe_key = None
             _register(Callbacks(writer, metrics, probe_key), config.milter_socket)
             log.info("milter listening on %s, metrics on http://%s/metrics, map %s",
                      config.milter_socket, address, config.map_path)

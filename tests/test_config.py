@@ -154,3 +154,14 @@ def test_cli_unreadable_file_exits_2(tmp_path: Path) -> None:
 def test_cli_unknown_command_and_flag_exit_2() -> None:
     assert run_cli("frobnicate").returncode == 2
     assert run_cli("milter", "--no-such-flag").returncode == 2
+
+
+def test_cli_control_character_in_file_exits_2_naming_file_and_line(tmp_path: Path) -> None:
+    """YAML's reader refuses the file before parsing; that once escaped as a traceback."""
+    path = write(tmp_path, "mta: postfix\nlog-path: /var/log/mail\x01.log\n")
+    result = run_cli("--config", str(path), "status")
+    assert result.returncode == 2
+    assert f"configuration error: {path} line 2: not valid YAML: unacceptable character" \
+        " U+0001" in result.stderr
+    assert "delete it" in result.stderr
+    assert "Traceback" not in result.stderr

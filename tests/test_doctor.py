@@ -225,6 +225,29 @@ def test_milter_down_or_unwritable_socket_fails_the_probe_without_sending(
     healthy.assert_probe_never_left(run)
 
 
+def test_damaged_probe_key_is_named_and_its_fix_works(healthy: Site) -> None:
+    """Once reported as "cannot read ...: run doctor as root", which root cannot fix."""
+    key_path = healthy.milter.state_dir / "probe.key"
+    key_path.write_text("0123\n")  # truncated
+    run = healthy.doctor("--offline")
+    assert run.code == 1
+    probe = run.checks["probe"]
+    assert probe["status"] == "fail"
+    assert probe["detail"] == (f"not sent: {key_path} is damaged (it must hold 64 hex"
+                               " digits), so the milter could not recognise and discard"
+                               " the probe")
+    assert probe["fix"] == (f"delete {key_path} and restart the milter, which writes a new"
+                            " key at start")
+    healthy.assert_probe_never_left(run)
+
+    healthy.milter.stop()
+    key_path.unlink()
+    healthy.milter.start()
+    run = healthy.doctor("--offline")
+    assert run.status("probe") == "pass", run.stdout
+    healthy.assert_probe_never_left(run)
+
+
 def test_milter_missing_from_smtpd_milters(site: SiteFactory) -> None:
     s = site(smtpd_milters="")
     run = s.doctor("--offline")
@@ -247,6 +270,24 @@ def test_default_action_tempfail_fails(site: SiteFactory) -> None:
     assert "default action tempfail" in action["detail"]
     assert "would defer every message" in action["detail"]
     assert run.status("probe") == "pass"
+    s.assert_probe_never_left(run)
+
+
+def test_entry_whose_parts_are_separated_by_spaces_is_read_as_postfix_reads_it(
+    site: SiteFactory,
+) -> None:
+    """Postfix splits ``{ ... }`` on commas or whitespace; doctor once split on commas only
+    and called the milter missing. tempfail shows its default_action is read too."""
+    s = site(smtpd_milters=f"{{ {OURS}   default_action=tempfail }}")
+    run = s.doctor("--offline")
+    assert run.status("milter-in-smtpd-milters") == "pass", run.stdout
+    assert f"{s.milter.socket} is in smtpd_milters" in run.checks["milter-in-smtpd-milters"][
+        "detail"]
+    action = run.checks["milter-default-action"]
+    assert action["status"] == "fail"
+    assert "default action tempfail (default_action of its smtpd_milters entry in" \
+        in action["detail"]
+    assert run.status("probe") == "pass"  # Postfix took the entry and used the milter
     s.assert_probe_never_left(run)
 
 

@@ -6,9 +6,11 @@ checks the reply (always ACCEPT), the map row and the counters an operator would
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,6 +215,30 @@ def test_sigterm_stops_cleanly_and_a_restart_serves_at_once(tmp_path: Path, kind
         assert "cannot" not in second.log()
 
 
+@pytest.mark.parametrize(("where", "reason"), [
+    ("/proc/sys/sendpost-test/m.sock", "/proc/sys/sendpost-test: No such file or directory"),
+    ("{tmp}/a-file/m.sock", "{tmp}/a-file: File exists"),
+], ids=["cannot-mkdir", "under-a-file"])
+def test_socket_directory_that_cannot_be_created_is_a_start_error(
+    tmp_path: Path, where: str, reason: str
+) -> None:
+    """One error line naming the key, the path and why; once a traceback (twice, when the
+    socket clean-up at exit failed too)."""
+    (tmp_path / "a-file").write_text("")
+    milter_socket = "unix:" + where.format(tmp=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "sendpost_agent", "milter", "--state-dir",
+         str(tmp_path / "state"), "--milter-listen", f"127.0.0.1:{free_port()}",
+         "--milter-socket", milter_socket],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "SENDPOST_CONFIG": "/dev/null"})
+    assert result.returncode == 1
+    assert f"ERROR sendpost_milter: milter-socket {milter_socket}: cannot create the" \
+        f" socket's directory {reason.format(tmp=tmp_path)}; create it (group postfix," \
+        " mode 2750) or choose another milter-socket" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_doctor_probe_is_recorded_and_discarded_only_with_the_key(
     milter: MilterProcess, tmp_path: Path
 ) -> None:
@@ -230,6 +256,29 @@ def test_doctor_probe_is_recorded_and_discarded_only_with_the_key(
     assert milter.entry("D0C0000001").uuid == CANON  # type: ignore[union-attr]
     assert milter.entry("D0C0000002").uuid == CANON  # type: ignore[union-attr]
     assert counter(milter, "sendpost_milter_doctor_probes_total") == 1
+
+
+@pytest.mark.parametrize("damage", [b"", b"\xff not a key\n", b"abcd\n"],
+                         ids=["empty", "garbage", "short"])
+def test_damaged_probe_key_is_one_warning_and_probes_are_plain_mail(
+    tmp_path: Path, damage: bytes
+) -> None:
+    """Once silent, and an empty file (truncated by a power loss) gave an empty key that
+    anyone could make probes with: a forged one was discarded."""
+    key_path = tmp_path / "state" / "probe.key"
+    key_path.parent.mkdir()
+    key_path.write_bytes(damage)
+    with MilterProcess(tmp_path / "state", f"unix:{tmp_path}/sock/m.sock") as proc:
+        run_miltertest(proc, tmp_path, lua_message(
+            "DA0A6E0001", [("X-Sendpost-Message-UUID", CANON),
+                           ("X-Sendpost-Doctor-Probe", make_token(b""))]))
+        assert proc.entry("DA0A6E0001").uuid == CANON  # type: ignore[union-attr]
+        warning = (f"WARNING sendpost_milter: {key_path} is damaged (it must hold 64 hex"
+                   " digits): doctor's probes cannot be recognised, so doctor will not send"
+                   f" one; fix: delete {key_path} and restart the milter, which writes a new"
+                   " key at start")
+        assert proc.log().count(warning) == 1, proc.log()
+    assert key_path.read_bytes() == damage  # left for the operator, as the warning says
 
 
 @pytest.mark.parametrize("value", ["é.é", "\u00e9" * 40, "abc.\u0661\u0662", ".", ""],
