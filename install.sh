@@ -15,12 +15,14 @@
 #   4. a virtualenv in $SENDPOST_PREFIX with `pip install <this checkout>`, and a
 #      sendpost-agent link in $SENDPOST_BIN_DIR
 #   5. config.yaml (mode 0600, agent user): api-key, mta, endpoint, log-path, and the
-#      paths that differ from the defaults; other keys in an existing file are kept
+#      paths that differ from the defaults; other keys in an existing file are kept, and
+#      so is a milter-socket set there (e.g. inet:127.0.0.1:PORT). With no mail log at all
+#      (Postfix logs only to the journal) it stops before step 1 and says how to fix it
 #   6. the two systemd units; daemon-reload, enable --now (restart when code, config or
 #      unit changed). Without systemd: prints how to run both processes instead
-#   7. the milter entry of postfix-conf/main.cf.snippet appended to smtpd_milters with
-#      postconf -e (main.cf backed up beside itself first; existing milters kept), then
-#      postfix reload
+#   7. the milter entry of postfix-conf/main.cf.snippet, for milter-socket, appended to
+#      smtpd_milters with postconf -e (main.cf backed up beside itself first; existing
+#      milters kept, an entry of ours for another socket replaced), then postfix reload
 #   8. `sendpost-agent doctor`, and its verdict (a failed check does not undo anything)
 #
 # Exit codes: 0 done (or nothing to do), 1 a step failed, 2 bad usage.
@@ -51,6 +53,7 @@ readonly DEFAULT_SOCKET_DIR=/var/spool/postfix/sendpost-agent
 readonly DEFAULT_ENDPOINT=https://events.sendpost.io/api/v1/tpsp/custom-smtp/events
 readonly DEFAULT_LOG_GROUP=adm
 readonly OUR_SOCKET=sendpost-agent/milter.sock
+readonly SYSLOG_LOGS=(/var/log/mail.log /var/log/maillog) # Debian's, RHEL's
 
 PREFIX=${SENDPOST_PREFIX:-$DEFAULT_PREFIX}
 ETC_DIR=${SENDPOST_ETC:-$DEFAULT_ETC}
@@ -236,15 +239,19 @@ yaml_quote() {
     REPLY="\"$text\""
 }
 
+# config_entry LINE -> CONFIG_KEY, REPLY: the key and the value of a "key: value" line.
+config_entry() {
+    [[ $1 =~ ^([a-z-]+):[[:space:]]*(.*)$ ]] || return 1
+    CONFIG_KEY=${BASH_REMATCH[1]}
+    yaml_unquote "${BASH_REMATCH[2]}"
+}
+
 read_config() {
     local line
     [[ -f $CONFIG ]] || return 0
-    local key
     while IFS= read -r line || [[ -n $line ]]; do
-        if [[ $line =~ ^([a-z-]+):[[:space:]]*(.*)$ ]]; then
-            key=${BASH_REMATCH[1]}
-            yaml_unquote "${BASH_REMATCH[2]}"
-            CURRENT[$key]=$REPLY
+        if config_entry "$line"; then
+            CURRENT[$CONFIG_KEY]=$REPLY
         fi
     done <"$CONFIG"
 }
@@ -259,11 +266,15 @@ render_config() {
     NEW_CONFIG=""
     if [[ -f $CONFIG ]]; then
         while IFS= read -r line || [[ -n $line ]]; do
-            if [[ $line =~ ^([a-z-]+): ]] && [[ -v WANT[${BASH_REMATCH[1]}] ]]; then
-                key=${BASH_REMATCH[1]}
+            if config_entry "$line" && [[ -v WANT[$CONFIG_KEY] ]]; then
+                key=$CONFIG_KEY
                 if [[ -z ${written[$key]:-} && -n ${WANT[$key]} ]]; then
-                    config_line "$key"
-                    NEW_CONFIG+=$REPLY
+                    if [[ $REPLY == "${WANT[$key]}" ]]; then
+                        NEW_CONFIG+="$line"$'\n' # as written, quoted or not
+                    else
+                        config_line "$key"
+                        NEW_CONFIG+=$REPLY
+                    fi
                 fi
                 written[$key]=1
             else
@@ -316,7 +327,9 @@ PF=(postfix)         # postfix with -c DIR likewise
 POSTFIX_DIR=""       # the config dir, "" = Postfix's default
 QUEUE_DIR=""
 SOCKET_DIR=""
-MILTER_ENTRY=""
+MILTER_ENTRY=""      # our smtpd_milters entry, for MILTER_ADDRESS
+MILTER_SOCKET=""     # where the milter listens (milter-socket)
+MILTER_ADDRESS=""    # the same, as smtpd_milters names it
 POSTFIX_GROUP=postfix
 
 find_postfix() {
@@ -333,6 +346,20 @@ find_postfix() {
     local owner
     owner=$("${PC[@]}" -h mail_owner)
     POSTFIX_GROUP=$(id -gn "$owner" 2>/dev/null || echo postfix)
+    choose_milter_socket
+}
+
+# The milter-socket of config.yaml (e.g. inet:127.0.0.1:PORT) is kept; without one, the
+# socket in Postfix's queue directory. A unix socket in a sendpost-agent directory is the
+# one install.sh writes itself, and follows queue_directory.
+choose_milter_socket() {
+    MILTER_SOCKET=${CURRENT[milter-socket]:-}
+    if [[ -z $MILTER_SOCKET || $MILTER_SOCKET == unix:*/"$OUR_SOCKET" ]]; then
+        MILTER_SOCKET=unix:$SOCKET_DIR/milter.sock
+    fi
+    # Inside the queue directory, relative to it: the same file for a chrooted smtpd.
+    MILTER_ADDRESS=${MILTER_SOCKET/#"unix:$QUEUE_DIR/"/unix:}
+    MILTER_ENTRY=${MILTER_ENTRY/"unix:$OUR_SOCKET"/"$MILTER_ADDRESS"}
 }
 
 main_cf() { echo "$("${PC[@]}" -h config_directory)/main.cf"; }
@@ -346,15 +373,56 @@ read_milter_entry() {
             MILTER_ENTRY=${BASH_REMATCH[1]}
         fi
     done <"$snippet"
-    [[ $MILTER_ENTRY == *"$OUR_SOCKET"* ]] || die 1 "no smtpd_milters line with $OUR_SOCKET in $snippet"
+    [[ $MILTER_ENTRY == *"unix:$OUR_SOCKET"* ]] || die 1 "no smtpd_milters line with $OUR_SOCKET in $snippet"
 }
 
-# has_our_milter VALUE: does the (expanded) smtpd_milters value contain our entry?
-has_our_milter() { [[ $1 == *"unix:$OUR_SOCKET"* || $1 == *"unix:$SOCKET_DIR/milter.sock"* ]]; }
+# our_item ITEM [old]: does one smtpd_milters item name our milter? With "old", also an
+# entry install.sh added for another milter-socket, or one naming its default socket.
+our_item() {
+    [[ $1 =~ ^[{[:space:]]*([^,[:space:]}]+) ]] || return 1
+    local address=${BASH_REMATCH[1]}
+    [[ $address == "$MILTER_ADDRESS" || $address == "$MILTER_SOCKET" ]] && return 0
+    [[ ${2:-} == old ]] || return 1
+    [[ ${1/"$address"/"$MILTER_ADDRESS"} == "$MILTER_ENTRY" || $address == "unix:$OUR_SOCKET" ||
+        $address == "unix:$SOCKET_DIR/milter.sock" ]]
+}
 
-# milters_without_ours VALUE -> REPLY: the list without our entry, others untouched.
+# milter_items VALUE -> ITEMS: the smtpd_milters list, one item each ({ ... } is one).
+milter_items() {
+    local value=$1 item="" depth=0 ch i
+    ITEMS=()
+    for ((i = 0; i < ${#value}; i++)); do
+        ch=${value:i:1}
+        if [[ $ch == "{" ]]; then
+            depth=$((depth + 1))
+        elif [[ $ch == "}" ]]; then
+            depth=$((depth - 1))
+        fi
+        if ((depth == 0)) && [[ $ch == "," || $ch == " " || $ch == $'\t' || $ch == $'\n' ]]; then
+            [[ -n $item ]] && ITEMS+=("$item")
+            item=""
+        else
+            item+=$ch
+        fi
+    done
+    [[ -n $item ]] && ITEMS+=("$item")
+    return 0
+}
+
+# has_our_milter VALUE [old]: does the smtpd_milters value name our milter (our_item)?
+has_our_milter() {
+    local item
+    milter_items "$1"
+    for item in "${ITEMS[@]}"; do
+        our_item "$item" "${2:-}" && return 0
+    done
+    return 1
+}
+
+# milters_without_ours VALUE -> REPLY: the list without our entries (old ones too), others
+# untouched; VALUE itself when it has none.
 milters_without_ours() {
-    local value=$1 entry=$MILTER_ENTRY
+    local value=$1 entry=$MILTER_ENTRY item
     # The usual case: our entry exactly as we appended it.
     if [[ $value == "$entry" ]]; then
         REPLY=""
@@ -366,28 +434,12 @@ milters_without_ours() {
         REPLY=${value#"$entry, "}
         return
     fi
-    # Edited by hand: split the list into items (a { ... } group is one item) and
-    # drop the items naming our socket.
-    local -a items=()
-    local item="" depth=0 ch i
-    for ((i = 0; i < ${#value}; i++)); do
-        ch=${value:i:1}
-        if [[ $ch == "{" ]]; then
-            depth=$((depth + 1))
-        elif [[ $ch == "}" ]]; then
-            depth=$((depth - 1))
-        fi
-        if ((depth == 0)) && [[ $ch == "," || $ch == " " || $ch == $'\t' ]]; then
-            [[ -n $item ]] && items+=("$item")
-            item=""
-        else
-            item+=$ch
-        fi
-    done
-    [[ -n $item ]] && items+=("$item")
+    REPLY=$value
+    has_our_milter "$value" old || return 0
+    # Edited by hand, or an entry for a socket given up: drop the items naming ours.
     REPLY=""
-    for item in "${items[@]}"; do
-        if ! has_our_milter "$item"; then
+    for item in "${ITEMS[@]}"; do
+        if ! our_item "$item" old; then
             REPLY+=${REPLY:+, }$item
         fi
     done
@@ -406,8 +458,12 @@ backup_main_cf() {
     printf '          backup: %s\n' "$backup"
 }
 
-set_milters() { "${PC[@]}" -e "smtpd_milters = $1"; }
-drop_milters() { "${PC[@]}" -X smtpd_milters; }
+# backup_and_postconf MAIN_CF POSTCONF_ARGS...: back up main.cf, then change it.
+backup_and_postconf() {
+    backup_main_cf "$1"
+    shift
+    "${PC[@]}" "$@"
+}
 
 postfix_reload() {
     local out
@@ -653,15 +709,36 @@ choose_log_path() {
     maillog_file=$("${PC[@]}" -h maillog_file 2>/dev/null || true)
     if [[ -n $ARG_LOG_PATH ]]; then
         LOG_PATH=$ARG_LOG_PATH
+        return
     elif [[ -n ${CURRENT[log-path]:-} ]]; then
         LOG_PATH=${CURRENT[log-path]}
     elif [[ -n $maillog_file ]]; then
         LOG_PATH=$maillog_file
-    elif [[ ! -e /var/log/mail.log && -e /var/log/maillog ]]; then
-        LOG_PATH=/var/log/maillog
+    elif [[ ! -e ${SYSLOG_LOGS[0]} && -e ${SYSLOG_LOGS[1]} ]]; then
+        LOG_PATH=${SYSLOG_LOGS[1]}
     else
-        LOG_PATH=/var/log/mail.log
+        LOG_PATH=${SYSLOG_LOGS[0]}
     fi
+    # Postfix logs to syslog, yet no syslog daemon writes a mail log (Debian 12 without
+    # rsyslog: only the journal has it): logwatch would wait for ever.
+    if [[ -z $maillog_file && ! -e ${SYSLOG_LOGS[0]} && ! -e ${SYSLOG_LOGS[1]} ]] &&
+        [[ $LOG_PATH == "${SYSLOG_LOGS[0]}" || $LOG_PATH == "${SYSLOG_LOGS[1]}" ]] &&
+        ! syslog_daemon_running; then
+        die 1 "no mail log to follow: Postfix logs to syslog (maillog_file is empty), but no" \
+            "syslog daemon runs and neither ${SYSLOG_LOGS[0]} nor ${SYSLOG_LOGS[1]} exists (only" \
+            "the journal has Postfix's log, as on Debian 12 without rsyslog). Install rsyslog" \
+            "(apt-get install rsyslog), which writes ${SYSLOG_LOGS[0]}, and run install.sh again;" \
+            "or name the file Postfix logs to with --log-path (e.g. its maillog_file, postconf(5))"
+    fi
+}
+
+# Is a syslog daemon running (one that may not have written the mail log yet)?
+syslog_daemon_running() {
+    local name
+    for name in rsyslogd syslog-ng syslogd; do
+        pgrep -x "$name" >/dev/null 2>&1 && return 0
+    done
+    return 1
 }
 
 # The group logwatch reads the log through (SupplementaryGroups=): the log's group when it
@@ -702,7 +779,10 @@ step_config() {
         [postfix-config-dir]=$POSTFIX_DIR
     )
     [[ $STATE_DIR != "$DEFAULT_STATE" ]] && WANT[state-dir]=$STATE_DIR
-    [[ $SOCKET_DIR != "$DEFAULT_SOCKET_DIR" ]] && WANT[milter-socket]="unix:$SOCKET_DIR/milter.sock"
+    # One in the file stays, even the default; install.sh itself writes only another.
+    if [[ -n ${CURRENT[milter-socket]:-} || $MILTER_SOCKET != "unix:$DEFAULT_SOCKET_DIR/milter.sock" ]]; then
+        WANT[milter-socket]=$MILTER_SOCKET
+    fi
     render_config
     local current=""
     [[ -f $CONFIG ]] && { IFS= read -r -d '' current <"$CONFIG" || true; }
@@ -818,10 +898,11 @@ step_postfix() {
     if has_our_milter "$expanded"; then
         ok "smtpd_milters has the sendpost-agent milter"
     else
-        local new=$MILTER_ENTRY
-        [[ -n $raw ]] && new="$raw, $MILTER_ENTRY"
+        # An entry of ours for another socket (milter-socket changed) is replaced.
+        milters_without_ours "$raw"
+        local new=${REPLY:+$REPLY, }$MILTER_ENTRY
         change "back up main.cf and set smtpd_milters = $new" \
-            backup_and_set_milters "$cf" "$new"
+            backup_and_postconf "$cf" -e "smtpd_milters = $new"
         if postfix_running; then
             change "postfix reload" postfix_reload
         else
@@ -842,15 +923,12 @@ step_postfix() {
     fi
 }
 
-backup_and_set_milters() {
-    backup_main_cf "$1"
-    set_milters "$2"
-}
-
+# An inet socket is left to doctor's own check.
 wait_for_socket() {
     local i
+    [[ $MILTER_SOCKET == unix:* ]] || return 0
     for ((i = 0; i < 50; i++)); do
-        [[ -S $SOCKET_DIR/milter.sock ]] && return 0
+        [[ -S ${MILTER_SOCKET#unix:} ]] && return 0
         sleep 0.2
     done
     return 1
@@ -858,7 +936,7 @@ wait_for_socket() {
 
 run_doctor() {
     step "sendpost-agent doctor"
-    wait_for_socket || note "the milter socket $SOCKET_DIR/milter.sock has not appeared yet"
+    wait_for_socket || note "the milter socket ${MILTER_SOCKET#unix:} has not appeared yet"
     local rc=0
     timeout 300 "$PREFIX/bin/sendpost-agent" --config "$CONFIG" doctor || rc=$?
     case $rc in
@@ -957,20 +1035,20 @@ uninstall_main() {
         local raw expanded
         raw=$("${PC[@]}" -h smtpd_milters)
         expanded=$("${PC[@]}" -x -h smtpd_milters)
-        if has_our_milter "$raw"; then
+        if has_our_milter "$raw" old; then
             milters_without_ours "$raw"
             local rest=$REPLY
             if [[ -n $rest ]]; then
                 change "back up main.cf and set smtpd_milters = $rest" \
-                    backup_and_set_milters "$(main_cf)" "$rest"
+                    backup_and_postconf "$(main_cf)" -e "smtpd_milters = $rest"
             else
                 change "back up main.cf and remove smtpd_milters (only ours was in it)" \
-                    backup_and_drop_milters "$(main_cf)"
+                    backup_and_postconf "$(main_cf)" -X smtpd_milters
             fi
             if postfix_running; then
                 change "postfix reload" postfix_reload
             fi
-        elif has_our_milter "$expanded"; then
+        elif has_our_milter "$expanded" old; then
             warn "smtpd_milters names our milter through another parameter ($raw);" \
                 "remove it there by hand"
         else
@@ -1051,11 +1129,6 @@ uninstall_main() {
     else
         say "Done: $CHANGES change(s) made; sendpost-agent is uninstalled."
     fi
-}
-
-backup_and_drop_milters() {
-    backup_main_cf "$1"
-    drop_milters
 }
 
 remove_group() {

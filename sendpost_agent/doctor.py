@@ -579,7 +579,10 @@ class Doctor:
         maillog_file = self.postfix.value("maillog_file")
         fix = (f"set log-path to {maillog_file} (Postfix's maillog_file)" if maillog_file
                else "set log-path to the file syslog writes Postfix's mail facility to"
-               " (e.g. /var/log/mail.log)")
+               " (e.g. /var/log/mail.log); if no syslog daemon writes one (only the journal"
+               " has Postfix's log, as on Debian 12 without rsyslog), install rsyslog"
+               " (apt-get install rsyslog), which writes /var/log/mail.log, or have Postfix"
+               " write its own log (maillog_file, postconf(5)) and set log-path to it")
         try:
             with path.open("rb") as log:
                 log.read(1)

@@ -199,6 +199,25 @@ def test_log_path_that_postfix_does_not_write_fails(healthy: Site, tmp_path: Pat
     healthy.assert_probe_never_left(run)
 
 
+def test_a_missing_mail_log_without_maillog_file_names_rsyslog(
+    healthy: Site, tmp_path: Path
+) -> None:
+    """Postfix logging only to syslog (maillog_file empty), and no file at log-path: the fix
+    covers a host where only the journal has Postfix's log (Debian 12 without rsyslog)."""
+    healthy.postfix.postconf(maillog_file="")  # not reloaded: Postfix logs on as before
+    try:
+        run = healthy.doctor("--offline", log_path=tmp_path / "mail.log")
+    finally:
+        healthy.postfix.postconf(maillog_file=str(healthy.postfix.maillog))
+    mail_log = run.checks["mail-log"]
+    assert (mail_log["status"], run.code) == ("fail", 1)
+    assert "does not exist" in mail_log["detail"]
+    assert "the file syslog writes Postfix's mail facility to" in mail_log["fix"]
+    assert "install rsyslog (apt-get install rsyslog)" in mail_log["fix"]
+    assert "maillog_file" in mail_log["fix"]
+    healthy.assert_probe_never_left(run)
+
+
 def test_milter_down_or_unwritable_socket_fails_the_probe_without_sending(
     healthy: Site,
 ) -> None:

@@ -602,3 +602,95 @@ def test_state_left_by_a_root_run_is_handed_to_the_agent_user(host: Host) -> Non
         assert legacy.stat().st_uid == pwd.getpwnam(AGENT).pw_uid
     finally:
         host.run("--uninstall", "--purge")
+
+
+def set_config_key(host: Host, key: str, value: str | None) -> None:
+    """Edit config.yaml by hand: ``key: value`` as an operator writes it (None: remove)."""
+    lines = [ln for ln in host.config.read_text().splitlines() if not ln.startswith(f"{key}:")]
+    if value is not None:
+        lines.append(f"{key}: {value}")
+    host.config.write_text("\n".join(lines) + "\n")
+
+
+def test_a_milter_socket_set_by_hand_is_kept_and_the_entry_follows_it(host: Host) -> None:
+    """postfix-conf/README.md's inet socket: milter-socket and the smtpd_milters entry set
+    by hand survive a rerun (upgrade, new key) untouched; the entry install.sh manages
+    follows milter-socket when only that changed; uninstall removes it."""
+    inet = f"inet:127.0.0.1:{free_port()}"
+    inet_entry = shipped_entry().replace("unix:sendpost-agent/milter.sock", inet)
+    try:
+        host.install("--api-key", KEY)
+        set_config_key(host, "milter-socket", inet)
+        host.postfix.postconf(smtpd_milters=f"{OTHER_MILTER}, {inet_entry}")
+        config_before, main_cf_before = host.config.read_bytes(), host.main_cf.read_bytes()
+        again = host.install()
+        assert "No changes" in again.output, again.output  # type: ignore[attr-defined]
+        assert host.config.read_bytes() == config_before
+        assert host.main_cf.read_bytes() == main_cf_before
+        host.install(env={"SENDPOST_API_KEY": KEY + "-rotated"})
+        assert f"milter-socket: {inet}\n" in host.config.read_text()
+        assert host.main_cf.read_bytes() == main_cf_before
+
+        # Back to the default socket in config.yaml alone: the entry follows, once.
+        set_config_key(host, "milter-socket", None)
+        moved = host.install()
+        assert host.milters() == f"{OTHER_MILTER}, {shipped_entry()}", moved.output  # type: ignore[attr-defined]
+        assert f'milter-socket: "unix:{host.socket_dir}/milter.sock"' in host.config.read_text()
+        # ... and to the inet socket again.
+        set_config_key(host, "milter-socket", inet)
+        host.install()
+        assert host.milters() == f"{OTHER_MILTER}, {inet_entry}"
+        assert "No changes" in host.install().output  # type: ignore[attr-defined]
+
+        gone = host.run("--uninstall")
+        assert gone.returncode == 0, gone.output  # type: ignore[attr-defined]
+        assert host.milters() == OTHER_MILTER
+    finally:
+        host.run("--uninstall", "--purge")
+
+
+def syslog_writes_a_mail_log() -> str | None:
+    """Why this host cannot stand for one whose Postfix logs only to the journal, if so."""
+    for log in ("/var/log/mail.log", "/var/log/maillog"):
+        if Path(log).exists():
+            return f"{log} exists"
+    for daemon in ("rsyslogd", "syslog-ng", "syslogd"):
+        if subprocess.run(["pgrep", "-x", daemon], capture_output=True, check=False).returncode == 0:
+            return f"{daemon} runs"
+    return None
+
+
+def test_without_a_mail_log_install_stops_and_says_how_to_fix_it(
+    tmp_path: Path, postfix_factory: PostfixFactory
+) -> None:
+    """Debian 12 without rsyslog: Postfix logs only to the journal (maillog_file empty, no
+    /var/log/mail.log, no syslog daemon), so logwatch would wait for ever. install.sh
+    changes nothing and says how to fix it; so does the rerun of an install made before
+    (log-path: /var/log/mail.log). A log named with --log-path is taken as it is."""
+    reason = syslog_writes_a_mail_log()
+    if reason:
+        pytest.skip(f"needs a host where syslog writes no mail log ({reason})")
+    postfix = postfix_factory(smtpd_milters=OTHER_MILTER)
+    postfix.postconf(maillog_file="")  # main.cf as Debian ships it
+    host = stubbed_host(tmp_path, postfix)
+    watched = (host.root, postfix.config_dir, Path("/etc/passwd"))
+    before = snapshot(*watched)
+    for dry_run in ([], ["--dry-run"]):
+        refused = host.run("--postfix-config-dir", str(postfix.config_dir), *dry_run,
+                           env={"SENDPOST_API_KEY": KEY})
+        assert refused.returncode == 1, refused.output  # type: ignore[attr-defined]
+        assert "error: no mail log to follow: Postfix logs to syslog" in refused.stderr
+        assert "Install rsyslog (apt-get install rsyslog)" in refused.stderr
+        assert "--log-path" in refused.stderr
+    assert snapshot(*watched) == before
+    try:
+        host.install("--api-key", KEY, "--log-path", str(postfix.maillog))
+        assert f'log-path: "{postfix.maillog}"' in host.config.read_text()
+        set_config_key(host, "log-path", "/var/log/mail.log")
+        config_before = host.config.read_bytes()
+        rerun = host.run()
+        assert rerun.returncode == 1
+        assert "no mail log to follow" in rerun.stderr
+        assert host.config.read_bytes() == config_before
+    finally:
+        host.run("--uninstall", "--purge")
