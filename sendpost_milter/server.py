@@ -144,6 +144,14 @@ def run(config: Config) -> int:
                     f" directory {exc.filename or sock.parent}: {exc.strerror or exc}; create"
                     " it (group postfix, mode 2750) or choose another milter-socket"
                 ) from exc
+            # libmilter would remove a live socket and take it over: the running milter
+            # would go on unreachable, and our exit would remove the socket altogether.
+            with contextlib.suppress(OSError):
+                connect(config.milter_socket, 1.0)
+                raise MilterStartError(
+                    f"milter-socket {config.milter_socket}: another milter is listening"
+                    " there; stop it first (systemctl stop sendpost-agent-milter) or choose"
+                    " another milter-socket")
         address = config.milter_listen
         try:
             http_server, _ = start_http_server(address.port, address.host, metrics.registry)

@@ -215,6 +215,16 @@ def test_sigterm_stops_cleanly_and_a_restart_serves_at_once(tmp_path: Path, kind
         assert "cannot" not in second.log()
 
 
+def start_milter_command(tmp_path: Path, milter_socket: str) -> subprocess.CompletedProcess[str]:
+    """`sendpost-agent milter` as an operator runs it, for a start that must fail."""
+    return subprocess.run(
+        [sys.executable, "-m", "sendpost_agent", "milter", "--state-dir",
+         str(tmp_path / "state"), "--milter-listen", f"127.0.0.1:{free_port()}",
+         "--milter-socket", milter_socket],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "SENDPOST_CONFIG": "/dev/null"})
+
+
 @pytest.mark.parametrize(("where", "reason"), [
     ("/proc/sys/sendpost-test/m.sock", "/proc/sys/sendpost-test: No such file or directory"),
     ("{tmp}/a-file/m.sock", "{tmp}/a-file: File exists"),
@@ -226,17 +236,27 @@ def test_socket_directory_that_cannot_be_created_is_a_start_error(
     socket clean-up at exit failed too)."""
     (tmp_path / "a-file").write_text("")
     milter_socket = "unix:" + where.format(tmp=tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", "sendpost_agent", "milter", "--state-dir",
-         str(tmp_path / "state"), "--milter-listen", f"127.0.0.1:{free_port()}",
-         "--milter-socket", milter_socket],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "SENDPOST_CONFIG": "/dev/null"})
+    result = start_milter_command(tmp_path, milter_socket)
     assert result.returncode == 1
     assert f"ERROR sendpost_milter: milter-socket {milter_socket}: cannot create the" \
         f" socket's directory {reason.format(tmp=tmp_path)}; create it (group postfix," \
         " mode 2750) or choose another milter-socket" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_second_milter_on_the_same_socket_refuses_and_leaves_the_first_serving(
+    tmp_path: Path,
+) -> None:
+    """Started by hand beside the service: libmilter would take the socket over and
+    remove it at exit, and Postfix would reach no milter at all."""
+    address = f"unix:{tmp_path}/sock/m.sock"
+    with MilterProcess(tmp_path / "state", address) as first:
+        result = start_milter_command(tmp_path, address)
+        assert result.returncode == 1
+        assert f"milter-socket {address}: another milter is listening there" in result.stderr
+        run_miltertest(first, tmp_path,
+                       lua_message("E1E1E1E1E1", [("X-Sendpost-Message-UUID", CANON)]))
+        assert first.entry("E1E1E1E1E1").uuid == CANON  # type: ignore[union-attr]
 
 
 def test_doctor_probe_is_recorded_and_discarded_only_with_the_key(
