@@ -510,6 +510,7 @@ remove_our_dir() {
 
 PKG_TOOL=""
 PACKAGES=()
+INSTALL_SYSLOG=0  # no syslog daemon writes a mail log: install rsyslog, which does
 
 choose_python() {
     local c
@@ -532,6 +533,7 @@ missing_packages() {
     if command -v apt-get >/dev/null && command -v dpkg-query >/dev/null; then
         PKG_TOOL=apt-get
         wanted=(python3-venv python3-dev gcc libmilter-dev)
+        ((INSTALL_SYSLOG)) && wanted+=(rsyslog)
         for p in "${wanted[@]}"; do
             dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
                 PACKAGES+=("$p")
@@ -539,6 +541,7 @@ missing_packages() {
     elif command -v dnf >/dev/null && command -v rpm >/dev/null; then
         PKG_TOOL=dnf
         wanted=(gcc sendmail-milter-devel)
+        ((INSTALL_SYSLOG)) && wanted+=(rsyslog)
         if choose_python; then
             wanted+=("$(basename "$PYTHON")-devel")
         else
@@ -724,12 +727,24 @@ choose_log_path() {
     if [[ -z $maillog_file && ! -e ${SYSLOG_LOGS[0]} && ! -e ${SYSLOG_LOGS[1]} ]] &&
         [[ $LOG_PATH == "${SYSLOG_LOGS[0]}" || $LOG_PATH == "${SYSLOG_LOGS[1]}" ]] &&
         ! syslog_daemon_running; then
-        die 1 "no mail log to follow: Postfix logs to syslog (maillog_file is empty), but no" \
-            "syslog daemon runs and neither ${SYSLOG_LOGS[0]} nor ${SYSLOG_LOGS[1]} exists (only" \
-            "the journal has Postfix's log, as on Debian 12 without rsyslog). Install rsyslog" \
-            "(apt-get install rsyslog), which writes ${SYSLOG_LOGS[0]}, and run install.sh again;" \
-            "or name the file Postfix logs to with --log-path (e.g. its maillog_file, postconf(5))"
+        local why="no mail log to follow: Postfix logs to syslog (maillog_file is empty), but"
+        why+=" no syslog daemon runs and neither ${SYSLOG_LOGS[0]} nor ${SYSLOG_LOGS[1]} exists"
+        why+=" (only the journal has Postfix's log, as on Debian 12 without rsyslog)"
+        if ((!SKIP_VENV)) && ! syslog_installed &&
+            { command -v apt-get || command -v dnf; } >/dev/null; then
+            INSTALL_SYSLOG=1
+            note "$why: installing rsyslog, which writes $LOG_PATH (uninstall leaves it)"
+            return
+        fi
+        die 1 "$why. Install and start rsyslog (apt-get install rsyslog; systemctl start" \
+            "rsyslog), which writes ${SYSLOG_LOGS[0]}, and run install.sh again; or name the" \
+            "file Postfix logs to with --log-path (e.g. its maillog_file, postconf(5))"
     fi
+}
+
+syslog_installed() {
+    dpkg-query -W -f='${Status}' rsyslog 2>/dev/null | grep -q "install ok installed" ||
+        rpm -q rsyslog >/dev/null 2>&1
 }
 
 # Is a syslog daemon running (one that may not have written the mail log yet)?

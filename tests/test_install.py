@@ -660,6 +660,31 @@ def syslog_writes_a_mail_log() -> str | None:
     return None
 
 
+def test_without_a_mail_log_a_full_install_installs_rsyslog(
+    tmp_path: Path, postfix_factory: PostfixFactory
+) -> None:
+    """As README's command runs on a fresh Debian 12 (no rsyslog): the packages step
+    installs rsyslog, which writes /var/log/mail.log; installed but stopped, it says so."""
+    reason = syslog_writes_a_mail_log()
+    if reason:
+        pytest.skip(f"needs a host where syslog writes no mail log ({reason})")
+    postfix = postfix_factory(smtpd_milters=OTHER_MILTER)
+    postfix.postconf(maillog_file="")
+    (tmp_path / "root").mkdir()
+    host = Host(tmp_path / "root", postfix, base_env(tmp_path / "root"))  # a real venv step
+    planned = host.run("--postfix-config-dir", str(postfix.config_dir), "--dry-run",
+                       env={"SENDPOST_API_KEY": KEY})
+    installed = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "rsyslog"],
+                               capture_output=True, text=True, check=False)
+    if "install ok installed" in installed.stdout:
+        assert planned.returncode == 1
+        assert "Install and start rsyslog" in planned.stderr
+    else:
+        assert planned.returncode == 0, planned.output  # type: ignore[attr-defined]
+        assert "installing rsyslog, which writes /var/log/mail.log" in planned.output  # type: ignore[attr-defined]
+        assert re.search(r"apt-get install .*\brsyslog\b", planned.output)  # type: ignore[attr-defined]
+
+
 def test_without_a_mail_log_install_stops_and_says_how_to_fix_it(
     tmp_path: Path, postfix_factory: PostfixFactory
 ) -> None:
@@ -680,7 +705,7 @@ def test_without_a_mail_log_install_stops_and_says_how_to_fix_it(
                            env={"SENDPOST_API_KEY": KEY})
         assert refused.returncode == 1, refused.output  # type: ignore[attr-defined]
         assert "error: no mail log to follow: Postfix logs to syslog" in refused.stderr
-        assert "Install rsyslog (apt-get install rsyslog)" in refused.stderr
+        assert "Install and start rsyslog (apt-get install rsyslog;" in refused.stderr
         assert "--log-path" in refused.stderr
     assert snapshot(*watched) == before
     try:
