@@ -12,6 +12,7 @@ import grp
 import logging
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def _serve(milter_socket: str) -> None:
         libmilter.opensocket(True)  # True: remove a stale unix socket left by a crash
     except libmilter.error as exc:
         raise _cannot_serve(milter_socket, exc) from exc
+    _notify_ready()
     failure: list[libmilter.error] = []
 
     def work() -> None:
@@ -108,6 +110,22 @@ def _serve(milter_socket: str) -> None:
                 worker.join(0.05)
     if failure:
         raise _cannot_serve(milter_socket, failure[0])
+
+
+def _notify_ready() -> None:
+    """Tell systemd (Type=notify) that the socket listens: Postfix, ordered after this
+    service, starts only then and sees its first messages through the milter."""
+    target = os.environ.get("NOTIFY_SOCKET", "")
+    if not target:
+        return
+    if target.startswith("@"):  # an abstract socket
+        target = "\0" + target[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.sendto(b"READY=1", target)
+    except OSError as exc:
+        log.warning("cannot tell systemd the milter is ready (NOTIFY_SOCKET %s): %s",
+                    target, exc)
 
 
 def _cannot_serve(milter_socket: str, exc: libmilter.error) -> MilterStartError:

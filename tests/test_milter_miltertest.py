@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sendpost_agent.miltersocket import libmilter_address
+from sendpost_agent.miltersocket import connect, libmilter_address
 from sendpost_agent.probe import load_key, make_token
 from sendpost_agent.queuemap import HeaderState
 from tests.support.milter import MilterProcess
@@ -242,6 +243,30 @@ def test_socket_directory_that_cannot_be_created_is_a_start_error(
         f" socket's directory {reason.format(tmp=tmp_path)}; create it (group postfix," \
         " mode 2750) or choose another milter-socket" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["unix", "inet"])
+def test_the_milter_tells_systemd_it_is_ready_once_its_socket_listens(
+    tmp_path: Path, kind: str
+) -> None:
+    """The unit is Type=notify and Postfix is ordered after it: READY=1 must come only
+    when Postfix can connect, else its first messages pass unseen."""
+    address = (f"unix:{tmp_path}/sock/m.sock" if kind == "unix"
+               else f"inet:127.0.0.1:{free_port()}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify"))
+        notify.settimeout(30)
+        milter = MilterProcess(tmp_path / "state", address)
+        (tmp_path / "state").mkdir()
+        proc = subprocess.Popen(milter.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env={**os.environ, "SENDPOST_CONFIG": "/dev/null",
+                                     "NOTIFY_SOCKET": str(tmp_path / "notify")})
+        try:
+            assert notify.recv(100) == b"READY=1"
+            connect(address, 1.0)  # raises if Postfix could not connect yet
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=30) == 0
 
 
 def test_a_second_milter_on_the_same_socket_refuses_and_leaves_the_first_serving(
