@@ -780,6 +780,10 @@ choose_log_group() {
 }
 
 CONFIG_CHANGED=0
+MILTER_CONFIG_CHANGED=0  # a key the milter reads: restart it (a restart loses rows)
+# Keys only logwatch reads: changing them (a key rotation) leaves the milter running, as
+# messages received while it restarts would have no map row.
+readonly LOGWATCH_ONLY_KEYS=(api-key endpoint log-path postfix-config-dir)
 
 step_config() {
     step "Configuration $CONFIG"
@@ -816,6 +820,7 @@ step_config() {
     local -a what=()
     for key in "${MANAGED_KEYS[@]}"; do
         [[ ${CURRENT[$key]:-} == "${WANT[$key]}" ]] && continue
+        [[ " ${LOGWATCH_ONLY_KEYS[*]} " == *" $key "* ]] || MILTER_CONFIG_CHANGED=1
         if [[ $key == api-key ]]; then
             what+=("api-key ${CURRENT[$key]:+changed}${CURRENT[$key]:-set}")
         elif [[ -z ${WANT[$key]} ]]; then
@@ -824,7 +829,7 @@ step_config() {
             what+=("$key: ${WANT[$key]}")
         fi
     done
-    ((${#what[@]})) || what=("rewritten")
+    ((${#what[@]})) || what=("rewritten") MILTER_CONFIG_CHANGED=1
     CONFIG_CHANGED=1
     local joined
     printf -v joined '%s; ' "${what[@]}"
@@ -891,6 +896,7 @@ step_units() {
     fi
     for unit in "${UNITS[@]}"; do
         local restart=$((VENV_CHANGED || CONFIG_CHANGED))
+        [[ $unit == sendpost-agent-milter.service ]] && restart=$((VENV_CHANGED || MILTER_CONFIG_CHANGED))
         [[ -n ${UNIT_CHANGED[$unit]:-} ]] && restart=1
         if ! systemctl is-enabled --quiet "$unit" 2>/dev/null; then
             change "systemctl enable --now $unit" systemctl enable --quiet --now "$unit"
