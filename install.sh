@@ -349,6 +349,16 @@ find_postfix() {
     choose_milter_socket
 }
 
+# Installing (not uninstalling) with a unix milter-socket elsewhere: the milter's unit may
+# write only in SOCKET_DIR, and a chrooted smtpd sees only the queue directory.
+check_milter_socket() {
+    if [[ $MILTER_SOCKET == unix:* && $MILTER_SOCKET != "unix:$SOCKET_DIR/milter.sock" ]]; then
+        die 1 "milter-socket $MILTER_SOCKET in $CONFIG: the milter's unit may write only in" \
+            "$SOCKET_DIR (ProtectSystem=strict), and a chrooted smtpd sees only Postfix's queue" \
+            "directory; use inet:127.0.0.1:PORT, or remove milter-socket for the default socket"
+    fi
+}
+
 # The milter-socket of config.yaml (e.g. inet:127.0.0.1:PORT) is kept; without one, the
 # socket in Postfix's queue directory. A unix socket in a sendpost-agent directory is the
 # one install.sh writes itself, and follows queue_directory.
@@ -560,6 +570,10 @@ install_packages() {
     else
         dnf install -y -q "${PACKAGES[@]}"
     fi
+    # dnf starts no service it installs (apt does): rsyslog must run to write the log.
+    if ((INSTALL_SYSLOG)) && systemd_running; then
+        systemctl enable --quiet --now rsyslog
+    fi
 }
 
 step_packages() {
@@ -733,6 +747,8 @@ choose_log_path() {
         if ((!SKIP_VENV)) && ! syslog_installed &&
             { command -v apt-get || command -v dnf; } >/dev/null; then
             INSTALL_SYSLOG=1
+            # Debian's rsyslog writes mail.log, Fedora's and RHEL's maillog.
+            command -v apt-get >/dev/null || LOG_PATH=${SYSLOG_LOGS[1]}
             note "$why: installing rsyslog, which writes $LOG_PATH (uninstall leaves it)"
             return
         fi
@@ -1000,6 +1016,7 @@ install_main() {
     if ! find_postfix; then
         die 1 "Postfix is not installed (postconf not found); install postfix first"
     fi
+    check_milter_socket
     local version
     version=$("${PC[@]}" -h mail_version)
     if [[ ${version%%.*} -lt 3 ]]; then

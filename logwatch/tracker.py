@@ -61,6 +61,10 @@ class Message:
     # Never passed the milter (made by Postfix, or queued by pickup): a map row under its
     # queue ID is an older message's that had the same (reused) ID.
     no_milter: bool = False
+    # From header_checks INFO lines ("" when they disagree): taken only where the milter
+    # recorded no row or no header. Decided when a status line needs it, not when the
+    # INFO line comes: the milter writes its row at end-of-message, after that line.
+    info_uuid: str | None = None
     deferred: dict[str, Verdict] = field(default_factory=dict)  # recipient -> last deferral
     seen: float = 0.0  # log time of the last line, for garbage collection
 
@@ -102,7 +106,7 @@ class Tracker:
     # --- input -----------------------------------------------------------------------
 
     def feed(self, record: object) -> list[Event]:
-        """Take one parsed record; return the events of held lines whose wait ended before
+        """Take one parsed record; return the events of held lines whose wait is over at
         its time, then those it completes (maybe none).
 
         Settling here, not once per batch, makes the events' order depend on the lines
@@ -116,7 +120,7 @@ class Tracker:
             kind = type(record)
             if kind is Delivery or kind is Expired or kind is QueueActive:
                 self._advance(record.time)  # type: ignore[attr-defined]
-            if self._queue:
+            if self._queue and self._queue[0].deadline <= self.now:
                 events = self._settle_due(self.now)
             events += self._take(record)
         except Exception as exc:
@@ -157,21 +161,25 @@ class Tracker:
             self._time, self._when = time, time.timestamp()
             if self._when > self.now:
                 self.now = self._when
+                self._forget_old()
         return self._when
 
-    def tick(self, now: float | None = None) -> list[Event]:
-        """Settle every held line whose wait ended before ``now`` (default: newest log
-        time, when ``feed`` has settled them already) and forget what is too old."""
-        events = self._settle_due(self.now if now is None else now)
+    def _forget_old(self) -> None:
+        """At each new second of log, not per batch: what is remembered (and so which
+        `queued as` is a hop) depends on the lines alone, as after a crash's re-read."""
         self._forget_recent(self.now - self._wait)
         if self.now - self._last_gc > GC_EVERY:
             self._last_gc = self.now
             self._forget_stale()
-        return events
+
+    def tick(self, now: float | None = None) -> list[Event]:
+        """Settle every held line whose wait is over at ``now``: the wall clock's estimate
+        of the log's time while the log is quiet (``feed`` settles by the lines' time)."""
+        return self._settle_due(self.now if now is None else now)
 
     def _settle_due(self, limit: float) -> list[Event]:
         events: list[Event] = []
-        while self._queue and self._queue[0].deadline < limit:
+        while self._queue and self._queue[0].deadline <= limit:
             item = heapq.heappop(self._queue)
             try:
                 events += self._settle(item)
@@ -219,13 +227,18 @@ class Tracker:
         return message
 
     def _uuid(self, queue_id: str) -> str | None:
-        """Known here (INFO line, hop, requeue, or kept with deferrals), else the map's,
-        unless the message never passed the milter."""
+        """Known here (hop, requeue, or kept with deferrals), else the map's; the INFO
+        lines' only where the milter recorded no row or no header."""
         message = self.messages.get(queue_id)
-        if message is not None and (message.uuid is not None or message.no_milter):
-            return message.uuid
+        if message is not None:
+            if message.uuid is not None:
+                return message.uuid
+            if message.no_milter:
+                return message.info_uuid or None
         entry = self._lookup(queue_id)
-        return entry.uuid if entry is not None else None
+        if entry is not None and entry.header is not HeaderState.MISSING:
+            return entry.uuid  # None: the milter found the header repeated or invalid
+        return (message.info_uuid or None) if message is not None else None
 
     def _decide(self, queue_id: str, record: Decidable, when: float) -> list[Event]:
         uuid = self._uuid(queue_id)
@@ -390,7 +403,7 @@ class Tracker:
         return self._link(queue_id, held[0].uuid or "")
 
     def _header_info(self, record: HeaderInfo) -> list[Event]:
-        """The header_checks INFO fallback: trusted only when the map has no UUID."""
+        """The header_checks INFO fallback (see ``Message.info_uuid``)."""
         if record.name.lower() != _HEADER_LOWER:
             return []
         parsed = parse_uuid(record.value)
@@ -398,14 +411,11 @@ class Tracker:
             self.counts["header_info_invalid"] += 1
             return []
         message = self._message(record.queue_id, record.time.timestamp())
-        if message.uuid is None:
-            entry = None if message.no_milter else self._lookup(record.queue_id)
-            if entry is not None and entry.header is not HeaderState.MISSING:
-                # The milter saw the header and found it unusable (repeated: which of
-                # the values is it?); the INFO lines show the same headers.
-                self.counts["header_info_ignored"] += 1
-                return []
-            message.uuid = str(parsed)
+        value = str(parsed)
+        if message.info_uuid is None:
+            message.info_uuid = value
+        elif message.info_uuid != value:  # the header repeated: which one is it?
+            message.info_uuid = ""
         return self._release(record.queue_id)
 
     # --- persistence -------------------------------------------------------------------
@@ -414,11 +424,13 @@ class Tracker:
         """What must survive a restart, as JSON-able data: what the map cannot rebuild."""
         messages = {}
         for queue_id, m in self.messages.items():
-            if m.deferred or m.ndr or m.no_milter or (m.uuid is not None and not m.from_map):
+            if (m.deferred or m.ndr or m.no_milter or m.info_uuid is not None
+                    or (m.uuid is not None and not m.from_map)):
                 messages[queue_id] = {
                     "uuid": None if m.from_map else m.uuid,
                     "ndr": m.ndr,
                     "no_milter": m.no_milter,
+                    "info_uuid": m.info_uuid,
                     "seen": m.seen,
                     "deferred": {r: [v.smtp_code, v.description] for r, v in m.deferred.items()},
                 }
@@ -430,6 +442,7 @@ class Tracker:
         for queue_id, m in state.get("messages", {}).items():
             self.messages[queue_id] = Message(
                 uuid=m["uuid"], ndr=m["ndr"], no_milter=m.get("no_milter", False),
+                info_uuid=m.get("info_uuid"),
                 seen=m["seen"],
                 deferred={
                     r: Verdict(EventType.DEFERRED, code, text, "restored")

@@ -110,7 +110,8 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
         if conn is not None:
             conn.close()
         if exc.sqlite_errorname.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
-            raise MapCorrupt(f"{path}: cannot open the queue map: {exc}") from exc
+            raise MapCorrupt(f"{path}: cannot open the queue map: {exc}; restart the milter,"
+                             " which sets a corrupt map aside and starts a new one") from exc
         raise MapError(f"{path}: cannot open the queue map: {exc}; fix the cause (disk"
                        " space, permissions, another process locking it) and restart") from exc
     return conn

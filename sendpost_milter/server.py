@@ -140,36 +140,39 @@ def _wake(milter_socket: str) -> None:
         connect(milter_socket, 1.0)
 
 
+def _claim_unix_socket(milter_socket: str) -> None:
+    """Before anything else (the map too): the socket's directory exists, and no other
+    milter serves the socket. libmilter would remove a live socket and take it over; the
+    running milter would go on unreachable, and our exit would remove the socket."""
+    sock = Path(milter_socket.removeprefix("unix:"))
+    try:
+        prepare_unix_socket_dir(sock)
+    except OSError as exc:
+        raise MilterStartError(
+            f"milter-socket {milter_socket}: cannot create the socket's directory"
+            f" {exc.filename or sock.parent}: {exc.strerror or exc}; create it (group postfix,"
+            " mode 2750) or choose another milter-socket"
+        ) from exc
+    with contextlib.suppress(OSError):
+        connect(milter_socket, 1.0)
+        raise MilterStartError(
+            f"milter-socket {milter_socket}: another milter is listening there; stop it"
+            " first (systemctl stop sendpost-agent-milter) or choose another milter-socket")
+
+
 def run(config: Config) -> int:
     os.umask(0o007)
     # No thread but the main one may take a stop signal: block them before any thread
     # starts (threads inherit the mask); _serve waits for them explicitly.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     metrics = MilterMetrics()
+    if config.milter_socket.startswith("unix:"):
+        _claim_unix_socket(config.milter_socket)
     try:
         writer = MapWriter(config.map_path, config.map_retention)
     except Exception as exc:
         raise MilterStartError(f"state-dir {config.state_dir}: {exc}") from exc
     try:
-        if config.milter_socket.startswith("unix:"):
-            # First: the clean-up below unlinks the socket, which fails under a non-directory.
-            sock = Path(config.milter_socket.removeprefix("unix:"))
-            try:
-                prepare_unix_socket_dir(sock)
-            except OSError as exc:
-                raise MilterStartError(
-                    f"milter-socket {config.milter_socket}: cannot create the socket's"
-                    f" directory {exc.filename or sock.parent}: {exc.strerror or exc}; create"
-                    " it (group postfix, mode 2750) or choose another milter-socket"
-                ) from exc
-            # libmilter would remove a live socket and take it over: the running milter
-            # would go on unreachable, and our exit would remove the socket altogether.
-            with contextlib.suppress(OSError):
-                connect(config.milter_socket, 1.0)
-                raise MilterStartError(
-                    f"milter-socket {config.milter_socket}: another milter is listening"
-                    " there; stop it first (systemctl stop sendpost-agent-milter) or choose"
-                    " another milter-socket")
         address = config.milter_listen
         try:
             http_server, _ = start_http_server(address.port, address.host, metrics.registry)

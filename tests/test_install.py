@@ -663,6 +663,24 @@ def syslog_writes_a_mail_log() -> str | None:
     return None
 
 
+def test_a_unix_milter_socket_outside_the_queue_directory_is_refused(host: Host) -> None:
+    """The milter's unit may write only in the socket directory, and a chrooted smtpd sees
+    only the queue directory: such a socket would leave Postfix without the milter."""
+    try:
+        host.install("--api-key", KEY)
+        set_config_key(host, "milter-socket", "unix:/run/elsewhere/m.sock")
+        config_before = host.config.read_bytes()
+        rerun = host.run()
+        assert rerun.returncode == 1
+        assert "milter-socket unix:/run/elsewhere/m.sock in" in rerun.stderr
+        assert "use inet:127.0.0.1:PORT" in rerun.stderr
+        assert host.config.read_bytes() == config_before
+        gone = host.run("--uninstall")  # undoing the install must still work
+        assert gone.returncode == 0, gone.output  # type: ignore[attr-defined]
+    finally:
+        host.run("--uninstall", "--purge")
+
+
 def test_without_a_mail_log_a_full_install_installs_rsyslog(
     tmp_path: Path, postfix_factory: PostfixFactory
 ) -> None:

@@ -136,7 +136,35 @@ def test_events_come_in_the_same_order_however_the_lines_are_batched(
           " relay=mx.example.com[192.0.2.1]:25, delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0,"
           " status=sent (250 2.0.0 Ok)" for n, second in enumerate((21, 51, 52))),
     ]
-    orders = set()
+    assert every_batching(pipe, tmp_path, lines) == {
+        ("0@example.com", "held@example.com", "1@example.com", "2@example.com")}
+
+
+def test_a_hop_is_told_from_a_delivery_the_same_however_the_lines_are_batched(
+    pipe: Pipeline, tmp_path: Path
+) -> None:
+    """Whether a local relay's `queued as` is a hop depends on the new queue ID having
+    been queued within the join wait, by log time: not on where a batch ended."""
+    held, _ = UUIDS
+    lines = [
+        "Nov 23 18:35:00 feas postfix/qmgr[1]: 7D1A2C0031: from=<a@example.com>, size=10,"
+        " nrcpt=1 (queue active)",
+        "Nov 23 18:35:35 feas postfix/qmgr[1]: 8E2B3D0042: from=<a@example.com>, size=10,"
+        " nrcpt=1 (queue active)",
+        f"Nov 23 18:35:40 feas postfix/smtp[5238]: {held}: to=<held@example.com>,"
+        " relay=127.0.0.1[127.0.0.1]:2525, delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0,"
+        " status=sent (250 2.0.0 Ok: queued as 7D1A2C0031)",
+        "Nov 23 18:36:20 feas postfix/qmgr[1]: 9F3C4E0053: from=<a@example.com>, size=10,"
+        " nrcpt=1 (queue active)",
+    ]
+    # 7D1A2C0031 was queued 40 s before: longer than the join wait, so a delivery.
+    assert every_batching(pipe, tmp_path, lines) == {("held@example.com",)}
+
+
+def every_batching(pipe: Pipeline, tmp_path: Path, lines: list[str]) -> set[tuple[str, ...]]:
+    """The recipients' order of the events, for each way of cutting the lines into batches."""
+    orders: set[tuple[str, ...]] = set()
+    first = True
     for cuts in itertools.product((False, True), repeat=len(lines) - 1):
         batches, start = [], 0
         for end, cut in enumerate(cuts, 1):
@@ -144,11 +172,11 @@ def test_events_come_in_the_same_order_however_the_lines_are_batched(
                 batches.append(lines[start:end])
                 start = end
         batches.append(lines[start:])
-        batched = pipe if not orders else new_pipeline(tmp_path)
+        batched = pipe if first else new_pipeline(tmp_path)
+        first = False
         events = [e for batch in batches for e in batched.process([x.encode() for x in batch])]
         orders.add(tuple(e.recipient for e in events))
-    assert orders == {("0@example.com", "held@example.com", "1@example.com",
-                       "2@example.com")}
+    return orders
 
 
 def test_a_map_failure_is_raised_not_counted_as_a_bad_line(pipe: Pipeline, tmp_path: Path) -> None:
