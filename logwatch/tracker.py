@@ -55,7 +55,7 @@ class Message:
     that is not in the map): one per message would cost time on every line and memory.
     """
 
-    uuid: str | None = None  # from the INFO line or the hop; the map's once deferred
+    uuid: str | None = None  # from a hop or a requeue; the map's once deferred
     from_map: bool = False  # uuid can be looked up again: no need to persist it
     ndr: bool = False  # Postfix's own bounce/notification message
     # Never passed the milter (made by Postfix, or queued by pickup): a map row under its
