@@ -543,24 +543,24 @@ missing_packages() {
     if command -v apt-get >/dev/null && command -v dpkg-query >/dev/null; then
         PKG_TOOL=apt-get
         wanted=(python3-venv python3-dev gcc libmilter-dev)
-        ((INSTALL_SYSLOG)) && wanted+=(rsyslog)
-        for p in "${wanted[@]}"; do
-            dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
-                PACKAGES+=("$p")
-        done
     elif command -v dnf >/dev/null && command -v rpm >/dev/null; then
         PKG_TOOL=dnf
         wanted=(gcc sendmail-milter-devel)
-        ((INSTALL_SYSLOG)) && wanted+=(rsyslog)
         if choose_python; then
             wanted+=("$(basename "$PYTHON")-devel")
         else
             wanted+=(python3.11 python3.11-devel)
         fi
-        for p in "${wanted[@]}"; do
-            rpm -q "$p" >/dev/null 2>&1 || PACKAGES+=("$p")
-        done
     fi
+    ((INSTALL_SYSLOG)) && wanted+=(rsyslog)
+    for p in "${wanted[@]}"; do
+        package_installed "$p" || PACKAGES+=("$p")
+    done
+}
+
+package_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" ||
+        rpm -q "$1" >/dev/null 2>&1
 }
 
 install_packages() {
@@ -744,7 +744,7 @@ choose_log_path() {
         local why="no mail log to follow: Postfix logs to syslog (maillog_file is empty), but"
         why+=" no syslog daemon runs and neither ${SYSLOG_LOGS[0]} nor ${SYSLOG_LOGS[1]} exists"
         why+=" (only the journal has Postfix's log, as on Debian 12 without rsyslog)"
-        if ((!SKIP_VENV)) && ! syslog_installed &&
+        if ((!SKIP_VENV)) && ! package_installed rsyslog &&
             { command -v apt-get || command -v dnf; } >/dev/null; then
             INSTALL_SYSLOG=1
             # Debian's rsyslog writes mail.log, Fedora's and RHEL's maillog.
@@ -756,11 +756,6 @@ choose_log_path() {
             "rsyslog), which writes ${SYSLOG_LOGS[0]}, and run install.sh again; or name the" \
             "file Postfix logs to with --log-path (e.g. its maillog_file, postconf(5))"
     fi
-}
-
-syslog_installed() {
-    dpkg-query -W -f='${Status}' rsyslog 2>/dev/null | grep -q "install ok installed" ||
-        rpm -q rsyslog >/dev/null 2>&1
 }
 
 # Is a syslog daemon running (one that may not have written the mail log yet)?

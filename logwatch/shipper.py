@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from logwatch.wal import Wal, pwrite_all
+from logwatch.wal import Wal, append_whole
 from sendpost_agent import __version__
 from sendpost_agent.config import Secret
 
@@ -67,13 +67,7 @@ def append_line(path: Path, line: bytes) -> None:
     """Append a whole line or nothing, so that retrying a failed write leaves no torn line."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
-        end = os.fstat(fd).st_size
-        try:
-            pwrite_all(fd, line, end)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, end)
-            raise
+        append_whole(fd, line, os.fstat(fd).st_size)
     finally:
         os.close(fd)
 

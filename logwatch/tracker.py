@@ -118,19 +118,18 @@ class Tracker:
         events: list[Event] = []
         try:
             kind = type(record)
-            if kind is Delivery or kind is Expired or kind is QueueActive:
-                self._advance(record.time)  # type: ignore[attr-defined]
+            timed = kind is Delivery or kind is Expired or kind is QueueActive
+            when = self._advance(record.time) if timed else 0.0  # type: ignore[attr-defined]
             if self._queue and self._queue[0].deadline <= self.now:
                 events = self._settle_due(self.now)
-            events += self._take(record)
+            events += self._take(record, kind, when)
         except Exception as exc:
             self._failed(exc, "handling", record)
         return events
 
-    def _take(self, record: object) -> list[Event]:
-        kind = type(record)
+    def _take(self, record: object, kind: type, when: float) -> list[Event]:
+        """``when``: the record's time in epoch seconds, for the kinds that move ``now``."""
         if kind is Delivery or kind is Expired:
-            when = self._advance(record.time)  # type: ignore[attr-defined]
             return self._decide(record.queue_id, record, when)  # type: ignore[attr-defined, arg-type]
         if kind is Removed:
             queue_id = record.queue_id  # type: ignore[attr-defined]
@@ -139,7 +138,6 @@ class Tracker:
             return []
         if kind is QueueActive:
             assert isinstance(record, QueueActive)
-            when = self._advance(record.time)
             if record.sender == "":  # only Postfix's own reports need a state here
                 self._message(record.queue_id, when).ndr = True
             self._recent[record.queue_id] = when

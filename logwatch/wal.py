@@ -54,7 +54,7 @@ from array import array
 from bisect import bisect_right
 from pathlib import Path
 
-__all__ = ["Wal", "WalError", "pwrite_all"]
+__all__ = ["Wal", "WalError", "append_whole"]
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +140,8 @@ class Wal:
         first = self.last_seq + 1
         head = _HEADER.pack(_MAGIC, _VERSION, len(payload), len(events), first, 0)[:_CRC_AT]
         crc = zlib.crc32(payload, zlib.crc32(head))
-        try:
-            pwrite_all(self._fd, b"".join((head, crc.to_bytes(4, "little"), payload)),
-                       self._end)
-        except BaseException:
-            # A partial record must not stay in front of the next one.
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._end)
-            raise
+        append_whole(self._fd, b"".join((head, crc.to_bytes(4, "little"), payload)),
+                     self._end)
         self._offsets.append(self._end)
         self._firsts.append(first)
         self._counts.append(len(events))
@@ -311,7 +305,7 @@ class Wal:
                 if not chunk:
                     raise WalError(self.path, f"{self.path} shrank while being compacted;"
                                    " only this agent may write it")
-                pwrite_all(fd, chunk, pos - base)
+                _pwrite_all(fd, chunk, pos - base)
                 pos += len(chunk)
             os.fsync(fd)
             os.replace(self._tmp_path, self.path)
@@ -353,7 +347,7 @@ class Wal:
         data = json.dumps({"version": _ACK_VERSION, "acked_seq": seq}).encode()
         fd = os.open(self._ack_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            pwrite_all(fd, data, 0)
+            _pwrite_all(fd, data, 0)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -372,7 +366,18 @@ def _payload(buf: bytes, at: int, first: int, count: int) -> list[bytes] | None:
     return payload.split(b"\n")
 
 
-def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def append_whole(fd: int, data: bytes, end: int) -> None:
+    """Write ``data`` at ``end`` (the file's end) whole, or cut the file back to ``end``:
+    a partial record or line must not stay in front of the next one."""
+    try:
+        _pwrite_all(fd, data, end)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, end)
+        raise
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     """Write all of ``data`` at ``offset`` (pwrite may write less than asked)."""
     view = memoryview(data)
     while view:
