@@ -381,8 +381,10 @@ def table(tools: list[Tool], lines: int, rounds: int) -> str:
     for tool in tools:
         wall = statistics.median(r.seconds for r in tool.runs)
         cpu = statistics.median(r.cpu for r in tool.runs)
+        # /proc counts CPU in 10 ms ticks: a tiny input may take none of them.
+        per_cpu = f"{lines / cpu:>11,.0f}" if cpu > 0 else f"{'< 1 tick':>11}"
         rows.append(f"  {tool.name:<28} {ver[tool.name]:<22} {wall:>7.2f} {lines / wall:>9,.0f}"
-                    f" {wall / base:>6.1f} {cpu:>7.2f} {lines / cpu:>11,.0f}")
+                    f" {wall / base:>6.1f} {cpu:>7.2f} {per_cpu}")
     rows.append("x ours: the tool's median wall time / ours (above 1: slower than ours)")
     rows.append("modes, each round's wall s, and the counters checked against the file"
                 " (all equal):")
