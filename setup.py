@@ -18,5 +18,8 @@ COMPILED = [
     "logwatch/pipeline.py",
 ]
 
-setup(ext_modules=mypycify(["--ignore-missing-imports", *COMPILED], opt_level="3",
-                             group_name="sendpost_logwatch"))
+setup(
+    ext_modules=mypycify(
+        ["--ignore-missing-imports", *COMPILED], opt_level="3", group_name="sendpost_logwatch"
+    )
+)

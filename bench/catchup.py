@@ -44,8 +44,19 @@ def main() -> None:
     if not log.exists():
         generate(args.lines, args.seed, log, state)
     env = {**os.environ, "SENDPOST_CONFIG": "/dev/null"}
-    ours = [sys.executable, "-m", "sendpost_agent", "replay", str(log), "--state-dir",
-            str(state), "--log-timezone", "UTC", "--postfix-config-dir", str(args.dir)]
+    ours = [
+        sys.executable,
+        "-m",
+        "sendpost_agent",
+        "replay",
+        str(log),
+        "--state-dir",
+        str(state),
+        "--log-timezone",
+        "UTC",
+        "--postfix-config-dir",
+        str(args.dir),
+    ]
     grep = ["grep", "-c", "status=", str(log)]
     times: dict[str, list[float]] = {"replay": [], "grep": []}
     for _ in range(args.rounds):

@@ -26,19 +26,28 @@ RELAYS = [
     "mta7.am0.yahoodns.net[98.136.96.76]:25",
     "mx.example.net[203.0.113.25]:25",
 ]
-SENT = ["250 2.0.0 OK  1763856000 a1si1234567wra.123 - gsmtp",
-        "250 2.6.0 <id@example.com> [InternalId=1] Queued mail for delivery",
-        "250 ok dirdel", "250 2.0.0 Ok: queued as 4Nb6xL0x2Gz9"]
-BOUNCE = ("host {relay_host} said: 550-5.1.1 The email account that you tried to reach does"
-          " not exist. Please try double-checking the recipient's email address for typos"
-          " or unnecessary spaces. 550 5.1.1 https://support.google.com/mail/?p=NoSuchUser"
-          " a1si123 - gsmtp (in reply to RCPT TO command)")
-FULL = ("host {relay_host} said: 552-5.2.2 The recipient's inbox is out of storage space."
-        " 552 5.2.2 https://support.google.com/mail/?p=OverQuotaPerm - gsmtp (in reply to"
-        " RCPT TO command)")
-DEFER = ("host {relay_host} said: 421-4.7.28 Gmail has detected an unusual rate of mail"
-         " originating from your IP address. 421 4.7.28 - gsmtp (in reply to end of DATA"
-         " command)")
+SENT = [
+    "250 2.0.0 OK  1763856000 a1si1234567wra.123 - gsmtp",
+    "250 2.6.0 <id@example.com> [InternalId=1] Queued mail for delivery",
+    "250 ok dirdel",
+    "250 2.0.0 Ok: queued as 4Nb6xL0x2Gz9",
+]
+BOUNCE = (
+    "host {relay_host} said: 550-5.1.1 The email account that you tried to reach does"
+    " not exist. Please try double-checking the recipient's email address for typos"
+    " or unnecessary spaces. 550 5.1.1 https://support.google.com/mail/?p=NoSuchUser"
+    " a1si123 - gsmtp (in reply to RCPT TO command)"
+)
+FULL = (
+    "host {relay_host} said: 552-5.2.2 The recipient's inbox is out of storage space."
+    " 552 5.2.2 https://support.google.com/mail/?p=OverQuotaPerm - gsmtp (in reply to"
+    " RCPT TO command)"
+)
+DEFER = (
+    "host {relay_host} said: 421-4.7.28 Gmail has detected an unusual rate of mail"
+    " originating from your IP address. 421 4.7.28 - gsmtp (in reply to end of DATA"
+    " command)"
+)
 
 
 class Log:
@@ -54,24 +63,37 @@ class Log:
 
 def status(relay: str, rcpt: str, dsn: str, state: str, reply: str, delay: float) -> str:
     said = reply.format(relay_host=relay.removesuffix(":25"))
-    return (f"to=<{rcpt}>, relay={relay}, delay={delay:.2f}, delays=0.01/0/0.1/{delay:.2f},"
-            f" dsn={dsn}, status={state} ({said})")
+    return (
+        f"to=<{rcpt}>, relay={relay}, delay={delay:.2f}, delays=0.01/0/0.1/{delay:.2f},"
+        f" dsn={dsn}, status={state} ({said})"
+    )
 
 
 def message(log: Log, n: int, when: float, qid: str) -> None:
     rng = log.rng
     client = f"mail{n % 50}.sendpost.io[198.51.100.{n % 250}]"
     log.add(when, "smtpd", f"connect from {client}")
-    log.add(when, "smtpd", f"Anonymous TLS connection established from {client}: TLSv1.3"
-            " with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)")
+    log.add(
+        when,
+        "smtpd",
+        f"Anonymous TLS connection established from {client}: TLSv1.3"
+        " with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)",
+    )
     log.add(when, "smtpd", f"{qid}: client={client}")
     log.add(when, "cleanup", f"{qid}: message-id=<{uuid.UUID(int=n)}@sendpost.io>")
     rcpts = rng.choice((1, 1, 1, 2, 3))
     size = rng.randrange(2000, 90000)
-    log.add(when, "qmgr", f"{qid}: from=<bounces+{n}@sendpost.io>, size={size},"
-            f" nrcpt={rcpts} (queue active)")
-    log.add(when, "smtpd", f"disconnect from {client} ehlo=2 starttls=1 mail=1 rcpt={rcpts}"
-            f" data=1 quit=1 commands={6 + rcpts}")
+    log.add(
+        when,
+        "qmgr",
+        f"{qid}: from=<bounces+{n}@sendpost.io>, size={size}, nrcpt={rcpts} (queue active)",
+    )
+    log.add(
+        when,
+        "smtpd",
+        f"disconnect from {client} ehlo=2 starttls=1 mail=1 rcpt={rcpts}"
+        f" data=1 quit=1 commands={6 + rcpts}",
+    )
     end = when + 1
     for r in range(rcpts):
         relay = rng.choice(RELAYS)
@@ -87,20 +109,36 @@ def message(log: Log, n: int, when: float, qid: str) -> None:
             for k in range(retries):
                 tk = t + k * 300
                 if k:
-                    log.add(tk, "qmgr", f"{qid}: from=<bounces+{n}@sendpost.io>, size=4000,"
-                            f" nrcpt={rcpts} (queue active)")
-                log.add(tk, "smtp", f"{qid}: " + status(relay, rcpt, "4.7.28", "deferred",
-                                                         DEFER, 1.0 + tk - when))
+                    log.add(
+                        tk,
+                        "qmgr",
+                        f"{qid}: from=<bounces+{n}@sendpost.io>, size=4000,"
+                        f" nrcpt={rcpts} (queue active)",
+                    )
+                log.add(
+                    tk,
+                    "smtp",
+                    f"{qid}: " + status(relay, rcpt, "4.7.28", "deferred", DEFER, 1.0 + tk - when),
+                )
             t += retries * 300
             if rng.random() < 0.2:
-                log.add(t, "qmgr", f"{qid}: from=<bounces+{n}@sendpost.io>, status=expired,"
-                        " returned to sender")
+                log.add(
+                    t,
+                    "qmgr",
+                    f"{qid}: from=<bounces+{n}@sendpost.io>, status=expired, returned to sender",
+                )
             else:
-                log.add(t, "smtp", f"{qid}: " + status(relay, rcpt, "2.0.0", "sent",
-                                                        rng.choice(SENT), t - when))
+                log.add(
+                    t,
+                    "smtp",
+                    f"{qid}: " + status(relay, rcpt, "2.0.0", "sent", rng.choice(SENT), t - when),
+                )
         else:
-            log.add(t, "smtp", f"{qid}: " + status(relay, rcpt, "2.0.0", "sent",
-                                                    rng.choice(SENT), t - when))
+            log.add(
+                t,
+                "smtp",
+                f"{qid}: " + status(relay, rcpt, "2.0.0", "sent", rng.choice(SENT), t - when),
+            )
         log.add(t, "smtp", f"Trusted TLS connection established to {relay}: TLSv1.3")
         end = max(end, t)
     log.add(end + 0.01, "qmgr", f"{qid}: removed")
@@ -115,8 +153,12 @@ def generate(lines: int, seed: int, out: Path, state_dir: Path | None) -> int:
         qid = f"{rng.getrandbits(40):010X}"
         message(log, n, n * 0.05, qid)
         if writer is not None:
-            writer.put(qid, uuid.UUID(int=(1 << 120) + n), HeaderState.PRESENT,
-                       now=START.timestamp() + n * 0.05)  # received when logged
+            writer.put(
+                qid,
+                uuid.UUID(int=(1 << 120) + n),
+                HeaderState.PRESENT,
+                now=START.timestamp() + n * 0.05,
+            )  # received when logged
         n += 1
     if writer is not None:
         writer.close()

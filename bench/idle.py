@@ -44,8 +44,12 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0, help="wait after start")
     parser.add_argument("--map-rows", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--dir", type=Path, default=Path("/tmp/sendpost-bench"),
-                        help="cache of the map; the run uses a temporary dir in it")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("/tmp/sendpost-bench"),
+        help="cache of the map; the run uses a temporary dir in it",
+    )
     parser.add_argument("--profile", type=Path, help="write logwatch cProfile output here")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = parser.parse_args()
@@ -53,8 +57,11 @@ def main() -> None:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     windows: list[dict[str, float]] = []
-    with tempfile.TemporaryDirectory(prefix="sendpost-idle-", dir=args.dir) as tmp, \
-            tempfile.TemporaryDirectory(prefix="sp-") as sock, IngestServer(KEY) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="sendpost-idle-", dir=args.dir) as tmp,
+        tempfile.TemporaryDirectory(prefix="sp-") as sock,
+        IngestServer(KEY) as server,
+    ):
         root = Path(tmp)
         state, log = root / "state", root / "mail.log"
         state.mkdir()
@@ -63,8 +70,9 @@ def main() -> None:
             shutil.copyfile(map_file, state / "queuemap.sqlite3")
         # a unix socket path must stay under 108 bytes: not inside a deep --dir
         milter = MilterProcess(state, f"unix:{sock}/s/milter.sock").start(timeout=60)
-        agent = logwatch(state, log, server.url,
-                         profile=args.profile / "idle.prof" if args.profile else None)
+        agent = logwatch(
+            state, log, server.url, profile=args.profile / "idle.prof" if args.profile else None
+        )
         try:
             agent.start(timeout=60)
             assert milter.proc is not None and agent.proc is not None
@@ -79,14 +87,16 @@ def main() -> None:
                 window = {}
                 for name, pid in pids.items():
                     window[f"{name}_pct"] = 100 * (cpu_seconds(pid) - cpu0[name]) / elapsed
-                    window[f"{name}_wakeups_per_s"] = (context_switches(pid) - cs0[name]) \
-                        / elapsed
+                    window[f"{name}_wakeups_per_s"] = (context_switches(pid) - cs0[name]) / elapsed
                 window["both_pct"] = window["milter_pct"] + window["logwatch_pct"]
                 windows.append(window)
-                print(f"  window {w + 1} ({elapsed:.0f} s): milter {window['milter_pct']:.3f}%"
-                      f" ({window['milter_wakeups_per_s']:.1f} switches/s), logwatch"
-                      f" {window['logwatch_pct']:.3f}% ({window['logwatch_wakeups_per_s']:.1f}"
-                      f" switches/s)", flush=True)
+                print(
+                    f"  window {w + 1} ({elapsed:.0f} s): milter {window['milter_pct']:.3f}%"
+                    f" ({window['milter_wakeups_per_s']:.1f} switches/s), logwatch"
+                    f" {window['logwatch_pct']:.3f}% ({window['logwatch_wakeups_per_s']:.1f}"
+                    f" switches/s)",
+                    flush=True,
+                )
             requests = len(server.requests)
         finally:
             codes = agent.stop(), milter.stop()
@@ -94,17 +104,32 @@ def main() -> None:
             raise RuntimeError(f"exit codes {codes}:\n{agent.log()}\n{milter.log()}")
     summary = {k: statistics.median(w[k] for w in windows) for k in windows[0]}
     both = summary["both_pct"]
-    verdict = (f"target < {TARGET_PCT}% met" if both < TARGET_PCT else
-               f"target < {TARGET_PCT}% MISSED by {both - TARGET_PCT:.3f} points"
-               f" ({both / TARGET_PCT:.1f}x the target)")
-    print(f"idle cost, {args.rounds} windows of {args.seconds:g} s, {args.map_rows:,} map rows,"
-          f" no mail ({requests} requests to the API), medians, % of one core:")
-    print(f"  milter {summary['milter_pct']:.3f}%, logwatch {summary['logwatch_pct']:.3f}%,"
-          f" both {both:.3f}%: {verdict}")
+    verdict = (
+        f"target < {TARGET_PCT}% met"
+        if both < TARGET_PCT
+        else f"target < {TARGET_PCT}% MISSED by {both - TARGET_PCT:.3f} points"
+        f" ({both / TARGET_PCT:.1f}x the target)"
+    )
+    print(
+        f"idle cost, {args.rounds} windows of {args.seconds:g} s, {args.map_rows:,} map rows,"
+        f" no mail ({requests} requests to the API), medians, % of one core:"
+    )
+    print(
+        f"  milter {summary['milter_pct']:.3f}%, logwatch {summary['logwatch_pct']:.3f}%,"
+        f" both {both:.3f}%: {verdict}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "windows": windows,
-                                         "target_pct": TARGET_PCT,
-                                         "met": both < TARGET_PCT}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "summary": summary,
+                    "windows": windows,
+                    "target_pct": TARGET_PCT,
+                    "met": both < TARGET_PCT,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,9 @@ def append_at_rate(log: Path, messages: int, rate: float, seed: int) -> list[flo
             due = min(messages, int((now - start) / interval) + 1)
             if due > n:
                 when = datetime.now(UTC)
-                data = "".join("\n".join(message(i, when, bounces[i])) + "\n"
-                               for i in range(n, due)).encode()
+                data = "".join(
+                    "\n".join(message(i, when, bounces[i])) + "\n" for i in range(n, due)
+                ).encode()
                 os.write(fd, data)
                 written = time.monotonic()
                 for i in range(n, due):
@@ -81,8 +82,9 @@ def append_at_rate(log: Path, messages: int, rate: float, seed: int) -> list[flo
     return appended
 
 
-def one_run(root: Path, rate: float, seconds: float, seed: int,
-            profile: Path | None) -> dict[str, float]:
+def one_run(
+    root: Path, rate: float, seconds: float, seed: int, profile: Path | None
+) -> dict[str, float]:
     state, log = root / "state", root / "mail.log"
     state.mkdir(parents=True)
     log.touch()
@@ -109,8 +111,11 @@ def one_run(root: Path, rate: float, seconds: float, seed: int,
     if len(latencies) != messages * EVENTS_PER_MESSAGE:
         raise RuntimeError(f"got {len(latencies)} events for {messages} messages")
     return {
-        "rate": rate, "events": len(latencies), "requests": len(requests),
-        "p50_s": percentile(latencies, 50), "p99_s": percentile(latencies, 99),
+        "rate": rate,
+        "events": len(latencies),
+        "requests": len(requests),
+        "p50_s": percentile(latencies, 50),
+        "p99_s": percentile(latencies, 99),
         "max_s": max(latencies),
         "agent_cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0),
     }
@@ -136,15 +141,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sendpost-latency-", dir=args.dir) as tmp:
         for r in range(args.rounds):
             for rate, duration in zip(rates, seconds, strict=True):  # A B A B ...
-                profile = (args.profile / f"latency-{rate:g}-{r}.prof"
-                           if args.profile else None)
-                result = one_run(Path(tmp) / f"{rate:g}-{r}", rate, duration,
-                                 args.seed + r, profile)
+                profile = args.profile / f"latency-{rate:g}-{r}.prof" if args.profile else None
+                result = one_run(
+                    Path(tmp) / f"{rate:g}-{r}", rate, duration, args.seed + r, profile
+                )
                 runs[rate].append(result)
-                print(f"  round {r + 1}, {rate:g} events/s: {result['events']} events in"
-                      f" {result['requests']} requests, p50 {result['p50_s']:.3f} s, p99"
-                      f" {result['p99_s']:.3f} s, max {result['max_s']:.3f} s, logwatch CPU"
-                      f" {result['agent_cpu_pct']:.1f}%", flush=True)
+                print(
+                    f"  round {r + 1}, {rate:g} events/s: {result['events']} events in"
+                    f" {result['requests']} requests, p50 {result['p50_s']:.3f} s, p99"
+                    f" {result['p99_s']:.3f} s, max {result['max_s']:.3f} s, logwatch CPU"
+                    f" {result['agent_cpu_pct']:.1f}%",
+                    flush=True,
+                )
     print(f"live latency, line appended -> event received, {args.rounds} rounds (medians):")
     summary = []
     for rate, results in runs.items():
@@ -155,17 +163,23 @@ def main() -> None:
         elif row["p99_s"] <= target:
             verdict = f"target p99 <= {target} s met"
         else:
-            verdict = (f"target p99 <= {target} s MISSED by {row['p99_s'] - target:.3f} s"
-                       f" ({100 * (row['p99_s'] - target) / target:.0f}%)")
+            verdict = (
+                f"target p99 <= {target} s MISSED by {row['p99_s'] - target:.3f} s"
+                f" ({100 * (row['p99_s'] - target) / target:.0f}%)"
+            )
         row["target_p99_s"] = target if target is not None else float("nan")
         row["met"] = target is None or row["p99_s"] <= target
         summary.append(row)
-        print(f"  {rate:7g} events/s: p50 {row['p50_s']:.3f} s, p99 {row['p99_s']:.3f} s,"
-              f" max {row['max_s']:.3f} s; logwatch CPU {row['agent_cpu_pct']:.1f}%: {verdict}")
+        print(
+            f"  {rate:7g} events/s: p50 {row['p50_s']:.3f} s, p99 {row['p99_s']:.3f} s,"
+            f" max {row['max_s']:.3f} s; logwatch CPU {row['agent_cpu_pct']:.1f}%: {verdict}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary,
-                                         "rounds": {f"{k:g}": v for k, v in runs.items()}},
-                                        indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"summary": summary, "rounds": {f"{k:g}": v for k, v in runs.items()}}, indent=1
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Queue map at scale: insert latency and lookups with millions of rows.
 
-    python bench/map.py --rows 2000000 --dir /tmp/sendpost-bench/map
+python bench/map.py --rows 2000000 --dir /tmp/sendpost-bench/map
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     writer.close()
     samples.sort()
-    print(f"{args.rows} rows: {args.rows / elapsed:,.0f} puts/s; put p50"
-          f" {samples[len(samples) // 2] * 1e6:.0f} us, p99"
-          f" {samples[int(len(samples) * 0.99)] * 1e6:.0f} us, max {samples[-1] * 1e3:.1f} ms")
+    print(
+        f"{args.rows} rows: {args.rows / elapsed:,.0f} puts/s; put p50"
+        f" {samples[len(samples) // 2] * 1e6:.0f} us, p99"
+        f" {samples[int(len(samples) * 0.99)] * 1e6:.0f} us, max {samples[-1] * 1e3:.1f} ms"
+    )
     reader = MapReader(path)
     keys = [f"{random.randrange(args.rows):012X}" for _ in range(200_000)]
     started = time.perf_counter()
@@ -45,7 +47,7 @@ def main() -> None:
     single = len(keys) / (time.perf_counter() - started)
     started = time.perf_counter()
     for i in range(0, len(keys), 500):
-        reader.get_many(keys[i:i + 500])
+        reader.get_many(keys[i : i + 500])
     batched = len(keys) / (time.perf_counter() - started)
     started, row_id, scanned = time.perf_counter(), 0, 0
     while scanned < len(keys):  # what logwatch's MapWindow does: rows in insertion order
@@ -54,9 +56,11 @@ def main() -> None:
             break
         scanned, row_id = scanned + len(rows), rows[-1][0] + 1
     in_order = scanned / (time.perf_counter() - started)
-    print(f"lookups: {single:,.0f}/s one by one, {batched:,.0f}/s in batches of 500;"
-          f" {in_order:,.0f} rows/s read in insertion order; file"
-          f" {path.stat().st_size / 1e6:.0f} MB")
+    print(
+        f"lookups: {single:,.0f}/s one by one, {batched:,.0f}/s in batches of 500;"
+        f" {in_order:,.0f} rows/s read in insertion order; file"
+        f" {path.stat().st_size / 1e6:.0f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,11 @@ def build_map(path: Path, rows: int, seed: int) -> None:
     writer.start_maintenance()
     try:
         for _ in range(rows):
-            writer.put(f"{rng.getrandbits(44):011X}", uuid.UUID(int=rng.getrandbits(128)),
-                       HeaderState.PRESENT)
+            writer.put(
+                f"{rng.getrandbits(44):011X}",
+                uuid.UUID(int=rng.getrandbits(128)),
+                HeaderState.PRESENT,
+            )
     finally:
         writer.close()
 
@@ -82,8 +85,7 @@ def cached(cache: Path, build: object) -> Path:
 
 
 def map_cache(directory: Path, rows: int, seed: int) -> Path:
-    return cached(directory / f"map-{rows}-{seed}.sqlite3",
-                  lambda p: build_map(p, rows, seed))
+    return cached(directory / f"map-{rows}-{seed}.sqlite3", lambda p: build_map(p, rows, seed))
 
 
 def proc_status(pid: int) -> dict[str, float]:
@@ -112,8 +114,9 @@ class Sampler(threading.Thread):
                     self.peak[name] = max(self.peak[name], proc_status(pid)["VmRSS"])
 
 
-def one_round(root: Path, map_file: Path, wal_file: Path, messages: int, settle: float,
-              profile: Path | None) -> dict[str, float]:
+def one_round(
+    root: Path, map_file: Path, wal_file: Path, messages: int, settle: float, profile: Path | None
+) -> dict[str, float]:
     state, log = root / "state", root / "mail.log"
     state.mkdir(parents=True)
     log.touch()
@@ -140,13 +143,19 @@ def one_round(root: Path, map_file: Path, wal_file: Path, messages: int, settle:
             for name, pid in pids.items():
                 out[f"{name}_loaded_mib"] = proc_status(pid)["VmRSS"]
             # traffic: the milter records the messages, Postfix logs them, the API returns
-            run_miltertest(milter, root, *[
-                lua_message(queue_id(n), [("X-Sendpost-Message-UUID", message_uuid(n))])
-                for n in range(messages)])
+            run_miltertest(
+                milter,
+                root,
+                *[
+                    lua_message(queue_id(n), [("X-Sendpost-Message-UUID", message_uuid(n))])
+                    for n in range(messages)
+                ],
+            )
             expected = write_messages(log, range(messages))
             server.come_up()
-            server.wait_for_events(wal_events + len(expected),
-                                   timeout=max(120.0, wal_events / 2000))
+            server.wait_for_events(
+                wal_events + len(expected), timeout=max(120.0, wal_events / 2000)
+            )
             time.sleep(1.0)
             sampler.done.set()
             sampler.join()
@@ -170,8 +179,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before 'loaded'")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--dir", type=Path, default=Path("/tmp/sendpost-bench"),
-                        help="cache of the map and WAL; rounds run in a temporary dir in it")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("/tmp/sendpost-bench"),
+        help="cache of the map and WAL; rounds run in a temporary dir in it",
+    )
     parser.add_argument("--profile", type=Path, help="write logwatch cProfile output here")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = parser.parse_args()
@@ -179,9 +192,10 @@ def main() -> None:
         args.profile.mkdir(parents=True, exist_ok=True)
     map_file = map_cache(args.dir, args.map_rows, args.seed)
     wal_bytes = int(args.wal_mb * 1024**2)
-    wal_file = cached(args.dir / f"wal-{wal_bytes}-{args.events_per_record}-{args.seed}.wal",
-                      lambda p: prefill_wal(p, args.seed, args.events_per_record,
-                                            size_bytes=wal_bytes))
+    wal_file = cached(
+        args.dir / f"wal-{wal_bytes}-{args.events_per_record}-{args.seed}.wal",
+        lambda p: prefill_wal(p, args.seed, args.events_per_record, size_bytes=wal_bytes),
+    )
     reader = MapReader(map_file)
     rows = len(reader)
     reader.close()
@@ -189,31 +203,55 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sendpost-memory-", dir=args.dir) as tmp:
         for r in range(args.rounds):
             profile = args.profile / f"memory-{r}.prof" if args.profile else None
-            result = one_round(Path(tmp) / f"round-{r}", map_file, wal_file, args.messages,
-                               args.settle, profile)
+            result = one_round(
+                Path(tmp) / f"round-{r}", map_file, wal_file, args.messages, args.settle, profile
+            )
             runs.append(result)
-            print(f"  round {r + 1}: " + ", ".join(
-                f"{name} loaded {result[f'{name}_loaded_mib']:.1f} / after"
-                f" {result[f'{name}_after_mib']:.1f} / peak {result[f'{name}_peak_mib']:.1f} MiB"
-                for name in ("milter", "logwatch")) +
-                f"; logwatch started in {result['logwatch_start_s']:.1f} s", flush=True)
+            print(
+                f"  round {r + 1}: "
+                + ", ".join(
+                    f"{name} loaded {result[f'{name}_loaded_mib']:.1f}"
+                    f" / after {result[f'{name}_after_mib']:.1f}"
+                    f" / peak {result[f'{name}_peak_mib']:.1f} MiB"
+                    for name in ("milter", "logwatch")
+                )
+                + f"; logwatch started in {result['logwatch_start_s']:.1f} s",
+                flush=True,
+            )
     summary = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
-    print(f"memory with {rows:,} map rows and a {wal_file.stat().st_size / 1024**2:.0f} MiB WAL"
-          f" ({summary['wal_events']:,.0f} events, {args.events_per_record} per record),"
-          f" {args.messages} messages of traffic, {args.rounds} rounds (medians, MiB):")
+    print(
+        f"memory with {rows:,} map rows and a {wal_file.stat().st_size / 1024**2:.0f} MiB WAL"
+        f" ({summary['wal_events']:,.0f} events, {args.events_per_record} per record),"
+        f" {args.messages} messages of traffic, {args.rounds} rounds (medians, MiB):"
+    )
     met = True
     for name in ("milter", "logwatch"):
         peak = summary[f"{name}_peak_mib"]
         ok = peak <= TARGET_MIB
         met = met and ok
-        verdict = (f"target <= {TARGET_MIB:.0f} MiB met" if ok else
-                   f"target <= {TARGET_MIB:.0f} MiB MISSED by {peak - TARGET_MIB:.1f} MiB"
-                   f" ({100 * (peak - TARGET_MIB) / TARGET_MIB:.0f}%)")
-        print(f"  {name:8}: loaded {summary[f'{name}_loaded_mib']:.1f}, after traffic"
-              f" {summary[f'{name}_after_mib']:.1f}, peak {peak:.1f}: {verdict}")
+        verdict = (
+            f"target <= {TARGET_MIB:.0f} MiB met"
+            if ok
+            else f"target <= {TARGET_MIB:.0f} MiB MISSED by {peak - TARGET_MIB:.1f} MiB"
+            f" ({100 * (peak - TARGET_MIB) / TARGET_MIB:.0f}%)"
+        )
+        print(
+            f"  {name:8}: loaded {summary[f'{name}_loaded_mib']:.1f}, after traffic"
+            f" {summary[f'{name}_after_mib']:.1f}, peak {peak:.1f}: {verdict}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "rounds": runs, "map_rows": rows,
-                                         "target_mib": TARGET_MIB, "met": met}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "summary": summary,
+                    "rounds": runs,
+                    "map_rows": rows,
+                    "target_mib": TARGET_MIB,
+                    "met": met,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -29,10 +29,16 @@ from sendpost_milter.metrics import MilterMetrics
 from sendpost_milter.session import Callbacks, Session
 
 HEADERS = [
-    ("Received", b"from client.example (localhost [127.0.0.1]) by mx.example (Postfix)"
-                 b" with ESMTP id 4B5E214968 for <ok@example.com>; Tue, 24 Nov 2026"),
-    ("From", b"<sender@example.com>"), ("To", b"<ok@example.com>"), ("Subject", b"hi"),
-    ("Date", b"Tue, 24 Nov 2026 03:45:09 +0000"), ("Message-ID", b"<1795491909.1@example>"),
+    (
+        "Received",
+        b"from client.example (localhost [127.0.0.1]) by mx.example (Postfix)"
+        b" with ESMTP id 4B5E214968 for <ok@example.com>; Tue, 24 Nov 2026",
+    ),
+    ("From", b"<sender@example.com>"),
+    ("To", b"<ok@example.com>"),
+    ("Subject", b"hi"),
+    ("Date", b"Tue, 24 Nov 2026 03:45:09 +0000"),
+    ("Message-ID", b"<1795491909.1@example>"),
 ]
 
 
@@ -97,12 +103,15 @@ def main() -> None:
             rows.append(len(reader))  # every message of the run with the commit
             reader.close()
     summary = {key: statistics.median(values) for key, values in runs.items()}
-    print(f"milter callbacks, {args.messages:,} messages x {args.rounds} rounds (medians):"
-          f" {summary['with_commit']:.1f} us/message with the SQLite commit,"
-          f" {summary['without_commit']:.1f} us without")
+    print(
+        f"milter callbacks, {args.messages:,} messages x {args.rounds} rounds (medians):"
+        f" {summary['with_commit']:.1f} us/message with the SQLite commit,"
+        f" {summary['without_commit']:.1f} us without"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "rounds": runs,
-                                         "map_rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps({"summary": summary, "rounds": runs, "map_rows": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -62,8 +62,12 @@ def send_all(port: int, messages: int, clients: int) -> tuple[float, list[float]
         mine = []
         with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
             for _ in range(count):
-                raw = build_message("sender@example.com", ["ok@example.com"],
-                                    {"X-Sendpost-Message-UUID": str(uuid.uuid4())}, "hi\n")
+                raw = build_message(
+                    "sender@example.com",
+                    ["ok@example.com"],
+                    {"X-Sendpost-Message-UUID": str(uuid.uuid4())},
+                    "hi\n",
+                )
                 smtp.mail("sender@example.com")
                 smtp.rcpt("ok@example.com")
                 started = time.perf_counter()
@@ -72,8 +76,7 @@ def send_all(port: int, messages: int, clients: int) -> tuple[float, list[float]
         with lock:
             latencies.extend(mine)
 
-    threads = [threading.Thread(target=client, args=(messages // clients,))
-               for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(messages // clients,)) for _ in range(clients)]
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -95,8 +98,12 @@ def serve_sink() -> None:
 def start_sink() -> tuple[subprocess.Popen[str], int]:
     """The sink runs apart from the clients, as the relay host would on a network: in
     this process its Python work took the clients' GIL and inflated their DATA latency."""
-    child = subprocess.Popen([sys.executable, __file__, "--serve-sink"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve-sink"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert child.stdout is not None
     return child, int(child.stdout.readline())
 
@@ -105,11 +112,18 @@ def build_reference(work: Path) -> Path:
     """Compile the C reference milter (needs gcc and libmilter-dev, as .ci/run installs)."""
     source = REFERENCE / "noop_libmilter.c"
     binary = work / "noop_libmilter"
-    built = shutil.which("gcc") is not None and subprocess.run(
-        ["gcc", "-O2", "-o", str(binary), str(source), "-lmilter", "-pthread"]).returncode == 0
+    built = (
+        shutil.which("gcc") is not None
+        and subprocess.run(
+            ["gcc", "-O2", "-o", str(binary), str(source), "-lmilter", "-pthread"]
+        ).returncode
+        == 0
+    )
     if not built:
-        sys.exit(f"--reference: cannot compile {source}; it needs gcc and libmilter-dev"
-                 " (apt-get install gcc libmilter-dev)")
+        sys.exit(
+            f"--reference: cannot compile {source}; it needs gcc and libmilter-dev"
+            " (apt-get install gcc libmilter-dev)"
+        )
     return binary
 
 
@@ -148,8 +162,9 @@ def no_milter() -> Iterator[Running]:
     yield 0, dict
 
 
-def one_round(root: Path, mode: str, messages: int, clients: int, sink_port: int,
-              c_reference: Path | None) -> dict[str, float]:
+def one_round(
+    root: Path, mode: str, messages: int, clients: int, sink_port: int, c_reference: Path | None
+) -> dict[str, float]:
     postfix = PostfixInstance(root / "pf", sink_port, smtp_probe=False)
     start: Callable[[], AbstractContextManager[Running]] = no_milter
     if mode != "none":
@@ -179,11 +194,13 @@ def one_round(root: Path, mode: str, messages: int, clients: int, sink_port: int
             postfix.stop()
     # A milter Postfix cannot use is skipped (default_action=accept) with a warning: such
     # a round measured Postfix alone, and is refused.
-    trouble = [line for line in postfix.maillog_lines()
-               if "warning:" in line and "milter" in line.lower()]
+    trouble = [
+        line for line in postfix.maillog_lines() if "warning:" in line and "milter" in line.lower()
+    ]
     if trouble:
-        raise RuntimeError(f"milter={mode}: Postfix could not use the milter:\n"
-                           + "\n".join(trouble[:5]))
+        raise RuntimeError(
+            f"milter={mode}: Postfix could not use the milter:\n" + "\n".join(trouble[:5])
+        )
     latencies.sort()
     return {
         "rate": messages / wall,
@@ -193,7 +210,8 @@ def one_round(root: Path, mode: str, messages: int, clients: int, sink_port: int
         "host_cpu_us": 1e6 * busy / messages,
         "host_busy": busy / wall / (os.cpu_count() or 1),
         "switches": switches / messages,
-        "map_write_mean_ms": 1000 * metrics.get("sendpost_milter_map_write_seconds_sum", 0)
+        "map_write_mean_ms": 1000
+        * metrics.get("sendpost_milter_map_write_seconds_sum", 0)
         / max(1.0, metrics.get("sendpost_milter_map_write_seconds_count", 0)),
     }
 
@@ -203,8 +221,11 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--reference", action="store_true",
-                        help="also run the no-op reference milters of bench/reference/")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="also run the no-op reference milters of bench/reference/",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     parser.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -221,34 +242,49 @@ def main() -> None:
                 for mode in modes:  # A B C A B C ...: the machine's noise hits all alike
                     with tempfile.TemporaryDirectory(prefix=f"milter-cost-{mode}-{r}-") as tmp:
                         Path(tmp).chmod(0o755)
-                        x = one_round(Path(tmp), mode, args.messages, args.clients,
-                                      sink_port, c_reference)
+                        x = one_round(
+                            Path(tmp), mode, args.messages, args.clients, sink_port, c_reference
+                        )
                     results[mode].append(x)
                     # Per round too: medians alone hide a round the machine's noise spoiled.
-                    print(f"  round {r} milter={mode:13} {x['rate']:7.1f} msg/s  DATA latency"
-                          f" p50 {x['p50_ms']:.1f} ms p99 {x['p99_ms']:.1f} ms  host CPU"
-                          f" {x['host_cpu_us']:.0f} us/msg ({x['host_busy']:.0%} busy)"
-                          + (f"  milter CPU {x['cpu_us']:.0f} us/msg,"
-                             f" {x['switches']:.1f} switches/msg" if mode != "none" else ""),
-                          flush=True)
+                    print(
+                        f"  round {r} milter={mode:13} {x['rate']:7.1f} msg/s  DATA latency"
+                        f" p50 {x['p50_ms']:.1f} ms p99 {x['p99_ms']:.1f} ms  host CPU"
+                        f" {x['host_cpu_us']:.0f} us/msg ({x['host_busy']:.0%} busy)"
+                        + (
+                            f"  milter CPU {x['cpu_us']:.0f} us/msg,"
+                            f" {x['switches']:.1f} switches/msg"
+                            if mode != "none"
+                            else ""
+                        ),
+                        flush=True,
+                    )
         finally:
             sink.communicate()  # closes its stdin: it stops
     base = statistics.median(x["rate"] for x in results["none"])
     summary = {}
-    print(f"{args.messages} messages, {args.clients} clients, {args.rounds} rounds (medians;"
-          " ratio: median of each round's ratio to that round's no-milter rate)")
+    print(
+        f"{args.messages} messages, {args.clients} clients, {args.rounds} rounds (medians;"
+        " ratio: median of each round's ratio to that round's no-milter rate)"
+    )
     for mode, runs in results.items():
         row = {key: statistics.median(x[key] for x in runs) for key in runs[0]}
         row["ratio"] = statistics.median(
-            x["rate"] / none["rate"] for x, none in zip(runs, results["none"], strict=True))
+            x["rate"] / none["rate"] for x, none in zip(runs, results["none"], strict=True)
+        )
         summary[mode] = row
-        print(f"  milter={mode:13} {row['rate']:7.1f} msg/s  ratio {row['ratio']:.2f}"
-              f" (of medians {row['rate'] / base:.2f})  DATA latency p50 {row['p50_ms']:.1f}"
-              f" ms p99 {row['p99_ms']:.1f} ms  host CPU {row['host_cpu_us']:.0f} us/msg"
-              f" ({row['host_busy']:.0%} busy)"
-              + (f"  milter CPU {row['cpu_us']:.0f} us/msg, {row['switches']:.1f} switches/msg"
-                 if mode != "none" else "")
-              + (f"  map write {row['map_write_mean_ms']:.3f} ms" if mode in OURS else ""))
+        print(
+            f"  milter={mode:13} {row['rate']:7.1f} msg/s  ratio {row['ratio']:.2f}"
+            f" (of medians {row['rate'] / base:.2f})  DATA latency p50 {row['p50_ms']:.1f}"
+            f" ms p99 {row['p99_ms']:.1f} ms  host CPU {row['host_cpu_us']:.0f} us/msg"
+            f" ({row['host_busy']:.0%} busy)"
+            + (
+                f"  milter CPU {row['cpu_us']:.0f} us/msg, {row['switches']:.1f} switches/msg"
+                if mode != "none"
+                else ""
+            )
+            + (f"  map write {row['map_write_mean_ms']:.3f} ms" if mode in OURS else "")
+        )
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "rounds": results}, indent=1))
 

@@ -108,7 +108,7 @@ def count(log: Path) -> Totals:
                 if status == "expired":
                     totals.expired_recipients += len(pending.pop(qid, ()))
                 elif rest.startswith("to=<"):
-                    rcpt = rest[4:rest.find(">")]
+                    rcpt = rest[4 : rest.find(">")]
                     if status == "deferred":
                         pending.setdefault(qid, set()).add(rcpt)
                     else:
@@ -176,22 +176,37 @@ class Tool:
 
 
 def ours(log: Path, state: Path, work: Path, totals: Totals) -> Tool:
-    cmd = [sys.executable, "-m", "sendpost_agent", "replay", str(log), "--state-dir",
-           str(state), "--log-timezone", "UTC", "--postfix-config-dir",
-           str(work / "no-postfix-config")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sendpost_agent",
+        "replay",
+        str(log),
+        "--state-dir",
+        str(state),
+        "--log-timezone",
+        "UTC",
+        "--postfix-config-dir",
+        str(work / "no-postfix-config"),
+    ]
     env = {**os.environ, "SENDPOST_CONFIG": "/dev/null"}
     # One event per status line, except that status=expired (one line per message) yields
     # one bounce per recipient still deferred then.
-    want = {"delivered": totals.by_status("sent"), "deferred": totals.by_status("deferred"),
-            "bounced+soft_bounced": totals.by_status("bounced") + totals.expired_recipients}
+    want = {
+        "delivered": totals.by_status("sent"),
+        "deferred": totals.by_status("deferred"),
+        "bounced+soft_bounced": totals.by_status("bounced") + totals.expired_recipients,
+    }
 
     def events() -> dict[str, float]:
         """An untimed run through a pipe, to count the events (timed runs write nowhere)."""
         out = subprocess.run(cmd, capture_output=True, check=True, env=env).stdout
-        got = {"delivered": out.count(b'"event_type":"delivered"'),
-               "deferred": out.count(b'"event_type":"deferred"'),
-               "bounced+soft_bounced": out.count(b'"event_type":"bounced"')
-               + out.count(b'"event_type":"soft_bounced"')}
+        got = {
+            "delivered": out.count(b'"event_type":"delivered"'),
+            "deferred": out.count(b'"event_type":"deferred"'),
+            "bounced+soft_bounced": out.count(b'"event_type":"bounced"')
+            + out.count(b'"event_type":"soft_bounced"'),
+        }
         if sum(got.values()) != out.count(b"\n"):
             raise SystemExit("sendpost-agent replay: events of another type than expected")
         return got
@@ -201,19 +216,20 @@ def ours(log: Path, state: Path, work: Path, totals: Totals) -> Tool:
     def run() -> Run:
         if not counted:
             counted.update(events())
-        seconds, cpu, _ = timed(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env=env)
+        seconds, cpu, _ = timed(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         return Run(seconds, cpu, counted)
 
     return Tool("sendpost-agent replay", "replay FILE > /dev/null", want, run)
 
 
 def exporter(log: Path, work: Path, totals: Totals, timeout: float) -> Tool:
-    want = {"postfix_smtp_delivery_delay_seconds_count": 4 * totals.smtp_deliveries,
-            "postfix_smtp_status_deferred": totals.status["smtp", "deferred"],
-            "postfix_cleanup_messages_processed_total": totals.cleanup_message_ids,
-            "postfix_qmgr_messages_removed_total": totals.qmgr_removed,
-            "postfix_smtpd_connects_total": totals.smtpd_connects}
+    want = {
+        "postfix_smtp_delivery_delay_seconds_count": 4 * totals.smtp_deliveries,
+        "postfix_smtp_status_deferred": totals.status["smtp", "deferred"],
+        "postfix_cleanup_messages_processed_total": totals.cleanup_message_ids,
+        "postfix_qmgr_messages_removed_total": totals.qmgr_removed,
+        "postfix_smtpd_connects_total": totals.smtpd_connects,
+    }
     binary = shutil.which("prometheus-postfix-exporter") or "prometheus-postfix-exporter"
 
     def run() -> Run:
@@ -222,15 +238,23 @@ def exporter(log: Path, work: Path, totals: Totals, timeout: float) -> Tool:
         url = f"http://127.0.0.1:{port}/metrics"
         with (work / "exporter.stderr").open("w") as stderr:
             proc = subprocess.Popen(
-                [binary, f"--web.listen-address=127.0.0.1:{port}",
-                 f"--postfix.logfile_path={target}",
-                 f"--postfix.showq_path={work / 'no-showq'}"],  # no queue gauge: no Postfix
-                stdout=stderr, stderr=stderr)
+                [
+                    binary,
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    f"--postfix.logfile_path={target}",
+                    f"--postfix.showq_path={work / 'no-showq'}",
+                ],  # no queue gauge: no Postfix
+                stdout=stderr,
+                stderr=stderr,
+            )
         try:
+
             def scrape() -> Counter[str]:
                 if proc.poll() is not None:
-                    raise SystemExit(f"prometheus-postfix-exporter exited ({proc.returncode});"
-                                     f" see {work / 'exporter.stderr'}")
+                    raise SystemExit(
+                        f"prometheus-postfix-exporter exited ({proc.returncode});"
+                        f" see {work / 'exporter.stderr'}"
+                    )
                 with urllib.request.urlopen(url, timeout=10) as response:
                     return prometheus_sums(response.read().decode())
 
@@ -248,19 +272,29 @@ def exporter(log: Path, work: Path, totals: Totals, timeout: float) -> Tool:
                 seconds = time.perf_counter() - started
                 got = {k: sums[k] - base[k] for k in want}
                 if all(got[k] >= v for k, v in want.items()):
-                    return Run(seconds, cpu_seconds(proc.pid) - cpu, got,
-                               f" (the append itself took {appended:.2f} s)")
+                    return Run(
+                        seconds,
+                        cpu_seconds(proc.pid) - cpu,
+                        got,
+                        f" (the append itself took {appended:.2f} s)",
+                    )
                 if seconds > timeout:
-                    raise SystemExit(f"prometheus-postfix-exporter: {timeout:.0f} s after the"
-                                     f" append, counters {got} short of {want}")
+                    raise SystemExit(
+                        f"prometheus-postfix-exporter: {timeout:.0f} s after the"
+                        f" append, counters {got} short of {want}"
+                    )
                 time.sleep(POLL)
         finally:
             proc.terminate()
             proc.wait()
             target.unlink()
 
-    return Tool("prometheus-postfix-exporter", f"follows FILE; append, poll /metrics every"
-                f" {POLL * 1000:.0f} ms", want, run)
+    return Tool(
+        "prometheus-postfix-exporter",
+        f"follows FILE; append, poll /metrics every {POLL * 1000:.0f} ms",
+        want,
+        run,
+    )
 
 
 def follow(target: Path, scrape: Callable[[], Counter[str]]) -> Counter[str]:
@@ -291,21 +325,37 @@ def follow(target: Path, scrape: Callable[[], Counter[str]]) -> Counter[str]:
 
 def mtail(log: Path, work: Path, totals: Totals) -> Tool:
     if not MTAIL_PROGRAM.exists():
-        raise SystemExit(f"{MTAIL_PROGRAM} is missing: Debian's mtail package ships it"
-                         " (unless dpkg is told to leave out /usr/share/doc)")
+        raise SystemExit(
+            f"{MTAIL_PROGRAM} is missing: Debian's mtail package ships it"
+            " (unless dpkg is told to leave out /usr/share/doc)"
+        )
     progs = work / "mtail-progs"
     progs.mkdir(parents=True, exist_ok=True)
     shutil.copy(MTAIL_PROGRAM, progs / MTAIL_PROGRAM.name)  # --progs loads a whole directory
-    want = {"postfix_smtp_delivery_delay_seconds_count": 4 * totals.smtp_deliveries,
-            "postfix_cleanup_messages_processed_total": totals.cleanup_message_ids,
-            "postfix_qmgr_messages_removed_total": totals.qmgr_removed,
-            "postfix_smtpd_connects_total": totals.smtpd_connects}
+    want = {
+        "postfix_smtp_delivery_delay_seconds_count": 4 * totals.smtp_deliveries,
+        "postfix_cleanup_messages_processed_total": totals.cleanup_message_ids,
+        "postfix_qmgr_messages_removed_total": totals.qmgr_removed,
+        "postfix_smtpd_connects_total": totals.smtpd_connects,
+    }
 
     def run() -> Run:
         # One-shot mode still opens its HTTP port: a free one, on loopback.
-        cmd = ["mtail", "--progs", str(progs), "--logs", str(log), "--one_shot",
-               "--one_shot_format", "prometheus", "--address", "127.0.0.1",
-               "--port", str(free_port()), "--logtostderr"]
+        cmd = [
+            "mtail",
+            "--progs",
+            str(progs),
+            "--logs",
+            str(log),
+            "--one_shot",
+            "--one_shot_format",
+            "prometheus",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--logtostderr",
+        ]
         seconds, cpu, out = timed(cmd, capture_output=True)
         sums = prometheus_sums(out.decode())
         return Run(seconds, cpu, {k: sums[k] for k in want})
@@ -314,11 +364,16 @@ def mtail(log: Path, work: Path, totals: Totals) -> Tool:
 
 
 def pflogsumm(log: Path, totals: Totals) -> Tool:
-    want = {"delivered": totals.by_status("sent"), "deferrals": totals.by_status("deferred"),
-            "bounced": totals.by_status("bounced")}
-    grand = {"delivered": re.compile(r"^\s*(\d+)\s+delivered$", re.M),
-             "deferrals": re.compile(r"^\s*\d+\s+deferred\s+\((\d+)\s+deferrals\)", re.M),
-             "bounced": re.compile(r"^\s*(\d+)\s+bounced$", re.M)}
+    want = {
+        "delivered": totals.by_status("sent"),
+        "deferrals": totals.by_status("deferred"),
+        "bounced": totals.by_status("bounced"),
+    }
+    grand = {
+        "delivered": re.compile(r"^\s*(\d+)\s+delivered$", re.M),
+        "deferrals": re.compile(r"^\s*\d+\s+deferred\s+\((\d+)\s+deferrals\)", re.M),
+        "bounced": re.compile(r"^\s*(\d+)\s+bounced$", re.M),
+    }
 
     def run() -> Run:
         seconds, cpu, out = timed(["pflogsumm", str(log)], capture_output=True)
@@ -333,22 +388,35 @@ def pflogsumm(log: Path, totals: Totals) -> Tool:
 
 
 def versions() -> dict[str, str]:
-    found = {"sendpost-agent replay": f"{version('sendpost-agent')} (Python"
-             f" {sys.version.split()[0]}, {build()})"}
-    names = {"prometheus-postfix-exporter": "prometheus-postfix-exporter",
-             "mtail": "mtail (postfix.mtail)", "pflogsumm": "pflogsumm"}
+    found = {
+        "sendpost-agent replay": f"{version('sendpost-agent')} (Python"
+        f" {sys.version.split()[0]}, {build()})"
+    }
+    names = {
+        "prometheus-postfix-exporter": "prometheus-postfix-exporter",
+        "mtail": "mtail (postfix.mtail)",
+        "pflogsumm": "pflogsumm",
+    }
     for package in PACKAGES:
-        done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True
+        )
         found[names[package]] = done.stdout.strip() if done.returncode == 0 else "not installed"
     return found
 
 
-def measure(lines: int, rounds: int, seed: int, where: Path, timeout: float = 600,
-            report: Callable[[str], None] = print) -> list[Tool]:
+def measure(
+    lines: int,
+    rounds: int,
+    seed: int,
+    where: Path,
+    timeout: float = 600,
+    report: Callable[[str], None] = print,
+) -> list[Tool]:
     """Run every tool `rounds` times, alternating, each run checked; the tools with times."""
-    missing = [b for b in ("prometheus-postfix-exporter", "mtail", "pflogsumm")
-               if shutil.which(b) is None]
+    missing = [
+        b for b in ("prometheus-postfix-exporter", "mtail", "pflogsumm") if shutil.which(b) is None
+    ]
     if missing:
         raise SystemExit(f"missing: {', '.join(missing)} (apt-get install {' '.join(PACKAGES)})")
     # The catch-up benchmark's names: both read the same file.
@@ -358,39 +426,52 @@ def measure(lines: int, rounds: int, seed: int, where: Path, timeout: float = 60
     work = where / "peers"
     work.mkdir(parents=True, exist_ok=True)
     totals = count(log)
-    report(f"log: {log}: {totals.lines:,} lines, {sum(totals.status.values()):,} status lines"
-           f" ({', '.join(f'{d} {s} {n:,}' for (d, s), n in sorted(totals.status.items()))})")
-    tools = [ours(log, state, work, totals), exporter(log, work, totals, timeout),
-             mtail(log, work, totals), pflogsumm(log, totals)]
+    report(
+        f"log: {log}: {totals.lines:,} lines, {sum(totals.status.values()):,} status lines"
+        f" ({', '.join(f'{d} {s} {n:,}' for (d, s), n in sorted(totals.status.items()))})"
+    )
+    tools = [
+        ours(log, state, work, totals),
+        exporter(log, work, totals, timeout),
+        mtail(log, work, totals),
+        pflogsumm(log, totals),
+    ]
     for r in range(rounds):
         for tool in tools:
             run = tool.run()
             compare(tool.name, run.counters, tool.want)
             tool.runs.append(run)
-            report(f"  round {r + 1}: {tool.name}: {run.seconds:.2f} s, CPU {run.cpu:.2f} s"
-                   + run.note)
+            report(
+                f"  round {r + 1}: {tool.name}: {run.seconds:.2f} s, CPU {run.cpu:.2f} s" + run.note
+            )
     return tools
 
 
 def table(tools: list[Tool], lines: int, rounds: int) -> str:
     ver = versions()
     base = statistics.median(r.seconds for r in tools[0].runs)
-    rows = [f"{rounds} rounds alternating, medians ({lines:,} lines):",
-            f"  {'tool':<28} {'version':<22} {'wall s':>7} {'lines/s':>9} {'x ours':>6}"
-            f" {'CPU s':>7} {'lines/CPU s':>11}"]
+    rows = [
+        f"{rounds} rounds alternating, medians ({lines:,} lines):",
+        f"  {'tool':<28} {'version':<22} {'wall s':>7} {'lines/s':>9} {'x ours':>6}"
+        f" {'CPU s':>7} {'lines/CPU s':>11}",
+    ]
     for tool in tools:
         wall = statistics.median(r.seconds for r in tool.runs)
         cpu = statistics.median(r.cpu for r in tool.runs)
         # /proc counts CPU in 10 ms ticks: a tiny input may take none of them.
         per_cpu = f"{lines / cpu:>11,.0f}" if cpu > 0 else f"{'< 1 tick':>11}"
-        rows.append(f"  {tool.name:<28} {ver[tool.name]:<22} {wall:>7.2f} {lines / wall:>9,.0f}"
-                    f" {wall / base:>6.1f} {cpu:>7.2f} {per_cpu}")
+        rows.append(
+            f"  {tool.name:<28} {ver[tool.name]:<22} {wall:>7.2f} {lines / wall:>9,.0f}"
+            f" {wall / base:>6.1f} {cpu:>7.2f} {per_cpu}"
+        )
     rows.append("x ours: the tool's median wall time / ours (above 1: slower than ours)")
-    rows.append("modes, each round's wall s, and the counters checked against the file"
-                " (all equal):")
+    rows.append(
+        "modes, each round's wall s, and the counters checked against the file (all equal):"
+    )
     for tool in tools:
-        rows.append(f"  {tool.name}: {tool.mode}; rounds:"
-                    f" {' '.join(f'{r.seconds:.2f}' for r in tool.runs)}")
+        rows.append(
+            f"  {tool.name}: {tool.mode}; rounds: {' '.join(f'{r.seconds:.2f}' for r in tool.runs)}"
+        )
         rows.append("    " + ", ".join(f"{k}={v:,.0f}" for k, v in tool.runs[-1].counters.items()))
     return "\n".join(rows)
 
@@ -401,8 +482,12 @@ def main(argv: list[str] | None = None) -> list[Tool]:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/sendpost-bench"))
-    parser.add_argument("--timeout", type=float, default=600,
-                        help="give up on a tool's counters after this many seconds")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600,
+        help="give up on a tool's counters after this many seconds",
+    )
     args = parser.parse_args(argv)
     tools = measure(args.lines, args.rounds, args.seed, args.dir, args.timeout)
     print(table(tools, args.lines, args.rounds))

@@ -48,14 +48,29 @@ START = datetime(2026, 11, 23, 18, 0, 0, tzinfo=UTC)
 # (event_type, smtp_code, smtp_description, weight): a realistic mix, SendPost's shapes
 KINDS = [
     ("delivered", 250, "250 2.0.0 OK  1763856000 a1si1234567wra.123 - gsmtp", 78),
-    ("deferred", 421, "host gmail-smtp-in.l.google.com[142.250.102.27] said: 421-4.7.28"
-     " Gmail has detected an unusual rate of mail originating from your IP address."
-     " 421 4.7.28 - gsmtp (in reply to end of DATA command)", 12),
-    ("bounced", 550, "host gmail-smtp-in.l.google.com[142.250.102.27] said: 550-5.1.1 The"
-     " email account that you tried to reach does not exist. 550 5.1.1 - gsmtp (in reply"
-     " to RCPT TO command)", 7),
-    ("soft_bounced", 452, "host mx1.hotmail.com[52.101.40.2] said: 452 4.2.2 mailbox full"
-     " (in reply to RCPT TO command)", 3),
+    (
+        "deferred",
+        421,
+        "host gmail-smtp-in.l.google.com[142.250.102.27] said: 421-4.7.28"
+        " Gmail has detected an unusual rate of mail originating from your IP address."
+        " 421 4.7.28 - gsmtp (in reply to end of DATA command)",
+        12,
+    ),
+    (
+        "bounced",
+        550,
+        "host gmail-smtp-in.l.google.com[142.250.102.27] said: 550-5.1.1 The"
+        " email account that you tried to reach does not exist. 550 5.1.1 - gsmtp (in reply"
+        " to RCPT TO command)",
+        7,
+    ),
+    (
+        "soft_bounced",
+        452,
+        "host mx1.hotmail.com[52.101.40.2] said: 452 4.2.2 mailbox full"
+        " (in reply to RCPT TO command)",
+        3,
+    ),
 ]
 
 
@@ -67,17 +82,26 @@ def make_events(count: int, seed: int) -> list[bytes]:
     for i in range(count):
         kind, code, text, _ = rng.choices(KINDS, weights)[0]
         h = f"{rng.getrandbits(128):032x}"
-        event = {"message_id": f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:]}",
-                 "event_type": kind,
-                 "timestamp": (START + timedelta(seconds=i / 1000)).isoformat(),
-                 "smtp_code": code, "smtp_description": text,
-                 "recipient": f"user{i}.{rng.randrange(100)}@example.com"}
+        event = {
+            "message_id": f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:]}",
+            "event_type": kind,
+            "timestamp": (START + timedelta(seconds=i / 1000)).isoformat(),
+            "smtp_code": code,
+            "smtp_description": text,
+            "recipient": f"user{i}.{rng.randrange(100)}@example.com",
+        }
         out.append(json.dumps(event, separators=(",", ":")).encode())
     return out
 
 
-def prefill_wal(path: Path, seed: int, per_record: int, *, events: int | None = None,
-                size_bytes: int | None = None) -> tuple[int, int]:
+def prefill_wal(
+    path: Path,
+    seed: int,
+    per_record: int,
+    *,
+    events: int | None = None,
+    size_bytes: int | None = None,
+) -> tuple[int, int]:
     """Append seeded events (``per_record`` per WAL record) until ``events`` of them are
     in, or the file has ``size_bytes``; returns (events, bytes)."""
     wal = Wal(path, cap_bytes=size_bytes or 100 * 1024**2)
@@ -86,10 +110,11 @@ def prefill_wal(path: Path, seed: int, per_record: int, *, events: int | None = 
         while not done:
             batch = make_events(chunk, seed * 1_000_003 + n)
             for i in range(0, chunk, per_record):
-                wal.append(batch[i:i + per_record])
-                n += len(batch[i:i + per_record])
-                if (events is not None and n >= events) or \
-                        (size_bytes is not None and wal.size_bytes >= size_bytes):
+                wal.append(batch[i : i + per_record])
+                n += len(batch[i : i + per_record])
+                if (events is not None and n >= events) or (
+                    size_bytes is not None and wal.size_bytes >= size_bytes
+                ):
                     done = True
                     break
         return wal.pending, wal.size_bytes
@@ -97,8 +122,9 @@ def prefill_wal(path: Path, seed: int, per_record: int, *, events: int | None = 
         wal.close()
 
 
-def logwatch(state: Path, log: Path, url: str, *extra: str,
-             profile: Path | None = None) -> LogwatchProcess:
+def logwatch(
+    state: Path, log: Path, url: str, *extra: str, profile: Path | None = None
+) -> LogwatchProcess:
     """A LogwatchProcess at log level info (debug logging is not what operators run),
     optionally under cProfile (written when it stops cleanly)."""
     agent = LogwatchProcess(state, log, url, KEY, "--log-level", "info", *extra)
@@ -107,8 +133,9 @@ def logwatch(state: Path, log: Path, url: str, *extra: str,
     return agent
 
 
-def one_round(root: Path, events: int, per_record: int, seed: int, rpm: int,
-              profile: Path | None) -> dict[str, float]:
+def one_round(
+    root: Path, events: int, per_record: int, seed: int, rpm: int, profile: Path | None
+) -> dict[str, float]:
     state, log = root / "state", root / "mail.log"
     state.mkdir(parents=True)
     log.touch()
@@ -117,8 +144,9 @@ def one_round(root: Path, events: int, per_record: int, seed: int, rpm: int,
     gc.disable()  # the server keeps every event; gen-2 sweeps would slow it, not the agent
     try:
         with IngestServer(KEY) as server:
-            agent = logwatch(state, log, server.url, "--max-requests-per-minute", str(rpm),
-                             profile=profile)
+            agent = logwatch(
+                state, log, server.url, "--max-requests-per-minute", str(rpm), profile=profile
+            )
             started = time.monotonic()
             agent.start(timeout=60)
             assert agent.proc is not None
@@ -139,7 +167,9 @@ def one_round(root: Path, events: int, per_record: int, seed: int, rpm: int,
         per_second[int(r.time - first)] = per_second.get(int(r.time - first), 0) + r.events
     whole = [per_second.get(s, 0) for s in range(int(span))]  # whole seconds only
     return {
-        "events": count, "wal_bytes": size, "requests": len(requests),
+        "events": count,
+        "wal_bytes": size,
+        "requests": len(requests),
         "startup_s": first - started,
         "span_s": span,
         "rate": (count - requests[0].events) / span if span > 0 else float("nan"),
@@ -154,8 +184,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--events-per-record", type=int, default=10,
-                        help="events per WAL record (logwatch appends one per batch of lines)")
+    parser.add_argument(
+        "--events-per-record",
+        type=int,
+        default=10,
+        help="events per WAL record (logwatch appends one per batch of lines)",
+    )
     parser.add_argument("--max-requests-per-minute", type=int, default=1_000_000)
     parser.add_argument("--dir", type=Path, help="work directory (default: a temporary one)")
     parser.add_argument("--profile", type=Path, help="write logwatch cProfile output here")
@@ -167,28 +201,48 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sendpost-shipping-", dir=args.dir) as tmp:
         for r in range(args.rounds):
             profile = args.profile / f"shipping-{r}.prof" if args.profile else None
-            result = one_round(Path(tmp) / f"round-{r}", args.events, args.events_per_record,
-                               args.seed, args.max_requests_per_minute, profile)
+            result = one_round(
+                Path(tmp) / f"round-{r}",
+                args.events,
+                args.events_per_record,
+                args.seed,
+                args.max_requests_per_minute,
+                profile,
+            )
             runs.append(result)
-            print(f"  round {r + 1}: {result['rate']:9,.0f} events/s over {result['span_s']:.2f} s"
-                  f" ({result['requests']} requests), slowest second"
-                  f" {result['slowest_second']:,.0f}, logwatch CPU {result['agent_cpu_pct']:.0f}%,"
-                  f" server CPU {result['server_cpu_pct']:.0f}%, first request"
-                  f" {result['startup_s']:.2f} s after start", flush=True)
+            print(
+                f"  round {r + 1}: {result['rate']:9,.0f} events/s over {result['span_s']:.2f} s"
+                f" ({result['requests']} requests), slowest second"
+                f" {result['slowest_second']:,.0f}, logwatch CPU {result['agent_cpu_pct']:.0f}%,"
+                f" server CPU {result['server_cpu_pct']:.0f}%, first request"
+                f" {result['startup_s']:.2f} s after start",
+                flush=True,
+            )
     summary = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
     rate = summary["rate"]
-    verdict = (f"target >= {TARGET:,} met" if rate >= TARGET else
-               f"target >= {TARGET:,} MISSED by {TARGET - rate:,.0f} events/s"
-               f" ({100 * (TARGET - rate) / TARGET:.0f}%)")
-    print(f"shipping {summary['events']:,.0f} events ({summary['wal_bytes'] / 1e6:.0f} MB WAL,"
-          f" {args.events_per_record} per record), --max-requests-per-minute"
-          f" {args.max_requests_per_minute}, {args.rounds} rounds (medians):")
-    print(f"  {rate:,.0f} events/s (slowest whole second {summary['slowest_second']:,.0f});"
-          f" logwatch CPU {summary['agent_cpu_pct']:.0f}% of a core, server CPU"
-          f" {summary['server_cpu_pct']:.0f}%: {verdict}")
+    verdict = (
+        f"target >= {TARGET:,} met"
+        if rate >= TARGET
+        else f"target >= {TARGET:,} MISSED by {TARGET - rate:,.0f} events/s"
+        f" ({100 * (TARGET - rate) / TARGET:.0f}%)"
+    )
+    print(
+        f"shipping {summary['events']:,.0f} events ({summary['wal_bytes'] / 1e6:.0f} MB WAL,"
+        f" {args.events_per_record} per record), --max-requests-per-minute"
+        f" {args.max_requests_per_minute}, {args.rounds} rounds (medians):"
+    )
+    print(
+        f"  {rate:,.0f} events/s (slowest whole second {summary['slowest_second']:,.0f});"
+        f" logwatch CPU {summary['agent_cpu_pct']:.0f}% of a core, server CPU"
+        f" {summary['server_cpu_pct']:.0f}%: {verdict}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "rounds": runs,
-                                         "target": TARGET, "met": rate >= TARGET}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"summary": summary, "rounds": runs, "target": TARGET, "met": rate >= TARGET},
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -69,9 +69,11 @@ class Agent:
         self.config = config
         api_key = config.require_api_key("for logwatch")
         if config.endpoint.startswith("http://"):
-            log.warning("endpoint %s is plain http: events and the API key travel"
-                        " unencrypted; use https unless this is a local proxy",
-                        config.endpoint)
+            log.warning(
+                "endpoint %s is plain http: events and the API key travel"
+                " unencrypted; use https unless this is a local proxy",
+                config.endpoint,
+            )
         config.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             loaded = load_cursor(config.cursor_path)
@@ -83,16 +85,24 @@ class Agent:
         except WalError as exc:
             raise AgentStartError(str(exc)) from exc
         self.metrics = AgentMetrics()
-        self.shipper = Shipper(self.wal, config.endpoint, api_key, config.dead_letter_path,
-                               self.metrics.send_seconds.observe,
-                               max_requests_per_minute=config.max_requests_per_minute)
+        self.shipper = Shipper(
+            self.wal,
+            config.endpoint,
+            api_key,
+            config.dead_letter_path,
+            self.metrics.send_seconds.observe,
+            max_requests_per_minute=config.max_requests_per_minute,
+        )
         try:  # created empty if the milter has not run yet: it fills the same file later
             self._map = MapReader(config.map_path)
         except MapError as exc:
             raise AgentStartError(str(exc)) from exc
-        self.pipeline = Pipeline(config, self._map,
-                                 ContentFilters.from_postfix(config.postfix_config_dir),
-                                 Clock(config.tzinfo))
+        self.pipeline = Pipeline(
+            config,
+            self._map,
+            ContentFilters.from_postfix(config.postfix_config_dir),
+            Clock(config.tzinfo),
+        )
         self.events_by_type: Counter[str] = Counter()
         self.paused = False
         self.log_error: str | None = None
@@ -105,16 +115,23 @@ class Agent:
             self.pipeline.tracker.restore(state.get("tracker", {}))
             self._suppress = max(0, self.wal.last_seq - int(state.get("wal_seq", 0)))
             if self._suppress:
-                log.info("resuming after an unclean stop: the first %d events re-read are"
-                         " already in the WAL", self._suppress)
+                log.info(
+                    "resuming after an unclean stop: the first %d events re-read are"
+                    " already in the WAL",
+                    self._suppress,
+                )
         elif self.wal.pending:
-            log.warning("%s is missing but the WAL holds %d events: reading the log from"
-                        " its start may report some events twice", config.cursor_path,
-                        self.wal.pending)
+            log.warning(
+                "%s is missing but the WAL holds %d events: reading the log from"
+                " its start may report some events twice",
+                config.cursor_path,
+                self.wal.pending,
+            )
         # First start: read the current log from its beginning. Only messages the milter
         # recorded produce events, so this reports what arrived before logwatch started.
-        self.follower = Follower(config.log_path, self._position,
-                                 from_beginning=self._position is None)
+        self.follower = Follower(
+            config.log_path, self._position, from_beginning=self._position is None
+        )
         self.metrics.watch(self)
 
     def lag_bytes(self) -> int:
@@ -130,10 +147,16 @@ class Agent:
             await web.TCPSite(runner, listen.host, listen.port).start()
         except OSError as exc:
             await runner.cleanup()
-            raise AgentStartError(f"listen {listen}: cannot serve /health: {exc.strerror};"
-                                  " choose a free address with --listen") from exc
-        log.info("following %s, shipping to %s, health on http://%s/health",
-                 self.config.log_path, self.config.endpoint, listen)
+            raise AgentStartError(
+                f"listen {listen}: cannot serve /health: {exc.strerror};"
+                " choose a free address with --listen"
+            ) from exc
+        log.info(
+            "following %s, shipping to %s, health on http://%s/health",
+            self.config.log_path,
+            self.config.endpoint,
+            listen,
+        )
         shipping = asyncio.create_task(self.shipper.run(stop))
         # Shipping that ends by itself (a bug, a corrupt WAL) ends reading too: else the
         # WAL would fill while nothing is sent. The events read are in the WAL, so the
@@ -157,13 +180,20 @@ class Agent:
             self._map.close()
             await runner.cleanup()
         if failed is not None:
-            log.error("%s; stopped, exit 1: free disk space (systemd restarts logwatch,"
-                      " which reads the lines since its last cursor again)", failed)
+            log.error(
+                "%s; stopped, exit 1: free disk space (systemd restarts logwatch,"
+                " which reads the lines since its last cursor again)",
+                failed,
+            )
             return 1
         if (error := shipping.exception()) is not None:
-            log.error("shipping failed: %s; stopped with %d events pending in the WAL, exit"
-                      " 1 (systemd restarts logwatch)", error, self.wal.pending,
-                      exc_info=None if isinstance(error, WalError) else error)
+            log.error(
+                "shipping failed: %s; stopped with %d events pending in the WAL, exit"
+                " 1 (systemd restarts logwatch)",
+                error,
+                self.wal.pending,
+                exc_info=None if isinstance(error, WalError) else error,
+            )
             return 1
         log.info("stopped; %d events pending in the WAL", self.wal.pending)
         return 0
@@ -177,8 +207,9 @@ class Agent:
                 await self._wait_for_room(stopping)
                 continue
             reading = asyncio.create_task(self.follower.next_batch())
-            done, _ = await asyncio.wait({reading, stopping}, timeout=IDLE_AFTER,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {reading, stopping}, timeout=IDLE_AFTER, return_when=asyncio.FIRST_COMPLETED
+            )
             if reading not in done:
                 reading.cancel()
                 with contextlib.suppress(asyncio.CancelledError, LogUnreadable, OSError):
@@ -216,8 +247,11 @@ class Agent:
         self._append(events)
 
     def _reopen_map(self) -> None:
-        log.warning("%s was replaced (the milter sets a corrupt map aside and starts a new"
-                    " one): joining against the new file", self.config.map_path)
+        log.warning(
+            "%s was replaced (the milter sets a corrupt map aside and starts a new"
+            " one): joining against the new file",
+            self.config.map_path,
+        )
         replaced, self._map = self._map, MapReader(self.config.map_path)
         self.pipeline.use_map(self._map)
         replaced.close()
@@ -240,8 +274,10 @@ class Agent:
         if self._position is None:
             return
         # Events still to be recognised after a crash belong to lines after this position.
-        state = {"tracker": self.pipeline.tracker.snapshot(),
-                 "wal_seq": self.wal.last_seq - self._suppress}
+        state = {
+            "tracker": self.pipeline.tracker.snapshot(),
+            "wal_seq": self.wal.last_seq - self._suppress,
+        }
         with _writing(self.config.wal_path, "sync"):
             self.wal.sync()  # the cursor may only count events that are on disk
         with _writing(self.config.cursor_path, "save the position"):
@@ -250,8 +286,11 @@ class Agent:
 
     async def _wait_for_room(self, stopping: asyncio.Task[bool]) -> None:
         if not self.paused:
-            log.warning("the WAL is full (%d bytes): pausing reading the log until the API"
-                        " takes events again; nothing is dropped", self.wal.size_bytes)
+            log.warning(
+                "the WAL is full (%d bytes): pausing reading the log until the API"
+                " takes events again; nothing is dropped",
+                self.wal.size_bytes,
+            )
             self.paused = True
         self.shipper.progress.clear()
         progress = asyncio.create_task(self.shipper.progress.wait())
@@ -264,9 +303,13 @@ class Agent:
     def _log_unreadable(self, exc: Exception) -> None:
         message = str(exc)
         if message != self.log_error:
-            log.error("cannot read the mail log %s: %s; fix its permissions (the agent"
-                      " reads it via group adm) or log-path; retrying every %.0f s",
-                      self.config.log_path, message, LOG_RETRY)
+            log.error(
+                "cannot read the mail log %s: %s; fix its permissions (the agent"
+                " reads it via group adm) or log-path; retrying every %.0f s",
+                self.config.log_path,
+                message,
+                LOG_RETRY,
+            )
         self.log_error = message
 
 
@@ -285,7 +328,9 @@ def run_logwatch(config: Config) -> int:
         log.error("%s", exc)
         return 1
     except MapError as exc:
-        log.error("%s; stopped without counting the lines not joined yet: they are read"
-                  " again at the next start", exc)
+        log.error(
+            "%s; stopped without counting the lines not joined yet: they are read"
+            " again at the next start",
+            exc,
+        )
         return 1
-

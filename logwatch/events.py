@@ -20,8 +20,17 @@ class Event(NamedTuple):
     @staticmethod
     def of(message_id: str, verdict: Verdict, when: datetime, recipient: str) -> Event:
         # tuple.__new__ skips the Python-level __new__: this runs once per event
-        return _new(Event, (message_id, verdict.event_type, when, recipient, verdict.smtp_code,
-                            verdict.description))
+        return _new(
+            Event,
+            (
+                message_id,
+                verdict.event_type,
+                when,
+                recipient,
+                verdict.smtp_code,
+                verdict.description,
+            ),
+        )
 
     def to_api(self) -> dict[str, object]:
         """The API's JSON object; optional fields are left out when unknown."""
@@ -46,11 +55,15 @@ class Event(NamedTuple):
         if stamp[0] is not self.timestamp:  # the events of one log second share a datetime
             stamp = _last_stamp = (self.timestamp, self.timestamp.isoformat())
         message_id, event_type, _, recipient, code, description = self
-        head = (f'{{"message_id":{_quote(message_id)},"event_type":"{event_type._value_}",'
-                f'"timestamp":"{stamp[1]}"')
+        head = (
+            f'{{"message_id":{_quote(message_id)},"event_type":"{event_type._value_}",'
+            f'"timestamp":"{stamp[1]}"'
+        )
         if code is not None and description and recipient:  # nearly always: one string
-            return (f'{head},"smtp_code":{int(code)},"smtp_description":{_quote(description)},'
-                    f'"recipient":{_quote(recipient)}}}')
+            return (
+                f'{head},"smtp_code":{int(code)},"smtp_description":{_quote(description)},'
+                f'"recipient":{_quote(recipient)}}}'
+            )
         text = head
         if code is not None:
             text += f',"smtp_code":{int(code)}'

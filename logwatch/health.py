@@ -26,15 +26,19 @@ def evaluate(agent: Agent, now: float) -> tuple[bool, dict[str, object]]:
     if shipper.key_rejected:
         reasons.append("the API rejects the api-key (401/403): set the right key")
     if shipper.write_error is not None:
-        reasons.append(f"{shipper.write_error}: events wait in the WAL until it can be"
-                       " written (free disk space?)")
+        reasons.append(
+            f"{shipper.write_error}: events wait in the WAL until it can be"
+            " written (free disk space?)"
+        )
     if shipper.failing_since is not None and now - shipper.failing_since > FAILING_TOO_LONG:
-        reasons.append(f"the endpoint has failed for {now - shipper.failing_since:.0f} s:"
-                       f" {shipper.last_error}")
+        reasons.append(
+            f"the endpoint has failed for {now - shipper.failing_since:.0f} s: {shipper.last_error}"
+        )
     fill = wal.size_bytes / agent.wal_cap
     if fill >= WAL_NEARLY_FULL:
-        reasons.append(f"the WAL is {fill:.0%} full"
-                       + ("; log reading is paused" if agent.paused else ""))
+        reasons.append(
+            f"the WAL is {fill:.0%} full" + ("; log reading is paused" if agent.paused else "")
+        )
     if agent.log_error is not None:
         reasons.append(f"cannot read the mail log: {agent.log_error}")
     body: dict[str, object] = {
@@ -54,12 +58,14 @@ def evaluate(agent: Agent, now: float) -> tuple[bool, dict[str, object]]:
 def make_app(agent: Agent, metrics: AgentMetrics) -> web.Application:
     async def health(request: web.Request) -> web.Response:
         healthy, body = evaluate(agent, time.time())
-        return web.Response(status=200 if healthy else 503, text=json.dumps(body),
-                            content_type="application/json")
+        return web.Response(
+            status=200 if healthy else 503, text=json.dumps(body), content_type="application/json"
+        )
 
     async def metrics_page(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     app = web.Application()
     app.router.add_get("/health", health)

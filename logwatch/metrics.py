@@ -27,7 +27,8 @@ class AgentMetrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.send_seconds = Histogram(
-            f"{PREFIX}_send_duration_seconds", "Time of one POST to the ingestion API",
+            f"{PREFIX}_send_duration_seconds",
+            "Time of one POST to the ingestion API",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
@@ -52,43 +53,61 @@ class _AgentCollector(Collector):
         agent = self._agent
         pipeline, shipper, wal = agent.pipeline, agent.shipper, agent.wal
         yield _counter("log_lines_read", "Mail log lines read", pipeline.lines_read)
-        yield _counter("log_lines_parsed", "Lines that were delivery-relevant records",
-                       pipeline.lines_parsed)
-        events = CounterMetricFamily(f"{PREFIX}_events", "Events produced, by type",
-                                     labels=["type"])
+        yield _counter(
+            "log_lines_parsed", "Lines that were delivery-relevant records", pipeline.lines_parsed
+        )
+        events = CounterMetricFamily(
+            f"{PREFIX}_events", "Events produced, by type", labels=["type"]
+        )
         for event_type, count in sorted(agent.events_by_type.items()):
             events.add_metric([event_type], count)
         yield events
         unmatched = CounterMetricFamily(
             f"{PREFIX}_lines_without_event",
-            "Relevant lines that produced no event, by reason", labels=["reason"])
+            "Relevant lines that produced no event, by reason",
+            labels=["reason"],
+        )
         for reason, count in sorted(pipeline.counts().items()):
             unmatched.add_metric([reason], count)
         yield unmatched
-        batches = CounterMetricFamily(f"{PREFIX}_batches", "POSTs to the ingestion API,"
-                                      " by outcome (HTTP status class or error)",
-                                      labels=["outcome"])
+        batches = CounterMetricFamily(
+            f"{PREFIX}_batches",
+            "POSTs to the ingestion API, by outcome (HTTP status class or error)",
+            labels=["outcome"],
+        )
         for outcome, count in sorted(shipper.batches.items()):
             batches.add_metric([outcome], count)
         yield batches
         yield _counter("events_sent", "Events accepted by the API", shipper.events_sent)
-        yield _counter("events_dead_lettered", "Events the API refused, set aside",
-                       shipper.dead_lettered)
-        yield _counter("state_write_errors", "Failed writes of the WAL ack file or the"
-                       " dead-letter file (retried)", shipper.write_errors)
-        yield _counter("wal_torn_records", "Torn WAL records found and skipped at start",
-                       wal.torn_records)
+        yield _counter(
+            "events_dead_lettered", "Events the API refused, set aside", shipper.dead_lettered
+        )
+        yield _counter(
+            "state_write_errors",
+            "Failed writes of the WAL ack file or the dead-letter file (retried)",
+            shipper.write_errors,
+        )
+        yield _counter(
+            "wal_torn_records", "Torn WAL records found and skipped at start", wal.torn_records
+        )
         yield _gauge("wal_bytes", "Size of the WAL on disk", wal.size_bytes)
         yield _gauge("wal_events", "Events in the WAL not yet accepted", wal.pending)
-        yield _gauge("log_reading_paused", "1 while the WAL is full and reading waits",
-                     1.0 if agent.paused else 0.0)
-        yield _gauge("cursor_lag_bytes", "Bytes of the mail log not read yet",
-                     agent.lag_bytes())
-        yield _gauge("last_success_timestamp_seconds",
-                     "When the API last accepted a batch (0: never)",
-                     shipper.last_success or 0.0)
-        yield _gauge("api_key_rejected", "1 while the API rejects the key",
-                     1.0 if shipper.key_rejected else 0.0)
+        yield _gauge(
+            "log_reading_paused",
+            "1 while the WAL is full and reading waits",
+            1.0 if agent.paused else 0.0,
+        )
+        yield _gauge("cursor_lag_bytes", "Bytes of the mail log not read yet", agent.lag_bytes())
+        yield _gauge(
+            "last_success_timestamp_seconds",
+            "When the API last accepted a batch (0: never)",
+            shipper.last_success or 0.0,
+        )
+        yield _gauge(
+            "api_key_rejected",
+            "1 while the API rejects the key",
+            1.0 if shipper.key_rejected else 0.0,
+        )
         info = GaugeMetricFamily(f"{PREFIX}_build_info", "Agent version", labels=["version"])
         info.add_metric([__version__], 1.0)
         yield info

@@ -212,8 +212,10 @@ class Clock:
         first, second = wall.replace(fold=0), wall.replace(fold=1)
         if self._tz is None:
             return first.astimezone().utcoffset() != second.astimezone().utcoffset()
-        return (first.replace(tzinfo=self._tz).utcoffset()
-                != second.replace(tzinfo=self._tz).utcoffset())
+        return (
+            first.replace(tzinfo=self._tz).utcoffset()
+            != second.replace(tzinfo=self._tz).utcoffset()
+        )
 
     def localize(self, wall: datetime) -> datetime:
         """Attach the configured zone to a naive wall-clock time."""
@@ -298,8 +300,7 @@ _COMMON_DELIVERY = re.compile(
 _COMMON_ACTIVE = re.compile(_COMMON_HEAD + _ACTIVE_TAIL)
 _COMMON_REMOVED = re.compile(_COMMON_HEAD + r"removed\Z")
 
-_STATUS_LINE, _ACTIVE_LINE, _REMOVED_LINE, _NOTIFICATION_LINE, _HEADER_LINE, _PICKUP_LINE = (
-    range(6))
+_STATUS_LINE, _ACTIVE_LINE, _REMOVED_LINE, _NOTIFICATION_LINE, _HEADER_LINE, _PICKUP_LINE = range(6)
 
 
 _LINE_ENDS: Final = ("(queue active)", ": removed")
@@ -319,8 +320,10 @@ def parse_block(lines: list[bytes], clock: Clock) -> list[Record | Skipped]:
     block = b"\n".join(lines)
     rare = any(marker in block for marker in _RARE_BYTES)
     text = [
-        line for raw in lines
-        if "status=" in (line := raw.decode("utf-8", "replace")) or line.endswith(_LINE_ENDS)
+        line
+        for raw in lines
+        if "status=" in (line := raw.decode("utf-8", "replace"))
+        or line.endswith(_LINE_ENDS)
         or (rare and any(marker in line for marker in _RARE_MARKERS))
     ]
     return [record for line in text if (record := parse_line(line, clock)) is not None]

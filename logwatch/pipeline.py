@@ -26,16 +26,21 @@ _INTERNAL_ERROR: Final = "internal error"  # the skip reason of a line a bug met
 
 
 class Pipeline:
-    def __init__(self, config: Config, reader: MapReader | None, filters: ContentFilters,
-                 clock: Clock) -> None:
+    def __init__(
+        self, config: Config, reader: MapReader | None, filters: ContentFilters, clock: Clock
+    ) -> None:
         self.clock = clock
         self._keep = config.join_wait + KEEP
         self.use_map(reader)
         self._batch_rows: dict[str, Entry | None] = {}
-        self.tracker = Tracker(self._lookup, filters, wait=config.join_wait,
-                               report_deferred=config.report_deferred,
-                               forget_after=config.map_retention,
-                               on_error=self._internal_error)
+        self.tracker = Tracker(
+            self._lookup,
+            filters,
+            wait=config.join_wait,
+            report_deferred=config.report_deferred,
+            forget_after=config.map_retention,
+            on_error=self._internal_error,
+        )
         self.lines_read = 0
         self.lines_parsed = 0
         self.skipped: Counter[str] = Counter()
@@ -94,9 +99,13 @@ class Pipeline:
         self.skipped[_INTERNAL_ERROR] += 1
         count = self.skipped[_INTERNAL_ERROR]
         if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: bounded, never silent
-            log.exception("internal error #%d %s %.500r; skipped and counted"
-                          " (skipped:internal error): please report it with this line",
-                          count, doing, what)
+            log.exception(
+                "internal error #%d %s %.500r; skipped and counted"
+                " (skipped:internal error): please report it with this line",
+                count,
+                doing,
+                what,
+            )
 
     def _prefetch(self, records: list[Record]) -> None:
         """Look up the batch's queue IDs in a few queries instead of one per line."""

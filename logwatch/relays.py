@@ -43,8 +43,9 @@ def parse_relay(relay: str | None) -> Endpoint | None:
     if match is None:
         return None
     port = match.group("port")
-    return Endpoint(match.group("host").lower(), match.group("addr") or "",
-                    int(port) if port else None)
+    return Endpoint(
+        match.group("host").lower(), match.group("addr") or "", int(port) if port else None
+    )
 
 
 def queued_as(reply: str | None) -> str | None:
@@ -87,8 +88,10 @@ class ContentFilters:
     def is_hop(self, endpoint: Endpoint | None) -> bool:
         if endpoint is None or endpoint.port is None:
             return False
-        return ((endpoint.addr, endpoint.port) in self.hops
-                or (endpoint.host, endpoint.port) in self.hops)
+        return (endpoint.addr, endpoint.port) in self.hops or (
+            endpoint.host,
+            endpoint.port,
+        ) in self.hops
 
     @classmethod
     def from_values(cls, values: list[str]) -> ContentFilters:
@@ -106,7 +109,10 @@ class ContentFilters:
             values = [postfix.value("content_filter")]
             values += [s.overrides.get("content_filter", "") for s in postfix.services()]
         except PostconfError as exc:
-            log.warning("cannot read content filters: %s; content filter hops are then"
-                        " recognised only by their new queue ID", exc)
+            log.warning(
+                "cannot read content filters: %s; content filter hops are then"
+                " recognised only by their new queue ID",
+                exc,
+            )
             return cls()
         return cls.from_values(values)

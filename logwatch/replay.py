@@ -24,8 +24,7 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT = 600.0
 
 
-def replay(config: Config, files: list[Path], send: bool = False,
-           out: TextIO = sys.stdout) -> int:
+def replay(config: Config, files: list[Path], send: bool = False, out: TextIO = sys.stdout) -> int:
     """Print one API event object per line (or ship them with ``send``); a summary of what
     gave no event goes to the log.
 
@@ -53,17 +52,30 @@ async def _ship(config: Config, api_key: Secret, wal: Wal) -> int:
     from logwatch.shipper import Shipper  # its HTTP client's imports take 0.2 s
 
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    shipper = Shipper(wal, config.endpoint, api_key, config.dead_letter_path, lambda _: None,
-                      max_requests_per_minute=config.max_requests_per_minute)
+    shipper = Shipper(
+        wal,
+        config.endpoint,
+        api_key,
+        config.dead_letter_path,
+        lambda _: None,
+        max_requests_per_minute=config.max_requests_per_minute,
+    )
     stop = asyncio.Event()
     stop.set()
     await shipper.run(stop, flush_within=SEND_TIMEOUT)
     if wal.pending:
-        log.error("%d events could not be sent (%s); nothing was lost: run replay --send"
-                  " again", wal.pending, shipper.last_error)
+        log.error(
+            "%d events could not be sent (%s); nothing was lost: run replay --send again",
+            wal.pending,
+            shipper.last_error,
+        )
         return 1
-    log.info("sent %d events (%d set aside in %s)", shipper.events_sent,
-             shipper.dead_lettered, config.dead_letter_path)
+    log.info(
+        "sent %d events (%d set aside in %s)",
+        shipper.events_sent,
+        shipper.dead_lettered,
+        config.dead_letter_path,
+    )
     return 0
 
 
@@ -91,9 +103,13 @@ def _replay(config: Config, files: list[Path], out: TextIO) -> int:
         if reader is not None:
             reader.close()
     out.flush()
-    log.info("replayed %d lines, %d parsed, %d events; without event: %s",
-             pipeline.lines_read, pipeline.lines_parsed, events,
-             ", ".join(f"{k}={v}" for k, v in sorted(pipeline.counts().items())) or "none")
+    log.info(
+        "replayed %d lines, %d parsed, %d events; without event: %s",
+        pipeline.lines_read,
+        pipeline.lines_parsed,
+        events,
+        ", ".join(f"{k}={v}" for k, v in sorted(pipeline.counts().items())) or "none",
+    )
     return 0
 
 
@@ -105,9 +121,12 @@ def _write(out: TextIO, events: list[Event]) -> int:
 def open_map(config: Config) -> MapReader | None:
     """The milter's map, or None (with a warning) when this host has none yet."""
     if not config.map_path.exists():
-        log.warning("%s does not exist: is the milter running with state-dir %s? Without"
-                    " it only header_checks INFO lines can be correlated",
-                    config.map_path, config.state_dir)
+        log.warning(
+            "%s does not exist: is the milter running with state-dir %s? Without"
+            " it only header_checks INFO lines can be correlated",
+            config.map_path,
+            config.state_dir,
+        )
         return None
     try:
         return MapReader(config.map_path)

@@ -40,8 +40,9 @@ CONTENT_REJECTED = frozenset({400, 413, 422})
 TRANSIENT = frozenset({408, 425, 429})
 
 
-def backoff_delay(failures: int, retry_after: float | None,
-                  rng: random.Random | None = None) -> float:
+def backoff_delay(
+    failures: int, retry_after: float | None, rng: random.Random | None = None
+) -> float:
     """1, 2, 4, 8 ... 60 s with +-20% jitter; the server's Retry-After wins if longer."""
     base = min(BACKOFF_CAP, 2.0 ** max(0, failures - 1))
     delay = base * (rng or random).uniform(0.8, 1.2)
@@ -85,9 +86,16 @@ class Answer:
 
 
 class Shipper:
-    def __init__(self, wal: Wal, endpoint: str, api_key: Secret, dead_letter: Path,
-                 observe_send: Callable[[float], None],
-                 *, max_requests_per_minute: int = 10_000) -> None:
+    def __init__(
+        self,
+        wal: Wal,
+        endpoint: str,
+        api_key: Secret,
+        dead_letter: Path,
+        observe_send: Callable[[float], None],
+        *,
+        max_requests_per_minute: int = 10_000,
+    ) -> None:
         self._wal = wal
         self._endpoint = endpoint
         self._api_key = api_key
@@ -114,11 +122,14 @@ class Shipper:
     async def run(self, stop: asyncio.Event, flush_within: float = 5.0) -> None:
         """Send until ``stop``; then keep sending for at most ``flush_within`` seconds."""
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-        headers = {"X-SP-Event-ApiKey": self._api_key.reveal(),
-                   "Content-Type": "application/json",
-                   "User-Agent": f"sendpost-agent/{__version__}"}
-        async with aiohttp.ClientSession(timeout=timeout, headers=headers,
-                                         connector=aiohttp.TCPConnector(limit=1)) as session:
+        headers = {
+            "X-SP-Event-ApiKey": self._api_key.reveal(),
+            "Content-Type": "application/json",
+            "User-Agent": f"sendpost-agent/{__version__}",
+        }
+        async with aiohttp.ClientSession(
+            timeout=timeout, headers=headers, connector=aiohttp.TCPConnector(limit=1)
+        ) as session:
             self._session = session
             sender = asyncio.create_task(self._loop())
             stopping = asyncio.create_task(stop.wait())
@@ -127,12 +138,19 @@ class Shipper:
                 self._flushing = True
                 self.wake.set()
                 deadline = time.monotonic() + flush_within
-                while (self._wal.pending and not sender.done() and not self.key_rejected
-                       and time.monotonic() < deadline):
+                while (
+                    self._wal.pending
+                    and not sender.done()
+                    and not self.key_rejected
+                    and time.monotonic() < deadline
+                ):
                     await asyncio.sleep(0.05)
                 if self._wal.pending:
-                    log.warning("stopping with %d events pending; they stay in the WAL and"
-                                " are sent after the restart", self._wal.pending)
+                    log.warning(
+                        "stopping with %d events pending; they stay in the WAL and"
+                        " are sent after the restart",
+                        self._wal.pending,
+                    )
                 sender.cancel()
             stopping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -191,14 +209,23 @@ class Shipper:
                 await self._isolate(half, reply)
 
     async def _set_aside(self, event: bytes, answer: Answer) -> None:
-        record = {"time": time.time(), "status": answer.status, "answer": answer.text[:2000],
-                  "event": json.loads(event)}
+        record = {
+            "time": time.time(),
+            "status": answer.status,
+            "answer": answer.text[:2000],
+            "event": json.loads(event),
+        }
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        await self._write_until_done(self._dead_letter,
-                                     lambda: append_line(self._dead_letter, line))
+        await self._write_until_done(
+            self._dead_letter, lambda: append_line(self._dead_letter, line)
+        )
         self.dead_lettered += 1
-        log.error("the API refused an event (HTTP %s: %s); set aside in %s",
-                  answer.status, answer.text[:200], self._dead_letter)
+        log.error(
+            "the API refused an event (HTTP %s: %s); set aside in %s",
+            answer.status,
+            answer.text[:200],
+            self._dead_letter,
+        )
 
     async def _write_until_done(self, path: Path, write: Callable[[], None]) -> None:
         """Retry a failed local write with backoff until it succeeds.
@@ -217,8 +244,12 @@ class Shipper:
                 self.write_error = self.last_error = f"cannot write {path}: {exc}"
                 delay = backoff_delay(failures, None)
                 if failures & (failures - 1) == 0:  # the 1st, 2nd, 4th...: never a flood
-                    log.error("%s; the events stay in the WAL; retry %d in %.1f s",
-                              self.write_error, failures, delay)
+                    log.error(
+                        "%s; the events stay in the WAL; retry %d in %.1f s",
+                        self.write_error,
+                        failures,
+                        delay,
+                    )
                 await asyncio.sleep(delay)
             else:
                 if failures:
@@ -243,9 +274,13 @@ class Shipper:
         status = answer.status
         if status in (401, 403):
             if not self.key_rejected:
-                log.error("the API rejected the key (HTTP %s): set the right api-key (the"
-                          " Event Ingestion API Key of your Custom SMTP TPSP); events are"
-                          " kept and retried every %d s", status, KEY_REJECTED_RETRY)
+                log.error(
+                    "the API rejected the key (HTTP %s): set the right api-key (the"
+                    " Event Ingestion API Key of your Custom SMTP TPSP); events are"
+                    " kept and retried every %d s",
+                    status,
+                    KEY_REJECTED_RETRY,
+                )
             self.key_rejected = True
             self.last_error = f"HTTP {status}: API key rejected"
             return KEY_REJECTED_RETRY
@@ -256,8 +291,14 @@ class Shipper:
         what = f"HTTP {status}" if status is not None else "no answer"
         self.last_error = f"{what}: {answer.text[:200]}"
         level = logging.WARNING if self._failures <= 3 or transient else logging.ERROR
-        log.log(level, "sending failed (%s: %s); retry %d in %.1f s", what, answer.text[:200],
-                self._failures, delay)
+        log.log(
+            level,
+            "sending failed (%s: %s); retry %d in %.1f s",
+            what,
+            answer.text[:200],
+            self._failures,
+            delay,
+        )
         return delay
 
     async def _post(self, events: list[bytes]) -> Answer:

@@ -20,8 +20,10 @@ def status(config: Config, out: TextIO) -> int:
     except urllib.error.HTTPError as exc:  # 503 carries the same body
         body = json.load(exc)
     except (OSError, ValueError) as exc:
-        out.write(f"logwatch is not answering on {url}: {exc}\n"
-                  "  is it running? (systemctl status sendpost-agent-logwatch)\n")
+        out.write(
+            f"logwatch is not answering on {url}: {exc}\n"
+            "  is it running? (systemctl status sendpost-agent-logwatch)\n"
+        )
         return 1
     last = body.get("last_success")
     ago = f"{time.time() - last:.0f} s ago" if last else "never"

@@ -80,9 +80,16 @@ class _Held:
 
 
 class Tracker:
-    def __init__(self, lookup: Lookup, filters: ContentFilters, *, wait: float = 30.0,
-                 report_deferred: bool = True, forget_after: float = 7 * 86400.0,
-                 on_error: OnError | None = None) -> None:
+    def __init__(
+        self,
+        lookup: Lookup,
+        filters: ContentFilters,
+        *,
+        wait: float = 30.0,
+        report_deferred: bool = True,
+        forget_after: float = 7 * 86400.0,
+        on_error: OnError | None = None,
+    ) -> None:
         """``on_error``: a bug met on one line (fed, or held and settled later) costs that
         line only; without it (tests) the bug is raised."""
         self._lookup = lookup
@@ -332,8 +339,12 @@ class Tracker:
         if event_type is EventType.DELIVERED:
             new_id = queued_as(record.reply)
             reply = record.reply
-            if (new_id is None and reply is not None and "discarded" in reply
-                    and self._filters.is_hop(parse_relay(record.relay))):
+            if (
+                new_id is None
+                and reply is not None
+                and "discarded" in reply
+                and self._filters.is_hop(parse_relay(record.relay))
+            ):
                 # amavis's `250 2.7.0 Ok, discarded, id=... - INFECTED`: taken by the
                 # filter and never delivered. No event type says so; a delivery would lie.
                 self.counts["content_filter_discarded"] += 1
@@ -422,8 +433,13 @@ class Tracker:
         """What must survive a restart, as JSON-able data: what the map cannot rebuild."""
         messages = {}
         for queue_id, m in self.messages.items():
-            if (m.deferred or m.ndr or m.no_milter or m.info_uuid is not None
-                    or (m.uuid is not None and not m.from_map)):
+            if (
+                m.deferred
+                or m.ndr
+                or m.no_milter
+                or m.info_uuid is not None
+                or (m.uuid is not None and not m.from_map)
+            ):
                 messages[queue_id] = {
                     "uuid": None if m.from_map else m.uuid,
                     "ndr": m.ndr,
@@ -432,14 +448,18 @@ class Tracker:
                     "seen": m.seen,
                     "deferred": {r: [v.smtp_code, v.description] for r, v in m.deferred.items()},
                 }
-        held = [[h.deadline, h.queue_id, record_to_json(h.record), h.hop_to, h.uuid]
-                for h in sorted(self._queue)]
+        held = [
+            [h.deadline, h.queue_id, record_to_json(h.record), h.hop_to, h.uuid]
+            for h in sorted(self._queue)
+        ]
         return {"messages": messages, "held": held, "now": self.now}
 
     def restore(self, state: dict[str, Any]) -> None:
         for queue_id, m in state.get("messages", {}).items():
             self.messages[queue_id] = Message(
-                uuid=m["uuid"], ndr=m["ndr"], no_milter=m.get("no_milter", False),
+                uuid=m["uuid"],
+                ndr=m["ndr"],
+                no_milter=m.get("no_milter", False),
                 info_uuid=m.get("info_uuid"),
                 seen=m["seen"],
                 deferred={
@@ -453,7 +473,8 @@ class Tracker:
 
 
 _KINDS: Final[dict[str, type[Delivery] | type[Expired]]] = {
-    "Delivery": Delivery, "Expired": Expired
+    "Delivery": Delivery,
+    "Expired": Expired,
 }
 
 

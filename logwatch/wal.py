@@ -107,9 +107,14 @@ class Wal:
         if acked is None:
             acked = wal_first - 1
         elif acked < wal_first - 1:
-            log.warning("%s: events %d to %d are in neither %s nor acked (lost); the WAL"
-                        " goes on from %d", self._ack_path, acked + 1, wal_first - 1,
-                        path.name, wal_first)
+            log.warning(
+                "%s: events %d to %d are in neither %s nor acked (lost); the WAL goes on from %d",
+                self._ack_path,
+                acked + 1,
+                wal_first - 1,
+                path.name,
+                wal_first,
+            )
             acked = wal_first - 1
         self.acked_seq: int = acked
         self.last_seq: int = max(acked, wal_last)
@@ -140,8 +145,7 @@ class Wal:
         first = self.last_seq + 1
         head = _HEADER.pack(_MAGIC, _VERSION, len(payload), len(events), first, 0)[:_CRC_AT]
         crc = zlib.crc32(payload, zlib.crc32(head))
-        append_whole(self._fd, b"".join((head, crc.to_bytes(4, "little"), payload)),
-                     self._end)
+        append_whole(self._fd, b"".join((head, crc.to_bytes(4, "little"), payload)), self._end)
         self._offsets.append(self._end)
         self._firsts.append(first)
         self._counts.append(len(events))
@@ -176,13 +180,21 @@ class Wal:
             first, count = self._firsts[k], self._counts[k]
             events = _payload(buf, at, first, count)
             if events is None:
-                raise WalError(self.path, f"{self.path}: the record at offset "
-                               f"{self._offsets[k]} changed after it was checked (disk "
-                               "corruption? check the disk); a restart of the agent drops"
-                               " it and the records after it (their events are lost)")
+                raise WalError(
+                    self.path,
+                    f"{self.path}: the record at offset "
+                    f"{self._offsets[k]} changed after it was checked (disk "
+                    "corruption? check the disk); a restart of the agent drops"
+                    " it and the records after it (their events are lost)",
+                )
             skip = max(0, start - first)
-            out.extend(zip(range(first + skip, first + count),
-                           events[skip:skip + max_events - len(out)], strict=False))
+            out.extend(
+                zip(
+                    range(first + skip, first + count),
+                    events[skip : skip + max_events - len(out)],
+                    strict=False,
+                )
+            )
         return out
 
     def ack(self, seq: int) -> None:
@@ -242,10 +254,13 @@ class Wal:
                     break
                 if version != _VERSION:
                     if offset == 0:
-                        raise WalError(self.path, f"{self.path} has format version {version}"
-                                       f" (this agent writes {_VERSION}): let the agent"
-                                       " version that wrote it send it, or move it away"
-                                       " (its events are then not reported)")
+                        raise WalError(
+                            self.path,
+                            f"{self.path} has format version {version}"
+                            f" (this agent writes {_VERSION}): let the agent"
+                            " version that wrote it send it, or move it away"
+                            " (its events are then not reported)",
+                        )
                     problem = f"of unknown version {version}"
                     break
                 if offset + _HEADER.size + length > size:
@@ -266,10 +281,16 @@ class Wal:
         self._end = offset
         if offset < size:
             self.torn_records = 1
-            log.error("%s: the record at offset %d is %s: truncated the file there, dropping"
-                      " %d bytes (a write cut short by a crash, or a corrupt file); the"
-                      " %d events before it are kept", self.path, offset, problem,
-                      size - offset, sum(self._counts))
+            log.error(
+                "%s: the record at offset %d is %s: truncated the file there, dropping"
+                " %d bytes (a write cut short by a crash, or a corrupt file); the"
+                " %d events before it are kept",
+                self.path,
+                offset,
+                problem,
+                size - offset,
+                sum(self._counts),
+            )
             os.ftruncate(self._fd, offset)
 
     def _reclaim(self) -> None:
@@ -287,12 +308,15 @@ class Wal:
                 self._end = 0
             elif k > 0:
                 prefix = self._offsets[k]
-                if prefix >= max(self._end - prefix,
-                                 min(_COMPACT_MIN_BYTES, self.cap_bytes // 4)):
+                if prefix >= max(self._end - prefix, min(_COMPACT_MIN_BYTES, self.cap_bytes // 4)):
                     self._compact(k)
         except OSError as exc:
-            log.error("%s: cannot reclaim the space of acked events (%s); they keep using"
-                      " disk space until the next ack", self.path, exc)
+            log.error(
+                "%s: cannot reclaim the space of acked events (%s); they keep using"
+                " disk space until the next ack",
+                self.path,
+                exc,
+            )
 
     def _compact(self, k: int) -> None:
         """Replace the file with its records from ``k`` on (temp, fsync, rename, fsync dir)."""
@@ -303,8 +327,10 @@ class Wal:
             while pos < self._end:
                 chunk = os.pread(self._fd, min(_CHUNK, self._end - pos), pos)
                 if not chunk:
-                    raise WalError(self.path, f"{self.path} shrank while being compacted;"
-                                   " only this agent may write it")
+                    raise WalError(
+                        self.path,
+                        f"{self.path} shrank while being compacted; only this agent may write it",
+                    )
                 _pwrite_all(fd, chunk, pos - base)
                 pos += len(chunk)
             os.fsync(fd)
@@ -327,9 +353,12 @@ class Wal:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise WalError(self._ack_path, f"cannot read {self._ack_path}: {exc.strerror}; make"
-                           " it (and its directory) readable and writable by the user the"
-                           " agent runs as") from exc
+            raise WalError(
+                self._ack_path,
+                f"cannot read {self._ack_path}: {exc.strerror}; make"
+                " it (and its directory) readable and writable by the user the"
+                " agent runs as",
+            ) from exc
         try:
             doc = json.loads(raw)
             if not isinstance(doc, dict) or doc.get("version") != _ACK_VERSION:
@@ -338,9 +367,12 @@ class Wal:
             if type(acked) is not int or acked < 0:
                 raise ValueError("'acked_seq' is not a non-negative integer")
         except ValueError as exc:
-            raise WalError(self._ack_path, f"the WAL ack file {self._ack_path} is corrupt"
-                           f" ({exc}); delete it to send again every event still in"
-                           f" {self.path} (the API may then get some events twice)") from exc
+            raise WalError(
+                self._ack_path,
+                f"the WAL ack file {self._ack_path} is corrupt"
+                f" ({exc}); delete it to send again every event still in"
+                f" {self.path} (the API may then get some events twice)",
+            ) from exc
         return acked
 
     def _write_ack(self, seq: int) -> None:
@@ -359,9 +391,10 @@ def _payload(buf: bytes, at: int, first: int, count: int) -> list[bytes] | None:
     """The events of the record at ``buf[at:]``, or None unless it is the indexed one, intact."""
     magic, version, length, got_count, got_first, crc = _HEADER.unpack_from(buf, at)
     start = at + _HEADER.size
-    payload = buf[start:start + length]
-    if (magic, version, got_first, got_count) != (_MAGIC, _VERSION, first, count) or \
-            zlib.crc32(payload, zlib.crc32(buf[at:at + _CRC_AT])) != crc:
+    payload = buf[start : start + length]
+    if (magic, version, got_first, got_count) != (_MAGIC, _VERSION, first, count) or zlib.crc32(
+        payload, zlib.crc32(buf[at : at + _CRC_AT])
+    ) != crc:
         return None
     return payload.split(b"\n")
 

@@ -59,8 +59,7 @@ def _run_replay(config: Config, args: argparse.Namespace) -> int:
 def _run_doctor(config: Config, args: argparse.Namespace) -> int:
     from sendpost_agent.doctor import run_doctor
 
-    return run_doctor(config, sys.stdout, smtp=args.smtp, offline=args.offline,
-                      as_json=args.json)
+    return run_doctor(config, sys.stdout, smtp=args.smtp, offline=args.offline, as_json=args.json)
 
 
 def _smtp_address(text: str) -> HostPort:
@@ -73,16 +72,28 @@ def _smtp_address(text: str) -> HostPort:
 def _doctor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     parser.add_argument("--offline", action="store_true", help="skip the endpoint check")
-    parser.add_argument("--smtp", type=_smtp_address, metavar="HOST:PORT",
-                        help="the smtpd to send the probe to [default: the smtpd listener"
-                        " of master.cf that passes mail to the milter, port 25 first]")
+    parser.add_argument(
+        "--smtp",
+        type=_smtp_address,
+        metavar="HOST:PORT",
+        help="the smtpd to send the probe to [default: the smtpd listener"
+        " of master.cf that passes mail to the milter, port 25 first]",
+    )
 
 
 def _replay_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE",
-                        help="mail log files, plain or .gz, oldest first")
-    parser.add_argument("--send", action="store_true",
-                        help="ship the events to the endpoint instead of printing them")
+    parser.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="mail log files, plain or .gz, oldest first",
+    )
+    parser.add_argument(
+        "--send",
+        action="store_true",
+        help="ship the events to the endpoint instead of printing them",
+    )
 
 
 def _no_args(parser: argparse.ArgumentParser) -> None:
@@ -139,14 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reports the final fate of SendPost messages from a Postfix server.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="PATH",
-                        help="YAML config file [default /etc/sendpost-agent/config.yaml]")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="YAML config file [default /etc/sendpost-agent/config.yaml]",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, _, add_args) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         add_args(cmd)
-        cmd.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="PATH",
-                         help=argparse.SUPPRESS)
+        cmd.add_argument(
+            "--config", type=Path, default=argparse.SUPPRESS, metavar="PATH", help=argparse.SUPPRESS
+        )
         _add_setting_flags(cmd)
     return parser
 

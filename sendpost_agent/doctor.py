@@ -50,14 +50,25 @@ LOG_FRESH = 3600.0
 HTTP_TIMEOUT = 10.0
 
 # Read once up front: a configuration postconf cannot read stops doctor with exit 2.
-MAIN_SETTINGS = ("queue_directory", "smtpd_milters", "milter_default_action",
-                 "receive_override_options", "content_filter", "header_checks",
-                 "mime_header_checks", "nested_header_checks", "inet_interfaces",
-                 "myhostname", "mail_owner", "maillog_file")
+MAIN_SETTINGS = (
+    "queue_directory",
+    "smtpd_milters",
+    "milter_default_action",
+    "receive_override_options",
+    "content_filter",
+    "header_checks",
+    "mime_header_checks",
+    "nested_header_checks",
+    "inet_interfaces",
+    "myhostname",
+    "mail_owner",
+    "maillog_file",
+)
 HEADER_TABLES = ("header_checks", "mime_header_checks", "nested_header_checks")
 # header_checks actions that leave the header and the message alone (header_checks(5)).
-HARMLESS_ACTIONS = frozenset({"INFO", "WARN", "DUNNO", "OK", "PREPEND", "BCC", "FILTER",
-                              "REDIRECT"})
+HARMLESS_ACTIONS = frozenset(
+    {"INFO", "WARN", "DUNNO", "OK", "PREPEND", "BCC", "FILTER", "REDIRECT"}
+)
 DEFAULT_ACTION_EFFECTS = {
     "tempfail": "defer every message (4xx)",
     "reject": "reject every message (5xx)",
@@ -157,8 +168,7 @@ def _combine(name: str, findings: list[Check], passed: str) -> Check:
     if not findings:
         return Check(name, "pass", passed)
     fixes = list(dict.fromkeys(f.fix for f in findings if f.fix))
-    return Check(name, _worst(findings), "; ".join(f.detail for f in findings),
-                 "; ".join(fixes))
+    return Check(name, _worst(findings), "; ".join(f.detail for f in findings), "; ".join(fixes))
 
 
 def _user_cannot_connect(path: Path, user: str) -> str | None:
@@ -179,8 +189,10 @@ def _user_cannot_connect(path: Path, user: str) -> str | None:
         st = item.stat()
         shift = 6 if st.st_uid == account.pw_uid else 3 if st.st_gid in groups else 0
         if not st.st_mode >> shift & bit:
-            return (f"user {user} (Postfix's smtpd) cannot {what} {item} (mode"
-                    f" {stat.filemode(st.st_mode)}, uid {st.st_uid}, gid {st.st_gid})")
+            return (
+                f"user {user} (Postfix's smtpd) cannot {what} {item} (mode"
+                f" {stat.filemode(st.st_mode)}, uid {st.st_uid}, gid {st.st_gid})"
+            )
     return None
 
 
@@ -198,12 +210,17 @@ def _read_from(path: Path, offset: int) -> str:
 
 async def _post_empty_batch(url: str, key: Secret) -> tuple[int | None, str]:
     """POST ``{"events": []}``: the API checks the key first, and there is no event."""
-    headers = {"X-SP-Event-ApiKey": key.reveal(), "Content-Type": "application/json",
-               "User-Agent": f"sendpost-agent/{__version__} doctor"}
+    headers = {
+        "X-SP-Event-ApiKey": key.reveal(),
+        "Content-Type": "application/json",
+        "User-Agent": f"sendpost-agent/{__version__} doctor",
+    }
     timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT)
     try:
-        async with (aiohttp.ClientSession(timeout=timeout, headers=headers) as session,
-                    session.post(url, data=b'{"events": []}') as response):
+        async with (
+            aiohttp.ClientSession(timeout=timeout, headers=headers) as session,
+            session.post(url, data=b'{"events": []}') as response,
+        ):
             text = await response.text(errors="replace")
             return response.status, text[:200].replace(key.reveal(), "********")
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -224,9 +241,14 @@ class Doctor:
         """All checks; raises PostconfError when Postfix's configuration cannot be read."""
         self.postfix.get(*MAIN_SETTINGS)
         self.postfix.services()
-        checks = [self.check_milter_listed(), self.check_default_action(),
-                  self.check_header_checks(), self.check_content_filters(),
-                  self.check_probe(), self.check_mail_log()]
+        checks = [
+            self.check_milter_listed(),
+            self.check_default_action(),
+            self.check_header_checks(),
+            self.check_content_filters(),
+            self.check_probe(),
+            self.check_mail_log(),
+        ]
         if offline:
             checks.append(Check("endpoint", "skip", "not checked (--offline)"))
         else:
@@ -245,15 +267,23 @@ class Doctor:
         ours = milter_target(self.config.milter_socket, self.queue_directory, chroot=False)
         services = postfix.services()
         filtered = bool(postfix.value("content_filter")) or any(
-            s.overrides.get("content_filter") for s in services)
+            s.overrides.get("content_filter") for s in services
+        )
         listeners = []
         for service in services:
             if service.command != "smtpd":
                 continue
-            entries = map(MilterEntry.parse,
-                          split_list(postfix.effective(service, "smtpd_milters")))
-            mine = next((e for e in entries if ours == milter_target(
-                e.address, self.queue_directory, service.chroot)), None)
+            entries = map(
+                MilterEntry.parse, split_list(postfix.effective(service, "smtpd_milters"))
+            )
+            mine = next(
+                (
+                    e
+                    for e in entries
+                    if ours == milter_target(e.address, self.queue_directory, service.chroot)
+                ),
+                None,
+            )
             options = split_list(postfix.effective(service, "receive_override_options"))
             reinjection = filtered and service.overrides.get("content_filter") == ""
             listeners.append(Listener(service, mine, "no_milters" in options, reinjection))
@@ -275,8 +305,12 @@ class Doctor:
         socket_name = self.config.milter_socket
         listeners = [listener for listener in self.listeners if not listener.reinjection]
         if not listeners:
-            return Check(name, "fail", f"{self.postfix.config_dir / 'master.cf'} has no"
-                         " smtpd service", "receive mail with smtpd (master.cf smtp inet ...)")
+            return Check(
+                name,
+                "fail",
+                f"{self.postfix.config_dir / 'master.cf'} has no smtpd service",
+                "receive mail with smtpd (master.cf smtp inet ...)",
+            )
         missing = [listener for listener in listeners if not listener.sees_ours]
         names = ", ".join(str(listener.service) for listener in (missing or listeners))
         if not missing:
@@ -291,44 +325,60 @@ class Doctor:
                 reasons.append(f"{listener.service}: not in {where}")
         fixes = []
         if any(not listener.milters_off for listener in missing):
-            fixes.append(f"add {self.suggested_entry} to smtpd_milters where named (keep the"
-                         " milters already there; see postfix-conf/main.cf.snippet)")
+            fixes.append(
+                f"add {self.suggested_entry} to smtpd_milters where named (keep the"
+                " milters already there; see postfix-conf/main.cf.snippet)"
+            )
         if any(listener.milters_off for listener in missing):
             fixes.append("remove no_milters from receive_override_options where named")
         fix = " and ".join(fixes) + ", then postfix reload"
         if len(missing) < len(listeners):
-            return Check(name, "warn", f"mail received by {names} does not reach the milter"
-                         f" ({'; '.join(reasons)})",
-                         fix + ", unless SendPost never hands mail to these listeners")
-        return Check(name, "fail", f"no smtpd listener passes mail to the milter at"
-                     f" {socket_name} ({'; '.join(reasons)})", fix)
+            return Check(
+                name,
+                "warn",
+                f"mail received by {names} does not reach the milter ({'; '.join(reasons)})",
+                fix + ", unless SendPost never hands mail to these listeners",
+            )
+        return Check(
+            name,
+            "fail",
+            f"no smtpd listener passes mail to the milter at {socket_name} ({'; '.join(reasons)})",
+            fix,
+        )
 
     def check_default_action(self) -> Check:
         name = "milter-default-action"
         seen = [listener for listener in self.listeners if listener.sees_ours]
         if not seen:
-            return Check(name, "skip", "the milter is in no smtpd_milters"
-                         " (see milter-in-smtpd-milters)")
+            return Check(
+                name, "skip", "the milter is in no smtpd_milters (see milter-in-smtpd-milters)"
+            )
         findings = []
         for listener in seen:
             assert listener.ours is not None
             if "default_action" in listener.ours.settings:
                 action = listener.ours.settings["default_action"]
-                where = ("default_action of its smtpd_milters entry in "
-                         + self.postfix.origin(listener.service, "smtpd_milters"))
+                where = "default_action of its smtpd_milters entry in " + self.postfix.origin(
+                    listener.service, "smtpd_milters"
+                )
             else:
                 action = self.postfix.effective(listener.service, "milter_default_action")
                 where = self.postfix.origin(listener.service, "milter_default_action")
             if action.lower() != "accept":
                 effect = DEFAULT_ACTION_EFFECTS.get(action.lower(), f"apply {action!r}")
-                findings.append(Check(
-                    name, "fail",
-                    f"{listener.service}: default action {action} ({where}): while the agent"
-                    f" is down or slow, Postfix would {effect} instead of letting mail flow",
-                    f"use {self.suggested_entry} in smtpd_milters (per-milter"
-                    " default_action=accept), then postfix reload"))
-        return _combine(name, findings, "default action accept: mail flows while the agent"
-                        " is down or slow")
+                findings.append(
+                    Check(
+                        name,
+                        "fail",
+                        f"{listener.service}: default action {action} ({where}): while the agent"
+                        f" is down or slow, Postfix would {effect} instead of letting mail flow",
+                        f"use {self.suggested_entry} in smtpd_milters (per-milter"
+                        " default_action=accept), then postfix reload",
+                    )
+                )
+        return _combine(
+            name, findings, "default action accept: mail flows while the agent is down or slow"
+        )
 
     def check_header_checks(self) -> Check:
         """Ask postmap what each header table does to our header, as cleanup would."""
@@ -337,8 +387,11 @@ class Doctor:
         users: dict[str, list[tuple[str, str]]] = {}  # table list -> (parameter, origin)
         for parameter in HEADER_TABLES:
             settings = [(None, self.postfix.value(parameter))]
-            settings += [(s, s.overrides[parameter]) for s in self.postfix.services()
-                         if parameter in s.overrides]
+            settings += [
+                (s, s.overrides[parameter])
+                for s in self.postfix.services()
+                if parameter in s.overrides
+            ]
             for service, value in settings:
                 if value:
                     origin = self.postfix.origin(service, parameter)
@@ -350,25 +403,39 @@ class Doctor:
             try:
                 rule = self._deciding_rule(value, header_line)
             except PostconfError as exc:
-                findings.append(Check(name, "fail", f"cannot test {value} ({where}): {exc}",
-                                      f"make the table readable or fix {where}"))
+                findings.append(
+                    Check(
+                        name,
+                        "fail",
+                        f"cannot test {value} ({where}): {exc}",
+                        f"make the table readable or fix {where}",
+                    )
+                )
                 continue
             if rule is None or rule.action in HARMLESS_ACTIONS:
                 continue
             if hides:
-                findings.append(Check(
-                    name, "fail",
-                    f"{rule} ({where}): milters see headers after header_checks, so the"
-                    " milter cannot record the UUID of such messages",
-                    "remove the rule or change it to INFO"
-                    " (postfix-conf/header_checks.snippet), then postfix reload"))
+                findings.append(
+                    Check(
+                        name,
+                        "fail",
+                        f"{rule} ({where}): milters see headers after header_checks, so the"
+                        " milter cannot record the UUID of such messages",
+                        "remove the rule or change it to INFO"
+                        " (postfix-conf/header_checks.snippet), then postfix reload",
+                    )
+                )
             else:
-                findings.append(Check(
-                    name, "warn",
-                    f"{rule} ({where}): harmless today, as Postfix applies"
-                    " mime_header_checks only to MIME headers and nested_header_checks only"
-                    " to attached messages, not to the top-level header SendPost sets",
-                    f"optional: make {rule.location} not match {HEADER_NAME}"))
+                findings.append(
+                    Check(
+                        name,
+                        "warn",
+                        f"{rule} ({where}): harmless today, as Postfix applies"
+                        " mime_header_checks only to MIME headers and nested_header_checks only"
+                        " to attached messages, not to the top-level header SendPost sets",
+                        f"optional: make {rule.location} not match {HEADER_NAME}",
+                    )
+                )
         tables = ", ".join(users) or "none configured"
         return _combine(name, findings, f"{HEADER_NAME} passes every header table ({tables})")
 
@@ -415,25 +482,38 @@ class Doctor:
         reinjection = [listener for listener in self.listeners if listener.reinjection]
         findings = []
         for listener in reinjection:
-            options = split_list(self.postfix.effective(listener.service,
-                                                        "receive_override_options"))
+            options = split_list(
+                self.postfix.effective(listener.service, "receive_override_options")
+            )
             where = self.postfix.origin(listener.service, "receive_override_options")
             if "no_milters" in options:
-                findings.append(Check(
-                    name, "warn",
-                    f"re-injection listener {listener.service} has no_milters ({where}): the"
-                    " milter does not see re-injected mail; that is fine, logwatch carries"
-                    " the UUID recorded at the first hop over to the new queue ID, even if"
-                    " the filter strips the header"))
+                findings.append(
+                    Check(
+                        name,
+                        "warn",
+                        f"re-injection listener {listener.service} has no_milters ({where}): the"
+                        " milter does not see re-injected mail; that is fine, logwatch carries"
+                        " the UUID recorded at the first hop over to the new queue ID, even if"
+                        " the filter strips the header",
+                    )
+                )
             if "no_header_body_checks" in options:
-                findings.append(Check(
-                    name, "warn",
-                    f"re-injection listener {listener.service} has no_header_body_checks"
-                    f" ({where}): a header_checks INFO fallback logs the header only on the"
-                    " first hop, which is all logwatch needs"))
+                findings.append(
+                    Check(
+                        name,
+                        "warn",
+                        f"re-injection listener {listener.service} has no_header_body_checks"
+                        f" ({where}): a header_checks INFO fallback logs the header only on the"
+                        " first hop, which is all logwatch needs",
+                    )
+                )
         listed = ", ".join(str(listener.service) for listener in reinjection) or "none found"
-        return _combine(name, findings, f"content filter {', '.join(filters)}; re-injection"
-                        f" listeners (-o content_filter=): {listed}")
+        return _combine(
+            name,
+            findings,
+            f"content filter {', '.join(filters)}; re-injection"
+            f" listeners (-o content_filter=): {listed}",
+        )
 
     # --- live checks ----------------------------------------------------------------
 
@@ -444,29 +524,53 @@ class Doctor:
         try:
             key = load_key(state_dir)
         except DamagedKey as exc:
-            return Check(name, "fail", f"not sent: {exc}, so the milter could not recognise"
-                         " and discard the probe", exc.fix)
+            return Check(
+                name,
+                "fail",
+                f"not sent: {exc}, so the milter could not recognise and discard the probe",
+                exc.fix,
+            )
         if key is None:
             key_path = state_dir / KEY_FILE
             if key_path.exists():
-                return Check(name, "fail", f"cannot read {key_path}",
-                             "run doctor as root or as the agent's user")
-            return Check(name, "fail", f"{key_path} does not exist: the milter has not run"
-                         f" with state-dir {state_dir}",
-                         "start the milter, or give doctor the milter's --state-dir")
+                return Check(
+                    name,
+                    "fail",
+                    f"cannot read {key_path}",
+                    "run doctor as root or as the agent's user",
+                )
+            return Check(
+                name,
+                "fail",
+                f"{key_path} does not exist: the milter has not run with state-dir {state_dir}",
+                "start the milter, or give doctor the milter's --state-dir",
+            )
         if not any(listener.sees_ours for listener in self.listeners):
-            return Check(name, "fail", "not sent: no smtpd listener passes mail to the"
-                         " milter, so the probe would be delivered instead of discarded",
-                         "fix milter-in-smtpd-milters first")
+            return Check(
+                name,
+                "fail",
+                "not sent: no smtpd listener passes mail to the"
+                " milter, so the probe would be delivered instead of discarded",
+                "fix milter-in-smtpd-milters first",
+            )
         problem = self._milter_unreachable()
         if problem:
-            return Check(name, "fail", f"not sent: {problem}", "start the milter"
-                         " (sendpost-agent milter); its socket directory must be group"
-                         " postfix, mode 2750 (postfix-conf/README.md)")
+            return Check(
+                name,
+                "fail",
+                f"not sent: {problem}",
+                "start the milter"
+                " (sendpost-agent milter); its socket directory must be group"
+                " postfix, mode 2750 (postfix-conf/README.md)",
+            )
         address = self.smtp or self._smtp_address()
         if address is None:
-            return Check(name, "fail", "no inet smtpd listener in master.cf passes mail to"
-                         " the milter", "name the listener with --smtp HOST:PORT")
+            return Check(
+                name,
+                "fail",
+                "no inet smtpd listener in master.cf passes mail to the milter",
+                "name the listener with --smtp HOST:PORT",
+            )
         sent_uuid = str(uuid.uuid4())
         try:
             self.log_mark = self.config.log_path.stat().st_size
@@ -475,28 +579,46 @@ class Doctor:
         try:
             queue_id = self._send_probe(address, sent_uuid, make_token(key))
         except (OSError, smtplib.SMTPException) as exc:
-            return Check(name, "fail", f"cannot send the probe to {address}: {exc}",
-                         "is Postfix running? name its smtpd with --smtp HOST:PORT")
+            return Check(
+                name,
+                "fail",
+                f"cannot send the probe to {address}: {exc}",
+                "is Postfix running? name its smtpd with --smtp HOST:PORT",
+            )
         self.probe_queue_id = queue_id
         try:
             entry = self._wait_for_row(queue_id)
         except MapError as exc:
             return Check(name, "fail", str(exc), "see the milter's log")
         if entry is None:
-            logged = [line for line in _read_from(self.config.log_path, self.log_mark)
-                      .splitlines() if "Milter" in line]
+            logged = [
+                line
+                for line in _read_from(self.config.log_path, self.log_mark).splitlines()
+                if "Milter" in line
+            ]
             seen = f"; Postfix logged: {logged[-1]}" if logged else ""
-            return Check(name, "fail", f"the milter did not see the probe (queue ID"
-                         f" {queue_id}, no row in {self.config.map_path} after {MAP_WAIT:g}s):"
-                         f" is it running? is it in smtpd_milters?{seen}",
-                         "see milter-in-smtpd-milters and the milter's log")
+            return Check(
+                name,
+                "fail",
+                f"the milter did not see the probe (queue ID"
+                f" {queue_id}, no row in {self.config.map_path} after {MAP_WAIT:g}s):"
+                f" is it running? is it in smtpd_milters?{seen}",
+                "see milter-in-smtpd-milters and the milter's log",
+            )
         if entry.uuid != sent_uuid:
-            return Check(name, "fail", f"the header did not survive: the milter saw"
-                         f" {HEADER_NAME} as {entry.header.name.lower()} (queue ID {queue_id})",
-                         "see header-checks: something before the milter removes or changes"
-                         " the header")
-        return Check(name, "pass", f"sent to {address} as queue ID {queue_id}: the milter"
-                     f" recorded {HEADER_NAME} intact and discarded the probe")
+            return Check(
+                name,
+                "fail",
+                f"the header did not survive: the milter saw"
+                f" {HEADER_NAME} as {entry.header.name.lower()} (queue ID {queue_id})",
+                "see header-checks: something before the milter removes or changes the header",
+            )
+        return Check(
+            name,
+            "pass",
+            f"sent to {address} as queue ID {queue_id}: the milter"
+            f" recorded {HEADER_NAME} intact and discarded the probe",
+        )
 
     def _milter_unreachable(self) -> str | None:
         """Why smtpd could not reach the milter now; checked so a probe is never delivered."""
@@ -505,20 +627,26 @@ class Doctor:
         try:
             connect(address, MILTER_CONNECT_TIMEOUT)
         except OSError as exc:
-            return (f"the milter does not accept connections on {address}"
-                    f" ({exc.strerror or exc}): is it running?")
+            return (
+                f"the milter does not accept connections on {address}"
+                f" ({exc.strerror or exc}): is it running?"
+            )
         if kind == "unix":
             return _user_cannot_connect(Path(rest), self.postfix.value("mail_owner"))
         return None
 
     def _smtp_address(self) -> HostPort | None:
         """An inet smtpd (or postscreen) listener passing mail to the milter; port 25 first."""
-        sees = [listener for listener in self.listeners
-                if listener.sees_ours and not listener.reinjection]
+        sees = [
+            listener
+            for listener in self.listeners
+            if listener.sees_ours and not listener.reinjection
+        ]
         services = [listener.service for listener in sees if listener.service.type == "inet"]
         if any(listener.service.type == "pass" for listener in sees):
-            services += [s for s in self.postfix.services()
-                         if s.command == "postscreen" and s.type == "inet"]
+            services += [
+                s for s in self.postfix.services() if s.command == "postscreen" and s.type == "inet"
+            ]
         addresses = [a for s in services if (a := self._inet_address(s)) is not None]
         return min(addresses, key=lambda a: a.port != 25, default=None)
 
@@ -545,11 +673,14 @@ class Doctor:
         message["Message-ID"] = make_msgid(domain=myhostname)
         message[HEADER_NAME] = message_uuid
         message[PROBE_HEADER] = token
-        message.set_content("sendpost-agent doctor sent this to test its milter, which"
-                            " discards it.\nIf you read this, the milter did not see it:"
-                            " run sendpost-agent doctor.\n")
-        with smtplib.SMTP(address.host, address.port, local_hostname=myhostname,
-                          timeout=SMTP_TIMEOUT) as smtp:
+        message.set_content(
+            "sendpost-agent doctor sent this to test its milter, which"
+            " discards it.\nIf you read this, the milter did not see it:"
+            " run sendpost-agent doctor.\n"
+        )
+        with smtplib.SMTP(
+            address.host, address.port, local_hostname=myhostname, timeout=SMTP_TIMEOUT
+        ) as smtp:
             smtp.ehlo()
             for code, reply in (smtp.mail(""), smtp.rcpt(recipient)):
                 if code not in (250, 251):
@@ -577,12 +708,15 @@ class Doctor:
         name = "mail-log"
         path = self.config.log_path
         maillog_file = self.postfix.value("maillog_file")
-        fix = (f"set log-path to {maillog_file} (Postfix's maillog_file)" if maillog_file
-               else "set log-path to the file syslog writes Postfix's mail facility to"
-               " (e.g. /var/log/mail.log); if no syslog daemon writes one (only the journal"
-               " has Postfix's log, as on Debian 12 without rsyslog), install rsyslog"
-               " (apt-get install rsyslog), which writes /var/log/mail.log, or have Postfix"
-               " write its own log (maillog_file, postconf(5)) and set log-path to it")
+        fix = (
+            f"set log-path to {maillog_file} (Postfix's maillog_file)"
+            if maillog_file
+            else "set log-path to the file syslog writes Postfix's mail facility to"
+            " (e.g. /var/log/mail.log); if no syslog daemon writes one (only the journal"
+            " has Postfix's log, as on Debian 12 without rsyslog), install rsyslog"
+            " (apt-get install rsyslog), which writes /var/log/mail.log, or have Postfix"
+            " write its own log (maillog_file, postconf(5)) and set log-path to it"
+        )
         try:
             with path.open("rb") as log:
                 log.read(1)
@@ -590,53 +724,90 @@ class Doctor:
         except FileNotFoundError:
             return Check(name, "fail", f"log-path {path} does not exist", fix)
         except OSError as exc:
-            return Check(name, "fail", f"cannot read log-path {path}: {exc.strerror or exc}",
-                         "run the agent as a user that can read it (group adm on Debian)")
+            return Check(
+                name,
+                "fail",
+                f"cannot read log-path {path}: {exc.strerror or exc}",
+                "run the agent as a user that can read it (group adm on Debian)",
+            )
         queue_id = self.probe_queue_id
         if queue_id is None:
             if age > LOG_FRESH:
-                return Check(name, "warn", f"{path} was last written {age / 3600:.1f} h ago:"
-                             " is it the file Postfix writes?", fix)
+                return Check(
+                    name,
+                    "warn",
+                    f"{path} was last written {age / 3600:.1f} h ago:"
+                    " is it the file Postfix writes?",
+                    fix,
+                )
             return Check(name, "pass", f"{path} is readable and was written {age:.0f} s ago")
         deadline = time.monotonic() + LOG_WAIT
         while f" {queue_id}: " not in _read_from(path, self.log_mark):
             if time.monotonic() > deadline:
-                return Check(name, "fail", f"Postfix did not log the probe (queue ID"
-                             f" {queue_id}) to {path} within {LOG_WAIT:g} s: it is not the"
-                             " file Postfix writes", fix)
+                return Check(
+                    name,
+                    "fail",
+                    f"Postfix did not log the probe (queue ID"
+                    f" {queue_id}) to {path} within {LOG_WAIT:g} s: it is not the"
+                    " file Postfix writes",
+                    fix,
+                )
             time.sleep(0.2)
-        return Check(name, "pass", f"{path} is readable and Postfix logged the probe"
-                     f" (queue ID {queue_id}) there")
+        return Check(
+            name,
+            "pass",
+            f"{path} is readable and Postfix logged the probe (queue ID {queue_id}) there",
+        )
 
     def check_endpoint(self) -> Check:
         name = "endpoint"
         url = self.config.endpoint
-        key_fix = ("set api-key (--api-key, SENDPOST_API_KEY or 'api-key:' in the config"
-                   " file) to the Event Ingestion API Key of your Custom SMTP TPSP")
+        key_fix = (
+            "set api-key (--api-key, SENDPOST_API_KEY or 'api-key:' in the config"
+            " file) to the Event Ingestion API Key of your Custom SMTP TPSP"
+        )
         if self.config.api_key is None:
             return Check(name, "fail", "no api-key configured", key_fix)
         status, text = asyncio.run(_post_empty_batch(url, self.config.api_key))
         if status is None:
-            return Check(name, "fail", f"cannot reach {url}: {text}",
-                         "check endpoint and the network path to it (DNS, proxy, firewall)")
+            return Check(
+                name,
+                "fail",
+                f"cannot reach {url}: {text}",
+                "check endpoint and the network path to it (DNS, proxy, firewall)",
+            )
         if status in (401, 403):
             return Check(name, "fail", f"{url} rejected the api-key (HTTP {status})", key_fix)
         if status == 400 or 200 <= status < 300:
-            return Check(name, "pass", f"{url} accepted the api-key (HTTP {status} to an"
-                         " empty batch)")
-        return Check(name, "fail", f"{url} answered HTTP {status}: {text}",
-                     "retry later" if status >= 500 else "check endpoint (the ingestion URL)")
+            return Check(
+                name, "pass", f"{url} accepted the api-key (HTTP {status} to an empty batch)"
+            )
+        return Check(
+            name,
+            "fail",
+            f"{url} answered HTTP {status}: {text}",
+            "retry later" if status >= 500 else "check endpoint (the ingestion URL)",
+        )
 
 
-def run_doctor(config: Config, out: TextIO, *, smtp: HostPort | None = None,
-               offline: bool = False, as_json: bool = False) -> int:
+def run_doctor(
+    config: Config,
+    out: TextIO,
+    *,
+    smtp: HostPort | None = None,
+    offline: bool = False,
+    as_json: bool = False,
+) -> int:
     """Print the verdicts (human lines or JSON); return the exit code."""
     try:
         checks = Doctor(config, smtp).run(offline)
     except PostconfError as exc:
-        print(f"sendpost-agent doctor: cannot run: {exc}; fix: postfix-config-dir"
-              f" ({config.postfix_config_dir}) must be Postfix's configuration directory"
-              " (main.cf, master.cf), with Postfix installed", file=sys.stderr)
+        print(
+            f"sendpost-agent doctor: cannot run: {exc}; fix: postfix-config-dir"
+            f" ({config.postfix_config_dir}) must be Postfix's configuration directory"
+            " (main.cf, master.cf), with Postfix installed",
+            file=sys.stderr,
+        )
         return EXIT_CANNOT_RUN
     overall = _worst(checks)
     if as_json:
@@ -645,7 +816,8 @@ def run_doctor(config: Config, out: TextIO, *, smtp: HostPort | None = None,
     else:
         for check in checks:
             print(check.line(), file=out)
-        counts = ", ".join(f"{sum(c.status == s for c in checks)} {s}"
-                           for s in ("pass", "warn", "fail", "skip"))
+        counts = ", ".join(
+            f"{sum(c.status == s for c in checks)} {s}" for s in ("pass", "warn", "fail", "skip")
+        )
         print(f"verdict: {overall.upper()} ({counts})", file=out)
     return EXIT_FAILED if overall == "fail" else EXIT_OK

@@ -75,12 +75,20 @@ class PostfixConfig:
         path = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN])
         binary = shutil.which(tool, path=path)
         if binary is None:
-            raise PostconfError(f"{tool} not found in PATH or {', '.join(_SBIN)}: is Postfix"
-                                " installed? (apt-get install postfix)")
+            raise PostconfError(
+                f"{tool} not found in PATH or {', '.join(_SBIN)}: is Postfix"
+                " installed? (apt-get install postfix)"
+            )
         command = [binary, "-c", str(self.config_dir), *args]
         try:
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
-                                  stdin=subprocess.DEVNULL, check=False)
+            proc = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
         except (OSError, subprocess.SubprocessError) as exc:
             raise PostconfError(f"{' '.join(command)}: {exc}") from None
         fatal = re.search(r"fatal: (.*)", proc.stderr)
@@ -118,8 +126,15 @@ class PostfixConfig:
                 if len(fields) < 8:
                     continue
                 name, kind, _, _, chroot, _, _, command = fields
-                services.append(Service(name, kind, chroot == "y", command.split()[0],
-                                        overrides.get(f"{name}/{kind}", {})))
+                services.append(
+                    Service(
+                        name,
+                        kind,
+                        chroot == "y",
+                        command.split()[0],
+                        overrides.get(f"{name}/{kind}", {}),
+                    )
+                )
             self._services = services
         return self._services
 

@@ -110,10 +110,14 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
         if conn is not None:
             conn.close()
         if exc.sqlite_errorname.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
-            raise MapCorrupt(f"{path}: cannot open the queue map: {exc}; restart the milter,"
-                             " which sets a corrupt map aside and starts a new one") from exc
-        raise MapError(f"{path}: cannot open the queue map: {exc}; fix the cause (disk"
-                       " space, permissions, another process locking it) and restart") from exc
+            raise MapCorrupt(
+                f"{path}: cannot open the queue map: {exc}; restart the milter,"
+                " which sets a corrupt map aside and starts a new one"
+            ) from exc
+        raise MapError(
+            f"{path}: cannot open the queue map: {exc}; fix the cause (disk"
+            " space, permissions, another process locking it) and restart"
+        ) from exc
     return conn
 
 
@@ -149,8 +153,13 @@ class MapWriter:
                     src.rename(f"{aside}{suffix}")
             return _connect(path, WRITER_BUSY_TIMEOUT)
 
-    def put(self, queue_id: str, message_uuid: uuid.UUID | None, header: HeaderState,
-            now: float | None = None) -> None:
+    def put(
+        self,
+        queue_id: str,
+        message_uuid: uuid.UUID | None,
+        header: HeaderState,
+        now: float | None = None,
+    ) -> None:
         """Record a message; replaces any older row with the same (reused) queue ID."""
         received = int(time.time() if now is None else now)
         blob = message_uuid.bytes if message_uuid is not None else None
@@ -182,11 +191,13 @@ class MapWriter:
             with self._lock:
                 rows = self._conn.execute(
                     "SELECT id, received_at FROM queuemap WHERE id > ? ORDER BY id LIMIT ?",
-                    (after, PRUNE_CHUNK)).fetchall()
+                    (after, PRUNE_CHUNK),
+                ).fetchall()
                 if rows:
                     total += self._conn.execute(
                         "DELETE FROM queuemap WHERE id > ? AND id <= ? AND received_at < ?",
-                        (after, rows[-1][0], cutoff)).rowcount
+                        (after, rows[-1][0], cutoff),
+                    ).rowcount
             if len(rows) < PRUNE_CHUNK or any(cutoff <= at <= future for _, at in rows):
                 return total
             after = rows[-1][0]
@@ -198,8 +209,9 @@ class MapWriter:
             self._checkpointer = _connect(self.path, WRITER_BUSY_TIMEOUT)
         self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def start_maintenance(self, checkpoint_every: float = CHECKPOINT_EVERY,
-                          prune_every: float = 60.0) -> None:
+    def start_maintenance(
+        self, checkpoint_every: float = CHECKPOINT_EVERY, prune_every: float = 60.0
+    ) -> None:
         def run() -> None:
             last_prune = 0.0
             while not self._stop.wait(checkpoint_every):
@@ -266,12 +278,13 @@ class MapReader:
         """Rows of many queue IDs in few queries: one lookup per status line is too slow."""
         found: dict[str, Entry] = {}
         for start in range(0, len(queue_ids), _IN_CHUNK):
-            chunk = queue_ids[start:start + _IN_CHUNK]
+            chunk = queue_ids[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
             try:
                 rows = self._conn.execute(
                     "SELECT queue_id, uuid, header, received_at FROM queuemap"
-                    f" WHERE queue_id IN ({marks})", chunk
+                    f" WHERE queue_id IN ({marks})",
+                    chunk,
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise MapError(f"{self.path}: queue map lookup failed: {exc}") from exc
@@ -286,8 +299,8 @@ class MapReader:
         marks = ",".join("?" * len(chunk))
         try:
             row = self._conn.execute(
-                f"SELECT min(id) FROM queuemap WHERE queue_id IN ({marks})"
-                " AND received_at >= ?", [*chunk, int(since)]
+                f"SELECT min(id) FROM queuemap WHERE queue_id IN ({marks}) AND received_at >= ?",
+                [*chunk, int(since)],
             ).fetchone()
         except sqlite3.Error as exc:
             raise MapError(f"{self.path}: queue map lookup failed: {exc}") from exc
@@ -306,12 +319,15 @@ class MapReader:
         try:
             rows = self._conn.execute(
                 "SELECT id, queue_id, uuid, header, received_at FROM queuemap WHERE id >= ?"
-                " ORDER BY id LIMIT ?", (start_id, limit)
+                " ORDER BY id LIMIT ?",
+                (start_id, limit),
             ).fetchall()
         except sqlite3.Error as exc:
             raise MapError(f"{self.path}: queue map read failed: {exc}") from exc
-        return [(row_id, queue_id, _entry(blob, header, received_at))
-                for row_id, queue_id, blob, header, received_at in rows]
+        return [
+            (row_id, queue_id, _entry(blob, header, received_at))
+            for row_id, queue_id, blob, header, received_at in rows
+        ]
 
     def __len__(self) -> int:
         return self._conn.execute("SELECT count(*) FROM queuemap").fetchone()[0]

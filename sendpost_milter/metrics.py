@@ -47,7 +47,8 @@ class MilterMetrics:
             registry=reg,
         )
         self.probes = Counter(
-            f"{PREFIX}_doctor_probes", "Probes of `sendpost-agent doctor`, discarded",
+            f"{PREFIX}_doctor_probes",
+            "Probes of `sendpost-agent doctor`, discarded",
             registry=reg,
         )
         self.map_write_seconds = Histogram(
@@ -56,6 +57,6 @@ class MilterMetrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0),
             registry=reg,
         )
-        Gauge(
-            f"{PREFIX}_build_info", "Agent version", ["version"], registry=reg
-        ).labels(__version__).set(1)
+        Gauge(f"{PREFIX}_build_info", "Agent version", ["version"], registry=reg).labels(
+            __version__
+        ).set(1)

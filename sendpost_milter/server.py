@@ -124,8 +124,7 @@ def _notify_ready() -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
             notify.sendto(b"READY=1", target)
     except OSError as exc:
-        log.warning("cannot tell systemd the milter is ready (NOTIFY_SOCKET %s): %s",
-                    target, exc)
+        log.warning("cannot tell systemd the milter is ready (NOTIFY_SOCKET %s): %s", target, exc)
 
 
 def _cannot_serve(milter_socket: str, exc: libmilter.error) -> MilterStartError:
@@ -157,7 +156,8 @@ def _claim_unix_socket(milter_socket: str) -> None:
         connect(milter_socket, 1.0)
         raise MilterStartError(
             f"milter-socket {milter_socket}: another milter is listening there; stop it"
-            " first (systemctl stop sendpost-agent-milter) or choose another milter-socket")
+            " first (systemctl stop sendpost-agent-milter) or choose another milter-socket"
+        )
 
 
 def run(config: Config) -> int:
@@ -186,12 +186,20 @@ def run(config: Config) -> int:
             try:
                 probe_key = load_key(config.state_dir, create=True)
             except DamagedKey as exc:
-                log.warning("%s: doctor's probes cannot be recognised, so doctor will not"
-                            " send one; fix: %s", exc, exc.fix)
+                log.warning(
+                    "%s: doctor's probes cannot be recognised, so doctor will not"
+                    " send one; fix: %s",
+                    exc,
+                    exc.fix,
+                )
                 probe_key = None
             _register(Callbacks(writer, metrics, probe_key), config.milter_socket)
-            log.info("milter listening on %s, metrics on http://%s/metrics, map %s",
-                     config.milter_socket, address, config.map_path)
+            log.info(
+                "milter listening on %s, metrics on http://%s/metrics, map %s",
+                config.milter_socket,
+                address,
+                config.map_path,
+            )
             _serve(config.milter_socket)
         finally:
             http_server.shutdown()

@@ -36,8 +36,13 @@ DISCARD: Final[int] = libmilter.DISCARD
 NOREPLY: Final[int] = libmilter.NOREPLY
 # Steps we ask the MTA to leave out (when it can), and headers sent without a reply.
 SKIPPED_STEPS: Final[int] = (
-    libmilter.P_NOCONNECT | libmilter.P_NOHELO | libmilter.P_NOMAIL | libmilter.P_NORCPT
-    | libmilter.P_NOEOH | libmilter.P_NOBODY | libmilter.P_NOUNKNOWN
+    libmilter.P_NOCONNECT
+    | libmilter.P_NOHELO
+    | libmilter.P_NOMAIL
+    | libmilter.P_NORCPT
+    | libmilter.P_NOEOH
+    | libmilter.P_NOBODY
+    | libmilter.P_NOUNKNOWN
 )
 _warned: set[str] = set()  # negotiation problems are logged once, not per connection
 
@@ -84,8 +89,7 @@ class Callbacks:
     print an escaping exception to stderr.
     """
 
-    def __init__(self, writer: MapWriter, metrics: MilterMetrics,
-                 probe_key: bytes | None) -> None:
+    def __init__(self, writer: MapWriter, metrics: MilterMetrics, probe_key: bytes | None) -> None:
         self._writer = writer
         self._metrics = metrics
         self._probe_key = probe_key
@@ -183,19 +187,28 @@ class Callbacks:
         if state is not HeaderState.PRESENT:
             level = logging.INFO if state is HeaderState.MISSING else logging.WARNING
             shown = ", ".join(repr(v[:80]) + ("..." if len(v) > 80 else "") for v in values)
-            log.log(level, "queue ID %s: %s header %s %s", queue_id or "?",
-                    HEADER_NAME, state.name.lower(), shown)
+            log.log(
+                level,
+                "queue ID %s: %s header %s %s",
+                queue_id or "?",
+                HEADER_NAME,
+                state.name.lower(),
+                shown,
+            )
         if not queue_id:
             metrics.no_queue_id.inc()
-            log.warning("the MTA sent no queue ID macro (i) at end-of-message; not recorded."
-                        " Fix: keep 'i' in Postfix's milter_end_of_data_macros")
+            log.warning(
+                "the MTA sent no queue ID macro (i) at end-of-message; not recorded."
+                " Fix: keep 'i' in Postfix's milter_end_of_data_macros"
+            )
             return
         started = time.perf_counter()
         try:
             self._writer.put(queue_id, message_uuid, state)
         except Exception as exc:
             metrics.map_write_errors.inc()
-            log.error("queue ID %s: cannot write the queue map %s: %s",
-                      queue_id, self._writer.path, exc)
+            log.error(
+                "queue ID %s: cannot write the queue map %s: %s", queue_id, self._writer.path, exc
+            )
             return
         metrics.map_write_seconds.observe(time.perf_counter() - started)

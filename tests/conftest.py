@@ -17,11 +17,16 @@ def pytest_configure(config: pytest.Config) -> None:
     # mypyc also compiles in what it knows of the modules they import (a named tuple's
     # field positions, say): an edit there makes the library stale too.
     sources += ROOT.glob("sendpost_agent/*.py")
-    library = max((so.stat().st_mtime for so in ROOT.glob("sendpost_logwatch__mypyc*.so")),
-                  default=0.0)
-    stale = [str(p.relative_to(ROOT)) for p in sources
-             if not p.exists() or p.stat().st_mtime > library]
+    library = max(
+        (so.stat().st_mtime for so in ROOT.glob("sendpost_logwatch__mypyc*.so")), default=0.0
+    )
+    stale = [
+        str(p.relative_to(ROOT)) for p in sources if not p.exists() or p.stat().st_mtime > library
+    ]
     if stale:
-        pytest.exit(f"{', '.join(stale)} changed after it was compiled: recompile with"
-                    " `.venv/bin/pip install -e .` (or delete the .so files to test the"
-                    " plain Python)", returncode=4)
+        pytest.exit(
+            f"{', '.join(stale)} changed after it was compiled: recompile with"
+            " `.venv/bin/pip install -e .` (or delete the .so files to test the"
+            " plain Python)",
+            returncode=4,
+        )

@@ -32,12 +32,14 @@ def config(tmp_path: Path) -> Config:
     (tmp_path / "config.yaml").write_text(
         f'api-key: "sp-test-key"\nlog-path: "{log}"\nstate-dir: "{state}"\n'
         f'endpoint: "http://127.0.0.1:9/events"\nlisten: "127.0.0.1:{free_port()}"\n'
-        f'postfix-config-dir: "{tmp_path}"\n')
+        f'postfix-config-dir: "{tmp_path}"\n'
+    )
     return load_config({}, tmp_path / "config.yaml", {})
 
 
 def read_on(agent: Agent, batches: int | None = None, save_after_first: bool = False) -> None:
     """Take up to ``batches`` batches (all there are), saving no cursor unless asked."""
+
     async def run() -> None:
         taken = 0
         while batches is None or taken < batches:
@@ -100,12 +102,15 @@ def test_a_crash_after_a_held_line_was_settled_loses_nothing(tmp_path: Path) -> 
     record_messages(cfg.state_dir, range(4))
 
     def line(second: int, n: int, local: bool = False) -> str:
-        relay = ("relay=127.0.0.1[127.0.0.1]:2525" if local
-                 else "relay=mx.example.net[203.0.113.5]:25")
+        relay = (
+            "relay=127.0.0.1[127.0.0.1]:2525" if local else "relay=mx.example.net[203.0.113.5]:25"
+        )
         reply = "250 2.0.0 Ok: queued as 7D1A2C0031" if local else "250 2.0.0 Ok"
-        return (f"Nov 23 18:00:{second:02d} mx postfix/smtp[5238]: {queue_id(n)}:"
-                f" to=<r{n}@example.com>, {relay}, delay=0.05, delays=0.02/0.01/0/0.02,"
-                f" dsn=2.0.0, status=sent ({reply})\n")
+        return (
+            f"Nov 23 18:00:{second:02d} mx postfix/smtp[5238]: {queue_id(n)}:"
+            f" to=<r{n}@example.com>, {relay}, delay=0.05, delays=0.02/0.01/0/0.02,"
+            f" dsn=2.0.0, status=sent ({reply})\n"
+        )
 
     def append(*lines: str) -> None:
         with cfg.log_path.open("a") as out:
@@ -123,7 +128,11 @@ def test_a_crash_after_a_held_line_was_settled_loses_nothing(tmp_path: Path) -> 
     crash(second)
     events = wal_events(cfg)
     assert sorted(recipient for _, recipient in events) == [
-        "r0@example.com", "r1@example.com", "r2@example.com", "r3@example.com"]
+        "r0@example.com",
+        "r1@example.com",
+        "r2@example.com",
+        "r3@example.com",
+    ]
     assert max(events.values()) == 1, "events written twice"
 
 

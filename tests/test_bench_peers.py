@@ -25,15 +25,20 @@ def test_every_tool_reaches_the_totals_counted_from_the_file(
     monkeypatch.setitem(sys.modules, "bench_peers", peers)  # dataclasses look it up
     spec.loader.exec_module(peers)
 
-    tools = peers.main(["--lines", "2000", "--rounds", "1", "--dir", str(tmp_path),
-                        "--timeout", "60"])
+    tools = peers.main(
+        ["--lines", "2000", "--rounds", "1", "--dir", str(tmp_path), "--timeout", "60"]
+    )
 
     totals = peers.count(tmp_path / "mail-2000-1.log")
     assert totals.lines == 2000
     assert totals.by_status("sent") and totals.by_status("deferred")
     assert totals.by_status("bounced") and totals.by_status("expired")
-    assert [t.name for t in tools] == ["sendpost-agent replay", "prometheus-postfix-exporter",
-                                       "mtail (postfix.mtail)", "pflogsumm"]
+    assert [t.name for t in tools] == [
+        "sendpost-agent replay",
+        "prometheus-postfix-exporter",
+        "mtail (postfix.mtail)",
+        "pflogsumm",
+    ]
     for tool in tools:
         assert len(tool.runs) == 1
         assert tool.runs[0].counters == tool.want, tool.name

@@ -21,7 +21,10 @@ def run_bench(script: str, tmp_path: Path, *args: str, timeout: float = 120) -> 
     out = tmp_path / f"{script}.json"
     result = subprocess.run(
         [sys.executable, str(BENCH / f"{script}.py"), *args, "--json", str(out)],
-        capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(out.read_text())
@@ -32,8 +35,18 @@ def finite(*values: float) -> bool:
 
 
 def test_latency_bench_reports_p50_and_p99_per_rate(tmp_path: Path) -> None:
-    report = run_bench("latency", tmp_path, "--rates", "20,400", "--seconds", "1,1",
-                       "--rounds", "1", "--dir", str(tmp_path))
+    report = run_bench(
+        "latency",
+        tmp_path,
+        "--rates",
+        "20,400",
+        "--seconds",
+        "1,1",
+        "--rounds",
+        "1",
+        "--dir",
+        str(tmp_path),
+    )
     rows = report["summary"]
     assert [row["rate"] for row in rows] == [20, 400]
     for row in rows:
@@ -42,17 +55,31 @@ def test_latency_bench_reports_p50_and_p99_per_rate(tmp_path: Path) -> None:
 
 
 def test_shipping_bench_reports_events_per_second(tmp_path: Path) -> None:
-    report = run_bench("shipping", tmp_path, "--events", "3000", "--rounds", "1",
-                       "--dir", str(tmp_path))
+    report = run_bench(
+        "shipping", tmp_path, "--events", "3000", "--rounds", "1", "--dir", str(tmp_path)
+    )
     summary = report["summary"]
     assert summary["events"] == 3000 and summary["requests"] == 30
     assert finite(summary["rate"]) and summary["rate"] > 0
 
 
 def test_memory_bench_reports_rss_of_both_processes(tmp_path: Path) -> None:
-    report = run_bench("memory", tmp_path, "--map-rows", "2000", "--wal-mb", "0.5",
-                       "--messages", "20", "--rounds", "1", "--settle", "0.5",
-                       "--dir", str(tmp_path))
+    report = run_bench(
+        "memory",
+        tmp_path,
+        "--map-rows",
+        "2000",
+        "--wal-mb",
+        "0.5",
+        "--messages",
+        "20",
+        "--rounds",
+        "1",
+        "--settle",
+        "0.5",
+        "--dir",
+        str(tmp_path),
+    )
     assert report["map_rows"] == 2000
     summary = report["summary"]
     assert summary["wal_events"] > 1000
@@ -62,8 +89,20 @@ def test_memory_bench_reports_rss_of_both_processes(tmp_path: Path) -> None:
 
 
 def test_idle_bench_reports_cpu_of_both_processes(tmp_path: Path) -> None:
-    report = run_bench("idle", tmp_path, "--seconds", "1", "--rounds", "1", "--settle", "0.5",
-                       "--map-rows", "1000", "--dir", str(tmp_path))
+    report = run_bench(
+        "idle",
+        tmp_path,
+        "--seconds",
+        "1",
+        "--rounds",
+        "1",
+        "--settle",
+        "0.5",
+        "--map-rows",
+        "1000",
+        "--dir",
+        str(tmp_path),
+    )
     summary = report["summary"]
     for key in ("milter_pct", "logwatch_pct", "both_pct", "milter_wakeups_per_s"):
         assert finite(summary[key]) and summary[key] >= 0
@@ -72,8 +111,9 @@ def test_idle_bench_reports_cpu_of_both_processes(tmp_path: Path) -> None:
 def test_milter_cost_bench_runs_every_milter_through_postfix(tmp_path: Path) -> None:
     """Ours (unix and inet) and both reference milters, each through a real Postfix; a
     round in which Postfix could not use the milter would fail the run."""
-    report = run_bench("milter_cost", tmp_path, "--messages", "40", "--rounds", "1",
-                       "--reference", timeout=300)
+    report = run_bench(
+        "milter_cost", tmp_path, "--messages", "40", "--rounds", "1", "--reference", timeout=300
+    )
     summary = report["summary"]
     assert set(summary) == {"none", "unix", "inet", "ref-libmilter", "ref-single"}
     for row in summary.values():

@@ -21,4 +21,5 @@ def test_the_hot_modules_are_installed_compiled() -> None:
     for source in sources:
         module = importlib.import_module(source.removesuffix(".py").replace("/", "."))
         assert module.__file__ is not None and module.__file__.endswith(".so"), (
-            f"{source} runs uncompiled: run `pip install -e .` with a C compiler")
+            f"{source} runs uncompiled: run `pip install -e .` with a C compiler"
+        )

@@ -5,8 +5,6 @@ output: a hard bounce suppresses the address forever, so only "this address/doma
 not exist" is hard.
 """
 
-
-
 from __future__ import annotations
 
 from pathlib import Path

@@ -33,12 +33,15 @@ def test_defaults_match_the_spec(tmp_path: Path) -> None:
 
 
 def test_seed_example_file_is_accepted(tmp_path: Path) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
 api-key: "your-event-ingestion-api-key"
 mta: postfix
 endpoint: "https://events.sendpost.io/api/v1/tpsp/custom-smtp/events"
 log-path: "/var/log/mail.log"
-""")
+""",
+    )
     config = load_config({}, path, NO_ENV)
     assert config.api_key == Secret("your-event-ingestion-api-key")
     assert config.log_path == Path("/var/log/mail.log")
@@ -56,11 +59,13 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None
 
 def test_mail_config_is_the_default_postfix_dir_but_file_wins(tmp_path: Path) -> None:
     empty = write(tmp_path, "")
-    assert load_config({}, empty, {"MAIL_CONFIG": "/etc/postfix-out"}).postfix_config_dir == \
-        Path("/etc/postfix-out")
+    assert load_config({}, empty, {"MAIL_CONFIG": "/etc/postfix-out"}).postfix_config_dir == Path(
+        "/etc/postfix-out"
+    )
     path = write(tmp_path, "postfix-config-dir: /etc/postfix-in\n")
-    assert load_config({}, path, {"MAIL_CONFIG": "/etc/postfix-out"}).postfix_config_dir == \
-        Path("/etc/postfix-in")
+    assert load_config({}, path, {"MAIL_CONFIG": "/etc/postfix-out"}).postfix_config_dir == Path(
+        "/etc/postfix-in"
+    )
 
 
 def test_missing_default_file_is_fine_but_missing_named_file_is_not(tmp_path: Path) -> None:
@@ -130,7 +135,9 @@ def test_require_api_key_explains_where_to_set_it() -> None:
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sendpost_agent", *args],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, **(env or {})},
     )
 
@@ -161,7 +168,9 @@ def test_cli_control_character_in_file_exits_2_naming_file_and_line(tmp_path: Pa
     path = write(tmp_path, "mta: postfix\nlog-path: /var/log/mail\x01.log\n")
     result = run_cli("--config", str(path), "status")
     assert result.returncode == 2
-    assert f"configuration error: {path} line 2: not valid YAML: unacceptable character" \
+    assert (
+        f"configuration error: {path} line 2: not valid YAML: unacceptable character"
         " U+0001" in result.stderr
+    )
     assert "delete it" in result.stderr
     assert "Traceback" not in result.stderr

@@ -51,25 +51,42 @@ class Site:
     ingest: IngestServer
 
     @classmethod
-    def start(cls, postfix: PostfixInstance, state_dir: Path, sink: Sink,
-              ingest: IngestServer) -> Site:
+    def start(
+        cls, postfix: PostfixInstance, state_dir: Path, sink: Sink, ingest: IngestServer
+    ) -> Site:
         """The milter on the shipped relative socket (inside queue_directory), then Postfix."""
         postfix.queue_directory.mkdir(parents=True, exist_ok=True)
         milter = MilterProcess(
-            state_dir, f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock").start()
+            state_dir, f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock"
+        ).start()
         postfix.start()
         return cls(postfix, milter, sink, ingest)
 
-    def doctor(self, *args: str, log_path: Path | None = None,
-               api_key: str = API_KEY) -> Run:
+    def doctor(self, *args: str, log_path: Path | None = None, api_key: str = API_KEY) -> Run:
         proc = subprocess.run(
-            [sys.executable, "-m", "sendpost_agent", "doctor", "--json",
-             "--postfix-config-dir", str(self.postfix.config_dir),
-             "--state-dir", str(self.milter.state_dir),
-             "--log-path", str(log_path or self.postfix.maillog),
-             "--milter-socket", self.milter.socket,
-             "--endpoint", self.ingest.url, "--api-key", api_key, *args],
-            capture_output=True, text=True, timeout=90,
+            [
+                sys.executable,
+                "-m",
+                "sendpost_agent",
+                "doctor",
+                "--json",
+                "--postfix-config-dir",
+                str(self.postfix.config_dir),
+                "--state-dir",
+                str(self.milter.state_dir),
+                "--log-path",
+                str(log_path or self.postfix.maillog),
+                "--milter-socket",
+                self.milter.socket,
+                "--endpoint",
+                self.ingest.url,
+                "--api-key",
+                api_key,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
             env={"PATH": "/usr/sbin:/usr/bin:/bin", "SENDPOST_CONFIG": "/dev/null"},
         )
         assert API_KEY not in proc.stdout + proc.stderr
@@ -102,9 +119,12 @@ def healthy(tmp_path_factory: pytest.TempPathFactory, ingest: IngestServer) -> I
     require_postfix_tools()
     root = tmp_path_factory.mktemp("doctor")
     with Sink() as sink:
-        postfix = PostfixInstance(root / "pf", sink.port,
-                                  smtpd_milters=f"{{ {OURS}, default_action=accept }}",
-                                  smtp_probe=False)
+        postfix = PostfixInstance(
+            root / "pf",
+            sink.port,
+            smtpd_milters=f"{{ {OURS}, default_action=accept }}",
+            smtp_probe=False,
+        )
         site = Site.start(postfix, root / "state", sink, ingest)
         try:
             yield site
@@ -116,8 +136,9 @@ SiteFactory = Callable[..., Site]
 
 
 @pytest.fixture
-def site(tmp_path: Path, postfix_factory: PostfixFactory, sink: Sink,
-         ingest: IngestServer) -> Iterator[SiteFactory]:
+def site(
+    tmp_path: Path, postfix_factory: PostfixFactory, sink: Sink, ingest: IngestServer
+) -> Iterator[SiteFactory]:
     sites: list[Site] = []
 
     def make(**postfix_settings: object) -> Site:
@@ -136,9 +157,14 @@ def test_healthy_site_passes_and_the_probe_never_leaves_the_host(healthy: Site) 
     assert run.code == 0, run.stdout + run.stderr
     assert json.loads(run.stdout)["overall"] == "pass"
     assert {name: c["status"] for name, c in run.checks.items()} == {
-        "milter-in-smtpd-milters": "pass", "milter-default-action": "pass",
-        "header-checks": "pass", "content-filters": "pass", "probe": "pass",
-        "mail-log": "pass", "endpoint": "pass"}
+        "milter-in-smtpd-milters": "pass",
+        "milter-default-action": "pass",
+        "header-checks": "pass",
+        "content-filters": "pass",
+        "probe": "pass",
+        "mail-log": "pass",
+        "endpoint": "pass",
+    }
     assert "discarded the probe" in run.checks["probe"]["detail"]
     assert "Postfix logged the probe" in run.checks["mail-log"]["detail"]
     sent = healthy.ingest.requests[requests:]
@@ -149,13 +175,28 @@ def test_healthy_site_passes_and_the_probe_never_leaves_the_host(healthy: Site) 
 def test_human_output_offline_and_explicit_smtp_listener(healthy: Site) -> None:
     requests = len(healthy.ingest.requests)
     proc = subprocess.run(
-        [sys.executable, "-m", "sendpost_agent", "doctor", "--offline",
-         "--postfix-config-dir", str(healthy.postfix.config_dir),
-         "--state-dir", str(healthy.milter.state_dir), "--log-path", str(healthy.postfix.maillog),
-         "--milter-socket", healthy.milter.socket,
-         "--smtp", f"127.0.0.1:{healthy.postfix.smtp_port}"],
-        capture_output=True, text=True, timeout=90,
-        env={"PATH": "/usr/sbin:/usr/bin:/bin", "SENDPOST_CONFIG": "/dev/null"})
+        [
+            sys.executable,
+            "-m",
+            "sendpost_agent",
+            "doctor",
+            "--offline",
+            "--postfix-config-dir",
+            str(healthy.postfix.config_dir),
+            "--state-dir",
+            str(healthy.milter.state_dir),
+            "--log-path",
+            str(healthy.postfix.maillog),
+            "--milter-socket",
+            healthy.milter.socket,
+            "--smtp",
+            f"127.0.0.1:{healthy.postfix.smtp_port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={"PATH": "/usr/sbin:/usr/bin:/bin", "SENDPOST_CONFIG": "/dev/null"},
+    )
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert lines[0].startswith("PASS milter-in-smtpd-milters: ")
@@ -252,11 +293,14 @@ def test_damaged_probe_key_is_named_and_its_fix_works(healthy: Site) -> None:
     assert run.code == 1
     probe = run.checks["probe"]
     assert probe["status"] == "fail"
-    assert probe["detail"] == (f"not sent: {key_path} is damaged (it must hold 64 hex"
-                               " digits), so the milter could not recognise and discard"
-                               " the probe")
-    assert probe["fix"] == (f"delete {key_path} and restart the milter, which writes a new"
-                            " key at start")
+    assert probe["detail"] == (
+        f"not sent: {key_path} is damaged (it must hold 64 hex"
+        " digits), so the milter could not recognise and discard"
+        " the probe"
+    )
+    assert probe["fix"] == (
+        f"delete {key_path} and restart the milter, which writes a new key at start"
+    )
     healthy.assert_probe_never_left(run)
 
     healthy.milter.stop()
@@ -300,12 +344,14 @@ def test_entry_whose_parts_are_separated_by_spaces_is_read_as_postfix_reads_it(
     s = site(smtpd_milters=f"{{ {OURS}   default_action=tempfail }}")
     run = s.doctor("--offline")
     assert run.status("milter-in-smtpd-milters") == "pass", run.stdout
-    assert f"{s.milter.socket} is in smtpd_milters" in run.checks["milter-in-smtpd-milters"][
-        "detail"]
+    assert (
+        f"{s.milter.socket} is in smtpd_milters" in run.checks["milter-in-smtpd-milters"]["detail"]
+    )
     action = run.checks["milter-default-action"]
     assert action["status"] == "fail"
-    assert "default action tempfail (default_action of its smtpd_milters entry in" \
-        in action["detail"]
+    assert (
+        "default action tempfail (default_action of its smtpd_milters entry in" in action["detail"]
+    )
     assert run.status("probe") == "pass"  # Postfix took the entry and used the milter
     s.assert_probe_never_left(run)
 
@@ -314,15 +360,17 @@ def test_header_rules_that_hide_the_header_are_reported_with_file_and_line(
     site: SiteFactory, tmp_path: Path
 ) -> None:
     ignore = tmp_path / "header_checks"
-    ignore.write_text("# local rules\n/^Subject: buy now/ REJECT\n"
-                      "/^X-Sendpost-Message-UUID:/ IGNORE\n/^X-Mailer:/ IGNORE\n")
+    ignore.write_text(
+        "# local rules\n/^Subject: buy now/ REJECT\n"
+        "/^X-Sendpost-Message-UUID:/ IGNORE\n/^X-Mailer:/ IGNORE\n"
+    )
     replace = tmp_path / "filter_header_checks"
     replace.write_text("/^X-Sendpost-/ REPLACE X-Removed: yes\n")
     s = site(
         smtpd_milters=f"{{ {OURS}, default_action=accept }}",
         main_cf={"header_checks": f"regexp:{ignore}"},
         master_cf_extra=f"rewrite-cleanup unix n - n - 0 cleanup\n"
-                        f"    -o header_checks=regexp:{replace}\n",
+        f"    -o header_checks=regexp:{replace}\n",
     )
     run = s.doctor("--offline")
     assert run.code == 1
@@ -335,8 +383,10 @@ def test_header_rules_that_hide_the_header_are_reported_with_file_and_line(
     assert "change it to INFO" in checks["fix"]
     probe = run.checks["probe"]
     assert probe["status"] == "fail"
-    assert "the header did not survive: the milter saw X-Sendpost-Message-UUID as missing" \
+    assert (
+        "the header did not survive: the milter saw X-Sendpost-Message-UUID as missing"
         in probe["detail"]
+    )
     s.assert_probe_never_left(run)
 
 
@@ -349,7 +399,8 @@ def test_content_filter_reinjection_without_milters_is_a_warning(site: SiteFacto
             "smtp-amavis unix - - n - 2 smtp\n"
             f"127.0.0.1:{reinject} inet n - n - - smtpd\n    -o content_filter=\n"
             "    -o smtpd_milters=\n    -o receive_override_options="
-            "no_unknown_recipient_checks,no_header_body_checks,no_milters\n"),
+            "no_unknown_recipient_checks,no_header_body_checks,no_milters\n"
+        ),
     )
     run = s.doctor("--offline")
     assert run.code == 0, run.stdout
@@ -366,10 +417,20 @@ def test_content_filter_reinjection_without_milters_is_a_warning(site: SiteFacto
 
 def test_a_directory_that_is_not_a_postfix_config_cannot_run(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "sendpost_agent", "doctor", "--postfix-config-dir",
-         str(tmp_path), "--offline"],
-        capture_output=True, text=True, timeout=30,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SENDPOST_CONFIG": "/dev/null"})
+        [
+            sys.executable,
+            "-m",
+            "sendpost_agent",
+            "doctor",
+            "--postfix-config-dir",
+            str(tmp_path),
+            "--offline",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SENDPOST_CONFIG": "/dev/null"},
+    )
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert f"open {tmp_path}/main.cf: No such file or directory" in proc.stderr
@@ -377,21 +438,37 @@ def test_a_directory_that_is_not_a_postfix_config_cannot_run(tmp_path: Path) -> 
 
 
 def test_bad_smtp_address_is_a_usage_error() -> None:
-    proc = subprocess.run([sys.executable, "-m", "sendpost_agent", "doctor", "--smtp", "25"],
-                          capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "SENDPOST_CONFIG": "/dev/null"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "sendpost_agent", "doctor", "--smtp", "25"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "SENDPOST_CONFIG": "/dev/null"},
+    )
     assert proc.returncode == 2
     assert "argument --smtp: '25' is not HOST:PORT" in proc.stderr
 
 
-@pytest.mark.parametrize(("address", "chroot", "target"), [
-    ("unix:sendpost-agent/milter.sock", False, "unix:/var/spool/postfix/sendpost-agent/milter.sock"),
-    ("unix:sendpost-agent/milter.sock", True, "unix:/var/spool/postfix/sendpost-agent/milter.sock"),
-    ("unix:/run/m.sock", False, "unix:/run/m.sock"),
-    ("unix:/run/m.sock", True, "unix:/var/spool/postfix/run/m.sock"),  # inside the chroot
-    ("inet:localhost:9900", False, "inet:127.0.0.1:9900"),
-    ("inet:[::1]:9900", True, "inet:::1:9900"),
-])
-def test_milter_addresses_resolve_as_smtpd_sees_them(address: str, chroot: bool,
-                                                     target: str) -> None:
+@pytest.mark.parametrize(
+    ("address", "chroot", "target"),
+    [
+        (
+            "unix:sendpost-agent/milter.sock",
+            False,
+            "unix:/var/spool/postfix/sendpost-agent/milter.sock",
+        ),
+        (
+            "unix:sendpost-agent/milter.sock",
+            True,
+            "unix:/var/spool/postfix/sendpost-agent/milter.sock",
+        ),
+        ("unix:/run/m.sock", False, "unix:/run/m.sock"),
+        ("unix:/run/m.sock", True, "unix:/var/spool/postfix/run/m.sock"),  # inside the chroot
+        ("inet:localhost:9900", False, "inet:127.0.0.1:9900"),
+        ("inet:[::1]:9900", True, "inet:::1:9900"),
+    ],
+)
+def test_milter_addresses_resolve_as_smtpd_sees_them(
+    address: str, chroot: bool, target: str
+) -> None:
     assert milter_target(address, Path("/var/spool/postfix"), chroot) == target

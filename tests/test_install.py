@@ -92,12 +92,16 @@ class Host:
     def socket_dir(self) -> Path:
         return self.postfix.queue_directory / AGENT
 
-    def run(self, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 180
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             ["bash", str(self.script), *args],
             env={**self.env, **(env or {})},
-            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
             check=False,
         )
         proc.output = proc.stdout + proc.stderr  # type: ignore[attr-defined]
@@ -121,8 +125,11 @@ def not_on_a_host_with_a_real_install() -> None:
     install, whose files that user owns."""
     real = [p for p in ("/etc/sendpost-agent", "/opt/sendpost-agent") if Path(p).exists()]
     if real:
-        pytest.fail(f"sendpost-agent is installed on this host ({', '.join(real)}); run these"
-                    " tests on a CI or development machine", pytrace=False)
+        pytest.fail(
+            f"sendpost-agent is installed on this host ({', '.join(real)}); run these"
+            " tests on a CI or development machine",
+            pytrace=False,
+        )
 
 
 def base_env(root: Path) -> dict[str, str]:
@@ -194,23 +201,40 @@ def test_script_parses_and_is_shellcheck_clean() -> None:
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
-        pytest.fail("shellcheck not found (apt-get install shellcheck; .ci/run installs it)",
-                    pytrace=False)
-    proc = subprocess.run([shellcheck, "--severity=style", str(SCRIPT)],
-                          capture_output=True, text=True, check=False)
+        pytest.fail(
+            "shellcheck not found (apt-get install shellcheck; .ci/run installs it)", pytrace=False
+        )
+    proc = subprocess.run(
+        [shellcheck, "--severity=style", str(SCRIPT)], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def run_bare(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
-                          env=base_env(Path("/nonexistent-root")), check=False, timeout=30)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        env=base_env(Path("/nonexistent-root")),
+        check=False,
+        timeout=30,
+    )
 
 
 def test_help_lists_every_flag() -> None:
     proc = run_bare("--help")
     assert proc.returncode == 0
-    for flag in ("--api-key", "--mta", "--endpoint", "--log-path", "--uninstall", "--purge",
-                 "--dry-run", "--postfix-config-dir", "--help"):
+    for flag in (
+        "--api-key",
+        "--mta",
+        "--endpoint",
+        "--log-path",
+        "--uninstall",
+        "--purge",
+        "--dry-run",
+        "--postfix-config-dir",
+        "--help",
+    ):
         assert flag in proc.stdout
 
 
@@ -248,20 +272,33 @@ def test_first_install_without_a_key_exits_2(host: Host) -> None:
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(host: Host) -> None:
-    watched = (host.root, host.postfix.config_dir, host.postfix.queue_directory,
-               Path("/etc/passwd"), Path("/etc/group"))
+    watched = (
+        host.root,
+        host.postfix.config_dir,
+        host.postfix.queue_directory,
+        Path("/etc/passwd"),
+        Path("/etc/group"),
+    )
     before = snapshot(*watched)
-    proc = host.run("--postfix-config-dir", str(host.postfix.config_dir), "--dry-run",
-                    env={"SENDPOST_API_KEY": KEY})
+    proc = host.run(
+        "--postfix-config-dir",
+        str(host.postfix.config_dir),
+        "--dry-run",
+        env={"SENDPOST_API_KEY": KEY},
+    )
     assert proc.returncode == 0, proc.output  # type: ignore[attr-defined]
     assert snapshot(*watched) == before
     out = proc.output  # type: ignore[attr-defined]
     assert KEY not in out
     assert "nothing was changed" in out
-    for planned in (f"would   create {host.state}", "would   write", "api-key set",
-                    f"would   install {host.systemd}/sendpost-agent-milter.service",
-                    f"set smtpd_milters = {OTHER_MILTER}, {shipped_entry()}",
-                    "would   postfix reload"):
+    for planned in (
+        f"would   create {host.state}",
+        "would   write",
+        "api-key set",
+        f"would   install {host.systemd}/sendpost-agent-milter.service",
+        f"set smtpd_milters = {OTHER_MILTER}, {shipped_entry()}",
+        "would   postfix reload",
+    ):
         assert planned in out, f"{planned!r} missing from:\n{out}"
     assert " change  " not in out
 
@@ -279,14 +316,20 @@ def test_real_install_second_run_key_change_and_uninstall(
     # A snapshot of the checkout: the fingerprint of its code decides whether a rerun
     # reinstalls, and this tree may be edited while the test runs.
     checkout = tmp_path / "checkout"
-    shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "tests", "*.egg-info", "__pycache__", ".*cache", "build"))
+    shutil.copytree(
+        ROOT,
+        checkout,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "tests", "*.egg-info", "__pycache__", ".*cache", "build"
+        ),
+    )
     host = Host(root, postfix, base_env(root), script=checkout / "install.sh")
     original_main_cf = host.main_cf.read_bytes()
     remove_agent_user()  # a first install creates it
     try:
-        first = host.install("--api-key", KEY, "--mta", "postfix",
-                             "--endpoint", "http://127.0.0.1:9/events")
+        first = host.install(
+            "--api-key", KEY, "--mta", "postfix", "--endpoint", "http://127.0.0.1:9/events"
+        )
         out = first.output  # type: ignore[attr-defined]
         assert KEY not in out
 
@@ -320,21 +363,34 @@ def test_real_install_second_run_key_change_and_uninstall(
         # The real virtualenv and the command link.
         agent = host.prefix / "bin" / AGENT
         assert (host.prefix / "pyvenv.cfg").exists()
-        version = subprocess.run([str(host.bin_dir / AGENT), "--version"],
-                                 capture_output=True, text=True, check=True)
+        version = subprocess.run(
+            [str(host.bin_dir / AGENT), "--version"], capture_output=True, text=True, check=True
+        )
         assert version.stdout.startswith("sendpost-agent ")
         # Its log pipeline is the compiled one (setup.py), and it loads.
-        pipeline = subprocess.run([str(host.prefix / "bin" / "python"), "-c",
-                                   "import logwatch.pipeline as m; print(m.__file__)"],
-                                  capture_output=True, text=True, check=True, cwd="/")
+        pipeline = subprocess.run(
+            [
+                str(host.prefix / "bin" / "python"),
+                "-c",
+                "import logwatch.pipeline as m; print(m.__file__)",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd="/",
+        )
         assert pipeline.stdout.strip().endswith(".so"), pipeline.stdout
 
         # The units point at this install and pass systemd-analyze with its binary.
         milter_unit = (host.systemd / UNITS[0]).read_text()
         assert f"ExecStart={agent} --config {host.config} milter" in milter_unit
         assert f"ReadWritePaths={host.state} {host.socket_dir}" in milter_unit
-        verify = subprocess.run(["systemd-analyze", "verify", *(str(host.systemd / u) for u in UNITS)],
-                                capture_output=True, text=True, check=False)
+        verify = subprocess.run(
+            ["systemd-analyze", "verify", *(str(host.systemd / u) for u in UNITS)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
 
         # No systemd here: instructions instead; they work as printed.
@@ -351,8 +407,9 @@ def test_real_install_second_run_key_change_and_uninstall(
         # Second run, same flags: nothing changes, and it says so.
         config_before = host.config.read_bytes()
         main_cf_before = host.main_cf.read_bytes()
-        again = host.install("--api-key", KEY, "--mta", "postfix",
-                             "--endpoint", "http://127.0.0.1:9/events")
+        again = host.install(
+            "--api-key", KEY, "--mta", "postfix", "--endpoint", "http://127.0.0.1:9/events"
+        )
         assert "No changes: sendpost-agent is installed as requested." in again.output, again.output  # type: ignore[attr-defined]
         assert " change  " not in again.output  # type: ignore[attr-defined]
         assert host.main_cf.read_bytes() == main_cf_before
@@ -413,8 +470,9 @@ def assert_milter_works_as_installed(host: Host, command: list[str]) -> None:
         mode = stat.S_IMODE(sock.stat().st_mode)
         assert (mode & 0o060, mode & 0o007) == (0o060, 0), oct(mode)  # group postfix only
         assert sock.stat().st_gid == grp.getgrnam("postfix").gr_gid
-        queue_id = host.postfix.send("s@example.com", ["ok@example.com"],
-                                     {"X-Sendpost-Message-UUID": UUID}, "body\n")
+        queue_id = host.postfix.send(
+            "s@example.com", ["ok@example.com"], {"X-Sendpost-Message-UUID": UUID}, "body\n"
+        )
         reader = MapReader(host.state / "queuemap.sqlite3")
         try:
             entry = None
@@ -425,8 +483,9 @@ def assert_milter_works_as_installed(host: Host, command: list[str]) -> None:
         finally:
             reader.close()
         assert entry is not None and entry.uuid == UUID
-        refused = [ln for ln in host.postfix.maillog_lines()
-                   if "Milter service unix:sendpost-agent" in ln]
+        refused = [
+            ln for ln in host.postfix.maillog_lines() if "Milter service unix:sendpost-agent" in ln
+        ]
         assert not refused, refused
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -460,10 +519,29 @@ def shim_path(tmp_path: Path, names: tuple[str, ...]) -> tuple[str, Path]:
 def test_no_systemd_prints_instructions_and_the_key_reaches_no_child(
     host: Host, tmp_path: Path
 ) -> None:
-    path, children = shim_path(tmp_path, (
-        "postconf", "postfix", "chown", "chmod", "mv", "mktemp", "install", "stat", "getent",
-        "useradd", "find", "cp", "ln", "rm", "id", "date", "readlink", "systemctl",
-    ))
+    path, children = shim_path(
+        tmp_path,
+        (
+            "postconf",
+            "postfix",
+            "chown",
+            "chmod",
+            "mv",
+            "mktemp",
+            "install",
+            "stat",
+            "getent",
+            "useradd",
+            "find",
+            "cp",
+            "ln",
+            "rm",
+            "id",
+            "date",
+            "readlink",
+            "systemctl",
+        ),
+    )
     try:
         proc = host.install("--api-key", KEY, env={"PATH": path, "SENDPOST_API_KEY": KEY})
         out = proc.output  # type: ignore[attr-defined]
@@ -530,10 +608,14 @@ def test_systemd_host_enables_starts_runs_doctor_and_uninstalls(
     fake = tmp_path / "fakebin"
     fake.mkdir()
     (fake / "systemctl").write_text(
-        FAKE_SYSTEMCTL.format(state=state, socket=host.socket_dir / "milter.sock"))
+        FAKE_SYSTEMCTL.format(state=state, socket=host.socket_dir / "milter.sock")
+    )
     (fake / "systemctl").chmod(0o755)
-    host.env.update(SENDPOST_SKIP_VENV="1", SENDPOST_SYSTEMD="yes",
-                    PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
+    host.env.update(
+        SENDPOST_SKIP_VENV="1",
+        SENDPOST_SYSTEMD="yes",
+        PATH=f"{fake}{os.pathsep}{os.environ['PATH']}",
+    )
     calls = state / "calls"
     try:
         first = host.install("--api-key", KEY)
@@ -564,7 +646,8 @@ def test_systemd_host_enables_starts_runs_doctor_and_uninstalls(
             host.install(*change)
             made = calls.read_text().splitlines()
             assert [c for c in made if c.startswith("restart")] == [
-                "restart sendpost-agent-logwatch.service"]
+                "restart sendpost-agent-logwatch.service"
+            ]
 
         calls.unlink()
         gone = host.run("--uninstall")
@@ -658,7 +741,10 @@ def syslog_writes_a_mail_log() -> str | None:
         if Path(log).exists():
             return f"{log} exists"
     for daemon in ("rsyslogd", "syslog-ng", "syslogd"):
-        if subprocess.run(["pgrep", "-x", daemon], capture_output=True, check=False).returncode == 0:
+        if (
+            subprocess.run(["pgrep", "-x", daemon], capture_output=True, check=False).returncode
+            == 0
+        ):
             return f"{daemon} runs"
     return None
 
@@ -693,10 +779,12 @@ def test_without_a_mail_log_a_full_install_installs_rsyslog(
     postfix.postconf(maillog_file="")
     (tmp_path / "root").mkdir()
     host = Host(tmp_path / "root", postfix, base_env(tmp_path / "root"))  # a real venv step
-    planned = host.run("--postfix-config-dir", str(postfix.config_dir), "--dry-run",
-                       env={"SENDPOST_API_KEY": KEY})
-    installed = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "rsyslog"],
-                               capture_output=True, text=True, check=False)
+    planned = host.run(
+        "--postfix-config-dir", str(postfix.config_dir), "--dry-run", env={"SENDPOST_API_KEY": KEY}
+    )
+    installed = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", "rsyslog"], capture_output=True, text=True, check=False
+    )
     if "install ok installed" in installed.stdout:
         assert planned.returncode == 1
         assert "Install and start rsyslog" in planned.stderr
@@ -722,8 +810,9 @@ def test_without_a_mail_log_install_stops_and_says_how_to_fix_it(
     watched = (host.root, postfix.config_dir, Path("/etc/passwd"))
     before = snapshot(*watched)
     for dry_run in ([], ["--dry-run"]):
-        refused = host.run("--postfix-config-dir", str(postfix.config_dir), *dry_run,
-                           env={"SENDPOST_API_KEY": KEY})
+        refused = host.run(
+            "--postfix-config-dir", str(postfix.config_dir), *dry_run, env={"SENDPOST_API_KEY": KEY}
+        )
         assert refused.returncode == 1, refused.output  # type: ignore[attr-defined]
         assert "error: no mail log to follow: Postfix logs to syslog" in refused.stderr
         assert "Install and start rsyslog (apt-get install rsyslog;" in refused.stderr

@@ -126,8 +126,10 @@ def test_endpoint_down_for_a_while_then_everything_arrives(
     server.go_down()
     with LogwatchProcess(state, log, server.url, KEY) as agent:
         expected = write_messages(log, range(300))
-        wait_for(lambda: agent.metrics().get("sendpost_agent_wal_events", 0) == len(expected),
-                 what="events in the WAL")
+        wait_for(
+            lambda: agent.metrics().get("sendpost_agent_wal_events", 0) == len(expected),
+            what="events in the WAL",
+        )
         assert agent.metrics()['sendpost_agent_batches_total{outcome="error"}'] >= 1
         server.come_up()
         server.wait_for_events(len(expected), timeout=40)
@@ -167,8 +169,7 @@ def test_one_bad_event_is_set_aside_and_the_rest_delivered(
         dead = state / "dead-letter.jsonl"
         wait_for(dead.exists, what="the dead-letter file")
         time.sleep(0.5)
-    assert sorted(received(server)) == sorted(
-        e for e in expected if e[2] != "ok13@example.com")
+    assert sorted(received(server)) == sorted(e for e in expected if e[2] != "ok13@example.com")
     (record,) = [json.loads(line) for line in dead.read_text().splitlines()]
     assert record["status"] == 400
     assert record["event"]["recipient"] == "ok13@example.com"
@@ -204,8 +205,10 @@ def test_an_ack_that_cannot_be_written_keeps_the_events_and_health_says_so(
         blocker.mkdir()  # a directory in the ack file's place: as root, a real failed write
         expected = write_messages(log, range(60))  # over 100 events: a batch goes at once
         wait_for(lambda: agent.health()[0] == 503, what="unhealthy")
-        wait_for(lambda: agent.metrics().get("sendpost_agent_wal_events") == len(expected),
-                 what="every event in the WAL")
+        wait_for(
+            lambda: agent.metrics().get("sendpost_agent_wal_events") == len(expected),
+            what="every event in the WAL",
+        )
         status, body = agent.health()
         assert status == 503 and f"cannot write {blocker}" in str(body["reasons"])
         assert "Is a directory" in str(body["reasons"])
@@ -238,8 +241,7 @@ def test_a_dead_letter_file_that_cannot_be_written_loses_nothing(
         server.wait_for_events(len(expected) - 1, timeout=30)
         wait_for(lambda: agent.health()[0] == 200, what="healthy again")
         assert agent.metrics()["sendpost_agent_events_dead_lettered_total"] == 1
-    assert sorted(received(server)) == sorted(
-        e for e in expected if e[2] != "ok13@example.com")
+    assert sorted(received(server)) == sorted(e for e in expected if e[2] != "ok13@example.com")
     (record,) = [json.loads(line) for line in dead.read_text().splitlines()]
     assert record["event"]["recipient"] == "ok13@example.com"
 
@@ -252,8 +254,10 @@ def test_shipping_that_fails_for_good_stops_the_agent_with_exit_1(
     record_messages(state, range(20))
     with LogwatchProcess(state, log, server.url, KEY) as agent:
         expected = write_messages(log, range(10))
-        wait_for(lambda: agent.metrics().get("sendpost_agent_wal_events") == len(expected),
-                 what="events in the WAL")
+        wait_for(
+            lambda: agent.metrics().get("sendpost_agent_wal_events") == len(expected),
+            what="events in the WAL",
+        )
         with (state / "pending.wal").open("r+b") as wal:  # within the 5 s batch window
             wal.seek(-2, os.SEEK_END)
             wal.write(b"X")
@@ -299,8 +303,10 @@ def test_full_wal_pauses_reading_and_resumes_by_itself(
     server.go_down()
     with LogwatchProcess(state, log, server.url, KEY, "--wal-max-size", "64KB") as agent:
         expected = write_messages(log, range(1500))
-        wait_for(lambda: agent.metrics().get("sendpost_agent_log_reading_paused") == 1,
-                 what="reading paused")
+        wait_for(
+            lambda: agent.metrics().get("sendpost_agent_log_reading_paused") == 1,
+            what="reading paused",
+        )
         status, body = agent.health()
         assert status == 503 and "WAL" in " ".join(body["reasons"])  # type: ignore[arg-type]
         assert agent.metrics()["sendpost_agent_cursor_lag_bytes"] > 0
@@ -318,16 +324,17 @@ def test_sigterm_flushes_pending_events_and_exits_0(
     record_messages(state, range(3))
     agent = LogwatchProcess(state, log, server.url, KEY).start()
     expected = write_messages(log, range(3))
-    wait_for(lambda: agent.metrics().get("sendpost_agent_wal_events") == len(expected),
-             what="events in the WAL")
+    wait_for(
+        lambda: agent.metrics().get("sendpost_agent_wal_events") == len(expected),
+        what="events in the WAL",
+    )
     started = time.monotonic()
     assert agent.stop() == 0  # before the 5 s batch window ended
     assert time.monotonic() - started < 5
     assert sorted(received(server)) == sorted(expected)
 
 
-def test_slow_answers_only_slow_things_down(server: IngestServer,
-                                            paths: tuple[Path, Path]) -> None:
+def test_slow_answers_only_slow_things_down(server: IngestServer, paths: tuple[Path, Path]) -> None:
     state, log = paths
     record_messages(state, range(250))
     server.slow(1.0)
@@ -365,13 +372,28 @@ def test_replay_send_ships_exactly_what_replay_prints(
     state, log = paths
     record_messages(state, range(120))
     expected = write_messages(log, range(120))
-    common = [sys.executable, "-m", "sendpost_agent", "replay", str(log),
-              "--state-dir", str(state), "--log-timezone", "UTC",
-              "--postfix-config-dir", str(state / "none")]
+    common = [
+        sys.executable,
+        "-m",
+        "sendpost_agent",
+        "replay",
+        str(log),
+        "--state-dir",
+        str(state),
+        "--log-timezone",
+        "UTC",
+        "--postfix-config-dir",
+        str(state / "none"),
+    ]
     env = {**os.environ, "SENDPOST_CONFIG": "/dev/null"}
     printed = subprocess.run(common, capture_output=True, text=True, env=env, timeout=60)
-    sent = subprocess.run([*common, "--send", "--endpoint", server.url, "--api-key", KEY],
-                          capture_output=True, text=True, env=env, timeout=60)
+    sent = subprocess.run(
+        [*common, "--send", "--endpoint", server.url, "--api-key", KEY],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout == ""
     assert server.accepted == [json.loads(line) for line in printed.stdout.splitlines()]
@@ -403,12 +425,27 @@ def test_status_summarises_a_running_agent_and_says_when_none_runs(
     env = {**os.environ, "SENDPOST_CONFIG": "/dev/null"}
     with LogwatchProcess(state, log, server.url, KEY) as agent:
         status = subprocess.run(
-            [sys.executable, "-m", "sendpost_agent", "status", "--listen",
-             f"127.0.0.1:{agent.port}"], capture_output=True, text=True, env=env, timeout=30)
+            [
+                sys.executable,
+                "-m",
+                "sendpost_agent",
+                "status",
+                "--listen",
+                f"127.0.0.1:{agent.port}",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
         assert status.returncode == 0, status.stdout + status.stderr
         assert ": ok" in status.stdout and "pending events: 0" in status.stdout
     gone = subprocess.run(
-        [sys.executable, "-m", "sendpost_agent", "status", "--listen",
-         f"127.0.0.1:{agent.port}"], capture_output=True, text=True, env=env, timeout=30)
+        [sys.executable, "-m", "sendpost_agent", "status", "--listen", f"127.0.0.1:{agent.port}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert gone.returncode == 1
     assert "not answering" in gone.stdout

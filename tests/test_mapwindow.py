@@ -73,8 +73,11 @@ def test_answers_are_those_of_lookups_and_most_come_from_reading_ahead(
     monkeypatch.setattr(mapwindow, "SCAN_ROWS", 100)
     window = MapWindow(reader, keep=60.0)
     # A batch of log lines every 10 s of log time; lines lag their message's receipt.
-    ask(window, reader, ((s, [*map(qid, range(max(0, s - 20), s + 1)), "NOTHERE"])
-                         for s in range(0, 3000, 10)))
+    ask(
+        window,
+        reader,
+        ((s, [*map(qid, range(max(0, s - 20), s + 1)), "NOTHERE"]) for s in range(0, 3000, 10)),
+    )
     # Only the first batch and the unknown ID were looked up; the rest was read in order.
     assert len(reader.looked_up) < 320 and reader.looked_up.count("NOTHERE") == 300
     assert reader.scans >= 30

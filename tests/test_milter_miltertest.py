@@ -31,18 +31,25 @@ def lua_quote(text: str) -> str:
     return "[==[" + text + "]==]"
 
 
-def lua_message(queue_id: str | None, headers: list[tuple[str, str]],
-                abort: bool = False, reply: str = "SMFIR_ACCEPT") -> str:
+def lua_message(
+    queue_id: str | None,
+    headers: list[tuple[str, str]],
+    abort: bool = False,
+    reply: str = "SMFIR_ACCEPT",
+) -> str:
     """One message on an open connection `conn`, as Postfix sends it to this milter.
 
     Only the steps the milter negotiates are sent (miltertest refuses the others): DATA,
     the headers (no reply) and end-of-message, with the queue ID as an end-of-message
     macro like Postfix's milter_end_of_data_macros. Asserts the milter's final answer.
     """
-    lines = ["check(mt.data(conn), 'data')",
-             "if mt.getreply(conn) ~= SMFIR_CONTINUE then error('DATA not continued') end"]
-    lines += [f"check(mt.header(conn, {lua_quote(n)}, {lua_quote(v)}), 'header')"
-              for n, v in headers]
+    lines = [
+        "check(mt.data(conn), 'data')",
+        "if mt.getreply(conn) ~= SMFIR_CONTINUE then error('DATA not continued') end",
+    ]
+    lines += [
+        f"check(mt.header(conn, {lua_quote(n)}, {lua_quote(v)}), 'header')" for n, v in headers
+    ]
     if abort:
         lines.append("check(mt.abort(conn), 'abort')")
         return "\n".join(lines)
@@ -56,18 +63,21 @@ def lua_message(queue_id: str | None, headers: list[tuple[str, str]],
 
 
 def run_miltertest(milter: MilterProcess, tmp_path: Path, *messages: str) -> str:
-    script = "\n".join([
-        "function check(rc, what) if rc ~= nil then error(what .. ' failed') end end",
-        'SMFIC_EOM = string.byte("E")  -- miltertest has no constant for it',
-        f'conn = mt.connect("{libmilter_address(milter.socket)}")',
-        "if conn == nil then error('cannot connect') end",
-        *messages,
-        "mt.disconnect(conn)",
-    ])
+    script = "\n".join(
+        [
+            "function check(rc, what) if rc ~= nil then error(what .. ' failed') end end",
+            'SMFIC_EOM = string.byte("E")  -- miltertest has no constant for it',
+            f'conn = mt.connect("{libmilter_address(milter.socket)}")',
+            "if conn == nil then error('cannot connect') end",
+            *messages,
+            "mt.disconnect(conn)",
+        ]
+    )
     path = tmp_path / "script.lua"
     path.write_text(script)
-    result = subprocess.run(["miltertest", "-s", str(path)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        ["miltertest", "-s", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr + milter.log()
     return result.stdout
 
@@ -95,16 +105,22 @@ def test_negotiation_skips_every_step_but_data_headers_and_eom(
     """Each step skipped is work Postfix and the milter do not do per message (pymilter
     1.0.5's @symlist once made the negotiation fail silently: Postfix sent every step
     and waited for each reply); miltertest refuses a skipped step."""
-    steps = {"conninfo": 'mt.conninfo(conn, "localhost", "127.0.0.1")',
-             "helo": 'mt.helo(conn, "client.example")',
-             "mailfrom": 'mt.mailfrom(conn, "<sender@example.com>")',
-             "rcptto": 'mt.rcptto(conn, "<rcpt@example.com>")',
-             "eoh": "mt.eoh(conn)", "bodystring": 'mt.bodystring(conn, "hi\\r\\n")'}
-    probes = [f"local ok, err = pcall(function() return {call} end)\n"
-              f"mt.echo('{name} ' .. tostring(ok) .. ' ' .. tostring(err))"
-              for name, call in steps.items()]
-    out = run_miltertest(milter, tmp_path, *probes,
-                         lua_message("5E5E5E5E5E", [("X-Sendpost-Message-UUID", CANON)]))
+    steps = {
+        "conninfo": 'mt.conninfo(conn, "localhost", "127.0.0.1")',
+        "helo": 'mt.helo(conn, "client.example")',
+        "mailfrom": 'mt.mailfrom(conn, "<sender@example.com>")',
+        "rcptto": 'mt.rcptto(conn, "<rcpt@example.com>")',
+        "eoh": "mt.eoh(conn)",
+        "bodystring": 'mt.bodystring(conn, "hi\\r\\n")',
+    }
+    probes = [
+        f"local ok, err = pcall(function() return {call} end)\n"
+        f"mt.echo('{name} ' .. tostring(ok) .. ' ' .. tostring(err))"
+        for name, call in steps.items()
+    ]
+    out = run_miltertest(
+        milter, tmp_path, *probes, lua_message("5E5E5E5E5E", [("X-Sendpost-Message-UUID", CANON)])
+    )
     for name in steps:
         assert f"{name} false mt.{name}(): negotiated SMFIP_NO" in out, out
     assert milter.entry("5E5E5E5E5E").uuid == CANON  # type: ignore[union-attr]
@@ -115,8 +131,13 @@ def test_negotiation_skips_every_step_but_data_headers_and_eom(
 
 def test_header_present_is_recorded_canonical(milter: MilterProcess, tmp_path: Path) -> None:
     before = header_count(milter, "present")
-    run_miltertest(milter, tmp_path, lua_message(
-        "1A2B3C4D5E", [("Subject", "hi"), ("X-Sendpost-Message-UUID", f" <{CANON.upper()}>")]))
+    run_miltertest(
+        milter,
+        tmp_path,
+        lua_message(
+            "1A2B3C4D5E", [("Subject", "hi"), ("X-Sendpost-Message-UUID", f" <{CANON.upper()}>")]
+        ),
+    )
     entry = milter.entry("1A2B3C4D5E")
     assert entry is not None and entry.uuid == CANON and entry.header is HeaderState.PRESENT
     assert header_count(milter, "present") == before + 1
@@ -133,15 +154,28 @@ def test_header_present_is_recorded_canonical(milter: MilterProcess, tmp_path: P
         # miltertest itself crashes on one header value over ~1 KB; the 60 KB case runs
         # through real Postfix in test_postfix_milter.py.
         ([("X-Sendpost-Message-UUID", "A" * 1000)], "invalid"),
-        ([(f"X-Filler-{i}", "B" * 900) for i in range(300)]
-         + [("X-Sendpost-Message-UUID", CANON)], "present"),
+        (
+            [(f"X-Filler-{i}", "B" * 900) for i in range(300)]
+            + [("X-Sendpost-Message-UUID", CANON)],
+            "present",
+        ),
     ],
-    ids=["missing", "repeated-different", "repeated-same", "garbage", "trailing-junk",
-         "huge-value", "huge-header-block"],
+    ids=[
+        "missing",
+        "repeated-different",
+        "repeated-same",
+        "garbage",
+        "trailing-junk",
+        "huge-value",
+        "huge-header-block",
+    ],
 )
 def test_every_header_state_is_accepted_recorded_and_counted(
-    milter: MilterProcess, tmp_path: Path, request: pytest.FixtureRequest,
-    headers: list[tuple[str, str]], state: str,
+    milter: MilterProcess,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    headers: list[tuple[str, str]],
+    state: str,
 ) -> None:
     queue_id = "9F" + request.node.callspec.id.upper().replace("-", "")[:10]
     before = header_count(milter, state)
@@ -152,10 +186,10 @@ def test_every_header_state_is_accepted_recorded_and_counted(
     assert header_count(milter, state) == before + 1
 
 
-def test_problem_header_is_logged_once_per_message(milter: MilterProcess,
-                                                   tmp_path: Path) -> None:
-    run_miltertest(milter, tmp_path, lua_message(
-        "7E7E7E7E7E", [("X-Sendpost-Message-UUID", "bogus-7e7e")]))
+def test_problem_header_is_logged_once_per_message(milter: MilterProcess, tmp_path: Path) -> None:
+    run_miltertest(
+        milter, tmp_path, lua_message("7E7E7E7E7E", [("X-Sendpost-Message-UUID", "bogus-7e7e")])
+    )
     assert milter.log().count("queue ID 7E7E7E7E7E: X-Sendpost-Message-UUID header invalid") == 1
 
 
@@ -172,7 +206,8 @@ def test_second_message_on_a_connection_does_not_inherit_the_first_header(
     milter: MilterProcess, tmp_path: Path
 ) -> None:
     run_miltertest(
-        milter, tmp_path,
+        milter,
+        tmp_path,
         lua_message("AAAA000001", [("X-Sendpost-Message-UUID", CANON)]),
         lua_message("AAAA000002", [("X-Sendpost-Message-UUID", OTHER)], abort=True),
         lua_message("AAAA000003", [("Subject", "second")]),
@@ -189,8 +224,9 @@ def test_map_write_failure_still_accepts_and_is_counted(tmp_path: Path) -> None:
         conn = sqlite3.connect(tmp_path / "state" / "queuemap.sqlite3")
         conn.execute("BEGIN EXCLUSIVE")
         try:
-            run_miltertest(proc, tmp_path, lua_message(
-                "B0B0B0B0B0", [("X-Sendpost-Message-UUID", CANON)]))
+            run_miltertest(
+                proc, tmp_path, lua_message("B0B0B0B0B0", [("X-Sendpost-Message-UUID", CANON)])
+            )
         finally:
             conn.rollback()
             conn.close()
@@ -200,8 +236,7 @@ def test_map_write_failure_still_accepts_and_is_counted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["unix", "inet"])
 def test_sigterm_stops_cleanly_and_a_restart_serves_at_once(tmp_path: Path, kind: str) -> None:
-    address = (f"unix:{tmp_path}/sock/m.sock" if kind == "unix"
-               else f"inet:127.0.0.1:{free_port()}")
+    address = f"unix:{tmp_path}/sock/m.sock" if kind == "unix" else f"inet:127.0.0.1:{free_port()}"
     first = MilterProcess(tmp_path / "state", address).start()
     run_miltertest(first, tmp_path, lua_message("C1C1C1C1C1", [("X-Sendpost-Message-UUID", CANON)]))
     assert first.stop() == 0
@@ -209,8 +244,9 @@ def test_sigterm_stops_cleanly_and_a_restart_serves_at_once(tmp_path: Path, kind
     if kind == "unix":
         assert not (tmp_path / "sock" / "m.sock").exists()
     with MilterProcess(tmp_path / "state", address) as second:
-        run_miltertest(second, tmp_path,
-                       lua_message("C2C2C2C2C2", [("X-Sendpost-Message-UUID", OTHER)]))
+        run_miltertest(
+            second, tmp_path, lua_message("C2C2C2C2C2", [("X-Sendpost-Message-UUID", OTHER)])
+        )
         assert second.entry("C1C1C1C1C1").uuid == CANON  # type: ignore[union-attr]
         assert second.entry("C2C2C2C2C2").uuid == OTHER  # type: ignore[union-attr]
         assert "cannot" not in second.log()
@@ -219,17 +255,33 @@ def test_sigterm_stops_cleanly_and_a_restart_serves_at_once(tmp_path: Path, kind
 def start_milter_command(tmp_path: Path, milter_socket: str) -> subprocess.CompletedProcess[str]:
     """`sendpost-agent milter` as an operator runs it, for a start that must fail."""
     return subprocess.run(
-        [sys.executable, "-m", "sendpost_agent", "milter", "--state-dir",
-         str(tmp_path / "state"), "--milter-listen", f"127.0.0.1:{free_port()}",
-         "--milter-socket", milter_socket],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "SENDPOST_CONFIG": "/dev/null"})
+        [
+            sys.executable,
+            "-m",
+            "sendpost_agent",
+            "milter",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--milter-listen",
+            f"127.0.0.1:{free_port()}",
+            "--milter-socket",
+            milter_socket,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SENDPOST_CONFIG": "/dev/null"},
+    )
 
 
-@pytest.mark.parametrize(("where", "reason"), [
-    ("/proc/sys/sendpost-test/m.sock", "/proc/sys/sendpost-test: No such file or directory"),
-    ("{tmp}/a-file/m.sock", "{tmp}/a-file: File exists"),
-], ids=["cannot-mkdir", "under-a-file"])
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("/proc/sys/sendpost-test/m.sock", "/proc/sys/sendpost-test: No such file or directory"),
+        ("{tmp}/a-file/m.sock", "{tmp}/a-file: File exists"),
+    ],
+    ids=["cannot-mkdir", "under-a-file"],
+)
 def test_socket_directory_that_cannot_be_created_is_a_start_error(
     tmp_path: Path, where: str, reason: str
 ) -> None:
@@ -239,9 +291,11 @@ def test_socket_directory_that_cannot_be_created_is_a_start_error(
     milter_socket = "unix:" + where.format(tmp=tmp_path)
     result = start_milter_command(tmp_path, milter_socket)
     assert result.returncode == 1
-    assert f"ERROR sendpost_milter: milter-socket {milter_socket}: cannot create the" \
-        f" socket's directory {reason.format(tmp=tmp_path)}; create it (group postfix," \
+    assert (
+        f"ERROR sendpost_milter: milter-socket {milter_socket}: cannot create the"
+        f" socket's directory {reason.format(tmp=tmp_path)}; create it (group postfix,"
         " mode 2750) or choose another milter-socket" in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -251,16 +305,22 @@ def test_the_milter_tells_systemd_it_is_ready_once_its_socket_listens(
 ) -> None:
     """The unit is Type=notify and Postfix is ordered after it: READY=1 must come only
     when Postfix can connect, else its first messages pass unseen."""
-    address = (f"unix:{tmp_path}/sock/m.sock" if kind == "unix"
-               else f"inet:127.0.0.1:{free_port()}")
+    address = f"unix:{tmp_path}/sock/m.sock" if kind == "unix" else f"inet:127.0.0.1:{free_port()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(tmp_path / "notify"))
         notify.settimeout(30)
         milter = MilterProcess(tmp_path / "state", address)
         (tmp_path / "state").mkdir()
-        proc = subprocess.Popen(milter.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env={**os.environ, "SENDPOST_CONFIG": "/dev/null",
-                                     "NOTIFY_SOCKET": str(tmp_path / "notify")})
+        proc = subprocess.Popen(
+            milter.args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={
+                **os.environ,
+                "SENDPOST_CONFIG": "/dev/null",
+                "NOTIFY_SOCKET": str(tmp_path / "notify"),
+            },
+        )
         try:
             assert notify.recv(100) == b"READY=1"
             connect(address, 1.0)  # raises if Postfix could not connect yet
@@ -279,8 +339,9 @@ def test_a_second_milter_on_the_same_socket_refuses_and_leaves_the_first_serving
         result = start_milter_command(tmp_path, address)
         assert result.returncode == 1
         assert f"milter-socket {address}: another milter is listening there" in result.stderr
-        run_miltertest(first, tmp_path,
-                       lua_message("E1E1E1E1E1", [("X-Sendpost-Message-UUID", CANON)]))
+        run_miltertest(
+            first, tmp_path, lua_message("E1E1E1E1E1", [("X-Sendpost-Message-UUID", CANON)])
+        )
         assert first.entry("E1E1E1E1E1").uuid == CANON  # type: ignore[union-attr]
 
 
@@ -291,20 +352,25 @@ def test_doctor_probe_is_recorded_and_discarded_only_with_the_key(
     assert key is not None, "the milter creates state-dir/probe.key at start"
     forged = "0123456789abcdef.00000000000000000000000000000000"
     run_miltertest(
-        milter, tmp_path,
-        lua_message("D0C0000001", [("X-Sendpost-Message-UUID", CANON),
-                                   ("X-Sendpost-Doctor-Probe", make_token(key))],
-                    reply="SMFIR_DISCARD"),
-        lua_message("D0C0000002", [("X-Sendpost-Message-UUID", CANON),
-                                   ("X-Sendpost-Doctor-Probe", forged)]),
+        milter,
+        tmp_path,
+        lua_message(
+            "D0C0000001",
+            [("X-Sendpost-Message-UUID", CANON), ("X-Sendpost-Doctor-Probe", make_token(key))],
+            reply="SMFIR_DISCARD",
+        ),
+        lua_message(
+            "D0C0000002", [("X-Sendpost-Message-UUID", CANON), ("X-Sendpost-Doctor-Probe", forged)]
+        ),
     )
     assert milter.entry("D0C0000001").uuid == CANON  # type: ignore[union-attr]
     assert milter.entry("D0C0000002").uuid == CANON  # type: ignore[union-attr]
     assert counter(milter, "sendpost_milter_doctor_probes_total") == 1
 
 
-@pytest.mark.parametrize("damage", [b"", b"\xff not a key\n", b"abcd\n"],
-                         ids=["empty", "garbage", "short"])
+@pytest.mark.parametrize(
+    "damage", [b"", b"\xff not a key\n", b"abcd\n"], ids=["empty", "garbage", "short"]
+)
 def test_damaged_probe_key_is_one_warning_and_probes_are_plain_mail(
     tmp_path: Path, damage: bytes
 ) -> None:
@@ -314,20 +380,30 @@ def test_damaged_probe_key_is_one_warning_and_probes_are_plain_mail(
     key_path.parent.mkdir()
     key_path.write_bytes(damage)
     with MilterProcess(tmp_path / "state", f"unix:{tmp_path}/sock/m.sock") as proc:
-        run_miltertest(proc, tmp_path, lua_message(
-            "DA0A6E0001", [("X-Sendpost-Message-UUID", CANON),
-                           ("X-Sendpost-Doctor-Probe", make_token(b""))]))
+        run_miltertest(
+            proc,
+            tmp_path,
+            lua_message(
+                "DA0A6E0001",
+                [("X-Sendpost-Message-UUID", CANON), ("X-Sendpost-Doctor-Probe", make_token(b""))],
+            ),
+        )
         assert proc.entry("DA0A6E0001").uuid == CANON  # type: ignore[union-attr]
-        warning = (f"WARNING sendpost_milter: {key_path} is damaged (it must hold 64 hex"
-                   " digits): doctor's probes cannot be recognised, so doctor will not send"
-                   f" one; fix: delete {key_path} and restart the milter, which writes a new"
-                   " key at start")
+        warning = (
+            f"WARNING sendpost_milter: {key_path} is damaged (it must hold 64 hex"
+            " digits): doctor's probes cannot be recognised, so doctor will not send"
+            f" one; fix: delete {key_path} and restart the milter, which writes a new"
+            " key at start"
+        )
         assert proc.log().count(warning) == 1, proc.log()
     assert key_path.read_bytes() == damage  # left for the operator, as the warning says
 
 
-@pytest.mark.parametrize("value", ["é.é", "\u00e9" * 40, "abc.\u0661\u0662", ".", ""],
-                         ids=["accented", "long-accented", "arabic-digits", "dot", "empty"])
+@pytest.mark.parametrize(
+    "value",
+    ["é.é", "\u00e9" * 40, "abc.\u0661\u0662", ".", ""],
+    ids=["accented", "long-accented", "arabic-digits", "dot", "empty"],
+)
 def test_garbage_probe_header_is_accepted_like_any_message(
     milter: MilterProcess, tmp_path: Path, request: pytest.FixtureRequest, value: str
 ) -> None:
@@ -336,19 +412,22 @@ def test_garbage_probe_header_is_accepted_like_any_message(
     A non-ASCII value once raised in the MAC comparison, and pymilter's default answer
     to an exception is TEMPFAIL: Postfix deferred the message."""
     queue_id = "E0" + request.node.callspec.id.upper().replace("-", "")[:10]
-    run_miltertest(milter, tmp_path, lua_message(
-        queue_id, [("X-Sendpost-Doctor-Probe", value), ("X-Sendpost-Message-UUID", CANON)]))
+    run_miltertest(
+        milter,
+        tmp_path,
+        lua_message(
+            queue_id, [("X-Sendpost-Doctor-Probe", value), ("X-Sendpost-Message-UUID", CANON)]
+        ),
+    )
     assert milter.entry(queue_id).uuid == CANON  # type: ignore[union-attr]
     assert "Traceback" not in milter.log()
 
 
-def test_header_name_that_is_not_utf8_is_passed_over(milter: MilterProcess,
-                                                     tmp_path: Path) -> None:
+def test_header_name_that_is_not_utf8_is_passed_over(milter: MilterProcess, tmp_path: Path) -> None:
     """pymilter cannot make a Python string of such a name and fails before calling us
     (it prints the error); the other headers and end-of-message still reach us."""
     bad_header = "check(mt.header(conn, 'X-Bad-\\255-Name', 'value'), 'header')\n"
     message = lua_message("F0F0F0F0F0", [("X-Sendpost-Message-UUID", CANON)])
     first_header = message.index("check(mt.header(")
-    run_miltertest(milter, tmp_path,
-                   message[:first_header] + bad_header + message[first_header:])
+    run_miltertest(milter, tmp_path, message[:first_header] + bad_header + message[first_header:])
     assert milter.entry("F0F0F0F0F0").uuid == CANON  # type: ignore[union-attr]

@@ -550,12 +550,26 @@ def test_default_zone_is_local_and_zones_follow_dst() -> None:
 def test_the_hour_repeated_when_dst_ends_is_told_apart() -> None:
     """Berlin, 25 Oct 2026: 02:00-02:59 comes twice, first at +02:00, then at +01:00."""
     berlin = Clock(ZoneInfo("Europe/Berlin"), NOW)
-    stamps = ["Oct 25 01:59:58", "Oct 25 02:00:01", "Oct 25 02:59:59", "Oct 25 02:59:58",
-              "Oct 25 02:00:01", "Oct 25 02:30:00", "Oct 25 03:00:00"]
+    stamps = [
+        "Oct 25 01:59:58",
+        "Oct 25 02:00:01",
+        "Oct 25 02:59:59",
+        "Oct 25 02:59:58",
+        "Oct 25 02:00:01",
+        "Oct 25 02:30:00",
+        "Oct 25 03:00:00",
+    ]
     times = [berlin.syslog_time(stamp) for stamp in stamps]
     utc = [t.astimezone(UTC).strftime("%H:%M:%S") for t in times if t is not None]
-    assert utc == ["23:59:58", "00:00:01", "00:59:59", "00:59:58",  # a line out of order
-                   "01:00:01", "01:30:00", "02:00:00"]
+    assert utc == [
+        "23:59:58",
+        "00:00:01",
+        "00:59:59",
+        "00:59:58",  # a line out of order
+        "01:00:01",
+        "01:30:00",
+        "02:00:00",
+    ]
 
 
 # --- year inference ---
@@ -684,8 +698,11 @@ def test_huge_lines_are_handled_in_linear_time(line: str) -> None:
     assert time.perf_counter() - started < 3.0  # about 0.4 s at worst on a slow VM
 
 
-@pytest.mark.parametrize("head", [HEAD, HEAD.replace("smtp[5238]", "smtp")],
-                         ids=["common shape", "general parser (no pid)"])
+@pytest.mark.parametrize(
+    "head",
+    [HEAD, HEAD.replace("smtp[5238]", "smtp")],
+    ids=["common shape", "general parser (no pid)"],
+)
 def test_numbers_too_long_for_int_make_no_record_and_no_error(head: str) -> None:
     """int() refuses more than 4,300 digits: a forged line must not raise."""
     line = head.replace("smtp", "qmgr") + "from=<a@b>, size=1, nrcpt={} (queue active)"
@@ -695,8 +712,9 @@ def test_numbers_too_long_for_int_make_no_record_and_no_error(head: str) -> None
 
 def test_a_relay_port_too_long_for_int_is_no_relay() -> None:
     assert parse_relay("mx.example.com[192.0.2.1]:" + "9" * 5000) is None
-    assert parse_relay("mx.example.com[192.0.2.1]:25") == Endpoint("mx.example.com",
-                                                                   "192.0.2.1", 25)
+    assert parse_relay("mx.example.com[192.0.2.1]:25") == Endpoint(
+        "mx.example.com", "192.0.2.1", 25
+    )
 
 
 def test_nul_bytes_and_replacement_characters_pass_through() -> None:
@@ -706,9 +724,7 @@ def test_nul_bytes_and_replacement_characters_pass_through() -> None:
     assert rec.reply == "250 2.0.0 Ok: \x00\ufffd"
 
 
-@pytest.mark.parametrize(
-    "name", ["maillog.functional", "maillog.content-filter", "wild/lines.log"]
-)
+@pytest.mark.parametrize("name", ["maillog.functional", "maillog.content-filter", "wild/lines.log"])
 def test_parse_block_gives_what_parse_line_gives_line_by_line(name: str) -> None:
     """The block parser's prefilter may drop only lines that parse_line ignores."""
     lines = sample_lines(name)
@@ -719,8 +735,9 @@ def test_parse_block_gives_what_parse_line_gives_line_by_line(name: str) -> None
     assert block == one_by_one
     assert any(isinstance(r, Skipped) for r in block)  # the odd lines are counted, not lost
     # The usual block has neither rare marker: the other branch of the prefilter.
-    common = [line for line in lines if " notification: " not in line
-              and "info: header " not in line]
+    common = [
+        line for line in lines if " notification: " not in line and "info: header " not in line
+    ]
     clock = Clock(UTC, NOW)
     expected = [r for line in common if (r := parse_line(line, clock)) is not None]
     assert parse_block([line.encode() for line in common], Clock(UTC, NOW)) == expected
@@ -733,6 +750,8 @@ def test_parse_block_decodes_invalid_utf8_like_the_follower_promises() -> None:
 
 
 def test_iso_stamp_out_of_range_in_the_local_zone_is_skipped_not_a_crash() -> None:
-    line = ("0001-01-01T00:00:00 mx postfix/smtp[1]: ABCDE12345: to=<a@b>, relay=x,"
-            " delay=1, dsn=2.0.0, status=sent (250 ok)")
+    line = (
+        "0001-01-01T00:00:00 mx postfix/smtp[1]: ABCDE12345: to=<a@b>, relay=x,"
+        " delay=1, dsn=2.0.0, status=sent (250 ok)"
+    )
     assert parse_line(line, Clock(None, NOW)) == Skipped("unparseable timestamp")

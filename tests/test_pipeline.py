@@ -23,8 +23,10 @@ from tests.support.maillog import record_messages, write_messages
 from tests.support.postfix import free_port
 
 NOW = datetime(2026, 11, 24, tzinfo=UTC)
-UUIDS = {"A438320C032": "11111111-1111-4111-8111-000000000001",
-         "B438320C033": "11111111-1111-4111-8111-000000000002"}
+UUIDS = {
+    "A438320C032": "11111111-1111-4111-8111-000000000001",
+    "B438320C033": "11111111-1111-4111-8111-000000000002",
+}
 LINES = [
     f"Nov 23 18:35:2{n} feas postfix/smtp[5238]: {queue_id}: to=<{n}@example.com>,"
     " relay=mx.example.com[192.0.2.1]:25, delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0,"
@@ -46,8 +48,7 @@ def pipe(tmp_path: Path) -> Pipeline:
 def new_pipeline(tmp_path: Path) -> Pipeline:
     """Another pipeline on the map and config files the ``pipe`` fixture wrote."""
     config = load_config({}, tmp_path / "config.yaml", {})
-    return Pipeline(config, MapReader(tmp_path / "map.sqlite3"), ContentFilters(),
-                    Clock(UTC, NOW))
+    return Pipeline(config, MapReader(tmp_path / "map.sqlite3"), ContentFilters(), Clock(UTC, NOW))
 
 
 def delivered_to(pipe: Pipeline) -> list[str]:
@@ -132,12 +133,16 @@ def test_events_come_in_the_same_order_however_the_lines_are_batched(
         f"Nov 23 18:35:20 feas postfix/smtp[5238]: {held}: to=<held@example.com>,"
         " relay=127.0.0.1[127.0.0.1]:2525, delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0,"
         " status=sent (250 2.0.0 Ok: queued as 7D1A2C0031)",
-        *(f"Nov 23 18:35:{second} feas postfix/smtp[5238]: {other}: to=<{n}@example.com>,"
-          " relay=mx.example.com[192.0.2.1]:25, delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0,"
-          " status=sent (250 2.0.0 Ok)" for n, second in enumerate((21, 51, 52))),
+        *(
+            f"Nov 23 18:35:{second} feas postfix/smtp[5238]: {other}: to=<{n}@example.com>,"
+            " relay=mx.example.com[192.0.2.1]:25, delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0,"
+            " status=sent (250 2.0.0 Ok)"
+            for n, second in enumerate((21, 51, 52))
+        ),
     ]
     assert every_batching(pipe, tmp_path, lines) == {
-        ("0@example.com", "held@example.com", "1@example.com", "2@example.com")}
+        ("0@example.com", "held@example.com", "1@example.com", "2@example.com")
+    }
 
 
 def test_a_hop_is_told_from_a_delivery_the_same_however_the_lines_are_batched(
@@ -182,8 +187,9 @@ def every_batching(pipe: Pipeline, tmp_path: Path, lines: list[str]) -> set[tupl
 def test_a_map_failure_is_raised_not_counted_as_a_bad_line(pipe: Pipeline, tmp_path: Path) -> None:
     # pipe: its fixture wrote the map and config files this pipeline uses
     config = load_config({}, tmp_path / "config.yaml", {})
-    broken = Pipeline(config, BrokenMap(tmp_path / "map.sqlite3"), ContentFilters(),
-                      Clock(UTC, NOW))
+    broken = Pipeline(
+        config, BrokenMap(tmp_path / "map.sqlite3"), ContentFilters(), Clock(UTC, NOW)
+    )
     with pytest.raises(MapError):
         broken.process([line.encode() for line in LINES])
     assert "skipped:internal error" not in broken.counts()
@@ -199,11 +205,11 @@ def test_a_map_failure_stops_logwatch_without_counting_the_lines_it_could_not_jo
     write_messages(log, range(3))
     (tmp_path / "config.yaml").write_text(
         f'api-key: "sp-test-key"\nlog-path: "{log}"\nstate-dir: "{state}"\n'
-        f'endpoint: "http://127.0.0.1:9/events"\nlisten: "127.0.0.1:{free_port()}"\n')
+        f'endpoint: "http://127.0.0.1:9/events"\nlisten: "127.0.0.1:{free_port()}"\n'
+    )
     config = load_config({}, tmp_path / "config.yaml", {})
     agent = Agent(config)
-    agent.pipeline = Pipeline(config, BrokenMap(config.map_path), ContentFilters(),
-                              Clock(UTC, NOW))
+    agent.pipeline = Pipeline(config, BrokenMap(config.map_path), ContentFilters(), Clock(UTC, NOW))
 
     async def run() -> int:
         return await asyncio.wait_for(agent.run(asyncio.Event()), timeout=30)

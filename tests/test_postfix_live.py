@@ -30,19 +30,29 @@ def test_mail_in_events_out_across_postfix_logrotate(
 
     def send(i: int) -> None:
         message_uuid = str(uuid.uuid4())
-        queue_id = postfix.send(SENDER, [f"ok{i}@example.com", f"bounce{i}@example.com"],
-                                {"X-Sendpost-Message-UUID": message_uuid}, "body\n")
+        queue_id = postfix.send(
+            SENDER,
+            [f"ok{i}@example.com", f"bounce{i}@example.com"],
+            {"X-Sendpost-Message-UUID": message_uuid},
+            "body\n",
+        )
         postfix.wait_for_log(rf"{queue_id}: to=<bounce{i}@example.com>, .*status=bounced")
         postfix.wait_for_log(rf"{queue_id}: to=<ok{i}@example.com>, .*status=sent")
-        expected.update({(message_uuid, "delivered", f"ok{i}@example.com"),
-                         (message_uuid, "bounced", f"bounce{i}@example.com")})
+        expected.update(
+            {
+                (message_uuid, "delivered", f"ok{i}@example.com"),
+                (message_uuid, "bounced", f"bounce{i}@example.com"),
+            }
+        )
 
-    with IngestServer(KEY) as server, MilterProcess(
-        state, f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock"
+    with (
+        IngestServer(KEY) as server,
+        MilterProcess(state, f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock"),
     ):
         postfix.start()
-        agent = LogwatchProcess(state, postfix.maillog, server.url, KEY,
-                                "--postfix-config-dir", str(postfix.config_dir)).start()
+        agent = LogwatchProcess(
+            state, postfix.maillog, server.url, KEY, "--postfix-config-dir", str(postfix.config_dir)
+        ).start()
         send(1)
         postfix.logrotate()  # while running: the old file is finished, the new one followed
         send(2)

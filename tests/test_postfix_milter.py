@@ -43,8 +43,9 @@ class Setup:
 
 
 @pytest.fixture(params=["unix", "inet"])
-def setup(request: pytest.FixtureRequest, tmp_path: Path, sink: Sink,
-          postfix_factory: PostfixFactory) -> Iterator[Setup]:
+def setup(
+    request: pytest.FixtureRequest, tmp_path: Path, sink: Sink, postfix_factory: PostfixFactory
+) -> Iterator[Setup]:
     milters = shipped_smtpd_milters()
     postfix = postfix_factory(start=False, smtp_probe=False)
     if request.param == "unix":
@@ -73,8 +74,10 @@ def send_three_on_one_connection(postfix: PostfixInstance) -> list[str]:
             raw = build_message(SENDER, ["ok@example.com"], headers, "x\n")
             smtp.sendmail(SENDER, ["ok@example.com"], raw)
     lines = postfix.wait_for_log(r"postfix/cleanup\[\d+\]: (\w+): message-id=", count=3)
-    return [re.search(r": (\w+): message-id=", line).group(1)  # type: ignore[union-attr]
-            for line in lines]
+    return [
+        re.search(r": (\w+): message-id=", line).group(1)  # type: ignore[union-attr]
+        for line in lines
+    ]
 
 
 def test_map_rows_match_the_queue_ids_postfix_reports(setup: Setup) -> None:
@@ -84,8 +87,11 @@ def test_map_rows_match_the_queue_ids_postfix_reports(setup: Setup) -> None:
         ({"Subject": "no header"}, None, HeaderState.MISSING),
         ({"X-Sendpost-Message-UUID": "garbage"}, None, HeaderState.INVALID),
         ({"X-Sendpost-Message-UUID": "Z" * 60_000}, None, HeaderState.INVALID),
-        ([("X-Sendpost-Message-UUID", UUID_A), ("X-Sendpost-Message-UUID", UUID_B)],
-         None, HeaderState.REPEATED),
+        (
+            [("X-Sendpost-Message-UUID", UUID_A), ("X-Sendpost-Message-UUID", UUID_B)],
+            None,
+            HeaderState.REPEATED,
+        ),
     ]
     sent = []
     for headers, expected_uuid, state in cases:
@@ -100,8 +106,9 @@ def test_map_rows_match_the_queue_ids_postfix_reports(setup: Setup) -> None:
         assert (entry.uuid, entry.header) == (expected_uuid, state)
     # The milter changes nothing: the header arrives at the next hop as sent.
     # (Postfix delivers in parallel: the sink's order is not the sending order.)
-    arrived = {m.parsed()["X-Sendpost-Message-UUID"]
-               for m in setup.sink.wait_for_messages(len(cases))}
+    arrived = {
+        m.parsed()["X-Sendpost-Message-UUID"] for m in setup.sink.wait_for_messages(len(cases))
+    }
     assert {UUID_A, f"<{UUID_B.upper()}>", "garbage"} <= arrived
     metrics = setup.milter.metrics()
     assert metrics["sendpost_milter_messages_total"] == len(cases)
@@ -133,8 +140,9 @@ def test_older_milter_protocols_record_every_message(
         assert [milter.entry(q).uuid for q in ids] == [UUID_A, None, UUID_B]  # type: ignore[union-attr]
         for queue_id in ids:
             delivered(postfix, queue_id)
-        assert not [line for line in postfix.maillog_lines() if "warning:" in line], \
+        assert not [line for line in postfix.maillog_lines() if "warning:" in line], (
             postfix.maillog_tail()
+        )
         assert "internal error" not in milter.log()
 
 
@@ -147,12 +155,14 @@ def test_mail_flows_when_the_milter_is_down_or_hung(setup: Setup, failure: str) 
         setup.milter.proc.send_signal(signal.SIGSTOP)
     try:
         started = time.monotonic()
-        queue_id = setup.postfix.send(SENDER, ["ok@example.com"],
-                                      {"X-Sendpost-Message-UUID": UUID_A}, "body\n")
+        queue_id = setup.postfix.send(
+            SENDER, ["ok@example.com"], {"X-Sendpost-Message-UUID": UUID_A}, "body\n"
+        )
         accepted_after = time.monotonic() - started
         delivered(setup.postfix, queue_id)
         setup.postfix.wait_for_log(
-            r"warning: connect to Milter service" if failure == "killed"
+            r"warning: connect to Milter service"
+            if failure == "killed"
             else r"warning: milter .*: read error in initial handshake"
         )
         # Killed: refused at once. Hung: Postfix gives up after the shipped timeouts.
@@ -166,12 +176,14 @@ def test_mail_flows_when_the_milter_is_down_or_hung(setup: Setup, failure: str) 
 
 def test_restarted_milter_records_again(setup: Setup) -> None:
     setup.milter.stop()
-    before = setup.postfix.send(SENDER, ["ok@example.com"],
-                                {"X-Sendpost-Message-UUID": UUID_A}, "1\n")
+    before = setup.postfix.send(
+        SENDER, ["ok@example.com"], {"X-Sendpost-Message-UUID": UUID_A}, "1\n"
+    )
     delivered(setup.postfix, before)
     setup.milter.start()
-    after = setup.postfix.send(SENDER, ["ok@example.com"],
-                               {"X-Sendpost-Message-UUID": UUID_B}, "2\n")
+    after = setup.postfix.send(
+        SENDER, ["ok@example.com"], {"X-Sendpost-Message-UUID": UUID_B}, "2\n"
+    )
     delivered(setup.postfix, after)
     assert setup.milter.entry(before) is None
     assert setup.milter.entry(after).uuid == UUID_B  # type: ignore[union-attr]

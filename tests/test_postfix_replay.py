@@ -41,11 +41,24 @@ class Site:
 
     def replay(self) -> tuple[list[dict[str, object]], str]:
         result = subprocess.run(
-            [sys.executable, "-m", "sendpost_agent", "replay", str(self.postfix.maillog),
-             "--state-dir", str(self.state_dir),
-             "--postfix-config-dir", str(self.postfix.config_dir),
-             "--log-timezone", "UTC", "--join-wait", "5s"],
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "sendpost_agent",
+                "replay",
+                str(self.postfix.maillog),
+                "--state-dir",
+                str(self.state_dir),
+                "--postfix-config-dir",
+                str(self.postfix.config_dir),
+                "--log-timezone",
+                "UTC",
+                "--join-wait",
+                "5s",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
             env={"PATH": "/usr/sbin:/usr/bin:/bin", "SENDPOST_CONFIG": "/dev/null"},
         )
         assert result.returncode == 0, result.stderr
@@ -63,15 +76,22 @@ SiteFactory = Callable[..., Site]
 def site(tmp_path: Path, postfix_factory: PostfixFactory) -> Iterator[SiteFactory]:
     milters: list[MilterProcess] = []
 
-    def make(main_cf: dict[str, str] | None = None, master_cf_extra: str = "",
-             name: str = "pf") -> Site:
-        postfix = postfix_factory(smtpd_milters=MILTER, main_cf=main_cf,
-                                  master_cf_extra=master_cf_extra, name=name, start=False,
-                                  smtp_probe=False)
+    def make(
+        main_cf: dict[str, str] | None = None, master_cf_extra: str = "", name: str = "pf"
+    ) -> Site:
+        postfix = postfix_factory(
+            smtpd_milters=MILTER,
+            main_cf=main_cf,
+            master_cf_extra=master_cf_extra,
+            name=name,
+            start=False,
+            smtp_probe=False,
+        )
         postfix.queue_directory.mkdir(parents=True, exist_ok=True)
         state = tmp_path / f"{name}-state"
         milter = MilterProcess(
-            state, f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock").start()
+            state, f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock"
+        ).start()
         milters.append(milter)
         postfix.start()
         return Site(postfix, milter, state)
@@ -87,8 +107,9 @@ def test_delivered_bounced_soft_bounced_deferred_expired_mixed(site: SiteFactory
     _, delivered = s.send(["ok1@example.com"])
     _, hard = s.send(["bounce1@example.com"])
     _, soft = s.send(["full1@example.com"])
-    mixed_id, mixed = s.send(["ok2@example.com", "bounce2@example.com", "full2@example.com",
-                              "defer2@example.com"])
+    mixed_id, mixed = s.send(
+        ["ok2@example.com", "bounce2@example.com", "full2@example.com", "defer2@example.com"]
+    )
     expiring_id, expiring = s.send(["defer3@example.com"])
     _, no_header = s.send(["ok3@example.com"], with_uuid=False)
     for queue_id in (mixed_id, expiring_id):
@@ -99,9 +120,14 @@ def test_delivered_bounced_soft_bounced_deferred_expired_mixed(site: SiteFactory
     assert outcomes(events, hard) == [("bounced", "bounce1@example.com")]
     assert outcomes(events, soft) == [("soft_bounced", "full1@example.com")]
     mixed_events = outcomes(events, mixed)
-    assert sorted(mixed_events[:4]) == sorted([
-        ("delivered", "ok2@example.com"), ("bounced", "bounce2@example.com"),
-        ("soft_bounced", "full2@example.com"), ("deferred", "defer2@example.com")])
+    assert sorted(mixed_events[:4]) == sorted(
+        [
+            ("delivered", "ok2@example.com"),
+            ("bounced", "bounce2@example.com"),
+            ("soft_bounced", "full2@example.com"),
+            ("deferred", "defer2@example.com"),
+        ]
+    )
     assert set(mixed_events[4:-1]) == {("deferred", "defer2@example.com")}
     assert mixed_events[-1] == ("soft_bounced", "defer2@example.com")
     expiring_events = outcomes(events, expiring)
@@ -116,8 +142,9 @@ def test_delivered_bounced_soft_bounced_deferred_expired_mixed(site: SiteFactory
     assert hard_event["smtp_code"] == 550
     assert "User unknown" in str(hard_event["smtp_description"])
     assert str(hard_event["timestamp"]).endswith("+00:00")
-    expired_event = next(e for e in events if e["message_id"] == expiring
-                         and e["event_type"] == "soft_bounced")
+    expired_event = next(
+        e for e in events if e["message_id"] == expiring and e["event_type"] == "soft_bounced"
+    )
     assert "expired" in str(expired_event["smtp_description"])
 
 
@@ -143,8 +170,10 @@ def test_content_filter_hop_reports_only_the_final_outcome(
     reinject_port = free_port()
     overrides = "    -o content_filter=\n    -o syslog_name=postfix/reinject\n"
     if not reinject_milters:
-        overrides += ("    -o smtpd_milters=\n    -o receive_override_options="
-                      "no_unknown_recipient_checks,no_header_body_checks,no_milters\n")
+        overrides += (
+            "    -o smtpd_milters=\n    -o receive_override_options="
+            "no_unknown_recipient_checks,no_header_body_checks,no_milters\n"
+        )
     with ContentFilter(reinject_port) as content_filter:
         s = site(
             main_cf={"content_filter": f"smtp-amavis:[127.0.0.1]:{content_filter.port}"},
@@ -156,14 +185,19 @@ def test_content_filter_hop_reports_only_the_final_outcome(
         queue_id, message_uuid = s.send(["ok@example.com", "bounce@example.com"])
         hop = s.postfix.wait_for_log(
             rf"{queue_id}: to=<ok@example.com>, relay=127.0.0.1\[127.0.0.1\]:"
-            rf"{content_filter.port}, .*status=sent \(250 2.0.0 Ok: queued as (\w+)\)")
+            rf"{content_filter.port}, .*status=sent \(250 2.0.0 Ok: queued as (\w+)\)"
+        )
         new_id = hop[0].rsplit("queued as ", 1)[1].rstrip(")")
-        s.postfix.wait_for_log(rf"{new_id}: to=<ok@example.com>, relay=127.0.0.1\[127.0.0.1\]"
-                               rf":\d+, .*status=sent \(250 2.0.0 Ok: sink accepted\)")
+        s.postfix.wait_for_log(
+            rf"{new_id}: to=<ok@example.com>, relay=127.0.0.1\[127.0.0.1\]"
+            rf":\d+, .*status=sent \(250 2.0.0 Ok: sink accepted\)"
+        )
         s.postfix.wait_for_log(rf"{new_id}: to=<bounce@example.com>, .*status=bounced")
     events, summary = s.replay()
     assert sorted(outcomes(events, message_uuid)) == [
-        ("bounced", "bounce@example.com"), ("delivered", "ok@example.com")]
+        ("bounced", "bounce@example.com"),
+        ("delivered", "ok@example.com"),
+    ]
     assert "content_filter_hop=" in summary
     if reinject_milters:  # the milter saw the re-injected message too
         assert s.milter.entry(new_id).uuid == message_uuid  # type: ignore[union-attr]
@@ -176,7 +210,7 @@ def test_milter_down_falls_back_to_header_checks_info(site: SiteFactory) -> None
     s.milter.kill()
     _, unseen = s.send(["ok1@example.com"])
     rules = s.postfix.config_dir / "sendpost_header_checks"
-    shipped = (Path(__file__).resolve().parents[1] / "postfix-conf" / "header_checks.snippet")
+    shipped = Path(__file__).resolve().parents[1] / "postfix-conf" / "header_checks.snippet"
     rules.write_text(shipped.read_text())
     s.postfix.postconf(header_checks=f"regexp:{rules}")
     s.postfix.reload()

@@ -52,8 +52,7 @@ def test_reused_queue_id_replaces_the_old_row(path: Path) -> None:
     assert len(reader) == 1
 
 
-@pytest.mark.parametrize("state", [HeaderState.MISSING, HeaderState.INVALID,
-                                   HeaderState.REPEATED])
+@pytest.mark.parametrize("state", [HeaderState.MISSING, HeaderState.INVALID, HeaderState.REPEATED])
 def test_new_message_without_header_does_not_inherit_old_uuid(
     path: Path, state: HeaderState
 ) -> None:
@@ -173,7 +172,8 @@ WRITER_SCRIPT = textwrap.dedent("""
 def start_writer(path: Path, count: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", WRITER_SCRIPT, str(path), str(count)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -199,7 +199,10 @@ def test_reader_in_another_process_sees_every_committed_row(path: Path) -> None:
     writer = start_writer(path, 3000)
     reader = subprocess.run(
         [sys.executable, "-c", reader_script, str(path)],
-        stdin=writer.stdout, capture_output=True, text=True, timeout=120,
+        stdin=writer.stdout,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert writer.wait(timeout=60) == 0
     assert reader.returncode == 0, reader.stdout + reader.stderr

@@ -28,8 +28,10 @@ CONFIG = "/etc/sendpost-agent/config.yaml"
 def systemd_analyze() -> str:
     found = shutil.which("systemd-analyze")
     if found is None:
-        pytest.fail("systemd-analyze not found (apt-get install systemd; .ci/run installs it)",
-                    pytrace=False)
+        pytest.fail(
+            "systemd-analyze not found (apt-get install systemd; .ci/run installs it)",
+            pytrace=False,
+        )
     return found
 
 
@@ -64,8 +66,13 @@ def copies_pointing_at_this_checkout(tmp_path: Path, text_fix: str = "") -> list
 
 
 def verify(paths: list[Path]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([systemd_analyze(), "verify", *map(str, paths)],
-                          capture_output=True, text=True, check=False, timeout=60)
+    return subprocess.run(
+        [systemd_analyze(), "verify", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
 
 
 def test_systemd_analyze_verify_passes_without_a_single_warning(tmp_path: Path) -> None:
@@ -142,7 +149,8 @@ def test_milter_counts_as_started_once_its_socket_listens() -> None:
 
 def test_only_the_state_dir_and_the_socket_dir_are_writable() -> None:
     assert one(MILTER, "ReadWritePaths") == (
-        "/var/lib/sendpost-agent /var/spool/postfix/sendpost-agent")
+        "/var/lib/sendpost-agent /var/spool/postfix/sendpost-agent"
+    )
     assert one(LOGWATCH, "ReadWritePaths") == "/var/lib/sendpost-agent"
 
 
@@ -150,8 +158,11 @@ def test_ordering_with_postfix_and_log_access_through_a_group() -> None:
     # The milter is up before Postfix takes mail (Debian runs postfix@-.service).
     assert set(one(MILTER, "Before").split()) >= {"postfix.service", "postfix@-.service"}
     assert "After" not in settings(MILTER) or "postfix" not in one(MILTER, "After")
-    assert set(one(LOGWATCH, "After").split()) >= {"postfix.service", "postfix@-.service",
-                                                  "network-online.target"}
+    assert set(one(LOGWATCH, "After").split()) >= {
+        "postfix.service",
+        "postfix@-.service",
+        "network-online.target",
+    }
     assert one(LOGWATCH, "Wants") == "network-online.target"
     # The mail log is read through its group (Debian: root:adm 0640), never as root.
     assert one(LOGWATCH, "SupplementaryGroups") == "adm"
@@ -162,8 +173,13 @@ def test_ordering_with_postfix_and_log_access_through_a_group() -> None:
 def test_systemd_analyze_security_rates_the_units_ok(unit: str, tmp_path: Path) -> None:
     paths = copies_pointing_at_this_checkout(tmp_path)
     path = next(p for p in paths if p.name == unit)
-    proc = subprocess.run([systemd_analyze(), "security", "--offline=yes", str(path)],
-                          capture_output=True, text=True, check=False, timeout=60)
+    proc = subprocess.run(
+        [systemd_analyze(), "security", "--offline=yes", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout)
     assert match, proc.stdout + proc.stderr
     # 0 is a fully locked-down service, 10 an unprotected one; "OK" is below 4.5.

@@ -33,8 +33,11 @@ def sample(name: str) -> list[str]:
 @pytest.fixture
 def reader(tmp_path: Path) -> MapReader:
     writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
-    for queue_id, value in {"A438320C032": U_MIXED, "C8E5320C056": U_CF,
-                            "5C23B20C0D1": "11111111-1111-4111-8111-000000000003"}.items():
+    for queue_id, value in {
+        "A438320C032": U_MIXED,
+        "C8E5320C056": U_CF,
+        "5C23B20C0D1": "11111111-1111-4111-8111-000000000003",
+    }.items():
         writer.put(queue_id, uuid.UUID(value), HeaderState.PRESENT)
     writer.put("2E05020C0C1", None, HeaderState.MISSING)
     writer.close()
@@ -70,11 +73,14 @@ def test_mixed_outcome_message_with_deferral_then_expiry(reader: MapReader) -> N
     ]
     bounced, expired = events[0], next(e for e in events if e["event_type"] == "soft_bounced")
     assert bounced == {
-        "message_id": U_MIXED, "event_type": "bounced", "timestamp": "2026-11-23T18:35:21+00:00",
-        "smtp_code": 550, "recipient": "bounce1@example.com",
+        "message_id": U_MIXED,
+        "event_type": "bounced",
+        "timestamp": "2026-11-23T18:35:21+00:00",
+        "smtp_code": 550,
+        "recipient": "bounce1@example.com",
         "smtp_description": "host 127.0.0.1[127.0.0.1] said: 550 5.1.1 <bounce1@example.com>:"
-                            " Recipient address rejected: User unknown (in reply to RCPT TO"
-                            " command)",
+        " Recipient address rejected: User unknown (in reply to RCPT TO"
+        " command)",
     }
     assert expired["smtp_code"] == 450
     assert "expired" in str(expired["smtp_description"])
@@ -84,9 +90,12 @@ def test_mixed_outcome_message_with_deferral_then_expiry(reader: MapReader) -> N
 def test_header_checks_info_line_is_the_fallback(reader: MapReader) -> None:
     events = run(sample("maillog.functional"), Tracker(reader.get, FILTER))
     assert brief(events, "aaaaaaaa-0000-4000-8000-000000000002") == [
-        ("delivered", "ok8@example.com")]
+        ("delivered", "ok8@example.com")
+    ]
     assert brief(events, "aaaaaaaa-0000-4000-8000-000000000003") == [
-        ("delivered", "ok10@example.com"), ("delivered", "ok11@example.com")]
+        ("delivered", "ok10@example.com"),
+        ("delivered", "ok11@example.com"),
+    ]
 
 
 def test_messages_without_uuid_and_postfix_reports_give_no_event_but_are_counted(
@@ -130,11 +139,14 @@ def test_reinjected_lines_before_the_hop_line_wait_for_it(reader: MapReader) -> 
 
 
 def test_local_smarthost_that_answers_queued_as_is_a_delivery(reader: MapReader) -> None:
-    line = ("Nov 23 18:35:21 h postfix/smtp[2]: A438320C032: to=<ok1@example.com>,"
-            " relay=127.0.0.1[127.0.0.1]:2525, delay=0.1, delays=0/0/0/0.1, dsn=2.0.0,"
-            " status=sent (250 2.0.0 Ok: queued as 7D1A2C0031)")
-    later = ("Nov 23 18:36:00 h postfix/qmgr[1]: 9999999999: from=<a@b>, size=1, nrcpt=1"
-             " (queue active)")
+    line = (
+        "Nov 23 18:35:21 h postfix/smtp[2]: A438320C032: to=<ok1@example.com>,"
+        " relay=127.0.0.1[127.0.0.1]:2525, delay=0.1, delays=0/0/0/0.1, dsn=2.0.0,"
+        " status=sent (250 2.0.0 Ok: queued as 7D1A2C0031)"
+    )
+    later = (
+        "Nov 23 18:36:00 h postfix/qmgr[1]: 9999999999: from=<a@b>, size=1, nrcpt=1 (queue active)"
+    )
     tracker = Tracker(reader.get, FILTER, wait=30.0)
     assert run([line], tracker, finish=False) == []  # maybe a hop: wait for 7D1A2C0031
     events = run([later], tracker, finish=False)  # 39 s of log time later
@@ -144,16 +156,17 @@ def test_local_smarthost_that_answers_queued_as_is_a_delivery(reader: MapReader)
 
 
 def test_remote_relay_is_a_delivery_at_once(reader: MapReader) -> None:
-    line = ("Nov 23 18:35:21 h postfix/smtp[2]: A438320C032: to=<u@gmail.com>,"
-            " relay=gmail-smtp-in.l.google.com[142.250.1.26]:25, delay=1, delays=0/0/0/1,"
-            " dsn=2.0.0, status=sent (250 2.0.0 OK  1700000000 a1si123 - gsmtp)")
+    line = (
+        "Nov 23 18:35:21 h postfix/smtp[2]: A438320C032: to=<u@gmail.com>,"
+        " relay=gmail-smtp-in.l.google.com[142.250.1.26]:25, delay=1, delays=0/0/0/1,"
+        " dsn=2.0.0, status=sent (250 2.0.0 OK  1700000000 a1si123 - gsmtp)"
+    )
     events = run([line], Tracker(reader.get, FILTER), finish=False)
     assert brief(events, U_MIXED) == [("delivered", "u@gmail.com")]
 
 
 def test_deferred_events_can_be_suppressed_but_expiry_still_reported(reader: MapReader) -> None:
-    events = run(sample("maillog.functional"), Tracker(reader.get, FILTER,
-                                                       report_deferred=False))
+    events = run(sample("maillog.functional"), Tracker(reader.get, FILTER, report_deferred=False))
     assert not [e for e in events if e["event_type"] == "deferred"]
     assert ("soft_bounced", "defer1@example.com") in brief(events, U_MIXED)
 
@@ -174,16 +187,21 @@ def test_state_survives_a_restart_between_deferral_and_expiry(reader: MapReader)
 def test_memory_of_queued_ids_stays_within_the_join_wait(reader: MapReader) -> None:
     """One remembered queue ID per queued message: it must not grow with the volume."""
     tracker = Tracker(reader.get, FILTER, wait=30.0)
-    lines = [f"Nov 23 18:{i // 60:02d}:{i % 60:02d} h postfix/qmgr[1]: {0xB0000000 + i:X}:"
-             " from=<a@b>, size=1, nrcpt=1 (queue active)" for i in range(3000)]
+    lines = [
+        f"Nov 23 18:{i // 60:02d}:{i % 60:02d} h postfix/qmgr[1]: {0xB0000000 + i:X}:"
+        " from=<a@b>, size=1, nrcpt=1 (queue active)"
+        for i in range(3000)
+    ]
     run(lines, tracker, finish=False)
     assert len(tracker._recent) <= 32  # one per log second, 30 s kept
 
 
 # --- a bug on one held line costs that line only -----------------------------------------
 
-STATUS = ("Nov 23 18:35:21 feas postfix/smtp[5238]: {qid}: to=<{rcpt}>, relay=mx.example.com"
-          "[192.0.2.1]:25, delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0, status=sent (250 2.0.0 Ok)")
+STATUS = (
+    "Nov 23 18:35:21 feas postfix/smtp[5238]: {qid}: to=<{rcpt}>, relay=mx.example.com"
+    "[192.0.2.1]:25, delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0, status=sent (250 2.0.0 Ok)"
+)
 
 
 def held_lines(tracker: Tracker, lines: list[tuple[str, str]], bad: str) -> None:
@@ -202,8 +220,11 @@ def test_a_bug_settling_one_held_line_keeps_the_others_settled_with_it() -> None
     rows: dict[str, Entry] = {}
     errors: list[tuple[str, object]] = []
     tracker = Tracker(rows.get, FILTER, on_error=lambda doing, what: errors.append((doing, what)))
-    held_lines(tracker, [("AAAAA10001", "r1@x"), ("AAAAA10002", "r2@x"), ("AAAAA10003", "r3@x")],
-               bad="r2@x")
+    held_lines(
+        tracker,
+        [("AAAAA10001", "r1@x"), ("AAAAA10002", "r2@x"), ("AAAAA10003", "r3@x")],
+        bad="r2@x",
+    )
     for n, qid in enumerate(("AAAAA10001", "AAAAA10002", "AAAAA10003"), 1):  # rows came late
         rows[qid] = Entry(f"11111111-1111-4111-8111-00000000000{n}", HeaderState.PRESENT, 0)
     events = tracker.tick(tracker.now + 3600)
@@ -213,12 +234,21 @@ def test_a_bug_settling_one_held_line_keeps_the_others_settled_with_it() -> None
 
 def test_a_bug_on_one_line_released_by_an_info_line_keeps_the_others() -> None:
     errors: list[tuple[str, object]] = []
-    tracker = Tracker(lambda qid: None, FILTER,
-                      on_error=lambda doing, what: errors.append((doing, what)))
-    held_lines(tracker, [("AAAAA10001", "r1@x"), ("AAAAA10001", "r2@x"),
-                         ("AAAAA10001", "r3@x")], bad="r2@x")
-    info = HeaderInfo(datetime(2026, 11, 23, 18, 35, 22, tzinfo=UTC), "postfix/cleanup",
-                      "AAAAA10001", "X-Sendpost-Message-UUID", U_MIXED)
+    tracker = Tracker(
+        lambda qid: None, FILTER, on_error=lambda doing, what: errors.append((doing, what))
+    )
+    held_lines(
+        tracker,
+        [("AAAAA10001", "r1@x"), ("AAAAA10001", "r2@x"), ("AAAAA10001", "r3@x")],
+        bad="r2@x",
+    )
+    info = HeaderInfo(
+        datetime(2026, 11, 23, 18, 35, 22, tzinfo=UTC),
+        "postfix/cleanup",
+        "AAAAA10001",
+        "X-Sendpost-Message-UUID",
+        U_MIXED,
+    )
     assert [e.recipient for e in tracker.feed(info)] == ["r1@x", "r3@x"]
     assert [doing for doing, _ in errors] == ["handling"]
     assert tracker.finish() == []  # nothing left held, nothing reported twice
@@ -241,68 +271,94 @@ def test_postsuper_requeued_message_keeps_its_uuid_and_deferrals(reader: MapRead
     turns milters off for it (pickup.c): the outcome there is still this message's."""
     relay = "relay=mx.example.net[203.0.113.5]:25, delay=5, delays=0/0/5/0"
     tracker = Tracker(reader.get, FILTER, wait=30.0)
-    events = run([
-        f"Nov 23 18:35:21 h postfix/smtp[2]: A438320C032: to=<slow@example.com>, {relay},"
-        " dsn=4.4.1, status=deferred (connect to mx.example.net[203.0.113.5]:25: Connection"
-        " timed out)",
-        "Nov 23 19:00:00 h postfix/pickup[6002]: 1C2D320C040: uid=106"
-        " from=<sender@example.com> orig_id=A438320C032",
-        f"Nov 23 19:00:01 h postfix/smtp[2]: 1C2D320C040: to=<slow@example.com>, {relay},"
-        " dsn=5.1.1, status=bounced (host mx.example.net[203.0.113.5] said: 550 5.1.1"
-        " <slow@example.com>: Recipient address rejected: User unknown (in reply to RCPT TO"
-        " command))",
-    ], tracker, finish=False)
-    assert brief(events, U_MIXED) == [("deferred", "slow@example.com"),
-                                      ("bounced", "slow@example.com")]
+    events = run(
+        [
+            f"Nov 23 18:35:21 h postfix/smtp[2]: A438320C032: to=<slow@example.com>, {relay},"
+            " dsn=4.4.1, status=deferred (connect to mx.example.net[203.0.113.5]:25: Connection"
+            " timed out)",
+            "Nov 23 19:00:00 h postfix/pickup[6002]: 1C2D320C040: uid=106"
+            " from=<sender@example.com> orig_id=A438320C032",
+            f"Nov 23 19:00:01 h postfix/smtp[2]: 1C2D320C040: to=<slow@example.com>, {relay},"
+            " dsn=5.1.1, status=bounced (host mx.example.net[203.0.113.5] said: 550 5.1.1"
+            " <slow@example.com>: Recipient address rejected: User unknown (in reply to RCPT TO"
+            " command))",
+        ],
+        tracker,
+        finish=False,
+    )
+    assert brief(events, U_MIXED) == [
+        ("deferred", "slow@example.com"),
+        ("bounced", "slow@example.com"),
+    ]
     restarted = Tracker(reader.get, FILTER, wait=30.0)
     restarted.restore(json.loads(json.dumps(tracker.snapshot())))
-    expired = run(["Nov 28 19:00:02 h postfix/qmgr[1]: 1C2D320C040: from=<sender@example.com>,"
-                   " status=expired, returned to sender"], restarted)
+    expired = run(
+        [
+            "Nov 28 19:00:02 h postfix/qmgr[1]: 1C2D320C040: from=<sender@example.com>,"
+            " status=expired, returned to sender"
+        ],
+        restarted,
+    )
     assert expired == []  # the bounce settled the only deferred recipient
 
 
-@pytest.mark.parametrize("origin", [
-    "Nov 23 18:40:00 h postfix/bounce[5240]: A438320C032: sender non-delivery notification:"
-    f" {REUSED}",
-    f"Nov 23 18:40:00 h postfix/pickup[5241]: {REUSED}: uid=0 from=<root>",
-], ids=["postfix-bounce", "local-submission"])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "Nov 23 18:40:00 h postfix/bounce[5240]: A438320C032: sender non-delivery notification:"
+        f" {REUSED}",
+        f"Nov 23 18:40:00 h postfix/pickup[5241]: {REUSED}: uid=0 from=<root>",
+    ],
+    ids=["postfix-bounce", "local-submission"],
+)
 def test_a_message_the_milter_never_saw_does_not_take_a_reused_queue_ids_row(
     reader: MapReader, origin: str
 ) -> None:
     """Postfix's own reports and locally submitted mail never pass the milter: a row under
     their queue ID belongs to an older message that had the same ID."""
     tracker = Tracker(reader.get, FILTER, wait=30.0)
-    events = run([
-        origin,
-        f"Nov 23 18:40:01 h postfix/local[5242]: {REUSED}: to=<root@h.example>, relay=local,"
-        " delay=0.1, delays=0/0/0/0.1, dsn=2.0.0, status=sent (delivered to mailbox)",
-    ], tracker)
+    events = run(
+        [
+            origin,
+            f"Nov 23 18:40:01 h postfix/local[5242]: {REUSED}: to=<root@h.example>, relay=local,"
+            " delay=0.1, delays=0/0/0/0.1, dsn=2.0.0, status=sent (delivered to mailbox)",
+        ],
+        tracker,
+    )
     assert events == []
 
 
 def test_mail_the_content_filter_discarded_is_not_reported_delivered(reader: MapReader) -> None:
     """amavis answers 250 for a virus it drops (real line: wild/lines.log 960)."""
     tracker = Tracker(reader.get, FILTER, wait=30.0)
-    events = run([
-        "Jun  1 09:20:36 postfix postfix/smtp[3133]: C8E5320C056:"
-        " to=<damjan@u10.cyberlab.fhnw.ch>, relay=127.0.0.1[127.0.0.1]:10024, delay=0.09,"
-        " delays=0.01/0/0/0.07, dsn=2.7.0, status=sent (250 2.7.0 Ok, discarded,"
-        " id=01626-02 - INFECTED: Win.Test.EICAR_HDB-1)",
-    ], tracker)
+    events = run(
+        [
+            "Jun  1 09:20:36 postfix postfix/smtp[3133]: C8E5320C056:"
+            " to=<damjan@u10.cyberlab.fhnw.ch>, relay=127.0.0.1[127.0.0.1]:10024, delay=0.09,"
+            " delays=0.01/0/0/0.07, dsn=2.7.0, status=sent (250 2.7.0 Ok, discarded,"
+            " id=01626-02 - INFECTED: Win.Test.EICAR_HDB-1)",
+        ],
+        tracker,
+    )
     assert events == []
     assert tracker.counts["content_filter_discarded"] == 1
 
 
-INFO = ("Nov 23 18:35:20 h postfix/cleanup[7]: D1E2F3A4B5C: info: header"
-        " X-Sendpost-Message-UUID: {} from localhost[127.0.0.1]; from=<s@example.com>"
-        " to=<r@example.com> proto=ESMTP helo=<h>")
-SENT = ("Nov 23 18:35:21 h postfix/smtp[2]: D1E2F3A4B5C: to=<r@example.com>,"
-        " relay=mx.example.net[203.0.113.5]:25, delay=1, delays=0/0/0.5/0.5, dsn=2.0.0,"
-        " status=sent (250 2.0.0 Ok)")
+INFO = (
+    "Nov 23 18:35:20 h postfix/cleanup[7]: D1E2F3A4B5C: info: header"
+    " X-Sendpost-Message-UUID: {} from localhost[127.0.0.1]; from=<s@example.com>"
+    " to=<r@example.com> proto=ESMTP helo=<h>"
+)
+SENT = (
+    "Nov 23 18:35:21 h postfix/smtp[2]: D1E2F3A4B5C: to=<r@example.com>,"
+    " relay=mx.example.net[203.0.113.5]:25, delay=1, delays=0/0/0.5/0.5, dsn=2.0.0,"
+    " status=sent (250 2.0.0 Ok)"
+)
 
 
-@pytest.mark.parametrize("second_info", ["11111111-1111-4111-8111-111111111111",
-                                         "22222222-2222-4222-8222-222222222222"])
+@pytest.mark.parametrize(
+    "second_info", ["11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"]
+)
 def test_info_lines_do_not_override_the_milters_repeated_header_verdict(
     tmp_path: Path, second_info: str
 ) -> None:
@@ -313,8 +369,11 @@ def test_info_lines_do_not_override_the_milters_repeated_header_verdict(
     writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
     reader = MapReader(tmp_path / "map.sqlite3")
     tracker = Tracker(reader.get, FILTER, wait=30.0)
-    events = run([INFO.format("11111111-1111-4111-8111-111111111111"),
-                  INFO.format(second_info)], tracker, finish=False)
+    events = run(
+        [INFO.format("11111111-1111-4111-8111-111111111111"), INFO.format(second_info)],
+        tracker,
+        finish=False,
+    )
     writer.put("D1E2F3A4B5C", None, HeaderState.REPEATED)
     writer.close()
     events += run([SENT], tracker)
@@ -326,5 +385,4 @@ def test_info_lines_stand_in_for_a_row_the_milter_did_not_write(reader: MapReade
     """The milter was down: one INFO line, no row."""
     tracker = Tracker(reader.get, FILTER, wait=30.0)
     events = run([INFO.format("11111111-1111-4111-8111-111111111111"), SENT], tracker)
-    assert brief(events, "11111111-1111-4111-8111-111111111111") == [
-        ("delivered", "r@example.com")]
+    assert brief(events, "11111111-1111-4111-8111-111111111111") == [("delivered", "r@example.com")]

@@ -152,8 +152,9 @@ def test_full_at_the_cap_and_appends_still_accepted(path: Path) -> None:
 
 
 @pytest.mark.parametrize("lost", [5, 300, 920])  # the last bytes of a 928-byte record
-def test_a_torn_last_record_is_dropped(path: Path, lost: int,
-                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_a_torn_last_record_is_dropped(
+    path: Path, lost: int, caplog: pytest.LogCaptureFixture
+) -> None:
     wal = Wal(path)
     add(wal, 3)
     add(wal, 3)
@@ -177,8 +178,9 @@ def test_a_torn_last_record_is_dropped(path: Path, lost: int,
     wal.close()
 
 
-def test_garbage_in_the_middle_ends_the_wal_there(path: Path,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_garbage_in_the_middle_ends_the_wal_there(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     wal = Wal(path)
     offsets = []
     for _ in range(5):
@@ -239,8 +241,16 @@ def test_a_failed_ack_write_changes_nothing_and_the_ack_can_be_retried(path: Pat
     wal.close()
 
 
-@pytest.mark.parametrize("content", [b"", b"{not json", b'{"version": 1, "acked_seq": -3}',
-                                     b'{"version": 7, "acked_seq": 3}', b"[]"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{not json",
+        b'{"version": 1, "acked_seq": -3}',
+        b'{"version": 7, "acked_seq": 3}',
+        b"[]",
+    ],
+)
 def test_a_corrupt_ack_file_says_which_file_and_what_to_do(path: Path, content: bytes) -> None:
     wal = Wal(path)
     add(wal, 10)
@@ -303,8 +313,9 @@ def test_kill_9_at_random_moments_loses_nothing_and_resurrects_nothing(tmp_path:
     for round_ in range(40):
         out_path = tmp_path / f"child{round_}.out"
         with out_path.open("wb") as out:
-            child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(round_)],
-                                     cwd=ROOT, stdout=out)
+            child = subprocess.Popen(
+                [sys.executable, "-c", CHILD, str(path), str(round_)], cwd=ROOT, stdout=out
+            )
         try:
             deadline = time.monotonic() + 10
             while out_path.stat().st_size == 0:

@@ -48,14 +48,14 @@ def replies(buf: bytearray) -> bytes | None:
             break
         cmd = buf[4]
         if cmd == ord("O"):
-            out.append(negotiated(bytes(buf[5:4 + size])))
+            out.append(negotiated(bytes(buf[5 : 4 + size])))
         elif cmd == ord("E"):
             out.append(ACCEPT)
         elif cmd == ord("Q"):
             return None
         elif cmd not in NO_REPLY:
             out.append(CONTINUE)
-        del buf[:4 + size]
+        del buf[: 4 + size]
     return b"".join(out)
 
 

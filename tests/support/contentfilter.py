@@ -49,8 +49,9 @@ class ContentFilter:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         self.port: int = sock.getsockname()[1]
-        self._controller = BoundController(_Reinject(reinject_port), sock,
-                                            server_hostname="filter.localdomain")
+        self._controller = BoundController(
+            _Reinject(reinject_port), sock, server_hostname="filter.localdomain"
+        )
 
     def __enter__(self) -> ContentFilter:
         self._controller.start()

@@ -28,11 +28,18 @@ def message_uuid(n: int) -> str:
 def message(n: int, when: datetime, bounce: bool = False) -> list[str]:
     """Lines of one message with two recipients: ok (sent) and a second one sent or bounced."""
     qid, ts = queue_id(n), stamp(when)
-    second = (f"to=<bounce{n}@example.com>, {RELAY}, dsn=5.1.1, status=bounced (host"
-              f" 127.0.0.1[127.0.0.1] said: 550 5.1.1 <bounce{n}@example.com>: Recipient"
-              " address rejected: User unknown (in reply to RCPT TO command))") if bounce else (
-              f"to=<second{n}@example.com>, {RELAY}, dsn=2.0.0, status=sent (250 2.0.0 Ok:"
-              " sink accepted)")
+    second = (
+        (
+            f"to=<bounce{n}@example.com>, {RELAY}, dsn=5.1.1, status=bounced (host"
+            f" 127.0.0.1[127.0.0.1] said: 550 5.1.1 <bounce{n}@example.com>: Recipient"
+            " address rejected: User unknown (in reply to RCPT TO command))"
+        )
+        if bounce
+        else (
+            f"to=<second{n}@example.com>, {RELAY}, dsn=2.0.0, status=sent (250 2.0.0 Ok:"
+            " sink accepted)"
+        )
+    )
     return [
         f"{ts} mx postfix/smtpd[5235]: {qid}: client=localhost[127.0.0.1]",
         f"{ts} mx postfix/qmgr[5131]: {qid}: from=<sender@example.com>, size=527, nrcpt=2"
@@ -45,10 +52,10 @@ def message(n: int, when: datetime, bounce: bool = False) -> list[str]:
 
 
 def expected_events(n: int, bounce: bool = False) -> set[tuple[str, str, str]]:
-    second = ("bounced", f"bounce{n}@example.com") if bounce else (
-        "delivered", f"second{n}@example.com")
-    return {(message_uuid(n), "delivered", f"ok{n}@example.com"),
-            (message_uuid(n), *second)}
+    second = (
+        ("bounced", f"bounce{n}@example.com") if bounce else ("delivered", f"second{n}@example.com")
+    )
+    return {(message_uuid(n), "delivered", f"ok{n}@example.com"), (message_uuid(n), *second)}
 
 
 def record_messages(state_dir: Path, numbers: range) -> None:

@@ -30,10 +30,16 @@ class AgentProcess:
         self.port = free_port()
         self.log_path = state_dir.parent / f"{self.command}-{self.port}.log"
         self.args = [
-            sys.executable, "-m", "sendpost_agent", self.command,
-            "--state-dir", str(state_dir),
-            self.listen_flag, f"127.0.0.1:{self.port}",
-            "--log-level", "debug",
+            sys.executable,
+            "-m",
+            "sendpost_agent",
+            self.command,
+            "--state-dir",
+            str(state_dir),
+            self.listen_flag,
+            f"127.0.0.1:{self.port}",
+            "--log-level",
+            "debug",
             *extra_args,
         ]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -44,13 +50,18 @@ class AgentProcess:
     def start(self, timeout: float = 20.0) -> AgentProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log,
-                                         env={**os.environ, "SENDPOST_CONFIG": "/dev/null"})
+            self.proc = subprocess.Popen(
+                self.args,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "SENDPOST_CONFIG": "/dev/null"},
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.command} exited with {self.proc.returncode}:\n"
-                                   f"{self.log()}")
+                raise RuntimeError(
+                    f"{self.command} exited with {self.proc.returncode}:\n{self.log()}"
+                )
             if self.ready():
                 return self
             time.sleep(0.05)
