@@ -178,10 +178,10 @@ def _expect(ok: bool, problem: str) -> None:
 def _int(doc: dict[str, Any], key: str) -> int:
     value = doc[key]
     _expect(type(value) is int and value >= 0, f"{key!r} is not a non-negative integer")
-    return value
+    return int(value)
 
 
 def _str(doc: dict[str, Any], key: str) -> str:
     value = doc[key]
     _expect(isinstance(value, str), f"{key!r} is not a string")
-    return value
+    return str(value)

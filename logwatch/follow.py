@@ -59,7 +59,6 @@ import logging
 import os
 import re
 import stat
-import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -178,7 +177,10 @@ def read_file_batches(path: Path, start_offset: int = 0) -> Iterator[list[bytes]
     except OSError as exc:
         raise LogUnreadable(path, exc.strerror or str(exc)) from exc
     try:
-        stream: BinaryIO = _gzip_stream(fd) if _is_gzip(fd) else open(fd, "rb", closefd=False)  # noqa: SIM115
+        plain = not _is_gzip(fd)
+        stream: gzip.GzipFile | BinaryIO = (
+            open(fd, "rb", closefd=False) if plain else _gzip_stream(fd)  # noqa: SIM115
+        )
         with stream:
             stream.seek(start_offset)
             lines = _Lines()
@@ -265,7 +267,7 @@ class _Source:
         """Content size: the file's, or for gzip the trailer's ISIZE (modulo 4 GiB)."""
         size = os.fstat(self.fd).st_size
         if self.gz and size >= 4:
-            return struct.unpack("<I", os.pread(self.fd, 4, size - 4))[0]
+            return int.from_bytes(os.pread(self.fd, 4, size - 4), "little")
         return size
 
     def restart(self) -> None:
@@ -311,7 +313,7 @@ class _Inotify:
         self.fd = fd
 
     def add(self, path: str, mask: int) -> int:
-        wd = self._add(self.fd, os.fsencode(path), mask)
+        wd: int = self._add(self.fd, os.fsencode(path), mask)
         if wd < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), path)

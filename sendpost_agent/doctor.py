@@ -386,7 +386,7 @@ class Doctor:
         header_line = f"{HEADER_NAME}: {uuid.uuid4()}"
         users: dict[str, list[tuple[str, str]]] = {}  # table list -> (parameter, origin)
         for parameter in HEADER_TABLES:
-            settings = [(None, self.postfix.value(parameter))]
+            settings: list[tuple[Service | None, str]] = [(None, self.postfix.value(parameter))]
             settings += [
                 (s, s.overrides[parameter])
                 for s in self.postfix.services()

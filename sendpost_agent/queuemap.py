@@ -309,7 +309,8 @@ class MapReader:
     def last_id(self) -> int:
         """The highest insertion number (0 for an empty map)."""
         try:
-            return int(self._conn.execute("SELECT max(id) FROM queuemap").fetchone()[0] or 0)
+            row: tuple[int | None] = self._conn.execute("SELECT max(id) FROM queuemap").fetchone()
+            return row[0] or 0
         except sqlite3.Error as exc:
             raise MapError(f"{self.path}: queue map read failed: {exc}") from exc
 
@@ -330,7 +331,8 @@ class MapReader:
         ]
 
     def __len__(self) -> int:
-        return self._conn.execute("SELECT count(*) FROM queuemap").fetchone()[0]
+        row: tuple[int] = self._conn.execute("SELECT count(*) FROM queuemap").fetchone()
+        return row[0]
 
     def close(self) -> None:
         self._conn.close()
