@@ -7,9 +7,11 @@ ordered table, first match wins, documented row by row in docs/CLASSIFICATION.md
 A hard bounce makes SendPost suppress the address for good, so only replies that say the
 recipient address or its domain does not exist are hard; everything else permanent
 (full mailbox, policy, reputation, authentication, size, protocol, unknown) is soft.
-The enhanced status code decides first; the reply text decides where the code says
-nothing (``5.0.0``, ``5.5.0``, no code) and where servers are known to send a misleading
-code. ``sent`` and ``deferred`` lines never reach the table: they are the hot path.
+The SMTP stage Postfix logs ("in reply to RCPT TO command") says what the server judged:
+only an answer to RCPT TO, or Postfix's own finding, can say an address is dead. Then the
+enhanced status code decides, and the reply text where the code says nothing (``5.0.0``,
+``5.5.0``, no code) or where servers are known to send a misleading code. ``sent`` and
+``deferred`` lines never reach the table: they are the hot path.
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, NamedTuple
 
-__all__ = ["RULES", "EventType", "Rule", "Verdict", "event_for_status", "expired_verdict"]
+__all__ = [
+    "AFTER_RCPT_RULE",
+    "RULES",
+    "EventType",
+    "Rule",
+    "Stage",
+    "Verdict",
+    "event_for_status",
+    "expired_verdict",
+    "reply_stage",
+]
 
 Code = tuple[int, ...]
 
@@ -34,6 +46,15 @@ class EventType(StrEnum):
     DEFERRED = "deferred"
 
 
+class Stage(StrEnum):
+    """Where in the SMTP dialogue a reply came, from Postfix's ``(in reply to X command)``."""
+
+    BEFORE_RCPT = "before RCPT TO"  # greeting, HELO/EHLO/LHLO, STARTTLS, AUTH, MAIL FROM...
+    RCPT = "RCPT TO"  # the server's answer to naming this recipient
+    AFTER_RCPT = "after RCPT TO"  # DATA, end of DATA: an answer about the whole message
+    NONE = "no stage"  # no remote reply: Postfix's own text or a local delivery's
+
+
 class Verdict(NamedTuple):
     """The event to report for one recipient, and the rule that chose it (for logs/tests)."""
 
@@ -43,13 +64,17 @@ class Verdict(NamedTuple):
     rule: str
 
 
+ANY_STAGE: Final = frozenset(Stage)
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One row of the bounce table.
 
-    Matches when the bounce's enhanced code starts with one of ``codes`` (component-wise,
-    so ``5.1.1`` does not match ``5.1.10``; empty = any code) and ``text``, if set, is found
-    in the reply. Codes are compared before any regex runs.
+    Matches when the reply came at one of ``stages``, the bounce's enhanced code starts
+    with one of ``codes`` (component-wise, so ``5.1.1`` does not match ``5.1.10``; empty =
+    any code) and ``text``, if set, is found in the reply. Stage and codes are compared
+    before any regex runs.
     """
 
     name: str
@@ -57,19 +82,29 @@ class Rule:
     codes: tuple[Code, ...]
     text: re.Pattern[str] | None
     why: str
+    stages: frozenset[Stage]
 
-    def matches(self, code: Code, reply: str) -> bool:
+    def matches(self, code: Code, stage: Stage, reply: str) -> bool:
         """True when this row decides a bounce with enhanced ``code`` and ``reply``."""
+        if stage not in self.stages:
+            return False
         if self.codes and not any(code[: len(c)] == c for c in self.codes):
             return False
         return self.text is None or self.text.search(reply) is not None
 
 
-def _rule(name: str, event_type: EventType, codes: str, text: str | None, why: str) -> Rule:
+def _rule(
+    name: str,
+    event_type: EventType,
+    codes: str,
+    text: str | None,
+    why: str,
+    stages: frozenset[Stage] = ANY_STAGE,
+) -> Rule:
     """Build a row from readable strings: space-separated code prefixes, a regex source."""
     parsed = tuple(tuple(int(part) for part in c.split(".")) for c in codes.split())
     pattern = re.compile(text, re.IGNORECASE) if text else None
-    return Rule(name, event_type, parsed, pattern, why)
+    return Rule(name, event_type, parsed, pattern, why, stages)
 
 
 _HARD: Final = EventType.BOUNCED
@@ -79,20 +114,54 @@ _SOFT: Final = EventType.SOFT_BOUNCED
 # catch-all 5.5.0 that Outlook/Hotmail use for "mailbox unavailable". The text decides.
 _GENERIC = "5.0.0 5.5.0"
 
+# Words about a user are only a verdict on the address when a server said them in answer
+# to the recipient (RCPT TO, or after it: the stage rule below then makes them soft).
+# Without a stage they are a local program's or another MTA's prose: see
+# recipient-wording-without-stage.
+_SPOKEN: Final = frozenset({Stage.RCPT, Stage.AFTER_RCPT})
+
 # Wording that states the recipient mailbox does not exist (Postfix, Exim, qmail/chkuser,
-# Gmail, iCloud, Yahoo "dd", Mail.ru, Yandex, Proofpoint, MessageLabs, ...).
+# Gmail, iCloud, Yahoo "dd", Mail.ru, Yandex, Proofpoint, MessageLabs, Sendmail, ...).
 _NO_SUCH_RECIPIENT = (
-    r"\b(?:(?:user|recipient|alias|mailbox) unknown\b"
+    r"\b(?:(?:user|recipient|alias|mailbox|addressee)(?: <?[\w.+-]+@[\w.-]+>?)? unknown\b"
     r"|unknown (?:or illegal )?(?:user|recipient|alias|mailbox)\b"
     r"|no such (?:user|recipient|mailbox|account|address)\b"
     r"|(?:user|recipient|mailbox|account|address)\b[^.;]{0,60}?"
     r"\b(?:does not|doesn'?t|did not) exist"
-    r"|(?:user|recipient|mailbox|account) not found\b"
+    r"|(?:user|recipient|mailbox|account|address) (?:does )?not exists?\b"
+    r"|(?:user|recipient|mailbox|account|address) not found\b"
+    r"|(?:user|recipient|mailbox|account|address) (?:could not|couldn'?t|cannot|can'?t) be found"
     r"|invalid (?:user|recipient|mailbox)\b"
     r"|not a valid (?:user|recipient|mailbox)\b"
+    r"|not (?:a |one of )?our (?:user|customer)s?\b"
     r"|no mailbox here by that name"
     r"|doesn'?t have an? \S+ account\b)"
 )
+# Outlook/Hotmail, GMX/web.de and Exim answers to a recipient that does not exist.
+_MAILBOX_UNAVAILABLE = (
+    r"\b(?:mailbox unavailable|unrouteable address|recipient cannot be verified)\b"
+)
+
+# Wording that states the recipient's domain or host does not exist or takes no mail
+# (Postfix, Sendmail "Host unknown", qmail, OpenSMTPD, null MX, relayed provider prose).
+# A DNS answer that may change ("Host not found, try again") is not one.
+_NO_SUCH_DOMAIN = (
+    r"\b(?:(?:host|domain)(?: name)?(?: [\w.-]+)? (?:unknown|(?:does not|doesn'?t) exist)\b"
+    r"|(?:host|domain)(?: name)?(?: [\w.-]+)? not found\b(?!,? try again)"
+    r"|(?:unknown|illegal|non-?existent|no such) (?:host|domain)\b"
+    r"|no (?:MX|mail exchanger)(?: records?)? (?:found )?for\b"
+    r"|couldn'?t find (?:a mail exchanger|any host)"
+    r"|record indicated no SMTP service"
+    r"|(?:domain|host)(?: [\w.-]+)? (?:does not|doesn'?t) accept (?:any )?mail\b(?! from)"
+    r"|domain is not reachable)"
+)
+# The mailbox exists but is full, or the message is too big for it.
+_MAILBOX_FULL = (
+    r"\b(?:over ?quota|quota exceeded|mailbox (?:is )?full|insufficient (?:system )?storage"
+    r"|(?:message|mail) (?:size|too (?:big|large)))"
+)
+# We are sending too much or too fast: a limit on us, not a verdict on the address.
+_OVER_SENDING = r"\b(?:too many\b|rate limit|sending limit|sent too (?:many|much))"
 
 RULES: tuple[Rule, ...] = (
     # 1. Rejections that are not about this recipient at all, whatever the code says.
@@ -100,20 +169,22 @@ RULES: tuple[Rule, ...] = (
         "rejected-before-rcpt",
         _SOFT,
         "",
-        r"refused to talk to me"
-        r"|\(in reply to (?:MAIL FROM|HELO|EHLO|STARTTLS|AUTH|XCLIENT|XFORWARD) command\)",
+        None,
         "refused at greeting, HELO or MAIL FROM, before any recipient was named: "
         "a verdict on our IP or sender, not on the address",
+        frozenset({Stage.BEFORE_RCPT}),
     ),
     _rule(
         "sender-or-client-rejected",
         _SOFT,
         "",
         r"\b(?:sender|client host|helo command)(?: address| domain| verify)?"
+        r"(?: [<\[]?[\w.@+:-]+[>\]]?)?"
         r" (?:rejected|denied|refused|failed|unknown|invalid|not (?:allowed|authorized|found)"
-        r"|does not exist)",
-        "the server blames our sender address, client host or HELO (Postfix delays "
-        "these to RCPT), so even a 'User unknown' here is about the sender",
+        r"|(?:does not|doesn'?t) exist)|\breverse (?:DNS|lookup|hostname)|\bPTR\b|\brDNS\b",
+        "the server blames our sender address, client host, its reverse DNS (PTR) or HELO "
+        "(Postfix delays these to RCPT), so even a 'User unknown' or 'host not found' here "
+        "is about us",
     ),
     _rule(
         "sender-address-code",
@@ -126,18 +197,30 @@ RULES: tuple[Rule, ...] = (
     _rule(
         "domain-not-found",
         _HARD,
-        "",
-        r"\bHost or domain name not found\b",
-        "Postfix's own permanent DNS failure (NXDOMAIN/no record) for the recipient "
-        "domain; logged as 5.4.4 'unable to route', which alone would read as soft",
+        "5.0 5.1.0 5.4 5.5.0",
+        _NO_SUCH_DOMAIN,
+        "the recipient's domain or host does not exist or takes no mail: Postfix's own "
+        "'Host or domain name not found' (logged as 5.4.4 'unable to route', which alone "
+        "reads as soft), Sendmail 'Host unknown', 'Invalid domain', 'No MX found for "
+        "domain', a null MX, 'domain is not reachable'. Not with a 5.7.x policy code",
     ),
     _rule(
-        "no-such-recipient-as-5.7.1",
+        "full-or-rate-limited-despite-5.1",
+        _SOFT,
+        "5.1",
+        f"{_MAILBOX_FULL}|{_OVER_SENDING}",
+        "a 5.1.x code on a reply that says the mailbox is over quota or that we send "
+        "too much/too fast: the address exists, the words win over a careless code",
+    ),
+    _rule(
+        "no-such-recipient-despite-code",
         _HARD,
-        "5.7.1",
+        "5.1.0 5.2 5.3 5.7.1",
         _NO_SUCH_RECIPIENT,
-        "Postfix access(5) REJECT and Yandex ('No such user!') say 'does not exist' "
-        "with the generic policy code 5.7.1",
+        "the words say the user does not exist under an unspecific address (5.1.0), "
+        "mailbox (5.2.x: Sendmail-style '5.2.1 ... User Unknown'), system (5.3.x) or "
+        "generic policy code (5.7.1: Postfix access(5) REJECT, Yandex 'No such user!')",
+        _SPOKEN,
     ),
     _rule(
         "eop-dbeb-access-denied",
@@ -146,15 +229,24 @@ RULES: tuple[Rule, ...] = (
         r"Recipient address rejected: Access denied",
         "Exchange Online Directory Based Edge Blocking: the recipient is not in the "
         "tenant's directory (sent as 5.4.1, which RFC 3463 calls 'no answer from host')",
+        _SPOKEN,
+    ),
+    _rule(
+        "address-rejected-5.1.0",
+        _HARD,
+        "5.1.0",
+        r"\baddress rejected\b",
+        "5.1.0 'other address status' does not say which address: hard only when the "
+        "words say the (recipient) address is rejected ('#5.1.0 Address rejected') or "
+        "unknown (row above); Postfix itself sends 5.1.0 for a rejected sender",
     ),
     # 3. The enhanced status code.
     _rule(
         "bad-recipient-address",
         _HARD,
-        "5.1.0 5.1.1 5.1.3",
+        "5.1.1 5.1.3",
         None,
-        "RFC 3463 bad destination mailbox address (5.1.1), its syntax (5.1.3), or other "
-        "address status (5.1.0: '#5.1.0 Address rejected', Postfix null MX)",
+        "RFC 3463 bad destination mailbox address (5.1.1) or its syntax (5.1.3)",
     ),
     _rule(
         "bad-recipient-domain",
@@ -176,8 +268,8 @@ RULES: tuple[Rule, ...] = (
         _SOFT,
         "5.1",
         None,
-        "other 5.1.x (ambiguous 5.1.4, relayed to non-compliant mailer 5.1.9, ...) do "
-        "not say the mailbox is missing",
+        "other 5.1.x (5.1.0 without words naming the recipient, ambiguous 5.1.4, relayed "
+        "to non-compliant mailer 5.1.9, ...) do not say the mailbox is missing",
     ),
     _rule(
         "mailbox-status",
@@ -224,8 +316,7 @@ RULES: tuple[Rule, ...] = (
         "mailbox-full-text",
         _SOFT,
         _GENERIC,
-        r"\b(?:over ?quota|quota exceeded|mailbox (?:is )?full|insufficient (?:system )?storage"
-        r"|(?:message|mail) (?:size|too (?:big|large)))",
+        _MAILBOX_FULL,
         "full mailbox or oversized message without a code saying so",
     ),
     _rule(
@@ -233,25 +324,50 @@ RULES: tuple[Rule, ...] = (
         _SOFT,
         _GENERIC,
         r"spam|\b(?:DT:SPM|black ?list|block ?list|blocked\b|reputation|polic(?:y|ies)\b"
-        r"|prohibit|denied\b|relay(?:ing)? (?:access )?(?:denied|not (?:allowed|permitted))"
-        r"|too many|rate limit)",
-        "spam, reputation, block list, policy or relay refusal without a code saying so",
+        r"|prohibit|denied\b|relay(?:ing)? (?:access )?(?:denied|not (?:allowed|permitted)))"
+        rf"|{_OVER_SENDING}",
+        "spam, reputation, block list, policy, relay refusal or a sending limit without "
+        "a code saying so",
+    ),
+    _rule(
+        "postfix-recipient-table",
+        _HARD,
+        _GENERIC,
+        r"\bUser unknown in (?:local recipient|virtual alias|virtual mailbox|relay recipient)"
+        r' table\b|^unknown user: "',
+        "Postfix's own verdict on the address, logged without a remote reply (and without "
+        "a dsn= by old Postfix): no such entry in its recipient tables, local(8) "
+        "'unknown user'",
+        frozenset({Stage.NONE}),
     ),
     _rule(
         "no-such-recipient-text",
         _HARD,
         _GENERIC,
         _NO_SUCH_RECIPIENT,
-        "the text says the mailbox does not exist (Yahoo 'dd ... doesn't have a ... "
-        "account', Mail.ru 'invalid mailbox', 'No such user', '550 User unknown')",
+        "a server answered the recipient with words that say the mailbox does not exist "
+        "('No such user', '550 User unknown', Mail.ru 'invalid mailbox', Yahoo 'dd ... "
+        "doesn't have a ... account')",
+        _SPOKEN,
     ),
     _rule(
         "mailbox-unavailable-text",
         _HARD,
         _GENERIC,
-        r"\b(?:mailbox unavailable|unrouteable address|recipient cannot be verified)\b",
+        _MAILBOX_UNAVAILABLE,
         "Hotmail/Outlook (5.5.0), GMX/web.de '550 Requested action not taken: mailbox "
         "unavailable' and Exim 'Unrouteable address' answer a non-existent recipient",
+        _SPOKEN,
+    ),
+    _rule(
+        "recipient-wording-without-stage",
+        _SOFT,
+        _GENERIC,
+        f"{_NO_SUCH_RECIPIENT}|{_MAILBOX_UNAVAILABLE}",
+        "'user unknown' prose with no SMTP stage and no code: another MTA's or a local "
+        "program's report, which cannot be told from a filter's refusal (Sisimai: "
+        "'filtered'); a delivery agent that knows the user is missing says 5.1.1",
+        frozenset({Stage.NONE}),
     ),
     _rule(
         "protocol-status",
@@ -271,6 +387,19 @@ RULES: tuple[Rule, ...] = (
     ),
 )
 
+# The stage rule, applied to the table's answer: a server that accepted the recipient at
+# RCPT TO and refuses after DATA answers for the whole message (Postfix logs that one
+# reply for every recipient of the transaction), having seen the sender and the content.
+AFTER_RCPT_RULE: Final = _rule(
+    "recipient-verdict-after-data",
+    _SOFT,
+    "",
+    None,
+    "a hard verdict given after RCPT TO (DATA, end of DATA): the reply is about the whole "
+    "message and its sender, so it cannot prove this address dead; mobile carriers' "
+    "sender filters answer 'Unknown user' there for addresses that exist",
+)
+
 # Statuses reported without looking at the table: (event, rule name).
 _new: Final = tuple.__new__  # Verdict(...) without its Python-level __new__: one per status line
 _PLAIN_STATUSES: Final[dict[str, tuple[EventType, str]]] = {
@@ -288,6 +417,11 @@ _CONTINUATION: Final = re.compile(r"\s([2-5]\d\d)[ -](?:([245]\.\d{1,3}\.\d{1,3}
 _HASH_CODE: Final = re.compile(r"#(5\.\d{1,3}\.\d{1,3})\b")
 _DSN: Final = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _CLASS_REPLY_CODE: Final = {2: 250, 4: 450, 5: 550}
+_STAGE_MARK: Final = "(in reply to "
+# What Postfix's SMTP/LMTP client sends before any recipient (smtp_proto.c).
+_BEFORE_RCPT_COMMANDS: Final = frozenset(
+    {"HELO", "EHLO", "LHLO", "STARTTLS", "AUTH", "XCLIENT", "XFORWARD", "MAIL FROM"}
+)
 _NO_DETAIL: Final[Code] = (5, 0, 0)
 
 
@@ -336,11 +470,32 @@ def expired_verdict(last_deferral: Verdict | None) -> Verdict:
 
 
 def _classify_bounce(dsn: str | None, reply: str) -> Verdict:
-    """Walk ``RULES`` for a ``status=bounced`` line; the last row always matches."""
+    """Walk ``RULES`` for a ``status=bounced`` line (the last row always matches), then
+    the stage rule: no hard verdict from a reply given after RCPT TO."""
     smtp_code, reply_enhanced, description = _parse_reply(reply)
     code = _bounce_code(reply_enhanced, description, dsn)
-    rule = next(r for r in RULES if r.matches(code, description))
+    stage = reply_stage(description)
+    rule = next(r for r in RULES if r.matches(code, stage, description))
+    if rule.event_type is _HARD and stage is Stage.AFTER_RCPT:
+        rule = AFTER_RCPT_RULE
     return Verdict(rule.event_type, _smtp_code(smtp_code, dsn), description, rule.name)
+
+
+def reply_stage(reply: str) -> Stage:
+    """The SMTP stage of a Postfix reply text, from the ``(in reply to X command)`` that
+    Postfix appends, or ``refused to talk to me`` (the greeting); NONE without either."""
+    if reply.endswith(" command)"):
+        at = reply.rfind(_STAGE_MARK)
+        if at >= 0:
+            command = reply[at + len(_STAGE_MARK) : -len(" command)")]
+            if command == "RCPT TO":
+                return Stage.RCPT
+            if command in _BEFORE_RCPT_COMMANDS:
+                return Stage.BEFORE_RCPT
+            return Stage.AFTER_RCPT  # DATA, end of DATA: nothing else comes after RCPT TO
+    if "refused to talk to me" in reply:
+        return Stage.BEFORE_RCPT
+    return Stage.NONE
 
 
 def _parse_reply(reply: str) -> tuple[int | None, Code | None, str]:
