@@ -64,7 +64,7 @@ class Verdict(NamedTuple):
     rule: str
 
 
-ANY_STAGE: Final = frozenset(Stage)
+_ANY_STAGE: Final = frozenset(Stage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,7 @@ def _rule(
     codes: str,
     text: str | None,
     why: str,
-    stages: frozenset[Stage] = ANY_STAGE,
+    stages: frozenset[Stage] = _ANY_STAGE,
 ) -> Rule:
     """Build a row from readable strings: space-separated code prefixes, a regex source."""
     parsed = tuple(tuple(int(part) for part in c.split(".")) for c in codes.split())
