@@ -14,6 +14,8 @@ import pytest
 from logwatch import classify
 from logwatch.classify import RULES, EventType, Verdict, event_for_status, expired_verdict
 
+pytestmark = pytest.mark.unit
+
 H = EventType.BOUNCED
 S = EventType.SOFT_BOUNCED
 

@@ -25,6 +25,8 @@ from tests.support.agent import LogwatchProcess
 from tests.support.ingest import IngestServer
 from tests.support.maillog import record_messages, write_messages
 
+pytestmark = pytest.mark.integration
+
 KEY = "sp-test-key-0123456789"
 
 

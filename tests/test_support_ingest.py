@@ -24,6 +24,8 @@ from tests.support.ingest import (
     is_rfc3339,
 )
 
+pytestmark = pytest.mark.integration
+
 KEY = "test-ingest-key"
 MAX_BODY = 4096
 
