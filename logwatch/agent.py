@@ -28,8 +28,9 @@ from aiohttp import web
 
 from logwatch.cursor import CursorError, Position, load_cursor, save_cursor
 from logwatch.events import Event
-from logwatch.follow import Batch, Follower, LogUnreadable
+from logwatch.follow import Batch, Follower
 from logwatch.health import make_app
+from logwatch.logfile import LogUnreadable
 from logwatch.metrics import AgentMetrics
 from logwatch.parse import Clock
 from logwatch.pipeline import Pipeline, tune_gc

@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 from logwatch.cursor import Position, load_cursor, save_cursor
-from logwatch.follow import MAX_LINE, Batch, Follower, LogUnreadable, read_file_batches
+from logwatch.follow import Batch, Follower
+from logwatch.lines import MAX_LINE
+from logwatch.logfile import LogUnreadable, read_file_batches
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
