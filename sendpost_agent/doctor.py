@@ -6,8 +6,8 @@ through the local smtpd that our milter records and then DISCARDS (``sendpost_ag
 it never leaves the host. Then the map row, the mail log and the endpoint are checked.
 
 Every check gives one verdict: pass, warn, fail (with the fix) or skip. Exit codes
-(cli.md): 0 nothing failed, 1 a check failed, 2 doctor could not run. Every step has a
-timeout, so doctor never hangs.
+(README.md, "Command line"): 0 nothing failed, 1 a check failed, 2 doctor could not
+run. Every step has a timeout, so doctor never hangs.
 """
 
 from __future__ import annotations
