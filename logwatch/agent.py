@@ -28,14 +28,17 @@ from aiohttp import web
 
 from logwatch.cursor import CursorError, Position, load_cursor, save_cursor
 from logwatch.events import Event
-from logwatch.follow import Batch, Follower, LogUnreadable
+from logwatch.follow import Batch, Follower
 from logwatch.health import make_app
+from logwatch.logfile import LogUnreadable
 from logwatch.metrics import AgentMetrics
 from logwatch.parse import Clock
 from logwatch.pipeline import Pipeline, tune_gc
 from logwatch.relays import ContentFilters
 from logwatch.shipper import Shipper
+from logwatch.snapshot import Snapshot
 from logwatch.wal import Wal, WalError
+from sendpost_agent import __version__
 from sendpost_agent.config import Config
 from sendpost_agent.queuemap import MapError, MapReader
 
@@ -79,9 +82,8 @@ class Agent:
             loaded = load_cursor(config.cursor_path)
         except CursorError as exc:
             raise AgentStartError(str(exc)) from exc
-        self.wal_cap = config.wal_max_size
         try:
-            self.wal = Wal(config.wal_path, self.wal_cap)
+            self.wal = Wal(config.wal_path, config.wal_max_size)
         except WalError as exc:
             raise AgentStartError(str(exc)) from exc
         self.metrics = AgentMetrics()
@@ -134,10 +136,41 @@ class Agent:
         )
         self.metrics.watch(self)
 
-    def lag_bytes(self) -> int:
+    def _lag_bytes(self) -> int:
         with contextlib.suppress(OSError, LogUnreadable):
             return self.follower.lag_bytes()
         return 0
+
+    def snapshot(self) -> Snapshot:
+        """Everything /health, /metrics and `status` show, read at one instant."""
+        follower, pipeline, shipper, wal = self.follower, self.pipeline, self.shipper, self.wal
+        return Snapshot(
+            version=__version__,
+            taken_at=time.time(),
+            lines_read=pipeline.lines_read,
+            lines_parsed=pipeline.lines_parsed,
+            lines_cut=follower.lines_cut,
+            rotations=follower.rotations,
+            truncations=follower.truncations,
+            lag_bytes=self._lag_bytes(),
+            log_error=self.log_error,
+            reading_paused=self.paused,
+            events_by_type=dict(self.events_by_type),
+            lines_without_event=pipeline.counts(),
+            pending_events=wal.pending,
+            wal_bytes=wal.size_bytes,
+            wal_max_bytes=wal.cap_bytes,
+            wal_torn_records=wal.torn_records,
+            events_sent=shipper.events_sent,
+            events_dead_lettered=shipper.dead_lettered,
+            batches=dict(shipper.batches),
+            api_key_rejected=shipper.key_rejected,
+            failing_since=shipper.failing_since,
+            last_success=shipper.last_success,
+            last_error=shipper.last_error,
+            state_write_errors=shipper.write_errors,
+            state_write_error=shipper.write_error,
+        )
 
     async def run(self, stop: asyncio.Event) -> int:
         runner = web.AppRunner(make_app(self, self.metrics), access_log=None)

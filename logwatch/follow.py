@@ -1,9 +1,4 @@
-"""Reading the mail log: whole files (``replay``) and the live log across rotations.
-
-Lines are ``bytes`` without their ``\\n``, delivered in batches (one per block of up to
-128 KiB read) and split with ``bytes.split``: nothing is decoded here, so invalid UTF-8
-and NUL bytes pass through untouched. A line longer than ``MAX_LINE`` is cut to its first
-``MAX_LINE`` bytes (and counted) so that memory stays bounded whatever the log holds.
+"""Following the live mail log across rotations and truncations, never losing a line.
 
 ``Follower`` never loses nor repeats a line as long as its caller persists ``Batch.end``
 only after handling ``Batch.lines`` and restarts from the last persisted position:
@@ -39,10 +34,11 @@ only after handling ``Batch.lines`` and restarts from the last persisted positio
   the newest uncompressed rotated file is followed like the live log (the writer may
   not have reopened yet), until the new log gets data.
 
-Wake-ups come from inotify (ctypes on libc): the log's directory for create/move/delete,
-the file being read for modify, so an idle follower sleeps; a re-check every
-``safety_interval`` seconds covers missed events; without inotify it polls every
-``poll_interval``.
+Lines come in batches, one per block read (``logwatch/logfile.py``), split and cut to
+``MAX_LINE`` by ``logwatch/lines.py``. Wake-ups come from inotify (``logwatch/inotify.py``):
+the log's directory for create/move/delete, the file being read for modify, so an idle
+follower sleeps; a re-check every ``safety_interval`` seconds covers missed events;
+without inotify it polls every ``poll_interval``.
 
 Read errors (permission denied, I/O error, not a regular file) raise ``LogUnreadable``
 from ``next_batch`` without changing any state: calling ``next_batch`` again retries from
@@ -53,47 +49,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import gzip
 import logging
 import os
 import re
-import stat
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from logwatch.cursor import FINGERPRINT_BYTES, FileId, Position
+from logwatch.inotify import DIR_EVENTS, IN_MODIFY, Inotify
+from logwatch.lines import MAX_LINE, LineSplitter
+from logwatch.logfile import GZIP_ERRORS, LogUnreadable, Source
 
-__all__ = ["MAX_LINE", "Batch", "Follower", "LogUnreadable", "read_file_batches"]
+__all__ = ["Batch", "Follower"]
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 1 << 20
-_BLOCK = 1 << 17  # a batch's objects stay in the CPU cache: catch-up 1.3x faster than 1 MiB
 _BLOCKS_PER_TURN = 128  # blocks read without a complete line before yielding to the loop
-_GZIP_MAGIC = b"\x1f\x8b"
-_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 # What follows the log's name in a rotated file's name: .1 .2.gz -20261123 .20261123-201045
 _ROTATED_SUFFIX = re.compile(r"[.-][0-9][0-9-]*(?:\.gz)?")
-
-_IN_MODIFY = 0x00000002
-_IN_MOVED_FROM = 0x00000040
-_IN_MOVED_TO = 0x00000080
-_IN_CREATE = 0x00000100
-_IN_DELETE = 0x00000200
-_DIR_EVENTS = _IN_CREATE | _IN_MOVED_FROM | _IN_MOVED_TO | _IN_DELETE
-
-
-class LogUnreadable(Exception):
-    """The log (or a rotated file we need) cannot be read; retrying later may work."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"cannot read the mail log {path}: {reason}")
-        self.path = Path(path)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,231 +77,16 @@ class Batch:
     end: Position
 
 
-class _Lines:
-    """Splits a byte stream into lines; keeps at most MAX_LINE bytes of an unfinished one."""
-
-    __slots__ = ("_kept", "_parts", "cut", "pending")
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._kept = 0
-        self.pending = 0  # bytes of the unfinished line read so far, cut ones included
-        self.cut = 0
-
-    def feed(self, data: bytes) -> list[bytes]:
-        lines = data.split(b"\n")
-        rest = lines.pop()
-        if lines:
-            if self.pending:
-                self._keep(lines[0])
-                lines[0] = self._take()
-            if len(data) > MAX_LINE:
-                for i, line in enumerate(lines):
-                    if len(line) > MAX_LINE:
-                        lines[i] = line[:MAX_LINE]
-                        self.cut += 1
-        self._keep(rest)
-        return lines
-
-    def flush(self) -> bytes | None:
-        """The unfinished line as a last line (its file is complete), if there is one."""
-        return self._take() if self.pending else None
-
-    def reset(self) -> None:
-        self._parts, self._kept, self.pending = [], 0, 0
-
-    def _keep(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        room = MAX_LINE - self._kept
-        if room > 0:
-            piece = chunk[:room] if len(chunk) > room else chunk
-            self._parts.append(piece)
-            self._kept += len(piece)
-        self.pending += len(chunk)
-
-    def _take(self) -> bytes:
-        line = b"".join(self._parts)
-        if self.pending > MAX_LINE:
-            self.cut += 1
-        self.reset()
-        return line
-
-
-def _is_gzip(fd: int) -> bool:
-    return os.pread(fd, 2, 0) == _GZIP_MAGIC
-
-
-def _gzip_stream(fd: int) -> gzip.GzipFile:
-    """A decompressing reader over ``fd`` from its start; ``fd`` stays ours to close."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    return gzip.GzipFile(fileobj=open(fd, "rb", closefd=False))
-
-
-def read_file_batches(path: Path, start_offset: int = 0) -> Iterator[list[bytes]]:
-    """All lines of a plain or gzip file (told apart by magic bytes) from ``start_offset``.
-
-    ``start_offset`` counts uncompressed bytes. The file is taken as complete, so a final
-    line without ``\\n`` is delivered too. Raises ``LogUnreadable`` (after delivering what
-    could be read) when the file cannot be opened or its gzip data is corrupt.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise LogUnreadable(path, exc.strerror or str(exc)) from exc
-    try:
-        plain = not _is_gzip(fd)
-        stream: gzip.GzipFile | BinaryIO = (
-            open(fd, "rb", closefd=False) if plain else _gzip_stream(fd)  # noqa: SIM115
-        )
-        with stream:
-            stream.seek(start_offset)
-            lines = _Lines()
-            while data := stream.read(_BLOCK):
-                if batch := lines.feed(data):
-                    yield batch
-            if (last := lines.flush()) is not None:
-                yield [last]
-    except _GZIP_ERRORS as exc:
-        raise LogUnreadable(path, f"corrupt or truncated gzip data ({exc})") from exc
-    except OSError as exc:
-        raise LogUnreadable(path, exc.strerror or str(exc)) from exc
-    finally:
-        os.close(fd)
-
-
-class _Source:
-    """One open file being read: the live log (plain, growing) or a complete rotated one."""
-
-    __slots__ = ("_gz", "_id", "fd", "final", "gz", "head", "is_copy", "path", "pos", "st")
-
-    def __init__(self, path: Path, fd: int, *, plain: bool) -> None:
-        self.path = path
-        self.fd = fd
-        self.st = os.fstat(fd)
-        if not stat.S_ISREG(self.st.st_mode):
-            raise LogUnreadable(path, "not a regular file")
-        self.gz = not plain and _is_gzip(fd)
-        self.head = self._read_head()
-        self.pos = 0  # uncompressed bytes read so far
-        self.final = True  # complete: its unfinished last line is a line, then we move on
-        self.is_copy = False
-        self._gz: gzip.GzipFile | None = None
-        self._id: FileId | None = None
-
-    @classmethod
-    def open(cls, path: Path, *, plain: bool = False) -> _Source:
-        """``plain``: the live log, never compressed whatever its first bytes."""
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block
-        try:
-            return cls(path, fd, plain=plain)
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def _read_head(self) -> bytes:
-        if not self.gz:
-            return os.pread(self.fd, FINGERPRINT_BYTES, 0)
-        with _gzip_stream(self.fd) as stream:
-            return stream.read(FINGERPRINT_BYTES)
-
-    def file_id(self) -> FileId:
-        if self._id is None or self._id.fingerprint_len != len(self.head):
-            self._id = FileId.of(self.st.st_dev, self.st.st_ino, self.head, str(self.path))
-        return self._id
-
-    def same_inode(self, st: os.stat_result) -> bool:
-        return (st.st_dev, st.st_ino) == (self.st.st_dev, self.st.st_ino)
-
-    def read(self) -> bytes:
-        if not self.gz:
-            data = os.pread(self.fd, _BLOCK, self.pos)
-            if len(self.head) < FINGERPRINT_BYTES and self.pos + len(data) > len(self.head):
-                self.head = os.pread(self.fd, FINGERPRINT_BYTES, 0)
-        else:
-            if self._gz is None:
-                self._gz = _gzip_stream(self.fd)
-                self._gz.seek(self.pos)
-            try:
-                data = self._gz.read(_BLOCK)
-            except _GZIP_ERRORS as exc:
-                log.error(
-                    "%s: corrupt gzip data after byte %d (%s): the rest of this rotated "
-                    "file is skipped, its lines are lost",
-                    self.path,
-                    self.pos,
-                    exc,
-                )
-                data = b""
-        self.pos += len(data)
-        return data
-
-    def size(self) -> int:
-        """Content size: the file's, or for gzip the trailer's ISIZE (modulo 4 GiB)."""
-        size = os.fstat(self.fd).st_size
-        if self.gz and size >= 4:
-            return int.from_bytes(os.pread(self.fd, 4, size - 4), "little")
-        return size
-
-    def restart(self) -> None:
-        """Read this (truncated) file again from its start, as a new file."""
-        self.pos = 0
-        self.head = os.pread(self.fd, FINGERPRINT_BYTES, 0)
-        self._id = None
-
-    def close(self) -> None:
-        if self._gz is not None:
-            self._gz.close()
-        os.close(self.fd)
-
-
-def _names(files: list[_Source]) -> str:
+def _names(files: list[Source]) -> str:
     """For messages: the files we go on with."""
     return ", ".join(str(s.path) for s in files) or "no rotated file"
 
 
-def _age_key(src: _Source, base: str) -> tuple[int, int, str]:
+def _age_key(src: Source, base: str) -> tuple[int, int, str]:
     """Oldest first: by mtime; on ties ``.2`` is older than ``.1``, dates sort by name."""
     suffix = src.path.name[len(base) :].removesuffix(".gz").lstrip(".-")
     rank = -int(suffix) if suffix.isdigit() and len(suffix) < 8 else 0
     return src.st.st_mtime_ns, rank, src.path.name
-
-
-class _Inotify:
-    """The three inotify calls we need, through libc: no third-party dependency."""
-
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        init = libc.inotify_init1
-        init.argtypes, init.restype = [ctypes.c_int], ctypes.c_int
-        self._add = libc.inotify_add_watch
-        self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        self._add.restype = ctypes.c_int
-        self._rm = libc.inotify_rm_watch
-        self._rm.argtypes, self._rm.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-        fd = init(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        self.fd = fd
-
-    def add(self, path: str, mask: int) -> int:
-        wd: int = self._add(self.fd, os.fsencode(path), mask)
-        if wd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
-        return wd
-
-    def rm(self, wd: int) -> None:
-        self._rm(self.fd, wd)  # fails harmlessly when the watch left with its deleted file
-
-    def drain(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self.fd, 65536):
-                pass
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 class Follower:
@@ -369,10 +127,10 @@ class Follower:
         self._use_inotify = use_inotify
         self._started = False
         self._closed = False
-        self._src: _Source | None = None
-        self._queue: list[_Source] = []  # read after _src, in order
-        self._lines = _Lines()
-        self._inotify: _Inotify | None = None
+        self._src: Source | None = None
+        self._queue: list[Source] = []  # read after _src, in order
+        self._lines = LineSplitter()
+        self._inotify: Inotify | None = None
         self._dir_wd: int | None = None
         self._live_wd: int | None = None
         self._file_wds: set[int] = set()
@@ -485,7 +243,7 @@ class Follower:
             if not self._check_rotated(src):
                 return False
 
-    def _check_truncated(self, src: _Source) -> Batch | None:
+    def _check_truncated(self, src: Source) -> Batch | None:
         """Before reading on: has the live file shrunk, or been rewritten in place?"""
         head = os.pread(src.fd, FINGERPRINT_BYTES, 0)
         st = os.fstat(src.fd)
@@ -528,7 +286,7 @@ class Follower:
         self.lines_read += 1
         return Batch([last], Position(old, read_to))
 
-    def _check_rotated(self, src: _Source) -> bool:
+    def _check_rotated(self, src: Source) -> bool:
         """At the end of the live file: has a new file with data replaced it at log_path?"""
         try:
             st = os.stat(self.log_path)
@@ -538,7 +296,7 @@ class Follower:
             return False
         self._watch_new_log()
         try:
-            new = _Source.open(self.log_path, plain=True)
+            new = Source.open(self.log_path, plain=True)
         except FileNotFoundError:
             return False
         if new.st.st_size == 0 or src.same_inode(new.st):
@@ -586,7 +344,7 @@ class Follower:
     def _open_new_log(self) -> bool:
         """Waiting for the log to (re)appear: open it, from its start."""
         try:
-            src = _Source.open(self.log_path, plain=True)
+            src = Source.open(self.log_path, plain=True)
         except FileNotFoundError:
             return False
         src.final = False
@@ -600,7 +358,7 @@ class Follower:
         """Opens what the start position needs; on error, nothing is kept (retry later)."""
         if self._use_inotify and self._inotify is None:
             try:
-                self._inotify = _Inotify()
+                self._inotify = Inotify()
             except (OSError, AttributeError) as exc:
                 log.warning(
                     "inotify unavailable (%s): polling %s every %.2fs",
@@ -610,7 +368,7 @@ class Follower:
                 )
         self._watch_dir()
         try:
-            live = _Source.open(self.log_path, plain=True)
+            live = Source.open(self.log_path, plain=True)
         except FileNotFoundError:
             live = None
         if live is not None:
@@ -627,7 +385,7 @@ class Follower:
             if not sources[-1].final:
                 self._watch_live(sources[-1])
 
-    def _plan(self, live: _Source | None) -> list[_Source]:
+    def _plan(self, live: Source | None) -> list[Source]:
         start = self._start
         if start is None:
             if live is not None and not self._from_beginning:
@@ -669,7 +427,7 @@ class Follower:
             return keep
         return keep + ([live] if live is not None else [])
 
-    def _end_of_last_line(self, src: _Source) -> int:
+    def _end_of_last_line(self, src: Source) -> int:
         size = src.st.st_size
         tail = os.pread(src.fd, min(size, MAX_LINE), size - min(size, MAX_LINE))
         cut = tail.rfind(b"\n")
@@ -677,10 +435,10 @@ class Follower:
             return size - len(tail) + cut + 1
         return 0 if size <= MAX_LINE else size
 
-    def _siblings(self, exclude: _Source | None) -> list[_Source]:
+    def _siblings(self, exclude: Source | None) -> list[Source]:
         """The rotated files beside the log (``_ROTATED_SUFFIX`` after its name), opened."""
         base = self.log_path.name
-        found: list[_Source] = []
+        found: list[Source] = []
         with os.scandir(self.log_path.parent) as entries:
             names = sorted(
                 e.name
@@ -690,10 +448,10 @@ class Follower:
         for name in names:
             path = self.log_path.parent / name
             try:
-                src = _Source.open(path)
+                src = Source.open(path)
             except LogUnreadable:
                 continue  # not a regular file
-            except (OSError, *_GZIP_ERRORS) as exc:
+            except (OSError, *GZIP_ERRORS) as exc:
                 log.warning("skipping %s while looking for rotated logs: %s", path, exc)
                 continue
             if exclude is not None and exclude.same_inode(src.st):
@@ -702,7 +460,7 @@ class Follower:
             found.append(src)
         return found
 
-    def _best_match(self, file: FileId, candidates: list[_Source]) -> _Source | None:
+    def _best_match(self, file: FileId, candidates: list[Source]) -> Source | None:
         """The candidate holding ``file``'s content; plain before gzip, same inode first."""
         matches = [c for c in candidates if file.matches(c.st.st_dev, c.st.st_ino, c.head)]
         if not matches:
@@ -711,9 +469,9 @@ class Follower:
             matches, key=lambda c: (c.gz, (c.st.st_dev, c.st.st_ino) != (file.dev, file.inode))
         )
 
-    def _distinct(self, files: list[_Source], seen: set[bytes]) -> list[_Source]:
+    def _distinct(self, files: list[Source], seen: set[bytes]) -> list[Source]:
         """Oldest first, one per content (a file and its .gz twin), empty ones skipped."""
-        out: list[_Source] = []
+        out: list[Source] = []
         for s in sorted(files, key=lambda s: s.gz):  # the plain twin wins
             if s.head and s.head not in seen:
                 seen.add(s.head)
@@ -722,8 +480,8 @@ class Follower:
         return sorted(out, key=lambda s: _age_key(s, base))
 
     def _rotated_after(
-        self, file: FileId, since_ns: int | None, live: _Source | None
-    ) -> tuple[_Source | None, list[_Source]]:
+        self, file: FileId, since_ns: int | None, live: Source | None
+    ) -> tuple[Source | None, list[Source]]:
         """``file`` beside the log, and the rotated files to read after it, before ``live``.
 
         After it: newer by ``_age_key`` or, if ``file`` is gone (deleted, or truncated
@@ -780,7 +538,7 @@ class Follower:
         if self._inotify is None or self._dir_wd is not None:
             return
         try:
-            self._dir_wd = self._inotify.add(str(self.log_path.parent), _DIR_EVENTS)
+            self._dir_wd = self._inotify.add(str(self.log_path.parent), DIR_EVENTS)
         except OSError as exc:
             if not self._warned_dir_watch:
                 self._warned_dir_watch = True
@@ -791,14 +549,14 @@ class Follower:
                     self._poll_interval,
                 )
 
-    def _watch_live(self, src: _Source) -> None:
+    def _watch_live(self, src: Source) -> None:
         """Modify events from this file only (watches of files left behind are dropped)."""
         if self._inotify is None:
             return
         wd: int | None = None
         for target in (f"/proc/self/fd/{src.fd}", str(src.path)):
             with contextlib.suppress(OSError):
-                wd = self._inotify.add(target, _IN_MODIFY)
+                wd = self._inotify.add(target, IN_MODIFY)
                 break
         for old in self._file_wds - {wd}:
             self._inotify.rm(old)
@@ -810,4 +568,4 @@ class Follower:
         if self._inotify is None:
             return
         with contextlib.suppress(OSError):  # gone again, or no watch left: the re-check covers it
-            self._file_wds.add(self._inotify.add(str(self.log_path), _IN_MODIFY))
+            self._file_wds.add(self._inotify.add(str(self.log_path), IN_MODIFY))

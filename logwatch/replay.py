@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from logwatch.events import Event
-from logwatch.follow import read_file_batches
+from logwatch.logfile import read_file_batches
 from logwatch.parse import Clock
 from logwatch.pipeline import Pipeline
 from logwatch.relays import ContentFilters

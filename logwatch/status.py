@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from typing import TextIO
 
+from logwatch.snapshot import Snapshot
 from sendpost_agent.config import Config
 
 
@@ -25,15 +25,25 @@ def status(config: Config, out: TextIO) -> int:
             "  is it running? (systemctl status sendpost-agent-logwatch)\n"
         )
         return 1
-    last = body.get("last_success")
-    ago = f"{time.time() - last:.0f} s ago" if last else "never"
+    try:
+        now = Snapshot.from_health(body)
+    except (TypeError, ValueError) as exc:
+        out.write(
+            f"{url} answered, but not as this version of sendpost-agent expects: {exc}\n"
+            "  restart logwatch after an upgrade (systemctl restart sendpost-agent-logwatch)\n"
+        )
+        return 1
+    problems = now.problems()
+    ago = f"{now.taken_at - now.last_success:.0f} s ago" if now.last_success else "never"
     lines = [
-        f"logwatch {body.get('version')}: {body['status']}",
-        f"  log lag:        {body.get('lag_bytes')} bytes",
-        f"  pending events: {body.get('pending_events')} ({body.get('wal_bytes')} bytes in WAL)",
-        f"  events sent:    {body.get('events_sent')}, last accepted {ago}",
-        f"  last error:     {body.get('last_error') or 'none'}",
-        *(f"  problem:        {reason}" for reason in body.get("reasons", [])),
+        f"logwatch {now.version}: {'unhealthy' if problems else 'ok'}",
+        f"  log lag:        {now.lag_bytes} bytes",
+        f"  log lines:      {now.lines_read} read, {now.lines_cut} cut to 1 MiB;"
+        f" {now.rotations} rotations, {now.truncations} truncations",
+        f"  pending events: {now.pending_events} ({now.wal_bytes} bytes in WAL)",
+        f"  events sent:    {now.events_sent}, last accepted {ago}",
+        f"  last error:     {now.last_error or 'none'}",
+        *(f"  problem:        {reason}" for reason in problems),
     ]
     out.write("\n".join(lines) + "\n")
-    return 0 if body["status"] == "ok" else 1
+    return 1 if problems else 0

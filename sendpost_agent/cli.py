@@ -1,4 +1,4 @@
-"""``sendpost-agent [--config PATH] COMMAND [OPTIONS]`` (see README and cli.md).
+"""``sendpost-agent [--config PATH] COMMAND [OPTIONS]`` (README.md, "Command line").
 
 Exit codes: 0 clean stop, 2 bad configuration or usage, 1 any other failure.
 """

@@ -2,9 +2,9 @@
 
 Every key of ``Config`` is also a command-line flag (``--state-dir``), an environment
 variable (``SENDPOST_STATE_DIR``; the key is ``SENDPOST_API_KEY``) and a key of the YAML
-file. Precedence: flag > environment > file > default (``cli.md``). Errors are raised as
-``ConfigError`` naming the file, line and key at fault and how to fix it; the CLI turns
-them into exit code 2.
+file. Precedence: flag > environment > file > default (README.md, "Configuration").
+Errors are raised as ``ConfigError`` naming the file, line and key at fault and how to
+fix it; the CLI turns them into exit code 2.
 """
 
 from __future__ import annotations

@@ -30,3 +30,24 @@ def pytest_configure(config: pytest.Config) -> None:
             " plain Python)",
             returncode=4,
         )
+
+
+KINDS = ("unit", "integration")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: an unmarked test is refused either way
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test says whether it is a unit or an integration test (pyproject.toml's
+    markers), so that `pytest -m unit` runs in seconds without root or Postfix and
+    does not silently drop a test nobody classified."""
+    wrong = [
+        item.nodeid
+        for item in items
+        if sum(item.get_closest_marker(kind) is not None for kind in KINDS) != 1
+    ]
+    if wrong:
+        raise pytest.UsageError(
+            "each test needs exactly one of the markers @pytest.mark.unit or"
+            " @pytest.mark.integration (a module's pytestmark counts; see pyproject.toml):\n  "
+            + "\n  ".join(wrong)
+        )

@@ -17,10 +17,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from logwatch.agent import Agent
 from sendpost_agent.config import Config, load_config
 from tests.support.maillog import queue_id, record_messages, write_messages
 from tests.support.postfix import free_port
+
+pytestmark = pytest.mark.integration
 
 NEVER = float("inf")  # as _saved_at: the agent saves no cursor on its own
 

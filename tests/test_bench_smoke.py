@@ -14,6 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 

@@ -28,6 +28,8 @@ from logwatch.classify import (
     reply_stage,
 )
 
+pytestmark = pytest.mark.unit
+
 H = EventType.BOUNCED
 S = EventType.SOFT_BOUNCED
 

@@ -20,6 +20,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+@pytest.mark.unit
 def test_defaults_match_the_spec(tmp_path: Path) -> None:
     config = load_config({}, None, {"SENDPOST_CONFIG": str(write(tmp_path, ""))})
     assert config.api_key is None
@@ -32,6 +33,7 @@ def test_defaults_match_the_spec(tmp_path: Path) -> None:
     assert config.map_retention >= 86400
 
 
+@pytest.mark.unit
 def test_seed_example_file_is_accepted(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -47,6 +49,7 @@ log-path: "/var/log/mail.log"
     assert config.log_path == Path("/var/log/mail.log")
 
 
+@pytest.mark.unit
 def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
     path = write(tmp_path, "api-key: from-file\nlog-path: /file.log\nstate-dir: /file-state\n")
     env = {"SENDPOST_API_KEY": "from-env", "SENDPOST_LOG_PATH": "/env.log"}
@@ -57,6 +60,7 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None
     assert config.mta == "postfix"
 
 
+@pytest.mark.unit
 def test_mail_config_is_the_default_postfix_dir_but_file_wins(tmp_path: Path) -> None:
     empty = write(tmp_path, "")
     assert load_config({}, empty, {"MAIL_CONFIG": "/etc/postfix-out"}).postfix_config_dir == Path(
@@ -68,12 +72,14 @@ def test_mail_config_is_the_default_postfix_dir_but_file_wins(tmp_path: Path) ->
     )
 
 
+@pytest.mark.unit
 def test_missing_default_file_is_fine_but_missing_named_file_is_not(tmp_path: Path) -> None:
     load_config({}, None, NO_ENV)  # /etc/sendpost-agent/config.yaml absent on test hosts
     with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
         load_config({}, tmp_path / "nope.yaml", NO_ENV)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -98,6 +104,7 @@ def test_bad_file_names_the_line_key_and_fix(tmp_path: Path, text: str, expected
     assert str(path) in str(info.value)
 
 
+@pytest.mark.unit
 def test_value_forms_are_normalised(tmp_path: Path) -> None:
     config = load_config(
         {"milter-socket": "inet:[::1]:8893", "map-retention": "2d", "listen": "[::1]:9"},
@@ -110,6 +117,7 @@ def test_value_forms_are_normalised(tmp_path: Path) -> None:
     assert load_config({"mta": "Postfix"}, None, NO_ENV).mta == "postfix"
 
 
+@pytest.mark.unit
 def test_bad_flag_and_env_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"flag --listen"):
         load_config({"listen": "nowhere"}, None, NO_ENV)
@@ -117,6 +125,7 @@ def test_bad_flag_and_env_are_named(tmp_path: Path) -> None:
         load_config({}, None, {"SENDPOST_MTA": "sendmail"})
 
 
+@pytest.mark.unit
 def test_api_key_never_shows(tmp_path: Path) -> None:
     config = load_config({"api-key": "sk-very-secret"}, None, NO_ENV)
     assert "sk-very-secret" not in repr(config)
@@ -127,6 +136,7 @@ def test_api_key_never_shows(tmp_path: Path) -> None:
     assert "secret" not in str(info.value)
 
 
+@pytest.mark.unit
 def test_require_api_key_explains_where_to_set_it() -> None:
     with pytest.raises(ConfigError, match=r"api-key is required.*SENDPOST_API_KEY"):
         Config().require_api_key("to ship events")
@@ -142,6 +152,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+@pytest.mark.integration
 def test_cli_exits_2_with_the_message_and_no_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, "api-key: sk-hidden\nmta: exim\n")
     result = run_cli("--config", str(path), "milter")
@@ -151,6 +162,7 @@ def test_cli_exits_2_with_the_message_and_no_traceback(tmp_path: Path) -> None:
     assert "sk-hidden" not in result.stderr + result.stdout
 
 
+@pytest.mark.integration
 def test_cli_unreadable_file_exits_2(tmp_path: Path) -> None:
     # A directory is unreadable as a file for root too (CI runs as root).
     result = run_cli("milter", "--config", str(tmp_path))
@@ -158,11 +170,13 @@ def test_cli_unreadable_file_exits_2(tmp_path: Path) -> None:
     assert f"{tmp_path}: cannot read config file" in result.stderr
 
 
+@pytest.mark.integration
 def test_cli_unknown_command_and_flag_exit_2() -> None:
     assert run_cli("frobnicate").returncode == 2
     assert run_cli("milter", "--no-such-flag").returncode == 2
 
 
+@pytest.mark.integration
 def test_cli_control_character_in_file_exits_2_naming_file_and_line(tmp_path: Path) -> None:
     """YAML's reader refuses the file before parsing; that once escaped as a traceback."""
     path = write(tmp_path, "mta: postfix\nlog-path: /var/log/mail\x01.log\n")

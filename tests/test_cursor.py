@@ -16,6 +16,8 @@ from logwatch.cursor import (
     save_cursor,
 )
 
+pytestmark = pytest.mark.unit
+
 CONTENT = b"".join(
     b"2026-11-23T18:35:%02d host postfix/smtp[1]: line %d\n" % (i % 60, i) for i in range(200)
 )

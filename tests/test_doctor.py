@@ -25,6 +25,8 @@ from tests.support.milter import MilterProcess
 from tests.support.postfix import PostfixInstance, free_port
 from tests.support.sink import Sink
 
+pytestmark = pytest.mark.integration
+
 API_KEY = "doctor-test-key"
 OURS = "unix:sendpost-agent/milter.sock"
 

@@ -10,6 +10,8 @@ import pytest
 from logwatch.classify import EventType
 from logwatch.events import Event
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("recipient", "code", "description"),

@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 from logwatch.cursor import Position, load_cursor, save_cursor
-from logwatch.follow import MAX_LINE, Batch, Follower, LogUnreadable, read_file_batches
+from logwatch.follow import Batch, Follower
+from logwatch.lines import MAX_LINE
+from logwatch.logfile import LogUnreadable, read_file_batches
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
@@ -112,6 +114,7 @@ def cursor(tmp_path: Path) -> Path:
 # -- read_file_batches -------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_read_file_batches_from_an_offset_with_an_unterminated_last_line(tmp_path: Path) -> None:
     path = tmp_path / "mail.log"
     path.write_bytes(b"one\ntwo\nthree\nfour")
@@ -124,6 +127,7 @@ def test_read_file_batches_from_an_offset_with_an_unterminated_last_line(tmp_pat
     assert [line for b in read_file_batches(path, 8) for line in b] == [b"three", b"four"]
 
 
+@pytest.mark.unit
 def test_read_file_batches_tells_gzip_by_magic_not_name_and_reads_in_blocks(tmp_path: Path) -> None:
     lines = [
         b"2026-11-23T18:35:21 host postfix/smtp[1]: line %d \xff\x00" % i for i in range(100_000)
@@ -138,6 +142,7 @@ def test_read_file_batches_tells_gzip_by_magic_not_name_and_reads_in_blocks(tmp_
     assert next(read_file_batches(path, offset))[0] == lines[10]
 
 
+@pytest.mark.unit
 def test_read_file_batches_cuts_long_lines(tmp_path: Path) -> None:
     path = tmp_path / "mail.log"
     path.write_bytes(b"a\n" + b"x" * (3 * MAX_LINE) + b"\nb\n" + b"y" * (MAX_LINE + 1))
@@ -145,6 +150,7 @@ def test_read_file_batches_cuts_long_lines(tmp_path: Path) -> None:
     assert got == [b"a", b"x" * MAX_LINE, b"b", b"y" * MAX_LINE]
 
 
+@pytest.mark.unit
 def test_read_file_batches_reports_corrupt_gzip_and_missing_files(tmp_path: Path) -> None:
     path = tmp_path / "mail.log.1.gz"
     with gzip.open(path, "wb") as f:
@@ -159,6 +165,7 @@ def test_read_file_batches_reports_corrupt_gzip_and_missing_files(tmp_path: Path
 # -- following: start, lines ------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_a_fresh_start_skips_history_but_not_the_line_being_written(log: Path) -> None:
     w = Writer(log)
     w.write(3)
@@ -177,6 +184,7 @@ def test_a_fresh_start_skips_history_but_not_the_line_being_written(log: Path) -
     run(main())
 
 
+@pytest.mark.integration
 def test_from_beginning_reads_the_whole_current_log(log: Path) -> None:
     w = Writer(log)
     old = w.write(3)
@@ -189,6 +197,7 @@ def test_from_beginning_reads_the_whole_current_log(log: Path) -> None:
     run(main())
 
 
+@pytest.mark.integration
 def test_partial_lines_wait_for_their_end_and_bytes_pass_through(log: Path) -> None:
     log.write_bytes(b"")
 
@@ -210,6 +219,7 @@ def test_partial_lines_wait_for_their_end_and_bytes_pass_through(log: Path) -> N
     run(main())
 
 
+@pytest.mark.integration
 def test_a_5mb_line_is_cut_to_1mib_and_reading_goes_on(log: Path) -> None:
     w = Writer(log)
     log.write_bytes(b"")
@@ -228,6 +238,7 @@ def test_a_5mb_line_is_cut_to_1mib_and_reading_goes_on(log: Path) -> None:
     run(main())
 
 
+@pytest.mark.integration
 def test_a_log_that_does_not_exist_yet_is_read_from_its_start(log: Path) -> None:
     w = Writer(log)
 
@@ -241,6 +252,7 @@ def test_a_log_that_does_not_exist_yet_is_read_from_its_start(log: Path) -> None
     run(main())
 
 
+@pytest.mark.integration
 def test_an_unreadable_log_raises_and_a_later_call_retries(log: Path) -> None:
     log.mkdir()  # unreadable as a log whatever our uid (tests may run as root)
     w = Writer(log)
@@ -256,6 +268,7 @@ def test_an_unreadable_log_raises_and_a_later_call_retries(log: Path) -> None:
     run(main())
 
 
+@pytest.mark.integration
 def test_latency_is_short_and_an_idle_follower_sleeps(log: Path) -> None:
     w = Writer(log)
     w.write(1)
@@ -276,6 +289,7 @@ def test_latency_is_short_and_an_idle_follower_sleeps(log: Path) -> None:
     run(main())
 
 
+@pytest.mark.integration
 def test_without_inotify_it_polls(log: Path) -> None:
     w = Writer(log)
     w.write(1)
@@ -295,6 +309,7 @@ def test_without_inotify_it_polls(log: Path) -> None:
 # -- rotation and truncation while running ------------------------------------------------
 
 
+@pytest.mark.integration
 def test_rename_and_create_while_running(log: Path) -> None:
     """logrotate ``create``: the writer stays on the old file until HUP."""
     w = Writer(log)
@@ -321,6 +336,7 @@ def test_rename_and_create_while_running(log: Path) -> None:
     run(main())
 
 
+@pytest.mark.integration
 def test_copytruncate_while_running_reads_the_lines_before_truncation_from_the_copy(
     log: Path,
 ) -> None:
@@ -342,6 +358,7 @@ def test_copytruncate_while_running_reads_the_lines_before_truncation_from_the_c
     run(main())
 
 
+@pytest.mark.integration
 def test_plain_truncation_while_running_starts_again_at_zero(log: Path) -> None:
     w = Writer(log)
     log.write_bytes(b"")
@@ -360,6 +377,7 @@ def test_plain_truncation_while_running_starts_again_at_zero(log: Path) -> None:
     run(main())
 
 
+@pytest.mark.integration
 def test_a_file_overwritten_in_place_with_more_data_is_a_new_file(log: Path) -> None:
     w = Writer(log)
     log.write_bytes(b"")
@@ -379,6 +397,7 @@ def test_a_file_overwritten_in_place_with_more_data_is_a_new_file(log: Path) -> 
     run(main())
 
 
+@pytest.mark.integration
 def test_postfix_logrotate_while_running(log: Path) -> None:
     """Rename to .YYYYMMDD-HHMMSS, gzip it; the new log appears at the next write."""
     w = Writer(log)
@@ -427,6 +446,7 @@ def postfix_logrotate(log: Path) -> None:
     gzip_file(log.rename(log.with_name("mail.log.20261123-201045")))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "rotate", [rename_create, copytruncate, copytruncate_compressed, postfix_logrotate]
 )
@@ -454,6 +474,7 @@ def test_rotation_while_stopped(
     assert "rotated while we were stopped: finishing" in caplog.text
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("how", ["truncate", "overwrite in place"])
 def test_truncation_while_stopped_reads_the_log_from_its_start(
     log: Path, cursor: Path, how: str, caplog: pytest.LogCaptureFixture
@@ -484,6 +505,7 @@ def test_truncation_while_stopped_reads_the_log_from_its_start(
     assert f"cannot find {log}" in caplog.text and "may have been lost" in caplog.text
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("create", [True, False])
 def test_a_writer_still_on_the_rotated_file_after_a_restart_is_followed(
     log: Path, cursor: Path, create: bool
@@ -514,6 +536,7 @@ def test_a_writer_still_on_the_rotated_file_after_a_restart_is_followed(
     run(main())
 
 
+@pytest.mark.integration
 def test_restart_without_rotation_resumes_exactly(log: Path, cursor: Path) -> None:
     w = Writer(log)
     w.write(5)
@@ -535,6 +558,7 @@ def test_restart_without_rotation_resumes_exactly(log: Path, cursor: Path) -> No
     run(main())
 
 
+@pytest.mark.integration
 def test_several_rotations_while_stopped(log: Path, cursor: Path) -> None:
     """Stopped inside what is now mail.log.3.gz; .2.gz, .1 and the live log follow."""
     w = Writer(log)
@@ -568,6 +592,7 @@ def test_several_rotations_while_stopped(log: Path, cursor: Path) -> None:
     run(main())
 
 
+@pytest.mark.integration
 def test_a_lost_file_is_reported_and_the_unread_rotated_files_follow(
     log: Path, cursor: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -597,6 +622,7 @@ def test_a_lost_file_is_reported_and_the_unread_rotated_files_follow(
     assert f"Going on with {log.with_name('mail.log.1')}, then the current log" in caplog.text
 
 
+@pytest.mark.integration
 def test_a_restart_while_the_log_is_rotated_away_waits_for_the_new_one(
     log: Path, cursor: Path
 ) -> None:
@@ -634,6 +660,7 @@ def rotate_again(log: Path, rotate: Callable[[Path], None], keep: int) -> None:
     rotate(log)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("rotate", [rename_create, copytruncate, copytruncate_compressed])
 def test_several_rotations_while_reading_is_paused(
     log: Path, rotate: Callable[[Path], None]
@@ -656,6 +683,7 @@ def test_several_rotations_while_reading_is_paused(
     run(main())
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("rotate", [rename_create, copytruncate])
 def test_a_rotated_file_deleted_before_it_was_read_is_reported_and_the_newer_ones_follow(
     log: Path, rotate: Callable[[Path], None], caplog: pytest.LogCaptureFixture
@@ -686,6 +714,7 @@ def test_a_rotated_file_deleted_before_it_was_read_is_reported_and_the_newer_one
     assert f"Going on with {log.with_name('mail.log.1')}, then the" in caplog.text
 
 
+@pytest.mark.integration
 def test_lag_counts_what_is_not_consumed_yet(log: Path) -> None:
     w = Writer(log)
     w.write(10)
@@ -701,6 +730,7 @@ def test_lag_counts_what_is_not_consumed_yet(log: Path) -> None:
     run(main())
 
 
+@pytest.mark.integration
 def test_several_event_loops_can_drive_one_follower(log: Path) -> None:
     w = Writer(log)
     log.write_bytes(b"")

@@ -9,6 +9,8 @@ import pytest
 from sendpost_agent.header import classify, parse_uuid
 from sendpost_agent.queuemap import HeaderState
 
+pytestmark = pytest.mark.unit
+
 CANON = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
 
 

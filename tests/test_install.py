@@ -35,6 +35,8 @@ from sendpost_agent.queuemap import MapReader
 from tests.support.fixtures import PostfixFactory
 from tests.support.postfix import PostfixInstance, free_port
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "install.sh"
 KEY = "spk-test-0f3c9a1be27d4c55a8e3"

@@ -25,6 +25,8 @@ from tests.support.agent import LogwatchProcess
 from tests.support.ingest import IngestServer
 from tests.support.maillog import record_messages, write_messages
 
+pytestmark = pytest.mark.integration
+
 KEY = "sp-test-key-0123456789"
 
 
@@ -418,34 +420,84 @@ def test_endpoint_down_for_over_a_minute_backoff_caps_and_nothing_is_lost(
         assert sorted(received(server)) == sorted(expected)
 
 
+def run_status(port: int) -> subprocess.CompletedProcess[str]:
+    """`sendpost-agent status` as an operator runs it, asking the logwatch on ``port``."""
+    return subprocess.run(
+        [sys.executable, "-m", "sendpost_agent", "status", "--listen", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SENDPOST_CONFIG": "/dev/null"},
+        timeout=30,
+    )
+
+
 def test_status_summarises_a_running_agent_and_says_when_none_runs(
     server: IngestServer, paths: tuple[Path, Path]
 ) -> None:
     state, log = paths
-    env = {**os.environ, "SENDPOST_CONFIG": "/dev/null"}
     with LogwatchProcess(state, log, server.url, KEY) as agent:
-        status = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sendpost_agent",
-                "status",
-                "--listen",
-                f"127.0.0.1:{agent.port}",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-        )
+        status = run_status(agent.port)
         assert status.returncode == 0, status.stdout + status.stderr
         assert ": ok" in status.stdout and "pending events: 0" in status.stdout
-    gone = subprocess.run(
-        [sys.executable, "-m", "sendpost_agent", "status", "--listen", f"127.0.0.1:{agent.port}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    gone = run_status(agent.port)
     assert gone.returncode == 1
     assert "not answering" in gone.stdout
+
+
+def test_status_of_an_unhealthy_agent_says_why_and_exits_1(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    record_messages(state, range(5))
+    with LogwatchProcess(state, log, server.url, "sp-wrong-key") as agent:
+        expected = write_messages(log, range(5))
+        wait_for(lambda: agent.health()[0] == 503, what="unhealthy")
+        wait_for(lambda: agent.health()[1]["pending_events"] == len(expected), what="events read")
+        status = run_status(agent.port)
+    assert status.returncode == 1, status.stdout + status.stderr
+    assert ": unhealthy" in status.stdout
+    assert f"pending events: {len(expected)} (" in status.stdout
+    assert "events sent:    0, last accepted never" in status.stdout
+    assert "last error:     HTTP 401: API key rejected" in status.stdout
+    assert (
+        "problem:        the API rejects the api-key (401/403): set the right key" in status.stdout
+    )
+
+
+def test_rotations_truncations_and_cut_lines_are_counted_alike_in_metrics_health_and_status(
+    server: IngestServer, paths: tuple[Path, Path]
+) -> None:
+    state, log = paths
+    record_messages(state, range(30))
+    with LogwatchProcess(state, log, server.url, KEY) as agent:
+        expected = write_messages(log, range(10))
+        server.wait_for_events(len(expected), timeout=30)
+        log.rename(log.with_name("mail.log.1"))  # logrotate's rename and create
+        expected |= write_messages(log, range(10, 20))
+        server.wait_for_events(len(expected), timeout=30)
+        with log.open("r+b") as f:
+            f.truncate(0)
+        wait_for(
+            lambda: agent.metrics().get("sendpost_agent_log_truncations_total") == 1,
+            what="the truncation counted",
+        )
+        with log.open("ab") as f:
+            f.write(b"x" * (2 << 20) + b"\n")  # 2 MiB: cut to 1 MiB
+        expected |= write_messages(log, range(20, 30))
+        server.wait_for_events(len(expected), timeout=30)
+        wait_for(
+            lambda: agent.health()[1]["events_sent"] == len(expected), what="every event acked"
+        )
+        metrics = agent.metrics()
+        _, health = agent.health()
+        status = run_status(agent.port)
+    assert metrics["sendpost_agent_log_rotations_total"] == health["rotations"] == 1
+    assert metrics["sendpost_agent_log_truncations_total"] == health["truncations"] == 1
+    assert metrics["sendpost_agent_log_lines_cut_total"] == health["lines_cut"] == 1
+    lines_read = 30 * 5 + 1
+    assert metrics["sendpost_agent_log_lines_read_total"] == health["lines_read"] == lines_read
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"log lines:      {lines_read} read, 1 cut to 1 MiB; 1 rotations, 1 truncations" in (
+        status.stdout
+    )
+    assert f"events sent:    {len(expected)}, last accepted " in status.stdout

@@ -12,6 +12,8 @@ from logwatch import mapwindow
 from logwatch.mapwindow import MapWindow
 from sendpost_agent.queuemap import Entry, HeaderState, MapReader, MapWriter
 
+pytestmark = pytest.mark.unit
+
 T0 = 1_795_392_000  # 2026-11-23 00:00:00 UTC
 
 

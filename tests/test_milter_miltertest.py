@@ -23,6 +23,8 @@ from sendpost_agent.queuemap import HeaderState
 from tests.support.milter import MilterProcess
 from tests.support.postfix import free_port
 
+pytestmark = pytest.mark.integration
+
 CANON = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
 OTHER = "9b2d6c1e-0a57-4c3e-8f1a-6f6b0d7c2e11"
 

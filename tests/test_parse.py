@@ -27,6 +27,8 @@ from logwatch.parse import (
 from logwatch.relays import Endpoint, parse_relay
 from tests.support.samples import SAMPLES
 
+pytestmark = pytest.mark.unit
+
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 T = datetime(2026, 11, 23, 18, 35, 21, tzinfo=UTC)
 

@@ -22,6 +22,8 @@ from sendpost_agent.queuemap import Entry, HeaderState, MapError, MapReader, Map
 from tests.support.maillog import record_messages, write_messages
 from tests.support.postfix import free_port
 
+pytestmark = pytest.mark.unit
+
 NOW = datetime(2026, 11, 24, tzinfo=UTC)
 UUIDS = {
     "A438320C032": "11111111-1111-4111-8111-000000000001",

@@ -10,10 +10,14 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from tests.support.agent import LogwatchProcess
 from tests.support.fixtures import PostfixFactory
 from tests.support.ingest import IngestServer
 from tests.support.milter import MilterProcess
+
+pytestmark = pytest.mark.integration
 
 KEY = "sp-live-key-42"
 SENDER = "sender@example.com"

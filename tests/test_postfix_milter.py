@@ -22,6 +22,8 @@ from tests.support.milter import MilterProcess
 from tests.support.postfix import PostfixInstance, build_message, free_port
 from tests.support.sink import Sink
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 SENDER = "sender@example.com"
 UUID_A = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"

@@ -23,6 +23,8 @@ from tests.support.milter import MilterProcess
 from tests.support.postfix import PostfixInstance, free_port
 from tests.support.sink import Sink
 
+pytestmark = pytest.mark.integration
+
 SENDER = "sender@example.com"
 MILTER = "{ unix:sendpost-agent/milter.sock, default_action=accept, command_timeout=5s }"
 

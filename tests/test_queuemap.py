@@ -33,6 +33,7 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "queuemap.sqlite3"
 
 
+@pytest.mark.unit
 def test_row_round_trips_between_writer_and_reader(path: Path) -> None:
     writer = MapWriter(path, DAY)
     reader = MapReader(path)
@@ -43,6 +44,7 @@ def test_row_round_trips_between_writer_and_reader(path: Path) -> None:
     reader.close()
 
 
+@pytest.mark.unit
 def test_reused_queue_id_replaces_the_old_row(path: Path) -> None:
     writer = MapWriter(path, DAY)
     reader = MapReader(path)
@@ -52,6 +54,7 @@ def test_reused_queue_id_replaces_the_old_row(path: Path) -> None:
     assert len(reader) == 1
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("state", [HeaderState.MISSING, HeaderState.INVALID, HeaderState.REPEATED])
 def test_new_message_without_header_does_not_inherit_old_uuid(
     path: Path, state: HeaderState
@@ -64,6 +67,7 @@ def test_new_message_without_header_does_not_inherit_old_uuid(
     assert entry is not None and entry.uuid is None and entry.header is state
 
 
+@pytest.mark.unit
 def test_prune_keeps_rows_within_retention_and_drops_older(path: Path) -> None:
     writer = MapWriter(path, DAY)
     now = 1_800_000_000.0
@@ -77,6 +81,7 @@ def test_prune_keeps_rows_within_retention_and_drops_older(path: Path) -> None:
     assert reader.get("OLD00001") is None
 
 
+@pytest.mark.unit
 def test_reopening_keeps_rows_and_schema(path: Path) -> None:
     writer = MapWriter(path, DAY)
     writer.put("B1", U1, HeaderState.PRESENT)
@@ -85,6 +90,7 @@ def test_reopening_keeps_rows_and_schema(path: Path) -> None:
     assert MapReader(path).get("B1") is not None
 
 
+@pytest.mark.unit
 def test_corrupt_map_is_moved_aside_so_mail_keeps_flowing(path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_bytes(b"this is not a database" * 100)
@@ -94,6 +100,7 @@ def test_corrupt_map_is_moved_aside_so_mail_keeps_flowing(path: Path) -> None:
     assert list(path.parent.glob("queuemap.sqlite3.corrupt-*"))
 
 
+@pytest.mark.unit
 def test_a_map_locked_at_start_is_kept_not_moved_aside(path: Path) -> None:
     """Only a corrupt file is set aside: a lock, a full disk or a permission problem
     would clear up, and throwing the rows away would lose every queued message's events."""
@@ -110,6 +117,7 @@ def test_a_map_locked_at_start_is_kept_not_moved_aside(path: Path) -> None:
     assert MapReader(path).get("K1") is not None
 
 
+@pytest.mark.integration
 def test_a_locked_map_does_not_hold_messages_up_for_seconds(path: Path) -> None:
     """A stray sqlite3 shell holding the write lock: the milter gives up rows instead of
     making each end-of-message wait behind the previous one's wait."""
@@ -140,6 +148,7 @@ def test_a_locked_map_does_not_hold_messages_up_for_seconds(path: Path) -> None:
     assert MapReader(path).get("L-after") is not None
 
 
+@pytest.mark.unit
 def test_rows_stamped_in_the_future_do_not_stop_pruning(path: Path) -> None:
     """The clock was a year ahead when some rows were written, then corrected."""
     writer = MapWriter(path, DAY)
@@ -177,6 +186,7 @@ def start_writer(path: Path, count: int) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.integration
 def test_reader_in_another_process_sees_every_committed_row(path: Path) -> None:
     """Writer and reader run at once: every ID the writer reports is found, unchanged."""
     MapWriter(path, DAY).close()  # schema exists before the reader opens
@@ -209,6 +219,7 @@ def test_reader_in_another_process_sees_every_committed_row(path: Path) -> None:
     assert reader.stdout.strip() == "OK 3000"
 
 
+@pytest.mark.integration
 def test_kill_9_of_the_writer_leaves_a_consistent_map(path: Path) -> None:
     for _round in range(3):
         writer = start_writer(path, 1_000_000)
@@ -224,6 +235,7 @@ def test_kill_9_of_the_writer_leaves_a_consistent_map(path: Path) -> None:
         reader.close()
 
 
+@pytest.mark.unit
 def test_get_many_answers_like_get_for_many_ids(path: Path) -> None:
     writer = MapWriter(path, DAY)
     for i in range(1200):  # more than one IN (...) chunk

@@ -24,6 +24,8 @@ from tests.support.ingest import (
     is_rfc3339,
 )
 
+pytestmark = pytest.mark.integration
+
 KEY = "test-ingest-key"
 MAX_BODY = 4096
 
@@ -211,6 +213,10 @@ def test_missing_or_wrong_key_is_401(server: IngestServer, key: str | None, mess
         (batch(event(timestamp="2026-02-19T12:00:00")), 0, "RFC 3339"),
         (batch(event(timestamp=1771502400)), 0, "RFC 3339"),
         (batch(event(timestamp=None)), 0, "RFC 3339"),
+        (batch(event(smtp_code="250")), 0, "smtp_code must be an integer, got string"),
+        (batch(event(smtp_code=True)), 0, "smtp_code must be an integer, got boolean"),
+        (batch(event(smtp_description=None)), 0, "smtp_description must be a string"),
+        (batch(event(recipient=["a@b.c"])), 0, "recipient must be a string, got array"),
     ],
 )
 def test_contract_violations_are_400_naming_the_event(

@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 import socket
 
+import pytest
+
 from tests.support.fixtures import PostfixFactory
 from tests.support.postfix import process_group_members
 from tests.support.sink import Sink
+
+pytestmark = pytest.mark.integration
 
 SENDER = "sender@example.com"
 

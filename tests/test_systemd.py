@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 UNIT_DIR = ROOT / "systemd"
 MILTER = "sendpost-agent-milter.service"

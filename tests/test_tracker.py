@@ -18,6 +18,8 @@ from logwatch.tracker import Tracker
 from sendpost_agent.queuemap import Entry, HeaderState, MapReader, MapWriter
 from tests.support.samples import SAMPLES
 
+pytestmark = pytest.mark.unit
+
 FILTER = ContentFilters.from_values(["smtp-amavis:[127.0.0.1]:10024"])
 NOW = datetime(2026, 11, 24, tzinfo=UTC)
 U_MIXED = "11111111-1111-4111-8111-000000000001"

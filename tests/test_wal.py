@@ -40,6 +40,7 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "pending.wal"
 
 
+@pytest.mark.unit
 def test_append_read_ack_round_trip(path: Path) -> None:
     wal = Wal(path)
     assert (wal.last_seq, wal.acked_seq, wal.pending, wal.size_bytes) == (0, 0, 0, 0)
@@ -67,6 +68,7 @@ def test_append_read_ack_round_trip(path: Path) -> None:
     wal.close()
 
 
+@pytest.mark.unit
 def test_read_starts_and_stops_in_the_middle_of_records(path: Path) -> None:
     wal = Wal(path)
     for _ in range(3):
@@ -84,6 +86,7 @@ def test_read_starts_and_stops_in_the_middle_of_records(path: Path) -> None:
     wal.close()
 
 
+@pytest.mark.unit
 def test_acks_and_seqs_survive_a_reopen(path: Path) -> None:
     wal = Wal(path)
     add(wal, 10)
@@ -97,6 +100,7 @@ def test_acks_and_seqs_survive_a_reopen(path: Path) -> None:
     wal.close()
 
 
+@pytest.mark.unit
 def test_seq_keeps_counting_across_truncation_and_compaction(path: Path) -> None:
     wal = Wal(path, cap_bytes=40_000)
     add(wal, 10)
@@ -118,6 +122,7 @@ def test_seq_keeps_counting_across_truncation_and_compaction(path: Path) -> None
     wal.close()
 
 
+@pytest.mark.unit
 def test_compaction_keeps_unacked_events_and_frees_space(path: Path) -> None:
     wal = Wal(path, cap_bytes=100_000)  # compacts once the acked prefix is >= 25 kB and the tail
     for _ in range(20):
@@ -137,6 +142,7 @@ def test_compaction_keeps_unacked_events_and_frees_space(path: Path) -> None:
     wal.close()
 
 
+@pytest.mark.unit
 def test_full_at_the_cap_and_appends_still_accepted(path: Path) -> None:
     wal = Wal(path, cap_bytes=10_000)
     while not wal.full():
@@ -151,6 +157,7 @@ def test_full_at_the_cap_and_appends_still_accepted(path: Path) -> None:
     wal.close()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("lost", [5, 300, 920])  # the last bytes of a 928-byte record
 def test_a_torn_last_record_is_dropped(
     path: Path, lost: int, caplog: pytest.LogCaptureFixture
@@ -178,6 +185,7 @@ def test_a_torn_last_record_is_dropped(
     wal.close()
 
 
+@pytest.mark.unit
 def test_garbage_in_the_middle_ends_the_wal_there(
     path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -202,6 +210,7 @@ def test_garbage_in_the_middle_ends_the_wal_there(
     wal.close()
 
 
+@pytest.mark.unit
 def test_acked_records_left_by_a_crash_are_skipped_and_reclaimed(path: Path) -> None:
     wal = Wal(path)
     add(wal, 10)
@@ -220,6 +229,7 @@ def test_acked_records_left_by_a_crash_are_skipped_and_reclaimed(path: Path) -> 
     wal.close()
 
 
+@pytest.mark.unit
 def test_a_failed_ack_write_changes_nothing_and_the_ack_can_be_retried(path: Path) -> None:
     """The shipper retries a failed ack: until it succeeds, the events must stay pending."""
     wal = Wal(path)
@@ -241,6 +251,7 @@ def test_a_failed_ack_write_changes_nothing_and_the_ack_can_be_retried(path: Pat
     wal.close()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "content",
     [
@@ -268,6 +279,7 @@ def test_a_corrupt_ack_file_says_which_file_and_what_to_do(path: Path, content: 
     wal.close()
 
 
+@pytest.mark.unit
 def test_a_wal_of_another_format_version_is_left_alone(path: Path) -> None:
     wal = Wal(path)
     add(wal, 2)
@@ -305,6 +317,7 @@ while True:
 """
 
 
+@pytest.mark.integration
 def test_kill_9_at_random_moments_loses_nothing_and_resurrects_nothing(tmp_path: Path) -> None:
     """The child appends, acks (so truncates and compacts) and prints each seq once done."""
     path = tmp_path / "pending.wal"
@@ -346,6 +359,7 @@ def test_kill_9_at_random_moments_loses_nothing_and_resurrects_nothing(tmp_path:
         assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.unit
 def test_a_full_wal_opens_in_little_memory_and_moves_events_fast(path: Path) -> None:
     """100 kB index for 10 MB: payloads stay on disk; > 20,000 events/s with a wide margin."""
     n = 30_000

@@ -11,8 +11,12 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from logwatch.parse import Clock, Delivery, Expired, Skipped, parse_line
 from tests.support.samples import SAMPLES
+
+pytestmark = pytest.mark.unit
 
 WILD = SAMPLES / "wild"
 NOW = datetime(2026, 11, 24, tzinfo=UTC)

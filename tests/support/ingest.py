@@ -11,7 +11,8 @@ The contract, as enforced here:
 - body larger than ``max_body_bytes`` -> 413;
 - empty body, invalid JSON, no non-empty ``events`` list, or an event that is not an
   object, lacks a non-blank string ``message_id``, has an ``event_type`` outside
-  ``EVENT_TYPES`` or a ``timestamp`` key whose value is not an RFC 3339 date-time
+  ``EVENT_TYPES``, a ``timestamp`` key whose value is not an RFC 3339 date-time, or an
+  ``smtp_code`` that is not an integer or ``smtp_description``/``recipient`` not a string
   -> 400 ``{"error": "...", "index": i}`` (``index`` only for a bad event);
 - otherwise 200 ``{"status": "ok", "accepted": n}``; other paths 404, other methods 405.
 """
@@ -40,6 +41,11 @@ EVENTS_PATH = "/api/v1/tpsp/custom-smtp/events"
 API_KEY_HEADER = "X-SP-Event-ApiKey"
 EVENT_TYPES = frozenset({"delivered", "bounced", "deferred", "soft_bounced"})
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+_OPTIONAL = (
+    ("smtp_code", int, "an integer"),
+    ("smtp_description", str, "a string"),
+    ("recipient", str, "a string"),
+)
 
 #: RFC 3339 ``date-time`` syntax; datetime.fromisoformat then checks the ranges
 #: (month 13, Feb 30, hour 24 ...). Upper-case T and Z only, as Go and most servers
@@ -114,6 +120,12 @@ def validate_event(index: int, event: object) -> Event:
                 f"{where}: timestamp must be an RFC 3339 date-time such as "
                 f"2026-02-19T12:00:00Z, got {timestamp!r}",
                 index,
+            )
+    # Optional; their types are those of the spec's example payload.
+    for key, kind, name in _OPTIONAL:
+        if key in event and (not isinstance(event[key], kind) or isinstance(event[key], bool)):
+            raise ContractError(
+                f"{where}: {key} must be {name}, got {_json_type(event[key])}", index
             )
     return event
 
