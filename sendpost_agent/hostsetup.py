@@ -50,8 +50,9 @@ HEADER_TABLE_NAME = "sendpost_header_checks"
 HEADER_RULE = f"/^{HEADER_NAME}:/ INFO\n"
 SYSLOG_LOGS = (Path("/var/log/mail.log"), Path("/var/log/maillog"))  # Debian's, RHEL's
 SYSLOG_DAEMONS = ("rsyslogd", "syslog-ng", "syslogd")
-LOG_GROUP = "adm"  # the units' SupplementaryGroups; another one comes from a drop-in
-DROP_IN = "log-group.conf"
+# What the packaged units assume; where this host differs, a drop-in says so.
+LOG_GROUP = "adm"  # logwatch's SupplementaryGroups
+DROP_IN = "sendpost-agent-setup.conf"
 # Keys only logwatch reads: changing them (a key rotation) leaves the milter running, as
 # mail received while it restarts would have no map row.
 LOGWATCH_ONLY_KEYS = frozenset({"api-key", "endpoint", "log-path", "postfix-config-dir"})
@@ -99,8 +100,8 @@ class Host:
     def etc_dir(self) -> Path:
         return self.config_path.parent
 
-    def drop_in(self) -> Path:
-        return self.systemd_dir / f"{LOGWATCH_UNIT}.d" / DROP_IN
+    def drop_in(self, unit: str) -> Path:
+        return self.systemd_dir / f"{unit}.d" / DROP_IN
 
 
 @dataclass
@@ -531,19 +532,23 @@ def _user_exists(name: str) -> bool:
     return True
 
 
-def drop_in_text(group: str | None) -> str | None:
-    """The logwatch unit reads the log through group adm; another group (or none, where
-    adm does not exist) comes from a drop-in."""
-    if group == LOG_GROUP:
+def drop_in_text(unit: str, group: str | None, writable: Sequence[Path]) -> str | None:
+    """What ``unit`` needs beyond the packaged unit on this host: the group logwatch reads
+    the mail log through (none where adm does not exist), and the directories it may
+    write when they are not the defaults (a missing ReadWritePaths stops the unit)."""
+    lines = []
+    defaults = [Path(DEFAULTS["state-dir"]), Path(DEFAULTS["milter-socket"][5:]).parent]
+    if unit == LOGWATCH_UNIT:
+        writable = writable[:1]
+        defaults = defaults[:1]
+        if group != LOG_GROUP:
+            lines += ["SupplementaryGroups=", *([f"SupplementaryGroups={group}"] if group else [])]
+    if list(writable) != defaults:
+        lines += ["ReadWritePaths=", f"ReadWritePaths={' '.join(map(str, writable))}"]
+    if not lines:
         return None
-    lines = [
-        "# Written by sendpost-agent setup: the group logwatch reads the mail log through.",
-        "[Service]",
-        "SupplementaryGroups=",
-    ]
-    if group:
-        lines.append(f"SupplementaryGroups={group}")
-    return "\n".join(lines) + "\n"
+    head = "# Written by sendpost-agent setup: this host's paths and mail log group."
+    return "\n".join([head, "[Service]", *lines]) + "\n"
 
 
 # --- user and directories ------------------------------------------------------------
@@ -797,13 +802,14 @@ def setup(host: Host, request: Request, out: TextIO) -> int:
 
     group = log_group(mail_log.path, steps)
     steps.ok(f"logwatch reads {mail_log.path}" + (f" through group {group}" if group else ""))
-    drop_in_changed = False
+    restart = {unit: request.restart for unit in UNITS}
     if host.systemd or host.systemd_dir.is_dir():
-        drop_in_changed = set_drop_in(steps, host, drop_in_text(group))
+        for unit in UNITS:
+            text = drop_in_text(unit, group, [config.state_dir, socket_dir])
+            restart[unit] |= set_drop_in(steps, host.drop_in(unit), text)
+    reload_units = any(restart.values())
 
     old = file_keys(current)
-    restart = {unit: request.restart for unit in UNITS}
-    restart[LOGWATCH_UNIT] |= drop_in_changed
     if current == new_text:
         _config_perms(steps, path)
     else:
@@ -830,7 +836,7 @@ def setup(host: Host, request: Request, out: TextIO) -> int:
         )
 
     if host.systemd:
-        if drop_in_changed:
+        if reload_units:  # new units (--restart) or drop-ins
             steps.change("systemctl daemon-reload", lambda: steps.run("systemctl", "daemon-reload"))
         start_services(steps, restart)
 
@@ -876,9 +882,8 @@ def _config_perms(steps: Steps, path: Path) -> None:
     steps.change(f"set {path} to {AGENT_USER}:{AGENT_USER}, mode 0600", fix)
 
 
-def set_drop_in(steps: Steps, host: Host, text: str | None) -> bool:
-    """The logwatch unit's log-group drop-in as ``text`` wants it; True when it changed."""
-    path = host.drop_in()
+def set_drop_in(steps: Steps, path: Path, text: str | None) -> bool:
+    """A unit's drop-in as ``text`` wants it (None: none); True when it changed."""
     current = path.read_text() if path.exists() else None
     if current == text:
         return False
@@ -961,7 +966,8 @@ def teardown(host: Host, request: Request, out: TextIO) -> int:
                 )
             else:
                 steps.ok(f"{unit} stopped and disabled")
-    if set_drop_in(steps, host, None) and host.systemd:
+    removed = [set_drop_in(steps, host.drop_in(unit), None) for unit in UNITS]
+    if any(removed) and host.systemd:
         steps.change("systemctl daemon-reload", lambda: steps.run("systemctl", "daemon-reload"))
     remove_our_dir(steps, socket_dir, " (the milter's socket directory)")
     if request.purge:
