@@ -12,6 +12,7 @@ meets a stopped milter. Exit codes: 0 done, 1 a step failed, 2 bad usage or conf
 from __future__ import annotations
 
 import grp
+import hashlib
 import json
 import os
 import pwd
@@ -48,6 +49,7 @@ MILTER_OPTIONS = (
 # UUID of mail received while the milter restarts (an upgrade).
 HEADER_TABLE_NAME = "sendpost_header_checks"
 HEADER_RULE = f"/^{HEADER_NAME}:/ INFO\n"
+UNDO_RECORD = "postfix-undo.json"
 SYSLOG_LOGS = (Path("/var/log/mail.log"), Path("/var/log/maillog"))  # Debian's, RHEL's
 SYSLOG_DAEMONS = ("rsyslogd", "syslog-ng", "syslogd")
 # What the packaged units assume; where this host differs, a drop-in says so.
@@ -218,17 +220,24 @@ def load(path: Path, flags: Mapping[str, object]) -> Config:
 # --- Postfix -------------------------------------------------------------------------
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @dataclass
 class Postfix:
     """One Postfix instance as setup changes it: values raw (as main.cf has them)."""
 
     conf: PostfixConfig
     steps: Steps
-    backed_up: bool = False
+    record: Path  # how to restore main.cf (UNDO_RECORD, in the config directory)
+    backed_up: Path | None = None
     main_cf: Path = field(init=False)
+    start_digest: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.main_cf = Path(self.conf.value("config_directory")) / "main.cf"
+        self.start_digest = _digest(self.main_cf)
 
     def raw(self, name: str) -> str:
         """The value as written in main.cf ($names not expanded)."""
@@ -239,7 +248,7 @@ class Postfix:
 
     def backup(self) -> None:
         """main.cf beside itself, once per run, before the first change."""
-        if self.backed_up:
+        if self.backed_up is not None:
             return
         stamp = time.strftime("%Y%m%d-%H%M%S")
         backup = self.main_cf.with_name(f"main.cf.sendpost-agent.{stamp}")
@@ -250,8 +259,37 @@ class Postfix:
         shutil.copy2(self.main_cf, backup)
         st = self.main_cf.stat()
         os.chown(backup, st.st_uid, st.st_gid)
-        self.backed_up = True
+        self.backed_up = backup
         self.steps.note(f"backup: {backup}")
+
+    def remember(self) -> None:
+        """After setup changed main.cf: note the backup from before setup's first change
+        and main.cf's digest now. While main.cf keeps that digest, nobody else changed it,
+        and teardown restores the backup: byte for byte, as it was before setup."""
+        if self.backed_up is None:
+            return
+        before = self.undo_backup(self.start_digest) or self.backed_up
+        record = {"main.cf": str(self.main_cf), "backup": str(before)}
+        record["sha256"] = _digest(self.main_cf)
+        _write_file(self.record, json.dumps(record, indent=2) + "\n", 0o640)
+
+    def undo_backup(self, digest: str) -> Path | None:
+        """The backup of main.cf before setup, if main.cf is as setup left it (``digest``)."""
+        try:
+            record = json.loads(self.record.read_text())
+        except (OSError, ValueError):
+            return None
+        backup = Path(str(record.get("backup", "")))
+        if record.get("main.cf") != str(self.main_cf) or record.get("sha256") != digest:
+            return None
+        return backup if backup.is_file() else None
+
+    def restore(self, backup: Path) -> None:
+        self.backup()
+        st = self.main_cf.stat()
+        _write_file(
+            self.main_cf, backup.read_bytes(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+        )
 
     def set(self, name: str, value: str) -> None:
         """``postconf -e`` (``-X`` for an empty value: the line goes, as before setup)."""
@@ -321,13 +359,13 @@ def header_table(postfix: Postfix) -> str:
     return f"regexp:{postfix.main_cf.parent / HEADER_TABLE_NAME}"
 
 
-def _write_file(path: Path, text: str, mode: int, owner: str = "root", group: str = "root") -> None:
+def _write_file(path: Path, text: str | bytes, mode: int, uid: int = 0, gid: int = 0) -> None:
     """Write whole or not at all: a temporary file beside it, renamed over it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chown(tmp, pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
+        os.chown(tmp, uid, gid)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -353,39 +391,59 @@ def setup_header_checks(postfix: Postfix) -> bool:
     list of tables the first that matches decides, so ours runs only if none before it
     matches the header. True when main.cf changed."""
     table = header_table(postfix)
+    tables = split_list(postfix.raw("header_checks"))
+    if table not in tables:
+        line = f"{HEADER_NAME}: 00000000-0000-0000-0000-000000000000"
+        for other in split_list(postfix.conf.value("header_checks")):
+            answer = postfix.conf.query(other, line)
+            if answer is None:
+                continue
+            if answer.split()[0].upper() == "INFO":
+                postfix.steps.ok(f"header_checks logs {HEADER_NAME} ({other})")
+            else:
+                postfix.steps.warn(
+                    f"{other} answers {answer!r} to {HEADER_NAME} before any table added"
+                    f" after it, so no INFO fallback is added: put {HEADER_RULE.strip()}"
+                    " above that rule (see sendpost-agent doctor, header-checks)"
+                )
+            return False
     path = Path(table.partition(":")[2])
-    if not path.exists() or path.read_text() != HEADER_RULE:
+    if path.exists() and path.read_text() == HEADER_RULE:
+        postfix.steps.ok(f"{path} ({HEADER_RULE.strip()})")
+    else:
         postfix.steps.change(
             f"write {path} ({HEADER_RULE.strip()})",
             lambda: _write_file(path, HEADER_RULE, 0o644),
         )
-    else:
-        postfix.steps.ok(f"{path} ({HEADER_RULE.strip()})")
-    raw = postfix.raw("header_checks")
-    tables = split_list(raw)
     if table in tables:
         postfix.steps.ok(f"header_checks logs {HEADER_NAME} ({table})")
-        return False
-    line = f"{HEADER_NAME}: 00000000-0000-0000-0000-000000000000"
-    for other in split_list(postfix.conf.value("header_checks")):
-        answer = postfix.conf.query(other, line)
-        if answer is None:
-            continue
-        if answer.split()[0].upper() == "INFO":
-            postfix.steps.ok(f"header_checks logs {HEADER_NAME} ({other})")
-        else:
-            postfix.steps.warn(
-                f"{other} answers {answer!r} to {HEADER_NAME} before any table added after"
-                f" it, so the INFO fallback cannot run: add {HEADER_RULE.strip()} above that"
-                " rule (see sendpost-agent doctor, header-checks)"
-            )
         return False
     postfix.set("header_checks", ", ".join([*tables, table]))
     return True
 
 
 def teardown_postfix(postfix: Postfix, milter: Milter) -> None:
-    """Only our entries leave smtpd_milters and header_checks; the rest stays as it was."""
+    """main.cf as before setup: the backup itself while nobody else changed main.cf since,
+    else only our entries leave smtpd_milters and header_checks."""
+    table = header_table(postfix)
+    backup = postfix.undo_backup(postfix.start_digest)
+    if backup is not None:
+        postfix.steps.change(
+            f"restore {postfix.main_cf} from {backup} (unchanged since setup)",
+            lambda: postfix.restore(backup),
+        )
+        postfix.reload()
+    elif _remove_our_entries(postfix, milter, table):
+        postfix.reload()
+    if not postfix.steps.dry_run:
+        postfix.record.unlink(missing_ok=True)
+    path = Path(table.partition(":")[2])
+    if path.exists() and path.read_text() == HEADER_RULE:
+        postfix.steps.change(f"remove {path}", path.unlink)
+
+
+def _remove_our_entries(postfix: Postfix, milter: Milter, table: str) -> bool:
+    """True when main.cf changed."""
     changed = False
     raw = postfix.raw("smtpd_milters")
     if any(map(milter.is_ours, split_list(raw))):
@@ -398,18 +456,13 @@ def teardown_postfix(postfix: Postfix, milter: Milter) -> None:
         )
     else:
         postfix.steps.ok("smtpd_milters does not name the sendpost-agent milter")
-    table = header_table(postfix)
     tables = split_list(postfix.raw("header_checks"))
     if table in tables:
         postfix.set("header_checks", ", ".join(t for t in tables if t != table))
         changed = True
     else:
         postfix.steps.ok(f"header_checks does not name {table}")
-    if changed:
-        postfix.reload()
-    path = Path(table.partition(":")[2])
-    if path.exists() and path.read_text() == HEADER_RULE:
-        postfix.steps.change(f"remove {path}", path.unlink)
+    return changed
 
 
 def check_postfix_settings(postfix: Postfix) -> None:
@@ -747,7 +800,7 @@ def setup(host: Host, request: Request, out: TextIO) -> int:
     version = conf.value("mail_version")
     if int(version.split(".")[0] or 0) < 3:
         raise StepFailed(f"Postfix {version} is too old: the per-milter default_action needs 3.0")
-    postfix = Postfix(conf, steps)
+    postfix = Postfix(conf, steps, host.etc_dir / UNDO_RECORD)
     queue_directory = Path(conf.value("queue_directory"))
     socket_dir = queue_directory / SOCKET_NAME.partition("/")[0]
     in_file = file_keys(current)
@@ -832,7 +885,7 @@ def setup(host: Host, request: Request, out: TextIO) -> int:
         )
         steps.change(
             f"{verb} ({what})",
-            lambda: _write_file(path, new_text, 0o600, AGENT_USER, AGENT_USER),
+            lambda: _write_file(path, new_text, 0o600, *_agent_ids()),
         )
 
     if host.systemd:
@@ -845,6 +898,8 @@ def setup(host: Host, request: Request, out: TextIO) -> int:
     main_cf_changed |= setup_header_checks(postfix)
     if main_cf_changed:
         postfix.reload()
+        if not steps.dry_run:
+            postfix.remember()
     check_postfix_settings(postfix)
 
     _summary(steps, "", "sendpost-agent is set up as requested")
@@ -854,6 +909,11 @@ def setup(host: Host, request: Request, out: TextIO) -> int:
         print_manual_run(host, group, out)
         return EXIT_OK
     return _doctor(path, socket_address, out)
+
+
+def _agent_ids() -> tuple[int, int]:
+    account = pwd.getpwnam(AGENT_USER)
+    return account.pw_uid, account.pw_gid
 
 
 def _postfix_group(owner: str) -> str:
@@ -943,7 +1003,7 @@ def teardown(host: Host, request: Request, out: TextIO) -> int:
     _header(steps, "Tearing down sendpost-agent")
     try:
         conf = PostfixConfig(config.postfix_config_dir)
-        postfix = Postfix(conf, steps)
+        postfix = Postfix(conf, steps, host.etc_dir / UNDO_RECORD)
         queue_directory = Path(conf.value("queue_directory"))
     except PostconfError as exc:
         steps.note(f"Postfix not changed: {exc}")
