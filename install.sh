@@ -499,7 +499,10 @@ uninstall_main() {
         ((rc == 0)) || exit "$rc"
         printf '\n'
     else
-        note "$AGENT not found: nothing to tear down"
+        note "sendpost-agent is not installed ($AGENT): nothing to tear down"
+        # Purging needs the agent, which a plain --uninstall removed.
+        ((PURGE)) && note "what a purge would remove, if still there: rm -rf" \
+            "${STATE_DIR:-/var/lib/sendpost-agent} $ETC_DIR; userdel sendpost-agent"
     fi
     if [[ $AGENT == "$DEB_AGENT" ]]; then
         if ((PURGE)); then
@@ -514,6 +517,8 @@ uninstall_main() {
         printf 'Dry run: %s more change(s) would be made; nothing was changed.\n' "$CHANGES"
     elif ((CHANGES)); then
         printf 'Done: %s more change(s) made; the package is removed.\n' "$CHANGES"
+    elif [[ ! -x $AGENT ]]; then
+        printf 'No changes: sendpost-agent is not installed.\n'
     fi
 }
 

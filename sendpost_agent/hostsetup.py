@@ -69,6 +69,7 @@ MANAGED_KEYS = (
     "postfix-config-dir",
 )
 DEFAULTS = describe(Config())
+PATH_KEYS = frozenset({"log-path", "state-dir", "postfix-config-dir"})
 SOCKET_WAIT = 10.0
 
 
@@ -427,13 +428,16 @@ def teardown_postfix(postfix: Postfix, milter: Milter) -> None:
     else only our entries leave smtpd_milters and header_checks."""
     table = header_table(postfix)
     backup = postfix.undo_backup(postfix.start_digest)
+    changed = backup is not None
     if backup is not None:
         postfix.steps.change(
             f"restore {postfix.main_cf} from {backup} (unchanged since setup)",
-            lambda: postfix.restore(backup),
+            partial(postfix.restore, backup),
         )
-        postfix.reload()
-    elif _remove_our_entries(postfix, milter, table):
+    # An entry of ours from before setup (added by hand) goes too.
+    if backup is None or not postfix.steps.dry_run:
+        changed |= _remove_our_entries(postfix, milter, table)
+    if changed:
         postfix.reload()
     if not postfix.steps.dry_run:
         postfix.record.unlink(missing_ok=True)
@@ -791,6 +795,12 @@ def setup(host: Host, request: Request, out: TextIO) -> int:
     if request.api_key is not None:
         flags["api-key"] = request.api_key
     config = load(path, flags)  # the file as it is, and the flags, are valid
+    for key, value in request.settings.items():
+        if key in PATH_KEYS and not Path(value).is_absolute():
+            raise UsageError(f"--{key} '{value}' is not an absolute path")
+    for where in (config.state_dir, host.etc_dir):
+        if not where.is_absolute() or any(c.isspace() for c in str(where)):
+            raise UsageError(f"'{where}' must be an absolute path without spaces (units)")
     if config.api_key is None:
         raise UsageError(
             "an API key is needed: --api-key KEY or SENDPOST_API_KEY (the Event Ingestion"
