@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import json
 import os
 import pwd
 import re
@@ -922,3 +923,118 @@ def test_without_a_mail_log_install_stops_and_says_how_to_fix_it(
         assert host.config.read_bytes() == config_before
     finally:
         host.run("--uninstall", "--purge")
+
+
+# --- setup and teardown themselves ---------------------------------------------------
+
+
+def test_setup_writes_what_postfix_conf_ships() -> None:
+    """postfix-conf/ documents the lines for a hand-made setup: setup writes the same."""
+    assert f", {MILTER_OPTIONS} }}" in shipped_entry()
+    snippet = (ROOT / "postfix-conf" / "header_checks.snippet").read_text()
+    assert HEADER_RULE in snippet.splitlines(keepends=True)
+
+
+@pytest.fixture
+def setup_host(tmp_path: Path, postfix_factory: PostfixFactory) -> Iterator[Host]:
+    """A private Postfix (relaying to the sink) with the admin's own header_checks table,
+    and a temp root for setup; purged again afterwards."""
+    admin = tmp_path / "admin_header_checks"
+    admin.write_text("/^Subject: .*viagra/ REJECT\n")
+    postfix = postfix_factory(
+        smtpd_milters=OTHER_MILTER, main_cf={"header_checks": f"regexp:{admin}"}
+    )
+    root = tmp_path / "root"
+    root.mkdir()
+    h = Host(root, postfix, base_env(root))
+    try:
+        yield h
+    finally:
+        h.agent("teardown", "--purge")
+
+
+def test_mail_the_milter_missed_still_gets_its_event(setup_host: Host) -> None:
+    """setup adds the header_checks INFO fallback after the admin's table: mail received
+    while the milter is not running (a restart, an upgrade) is logged with its UUID, and
+    logwatch's join reports it. teardown gives main.cf back byte for byte."""
+    host = setup_host
+    admin_table = host.postfix.postconf_get("header_checks")
+    original_main_cf = host.main_cf.read_bytes()
+    host.setup(env={"SENDPOST_API_KEY": KEY})
+    ours = f"regexp:{host.postfix.config_dir}/sendpost_header_checks"
+    assert host.postfix.postconf_get("header_checks") == f"{admin_table}, {ours}"
+
+    queue_id = host.postfix.send(
+        "s@example.com", ["ok@example.com"], {"X-Sendpost-Message-UUID": UUID}, "body\n"
+    )
+    host.postfix.wait_for_log(rf"{queue_id}: to=<ok@example.com>, .*status=sent")
+    replayed = host.agent(
+        "replay", str(host.postfix.maillog), "--log-timezone", "UTC", "--join-wait", "5s"
+    )
+    assert replayed.returncode == 0, replayed.output  # type: ignore[attr-defined]
+    events = [json.loads(line) for line in replayed.stdout.splitlines()]
+    assert [(e["message_id"], e["event_type"]) for e in events] == [(UUID, "delivered")]
+
+    again = host.setup()
+    assert "No changes" in again.output  # type: ignore[attr-defined]
+    host.teardown()
+    assert host.main_cf.read_bytes() == original_main_cf
+    assert not (host.postfix.config_dir / "sendpost_header_checks").exists()
+
+
+def test_teardown_after_the_admin_edited_main_cf_removes_only_ours(setup_host: Host) -> None:
+    host = setup_host
+    admin_table = host.postfix.postconf_get("header_checks")
+    host.setup(env={"SENDPOST_API_KEY": KEY})
+    host.postfix.postconf(myorigin="example.org")  # the admin's edit after setup
+    gone = host.teardown()
+    assert "restore" not in gone.output  # type: ignore[attr-defined]
+    assert host.milters() == OTHER_MILTER
+    assert host.postfix.postconf_get("header_checks") == admin_table
+    assert host.postfix.postconf_get("myorigin") == "example.org"
+
+
+@pytest.mark.parametrize(
+    ("rule", "verdict"),
+    [
+        ("/^X-Sendpost-Message-UUID:/ INFO", "ok      header_checks logs X-Sendpost-Message-UUID"),
+        ("/^X-/ WARN", "WARNING regexp:"),
+    ],
+)
+def test_no_fallback_behind_a_table_that_decides_for_the_header(
+    setup_host: Host, rule: str, verdict: str
+) -> None:
+    """In a list of header_checks tables the first that matches decides: an INFO appended
+    after a table that already matches the header would never run."""
+    host = setup_host
+    table = host.postfix.postconf_get("header_checks")
+    Path(table.partition(":")[2]).write_text(rule + "\n")
+    done = host.setup(env={"SENDPOST_API_KEY": KEY})
+    assert verdict in done.output  # type: ignore[attr-defined]
+    assert host.postfix.postconf_get("header_checks") == table
+    assert not (host.postfix.config_dir / "sendpost_header_checks").exists()
+
+
+def test_drop_ins_carry_this_hosts_directories_and_log_group(setup_host: Host) -> None:
+    """The packaged units assume /var/lib/sendpost-agent, Debian's socket directory and
+    group adm for the mail log; setup's drop-ins say what differs on this host."""
+    host = setup_host
+    host.systemd.mkdir(parents=True)
+    log = host.root / "mail.log"
+    log.write_text("")
+    os.chown(log, 0, grp.getgrnam("mail").gr_gid)
+    log.chmod(0o640)
+    out = host.setup("--log-path", str(log), env={"SENDPOST_API_KEY": KEY}).output  # type: ignore[attr-defined]
+    milter, logwatch = (host.systemd / f"{u}.d" / "sendpost-agent-setup.conf" for u in UNITS)
+    assert f"ReadWritePaths=\nReadWritePaths={host.state} {host.socket_dir}\n" in milter.read_text()
+    assert "SupplementaryGroups" not in milter.read_text()
+    text = logwatch.read_text()
+    assert f"ReadWritePaths=\nReadWritePaths={host.state}\n" in text
+    assert "SupplementaryGroups=\nSupplementaryGroups=mail\n" in text
+    assert f"--groups=mail -- {AGENT_BIN} --config {host.config} logwatch" in out
+
+    os.chown(log, 0, grp.getgrnam("adm").gr_gid)  # Debian's own: the unit's group
+    host.setup()
+    assert "SupplementaryGroups" not in logwatch.read_text()
+    host.teardown()
+    assert not any(host.systemd.iterdir())
