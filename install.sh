@@ -412,6 +412,9 @@ install_package() {
         [[ -f $SRC_DIR/setup.py ]] || die 2 "no sendpost-agent .deb beside install.sh: name it" \
             "with --package FILE or URL"
         note "no .deb (make deb, or --package): installing this checkout into a virtualenv"
+    elif [[ -n $ARG_PACKAGE ]]; then
+        die 2 "--package needs an apt system (apt-get, dpkg); elsewhere run install.sh from a" \
+            "sendpost-agent checkout (git clone), which installs it into a virtualenv"
     elif [[ ! -f $SRC_DIR/setup.py ]]; then
         die 2 "not an apt system: run install.sh from a sendpost-agent checkout (git clone)"
     fi

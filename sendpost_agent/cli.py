@@ -237,6 +237,13 @@ def _run_host_command(args: argparse.Namespace) -> int:
     return main(args.command, host, request)
 
 
+def _config_after_command(parser: argparse.ArgumentParser) -> None:
+    """``--config`` also after the command name (undocumented there)."""
+    parser.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS, metavar="PATH", help=argparse.SUPPRESS
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sendpost-agent",
@@ -254,9 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, _, add_args) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         add_args(cmd)
-        cmd.add_argument(
-            "--config", type=Path, default=argparse.SUPPRESS, metavar="PATH", help=argparse.SUPPRESS
-        )
+        _config_after_command(cmd)
         _add_setting_flags(cmd)
     for name, help_text in HOST_COMMANDS.items():
         cmd = sub.add_parser(
@@ -266,9 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=HOST_ENVIRONMENT,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        cmd.add_argument(
-            "--config", type=Path, default=argparse.SUPPRESS, metavar="PATH", help=argparse.SUPPRESS
-        )
+        _config_after_command(cmd)
         _host_args(name, cmd)
     return parser
 
