@@ -139,11 +139,13 @@ class Steps:
     def run(self, *command: str) -> str:
         """A child process without the API key in its environment; its output is shown
         only with --verbose or when it fails."""
-        env = {k: v for k, v in os.environ.items() if k != "SENDPOST_API_KEY"}
-        env["PATH"] = os.pathsep.join([env.get("PATH", ""), "/usr/sbin", "/sbin"])
-        env.setdefault("DEBIAN_FRONTEND", "noninteractive")
         proc = subprocess.run(
-            command, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
+            command,
+            env=_child_env(),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
         if self.verbose:
             self.out.write(proc.stdout + proc.stderr)
@@ -155,14 +157,22 @@ class Steps:
         return proc.stdout
 
 
+def _child_env() -> dict[str, str]:
+    """Ours without the API key; sbin on PATH (useradd, postconf); apt-get asks nothing."""
+    env = {k: v for k, v in os.environ.items() if k != "SENDPOST_API_KEY"}
+    env["PATH"] = os.pathsep.join([env.get("PATH", ""), "/usr/sbin", "/sbin"])
+    env.setdefault("DEBIAN_FRONTEND", "noninteractive")
+    return env
+
+
 def _succeeds(*command: str) -> bool:
-    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    binary = shutil.which(command[0], path=path)
-    if binary is None:
+    """Does ``command`` exist and exit 0 (a question such as systemctl is-active)?"""
+    try:
+        result = subprocess.run(
+            command, env=_child_env(), capture_output=True, stdin=subprocess.DEVNULL, check=False
+        )
+    except OSError:
         return False
-    result = subprocess.run(
-        [binary, *command[1:]], capture_output=True, stdin=subprocess.DEVNULL, check=False
-    )
     return result.returncode == 0
 
 
@@ -285,8 +295,13 @@ class Postfix:
             return None
         return backup if backup.is_file() else None
 
+    def forget(self) -> None:
+        """main.cf changed: read its values afresh."""
+        self.conf = PostfixConfig(self.conf.config_dir)
+
     def restore(self, backup: Path) -> None:
         self.backup()
+        self.forget()
         st = self.main_cf.stat()
         _write_file(
             self.main_cf, backup.read_bytes(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
@@ -299,6 +314,7 @@ class Postfix:
             self.backup()
             args = ("-e", f"{name} = {value}") if value else ("-X", name)
             proc = self.conf.run("postconf", *args)
+            self.forget()
             if proc.returncode != 0:
                 raise PostconfError(f"postconf {' '.join(args)}: {proc.stderr.strip()}")
 

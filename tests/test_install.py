@@ -977,7 +977,8 @@ def test_mail_the_milter_missed_still_gets_its_event(setup_host: Host) -> None:
 
     again = host.setup()
     assert "No changes" in again.output  # type: ignore[attr-defined]
-    host.teardown()
+    gone = host.teardown()
+    assert "WARNING" not in gone.output  # type: ignore[attr-defined]
     assert host.main_cf.read_bytes() == original_main_cf
     assert not (host.postfix.config_dir / "sendpost_header_checks").exists()
 
