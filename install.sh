@@ -184,7 +184,8 @@ package_installed() {
         rpm -q "$1" >/dev/null 2>&1
 }
 
-# find_deb -> DEB: --package, else the newest sendpost-agent_*.deb in dist/ or beside us.
+# find_deb -> DEB: --package, else a sendpost-agent_*.deb beside us or in dist/ (the last
+# by name, if several).
 DEB=""
 find_deb() {
     DEB=$ARG_PACKAGE
@@ -204,8 +205,10 @@ fetch_deb() {
     fi
 }
 
+# A fresh host (a container) may have no package lists yet.
 apt_install() {
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }
 
 PACKAGE_CHANGED=0

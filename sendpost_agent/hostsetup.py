@@ -751,7 +751,7 @@ they exit non-zero; stopped with SIGTERM. Start the milter before Postfix:
   milter:    {as_agent} --init-groups -- {run} milter
   logwatch:  {as_agent} {groups} -- {run} logwatch
 
-Both log to stderr. Then check the whole path with: {host.program} doctor""",
+Both log to stderr. Then check the whole path with: {run} doctor""",
         file=out,
     )
 
