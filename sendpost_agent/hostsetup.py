@@ -406,7 +406,10 @@ def setup_header_checks(postfix: Postfix) -> bool:
     """The INFO fallback: Postfix logs our header, so mail the milter missed (it was
     restarting) still gets its UUID. Appended to header_checks, never replacing it; in a
     list of tables the first that matches decides, so ours runs only if none before it
-    matches the header. True when main.cf changed."""
+    matches the header. (mime_header_checks and nested_header_checks default to
+    $header_checks: the header of an attached message is logged too. logwatch reads INFO
+    lines only where the milter recorded nothing, and lines that disagree give no UUID,
+    so an attachment never lends its UUID to the message.) True when main.cf changed."""
     table = header_table(postfix)
     tables = split_list(postfix.raw("header_checks"))
     if table not in tables:
