@@ -65,6 +65,10 @@ class Message:
     # recorded no row or no header. Decided when a status line needs it, not when the
     # INFO line comes: the milter writes its row at end-of-message, after that line.
     info_uuid: str | None = None
+    # Re-injected by a content filter from a message whose client was not trusted
+    # (HeaderState.UNTRUSTED): the trust of the message it came from, whatever the
+    # milter recorded for the re-injection (its client, the filter, is local).
+    untrusted: bool = False
     deferred: dict[str, Verdict] = field(default_factory=dict)  # recipient -> last deferral
     seen: float = 0.0  # log time of the last line, for garbage collection
 
@@ -238,11 +242,13 @@ class Tracker:
         if message is not None:
             if message.uuid is not None:
                 return message.uuid
+            if message.untrusted:
+                return None
             if message.no_milter:
                 return message.info_uuid or None
         entry = self._lookup(queue_id)
         if entry is not None and entry.header is not HeaderState.MISSING:
-            return entry.uuid  # None: the milter found the header repeated or invalid
+            return entry.uuid  # None: the header was repeated, invalid or not trusted
         return (message.info_uuid or None) if message is not None else None
 
     def _decide(self, queue_id: str, record: Decidable, when: float) -> list[Event]:
@@ -253,6 +259,8 @@ class Tracker:
         if message is not None and message.ndr:
             self.counts["unmatched:postfix_notification"] += 1
             return []
+        if self._untrusted(queue_id):
+            self._pass_on_distrust(record)
         self._hold(_Held(when + self._wait, 0, queue_id, record))
         return []
 
@@ -286,9 +294,37 @@ class Tracker:
         if uuid is not None:
             return self._events(item.queue_id, uuid, item.record, item.deadline - self._wait)
         entry = self._lookup(item.queue_id)
-        reason = "unknown_queue_id" if entry is None else f"header_{entry.header.name.lower()}"
+        if self._untrusted(item.queue_id):
+            reason = "untrusted_client"
+        elif entry is None:
+            reason = "unknown_queue_id"
+        else:
+            reason = f"header_{entry.header.name.lower()}"
         self.counts[f"unmatched:{reason}"] += 1
         return []
+
+    def _untrusted(self, queue_id: str) -> bool:
+        """The header came from a client not in trusted-clients, here or at the message
+        it was re-injected from. Its lines are still held: a hop from a trusted message
+        may yet give a re-injection its UUID."""
+        message = self.messages.get(queue_id)
+        if message is not None and message.untrusted:
+            return True
+        entry = self._lookup(queue_id)
+        return entry is not None and entry.header is HeaderState.UNTRUSTED
+
+    def _pass_on_distrust(self, record: Decidable) -> None:
+        """An untrusted message handed to a content filter (or another local hop): the
+        message re-injected as NEWID is untrusted too, even if the milter saw it come
+        from the filter's trusted local address with the same header."""
+        if type(record) is not Delivery:
+            return
+        new_id = queued_as(record.reply)
+        endpoint = parse_relay(record.relay)
+        if new_id is not None and (
+            self._filters.is_hop(endpoint) or (endpoint and is_local(endpoint))
+        ):
+            self._message(new_id, self.now).untrusted = True
 
     def _release(self, queue_id: str) -> list[Event]:
         """A UUID became known for ``queue_id``: decide its held lines in log order."""
@@ -438,6 +474,7 @@ class Tracker:
                 or m.ndr
                 or m.no_milter
                 or m.info_uuid is not None
+                or m.untrusted
                 or (m.uuid is not None and not m.from_map)
             ):
                 messages[queue_id] = {
@@ -445,6 +482,7 @@ class Tracker:
                     "ndr": m.ndr,
                     "no_milter": m.no_milter,
                     "info_uuid": m.info_uuid,
+                    "untrusted": m.untrusted,
                     "seen": m.seen,
                     "deferred": {r: [v.smtp_code, v.description] for r, v in m.deferred.items()},
                 }
@@ -461,6 +499,7 @@ class Tracker:
                 ndr=m["ndr"],
                 no_milter=m.get("no_milter", False),
                 info_uuid=m.get("info_uuid"),
+                untrusted=m.get("untrusted", False),
                 seen=m["seen"],
                 deferred={
                     r: Verdict(EventType.DEFERRED, code, text, "restored")
