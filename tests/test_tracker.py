@@ -386,3 +386,82 @@ def test_info_lines_stand_in_for_a_row_the_milter_did_not_write(reader: MapReade
     tracker = Tracker(reader.get, FILTER, wait=30.0)
     events = run([INFO.format("11111111-1111-4111-8111-111111111111"), SENT], tracker)
     assert brief(events, "11111111-1111-4111-8111-111111111111") == [("delivered", "r@example.com")]
+
+
+U_FORGED = "33333333-3333-4333-8333-333333333333"
+HOP = (
+    "Nov 23 18:44:50 h postfix/smtp[2]: {parent}: to=<ok20@example.com>,"
+    " relay=127.0.0.1[127.0.0.1]:10024, delay=0.04, delays=0.01/0.01/0/0.02, dsn=2.0.0,"
+    " status=sent (250 2.0.0 Ok: queued as {child})"
+)
+CHILD_SENT = (
+    "Nov 23 18:44:51 h postfix/smtp[3]: {child}: to=<ok20@example.com>,"
+    " relay=127.0.0.1[127.0.0.1]:2526, delay=0.02, delays=0/0/0/0.02, dsn=2.0.0,"
+    " status=sent (250 2.0.0 Ok: sink accepted)"
+)
+
+
+def untrusted_map(tmp_path: Path, child: HeaderState | None) -> MapReader:
+    """The milter found a valid header from an untrusted client on the first hop, and saw
+    the re-injection from the filter's local (trusted) address with ``child``'s state
+    (None: the re-injection listener has no_milters, no row)."""
+    writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
+    writer.put("F0A6E000001", None, HeaderState.UNTRUSTED)
+    if child is not None:
+        present = child is HeaderState.PRESENT
+        writer.put("F0A6E000002", uuid.UUID(U_FORGED) if present else None, child)
+    writer.close()
+    return MapReader(tmp_path / "map.sqlite3")
+
+
+def test_an_untrusted_header_gives_no_event_not_even_through_an_info_line(
+    tmp_path: Path,
+) -> None:
+    """header_checks INFO shows the forged value; the milter's untrusted verdict stands."""
+    writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
+    writer.put("D1E2F3A4B5C", None, HeaderState.UNTRUSTED)
+    writer.close()
+    tracker = Tracker(MapReader(tmp_path / "map.sqlite3").get, FILTER, wait=30.0)
+    assert run([INFO.format(U_FORGED), SENT], tracker) == []
+    assert tracker.counts == {"unmatched:untrusted_client": 1}
+
+
+@pytest.mark.parametrize(
+    "child", [HeaderState.PRESENT, HeaderState.MISSING, None], ids=["present", "missing", "no-row"]
+)
+def test_mail_a_content_filter_reinjects_carries_the_distrust_of_its_first_hop(
+    tmp_path: Path, child: HeaderState | None
+) -> None:
+    """The filter re-injects from a local address in mynetworks: the milter (where the
+    re-injection listener has it) records the forged UUID as present. The hop decides."""
+    reader = untrusted_map(tmp_path, child)
+    tracker = Tracker(reader.get, FILTER, wait=30.0)
+    lines = [
+        HOP.format(parent="F0A6E000001", child="F0A6E000002"),
+        CHILD_SENT.format(child="F0A6E000002"),
+    ]
+    assert run(lines, tracker) == []
+    assert tracker.counts["unmatched:untrusted_client"] == 2
+    # ... also after a restart between the hop and the re-injected message's delivery.
+    restarted = Tracker(reader.get, FILTER, wait=30.0)
+    first = Tracker(reader.get, FILTER, wait=30.0)
+    run(lines[:1], first, finish=False)
+    restarted.restore(json.loads(json.dumps(first.snapshot())))
+    assert run(lines[1:], restarted) == []  # the hop's held line was restored with it
+    assert restarted.counts["unmatched:untrusted_client"] == 2
+
+
+def test_a_trusted_first_hop_gives_its_uuid_to_an_untrusted_reinjection(tmp_path: Path) -> None:
+    """trusted-clients without the filter's address: the re-injection's own row says
+    untrusted, the message it came from was trusted; its lines may come first."""
+    writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
+    writer.put("F0A6E000001", uuid.UUID(U_FORGED), HeaderState.PRESENT)
+    writer.put("F0A6E000002", None, HeaderState.UNTRUSTED)
+    writer.close()
+    tracker = Tracker(MapReader(tmp_path / "map.sqlite3").get, FILTER, wait=30.0)
+    lines = [
+        CHILD_SENT.format(child="F0A6E000002"),
+        HOP.format(parent="F0A6E000001", child="F0A6E000002"),
+    ]
+    assert brief(run(lines, tracker), U_FORGED) == [("delivered", "ok20@example.com")]
+    assert "unmatched:untrusted_client" not in tracker.counts
