@@ -39,7 +39,8 @@ from sendpost_agent.header import HEADER_NAME
 from sendpost_agent.miltersocket import connect
 from sendpost_agent.postconf import PostconfError, PostfixConfig, Service, split_list
 from sendpost_agent.probe import KEY_FILE, PROBE_HEADER, DamagedKey, load_key, make_token
-from sendpost_agent.queuemap import Entry, MapError, MapReader
+from sendpost_agent.queuemap import Entry, HeaderState, MapError, MapReader
+from sendpost_agent.trust import load_policy, unevaluable_warning
 
 EXIT_OK, EXIT_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
 MILTER_CONNECT_TIMEOUT = 2.0
@@ -48,6 +49,7 @@ MAP_WAIT = 10.0  # the row is written before Postfix answers DATA; this is slack
 LOG_WAIT = 5.0
 LOG_FRESH = 3600.0
 HTTP_TIMEOUT = 10.0
+UNTRUSTED_SCAN = 10_000  # recent map rows searched for untrusted headers
 
 # Read once up front: a configuration postconf cannot read stops doctor with exit 2.
 MAIN_SETTINGS = (
@@ -246,6 +248,7 @@ class Doctor:
             self.check_default_action(),
             self.check_header_checks(),
             self.check_content_filters(),
+            self.check_trusted_clients(),
             self.check_probe(),
             self.check_mail_log(),
         ]
@@ -514,6 +517,70 @@ class Doctor:
             f"content filter {', '.join(filters)}; re-injection"
             f" listeners (-o content_filter=): {listed}",
         )
+
+    def check_trusted_clients(self) -> Check:
+        """The policy in force, and whether the milter has been turning SendPost away."""
+        name = "trusted-clients"
+        policy, problem = load_policy(self.config.trusted_clients, self.postfix)
+        findings = []
+        fix_policy = (
+            "list the networks SendPost sends from in trusted-clients"
+            " (e.g. 'trusted-clients: [mynetworks, sasl, 198.51.100.0/24]'), then restart"
+            " the milter"
+        )
+        for warning in (problem, unevaluable_warning(policy)):
+            if warning:
+                findings.append(Check(name, "warn", warning, fix_policy))
+        if policy.empty:
+            findings.append(
+                Check(
+                    name,
+                    "warn",
+                    f"trusted-clients is empty: no {HEADER_NAME} header is trusted, so the"
+                    " agent reports nothing",
+                    "set trusted-clients (default: mynetworks, sasl), then restart the milter",
+                )
+            )
+        untrusted, recent = self._untrusted_rows()
+        if untrusted:
+            findings.append(
+                Check(
+                    name,
+                    "warn",
+                    f"{untrusted} of the last {recent} messages the milter recorded carried a"
+                    f" valid {HEADER_NAME} header from a client that is neither"
+                    " SMTP-authenticated nor in trusted-clients: they give no events; the"
+                    " milter's log names the client addresses ('not trusted')",
+                    "if SendPost sends from there, add its network to trusted-clients or have"
+                    " SendPost authenticate (SMTP AUTH), then restart the milter",
+                )
+            )
+        rule = (
+            f"{HEADER_NAME} counts from {policy.describe()} (trusted-clients:"
+            f" {self.config.trusted_clients}); any other client's is counted"
+            ' (sendpost_milter_header_total{state="untrusted"}) and gives no event'
+        )
+        if findings:
+            return _combine(name, [*findings, Check(name, "warn", rule)], "")
+        seen = f"; none of the last {recent} messages recorded was untrusted" if recent else ""
+        return Check(name, "pass", rule + seen)
+
+    def _untrusted_rows(self) -> tuple[int, int]:
+        """(untrusted, rows) among the last UNTRUSTED_SCAN rows of the map; (0, 0) without one."""
+        path = self.config.map_path
+        if not path.exists():  # never create it: the milter owns it
+            return 0, 0
+        try:
+            reader = MapReader(path)
+        except MapError:
+            return 0, 0  # the probe check reports an unreadable map
+        try:
+            rows = reader.scan(max(reader.last_id() - UNTRUSTED_SCAN + 1, 0), UNTRUSTED_SCAN)
+        except MapError:
+            return 0, 0
+        finally:
+            reader.close()
+        return sum(e.header is HeaderState.UNTRUSTED for _, _, e in rows), len(rows)
 
     # --- live checks ----------------------------------------------------------------
 

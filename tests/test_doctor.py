@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,12 +162,17 @@ def test_healthy_site_passes_and_the_probe_never_leaves_the_host(healthy: Site) 
         "milter-default-action": "pass",
         "header-checks": "pass",
         "content-filters": "pass",
+        "trusted-clients": "pass",
         "probe": "pass",
         "mail-log": "pass",
         "endpoint": "pass",
     }
     assert "discarded the probe" in run.checks["probe"]["detail"]
     assert "Postfix logged the probe" in run.checks["mail-log"]["detail"]
+    assert run.checks["trusted-clients"]["detail"].startswith(
+        "X-Sendpost-Message-UUID counts from any SMTP-authenticated (SASL) session or clients"
+        " in 127.0.0.0/8 (trusted-clients: mynetworks, sasl); any other client's is counted"
+    )
     sent = healthy.ingest.requests[requests:]
     assert [(r.status, r.events) for r in sent] == [(400, 0)]  # key checked, no event sent
     healthy.assert_probe_never_left(run)
@@ -413,6 +419,45 @@ def test_content_filter_reinjection_without_milters_is_a_warning(site: SiteFacto
     assert run.status("milter-in-smtpd-milters") == "pass"  # re-injection is exempt
     assert run.status("probe") == "pass"
     s.assert_probe_never_left(run)
+
+
+def test_trusted_clients_names_what_it_cannot_evaluate_and_untrusted_senders(
+    tmp_path: Path, postfix_factory: PostfixFactory, sink: Sink, ingest: IngestServer
+) -> None:
+    """SendPost sending from a client the milter does not trust must not go silent."""
+    networks = tmp_path / "mynetworks"
+    networks.write_text("127.0.0.0/8\n")
+    postfix = postfix_factory(
+        start=False,
+        smtp_probe=False,
+        smtpd_milters=f"{{ {OURS}, default_action=accept }}",
+        main_cf={"mynetworks": f"192.0.2.0/24 {networks}"},
+    )
+    postfix.queue_directory.mkdir(parents=True, exist_ok=True)
+    milter = MilterProcess(
+        tmp_path / "state",
+        f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock",
+        "--trusted-clients",
+        "sasl:sendpost",
+    ).start()
+    s = Site(postfix, milter, sink, ingest)
+    try:
+        postfix.start()
+        queue_id = postfix.send(
+            "s@example.com", "r@example.com", {"X-Sendpost-Message-UUID": str(uuid.uuid4())}
+        )
+        postfix.wait_for_log(rf"{queue_id}: to=<r@example.com>, .*status=sent")
+        run = s.doctor("--offline", "--trusted-clients", "mynetworks, sasl:sendpost")
+    finally:
+        s.stop()
+    check = run.checks["trusted-clients"]
+    assert check["status"] == "warn", check
+    assert f"mynetworks entries {networks} cannot be evaluated by the agent" in check["detail"]
+    assert "1 of the last 1 messages the milter recorded carried a valid" in check["detail"]
+    assert "counts from SASL logins sendpost or clients in 192.0.2.0/24" in check["detail"]
+    assert "list the networks SendPost sends from in trusted-clients" in check["fix"]
+    assert "add its network to trusted-clients or have SendPost authenticate" in check["fix"]
+    assert run.status("probe") == "pass"  # the probe is trusted by its key
 
 
 def test_a_directory_that_is_not_a_postfix_config_cannot_run(tmp_path: Path) -> None:
