@@ -500,6 +500,22 @@ class Doctor:
                         " the filter strips the header",
                     )
                 )
+            if listener.sees_ours:
+                milters = self.postfix.origin(listener.service, "smtpd_milters")
+                findings.append(
+                    Check(
+                        name,
+                        "warn",
+                        f"re-injection listener {listener.service} passes re-injected mail to"
+                        f" the milter ({milters}): the filter re-injects from a local address,"
+                        f" usually in trusted-clients, so a forged {HEADER_NAME} from an"
+                        " untrusted client counts again there, and is reported when the"
+                        " re-injected message's outcome is logged before the hop to the filter",
+                        f"add no_milters to receive_override_options of {listener.service}"
+                        " (logwatch carries the UUID and its trust over from the first hop),"
+                        " then postfix reload",
+                    )
+                )
             if "no_header_body_checks" in options:
                 findings.append(
                     Check(

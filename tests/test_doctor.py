@@ -208,7 +208,7 @@ def test_human_output_offline_and_explicit_smtp_listener(healthy: Site) -> None:
     assert lines[0].startswith("PASS milter-in-smtpd-milters: ")
     assert "SKIP endpoint: not checked (--offline)" in lines
     assert f"sent to 127.0.0.1:{healthy.postfix.smtp_port} as queue ID" in proc.stdout
-    assert lines[-1] == "verdict: PASS (6 pass, 0 warn, 0 fail, 1 skip)"
+    assert lines[-1] == "verdict: PASS (7 pass, 0 warn, 0 fail, 1 skip)"
     assert len(healthy.ingest.requests) == requests
 
 
@@ -396,7 +396,9 @@ def test_header_rules_that_hide_the_header_are_reported_with_file_and_line(
     s.assert_probe_never_left(run)
 
 
-def test_content_filter_reinjection_without_milters_is_a_warning(site: SiteFactory) -> None:
+def filter_site(site: SiteFactory, reinjection_options: str) -> tuple[Site, int]:
+    """A content filter, and its re-injection listener 127.0.0.1:PORT (returned) with
+    ``-o content_filter=`` and ``reinjection_options``."""
     reinject = free_port()
     s = site(
         smtpd_milters=f"{{ {OURS}, default_action=accept }}",
@@ -404,9 +406,17 @@ def test_content_filter_reinjection_without_milters_is_a_warning(site: SiteFacto
         master_cf_extra=(
             "smtp-amavis unix - - n - 2 smtp\n"
             f"127.0.0.1:{reinject} inet n - n - - smtpd\n    -o content_filter=\n"
-            "    -o smtpd_milters=\n    -o receive_override_options="
-            "no_unknown_recipient_checks,no_header_body_checks,no_milters\n"
+            + reinjection_options
         ),
+    )
+    return s, reinject
+
+
+def test_content_filter_reinjection_without_milters_is_a_warning(site: SiteFactory) -> None:
+    s, reinject = filter_site(
+        site,
+        "    -o smtpd_milters=\n    -o receive_override_options="
+        "no_unknown_recipient_checks,no_header_body_checks,no_milters\n",
     )
     run = s.doctor("--offline")
     assert run.code == 0, run.stdout
@@ -419,6 +429,22 @@ def test_content_filter_reinjection_without_milters_is_a_warning(site: SiteFacto
     assert run.status("milter-in-smtpd-milters") == "pass"  # re-injection is exempt
     assert run.status("probe") == "pass"
     s.assert_probe_never_left(run)
+
+
+def test_content_filter_reinjection_through_the_milter_is_a_warning(site: SiteFactory) -> None:
+    """The filter re-injects from 127.0.0.1, trusted: the re-injected copy of an untrusted
+    message would count as trusted if its outcome is logged before the hop."""
+    s, reinject = filter_site(site, "")
+    run = s.doctor("--offline")
+    filters = run.checks["content-filters"]
+    assert filters["status"] == "warn", filters
+    detail = filters["detail"]
+    assert f"re-injection listener 127.0.0.1:{reinject}/inet passes re-injected mail to" in detail
+    assert "a forged X-Sendpost-Message-UUID from an untrusted client counts again" in detail
+    assert (
+        f"add no_milters to receive_override_options of 127.0.0.1:{reinject}/inet"
+        in (filters["fix"])
+    )
 
 
 def test_trusted_clients_names_what_it_cannot_evaluate_and_untrusted_senders(
