@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from sendpost_agent.doctor import milter_target
+from tests.support.contentfilter import NO_MILTERS, master_cf
 from tests.support.fixtures import PostfixFactory, require_postfix_tools
 from tests.support.ingest import IngestServer
 from tests.support.milter import MilterProcess
@@ -403,21 +404,13 @@ def filter_site(site: SiteFactory, reinjection_options: str) -> tuple[Site, int]
     s = site(
         smtpd_milters=f"{{ {OURS}, default_action=accept }}",
         main_cf={"content_filter": f"smtp-amavis:[127.0.0.1]:{free_port()}"},
-        master_cf_extra=(
-            "smtp-amavis unix - - n - 2 smtp\n"
-            f"127.0.0.1:{reinject} inet n - n - - smtpd\n    -o content_filter=\n"
-            + reinjection_options
-        ),
+        master_cf_extra=master_cf(reinject, reinjection_options),
     )
     return s, reinject
 
 
 def test_content_filter_reinjection_without_milters_is_a_warning(site: SiteFactory) -> None:
-    s, reinject = filter_site(
-        site,
-        "    -o smtpd_milters=\n    -o receive_override_options="
-        "no_unknown_recipient_checks,no_header_body_checks,no_milters\n",
-    )
+    s, reinject = filter_site(site, NO_MILTERS)
     run = s.doctor("--offline")
     assert run.code == 0, run.stdout
     assert json.loads(run.stdout)["overall"] == "warn"

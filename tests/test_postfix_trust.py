@@ -21,6 +21,7 @@ import pytest
 
 from sendpost_agent.queuemap import HeaderState
 from tests.support.agent import LogwatchProcess
+from tests.support.contentfilter import ContentFilter, master_cf
 from tests.support.fixtures import PostfixFactory
 from tests.support.ingest import IngestServer
 from tests.support.milter import MilterProcess
@@ -71,9 +72,19 @@ def make_site(tmp_path: Path, sink: Sink, postfix_factory: PostfixFactory) -> It
     the milter on a unix or inet socket with extra flags, logwatch and the ingest server."""
     with contextlib.ExitStack() as stack:
 
-        def make(kind: str = "unix", *flags: str) -> Site:
+        def make(
+            kind: str = "unix",
+            *flags: str,
+            main_cf: dict[str, str] | None = None,
+            master_cf_extra: str = "",
+        ) -> Site:
             postfix = postfix_factory(
-                main_cf={"mynetworks": f"{TRUSTED}/32", "relay_domains": "example.com"},
+                main_cf={
+                    "mynetworks": f"{TRUSTED}/32",
+                    "relay_domains": "example.com",
+                    **(main_cf or {}),
+                },
+                master_cf_extra=master_cf_extra,
                 smtp_probe=False,
             )
             if kind == "unix":
@@ -90,7 +101,16 @@ def make_site(tmp_path: Path, sink: Sink, postfix_factory: PostfixFactory) -> It
             postfix.postconf(smtpd_milters=entry)
             postfix.reload()
             logwatch = stack.enter_context(
-                LogwatchProcess(state, postfix.maillog, ingest.url, KEY, "--join-wait", "2s")
+                LogwatchProcess(
+                    state,
+                    postfix.maillog,
+                    ingest.url,
+                    KEY,
+                    "--join-wait",
+                    "2s",
+                    "--postfix-config-dir",
+                    str(postfix.config_dir),
+                )
             )
             return Site(postfix, milter, ingest, logwatch)
 
@@ -156,3 +176,35 @@ def test_trusted_clients_replaces_mynetworks(make_site: SiteFactory) -> None:
     entry = site.milter.entry(local_id)
     assert entry is not None and entry.header is HeaderState.UNTRUSTED
     assert f"trusted from clients in {UNTRUSTED}/32 (trusted-clients)" in site.milter.log()
+
+
+def test_mail_a_content_filter_reinjects_keeps_the_trust_of_its_first_hop(
+    make_site: SiteFactory,
+) -> None:
+    """The filter re-injects both messages from 127.0.0.1 (in mynetworks) into a listener
+    without the milter, as shipped (postfix-conf/master.cf.content-filter.example)."""
+    reinject = free_port()
+    with ContentFilter(reinject) as content_filter:
+        site = make_site(
+            main_cf={"content_filter": f"smtp-amavis:[127.0.0.1]:{content_filter.port}"},
+            master_cf_extra=master_cf(reinject),
+        )
+        forged, genuine = str(uuid.uuid4()), str(uuid.uuid4())
+        for client, message_uuid, recipient in [
+            (UNTRUSTED, forged, "ok1@example.com"),
+            (TRUSTED, genuine, "ok2@example.com"),
+        ]:
+            queue_id = send_from(site.postfix, client, message_uuid, recipient)
+            hop = site.postfix.wait_for_log(
+                rf"{queue_id}: to=<{recipient}>, .*status=sent \(250 2.0.0 Ok: queued as (\w+)\)"
+            )
+            new_id = hop[0].rsplit("queued as ", 1)[1].rstrip(")")
+            site.postfix.wait_for_log(
+                rf"{new_id}: to=<{recipient}>, .*status=sent \(250 2.0.0 Ok: sink"
+            )
+    site.ingest.wait_for_events(1, timeout=30)
+    wait_for_metric(site.logwatch, UNTRUSTED_LINES, 2)  # the hop and the re-injected delivery
+    time.sleep(1)
+    assert [(e["message_id"], e["recipient"]) for e in site.ingest.accepted] == [
+        (genuine, "ok2@example.com")
+    ]
