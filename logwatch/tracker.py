@@ -61,7 +61,8 @@ class Message:
     # Never passed the milter (made by Postfix, or queued by pickup): a map row under its
     # queue ID is an older message's that had the same (reused) ID.
     no_milter: bool = False
-    # From header_checks INFO lines ("" when they disagree): taken only where the milter
+    # From header_checks INFO lines ("" when they disagree or name an untrusted client):
+    # taken only where the milter
     # recorded no row or no header. Decided when a status line needs it, not when the
     # INFO line comes: the milter writes its row at end-of-message, after that line.
     info_uuid: str | None = None
@@ -93,15 +94,18 @@ class Tracker:
         report_deferred: bool = True,
         forget_after: float = 7 * 86400.0,
         on_error: OnError | None = None,
+        trusts_client: Callable[[str], bool] | None = None,
     ) -> None:
         """``on_error``: a bug met on one line (fed, or held and settled later) costs that
-        line only; without it (tests) the bug is raised."""
+        line only; without it (tests) the bug is raised. ``trusts_client``: whether a
+        header_checks INFO line's client address may set the UUID (None: any)."""
         self._lookup = lookup
         self._on_error = on_error
         self._filters = filters
         self._wait = wait
         self._report_deferred = report_deferred
         self._forget_after = forget_after
+        self._trusts_client = trusts_client
         self.messages: dict[str, Message] = {}
         self._pending: dict[str, list[_Held]] = {}  # queue ID -> its undecided lines
         self._hops: dict[str, list[_Held]] = {}  # presumed hop NEWID -> held deliveries
@@ -456,6 +460,11 @@ class Tracker:
             self.counts["header_info_invalid"] += 1
             return []
         message = self._message(record.queue_id, record.time.timestamp())
+        if self._trusts_client is not None and not self._trusts_client(record.client):
+            # As a repeated header: this message's INFO lines give no UUID at all.
+            self.counts["header_info_untrusted_client"] += 1
+            message.info_uuid = ""
+            return []
         value = str(parsed)
         if message.info_uuid is None:
             message.info_uuid = value

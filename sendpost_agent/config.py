@@ -297,7 +297,8 @@ class Config:
     postfix_config_dir: Path = _setting(
         Path("/etc/postfix"),
         _path,
-        "Postfix configuration read by doctor and for content filters (postconf -c DIR)",
+        "Postfix configuration read by doctor, for content filters and mynetworks"
+        " (postconf -c DIR)",
         default_env="MAIL_CONFIG",
     )
     map_retention: Duration = _setting(

@@ -13,9 +13,14 @@ IP address or CIDR network, ``sasl`` (any authenticated login) and ``sasl:LOGIN`
 from __future__ import annotations
 
 import ipaddress
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sendpost_agent.postconf import PostconfError, PostfixConfig, split_list
+
+log = logging.getLogger(__name__)
 
 MYNETWORKS = "mynetworks"
 SASL = "sasl"
@@ -175,3 +180,13 @@ def load_policy(items: tuple[str, ...], postfix: PostfixConfig) -> tuple[Policy,
             " trusted-clients"
         )
     return build_policy(items, mynetworks), ""
+
+
+def info_line_check(items: tuple[str, ...], config_dir: Path) -> Callable[[str], bool]:
+    """For logwatch: whether a header_checks INFO line's client may set the UUID. The
+    line names the client's address but no SASL login, so only the networks count: the
+    fallback serves mail the milter did not see, and is not SendPost's way in."""
+    policy, problem = load_policy(items, PostfixConfig(config_dir))
+    if problem:
+        log.warning("%s (for header_checks INFO lines)", problem)
+    return lambda client: policy.trusts(client, None)

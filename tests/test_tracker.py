@@ -16,6 +16,7 @@ from logwatch.parse import Clock, Delivery, HeaderInfo, parse_line
 from logwatch.relays import ContentFilters
 from logwatch.tracker import Tracker
 from sendpost_agent.queuemap import Entry, HeaderState, MapReader, MapWriter
+from sendpost_agent.trust import build_policy
 from tests.support.samples import SAMPLES
 
 FILTER = ContentFilters.from_values(["smtp-amavis:[127.0.0.1]:10024"])
@@ -386,6 +387,29 @@ def test_info_lines_stand_in_for_a_row_the_milter_did_not_write(reader: MapReade
     tracker = Tracker(reader.get, FILTER, wait=30.0)
     events = run([INFO.format("11111111-1111-4111-8111-111111111111"), SENT], tracker)
     assert brief(events, "11111111-1111-4111-8111-111111111111") == [("delivered", "r@example.com")]
+
+
+@pytest.mark.parametrize("client", ["203.0.113.9", "local"])
+def test_info_lines_of_an_untrusted_client_stand_in_for_nothing(
+    reader: MapReader, client: str
+) -> None:
+    """The milter did not see the message (down, or a listener without it) and the INFO
+    line names a client outside trusted-clients' networks (it names no SASL login)."""
+    policy = build_policy(("127.0.0.0/8", "sasl"), None)
+    tracker = Tracker(
+        reader.get, FILTER, wait=30.0, trusts_client=lambda addr: policy.trusts(addr, None)
+    )
+    origin = "unknown[203.0.113.9]" if client != "local" else "local"
+    info = INFO.format(U_FORGED).replace("localhost[127.0.0.1]", origin)
+    assert run([info, SENT], tracker) == []
+    assert tracker.counts["header_info_untrusted_client"] == 1
+    # The same line from localhost, in the networks, stands in for the row.
+    trusted = Tracker(
+        reader.get, FILTER, wait=30.0, trusts_client=lambda addr: policy.trusts(addr, None)
+    )
+    assert brief(run([INFO.format(U_FORGED), SENT], trusted), U_FORGED) == [
+        ("delivered", "r@example.com")
+    ]
 
 
 U_FORGED = "33333333-3333-4333-8333-333333333333"
