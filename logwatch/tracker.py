@@ -62,9 +62,9 @@ class Message:
     # queue ID is an older message's that had the same (reused) ID.
     no_milter: bool = False
     # From header_checks INFO lines ("" when they disagree or name an untrusted client):
-    # taken only where the milter
-    # recorded no row or no header. Decided when a status line needs it, not when the
-    # INFO line comes: the milter writes its row at end-of-message, after that line.
+    # taken only where the milter recorded no row or no header. Decided when a status
+    # line needs it, not when the INFO line comes: the milter writes its row at
+    # end-of-message, after that line.
     info_uuid: str | None = None
     # Re-injected by a content filter from a message whose client was not trusted
     # (HeaderState.UNTRUSTED): the trust of the message it came from, whatever the
