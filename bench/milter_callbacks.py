@@ -25,8 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import milter as libmilter
 
 from sendpost_agent.queuemap import MapReader, MapWriter
+from sendpost_agent.trust import build_policy
 from sendpost_milter.metrics import MilterMetrics
 from sendpost_milter.session import Callbacks, Session
+
+# SendPost's client, unauthenticated, from a network in trusted-clients.
+CLIENT_MACROS = {"{client_addr}": "192.0.2.10"}
+TRUSTED = build_policy(("192.0.2.0/24", "sasl"), None)
 
 HEADERS = [
     (
@@ -55,8 +60,9 @@ class FakeContext:
     def setpriv(self, session: Session) -> None:
         self.session = session
 
-    def getsymval(self, name: str) -> str:
-        return self.queue_id
+    def getsymval(self, name: str) -> str | None:
+        """The queue ID, and a client address in trusted-clients (the common case)."""
+        return self.queue_id if name == "i" else CLIENT_MACROS.get(name)
 
     def setsymlist(self, stage: int, macros: str) -> None:
         pass
@@ -93,7 +99,7 @@ def main() -> None:
             path = Path(tmp) / "queuemap.sqlite3"
             writer = MapWriter(path, 86_400)
             try:
-                callbacks = Callbacks(writer, MilterMetrics(), None)
+                callbacks = Callbacks(writer, MilterMetrics(), None, TRUSTED)
                 runs["with_commit"].append(per_message(callbacks, args.messages))
                 writer.put = lambda *a, **k: None  # type: ignore[method-assign]
                 runs["without_commit"].append(per_message(callbacks, args.messages))

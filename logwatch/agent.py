@@ -41,6 +41,7 @@ from logwatch.wal import Wal, WalError
 from sendpost_agent import __version__
 from sendpost_agent.config import Config
 from sendpost_agent.queuemap import MapError, MapReader
+from sendpost_agent.trust import info_line_check
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class Agent:
             self._map,
             ContentFilters.from_postfix(config.postfix_config_dir),
             Clock(config.tzinfo),
+            info_line_check(config.trusted_clients, config.postfix_config_dir),
         )
         self.events_by_type: Counter[str] = Counter()
         self.paused = False

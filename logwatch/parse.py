@@ -100,6 +100,7 @@ class HeaderInfo(NamedTuple):
     queue_id: str
     name: str
     value: str
+    client: str = ""  # the SMTP client's address ("" for local submission)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,9 +279,11 @@ _ACTIVE: Final = re.compile(_ACTIVE_TAIL)
 _PICKUP: Final = re.compile(r"uid=[0-9]++ from=<.*>(?: orig_id=([0-9A-Za-z]++))?\Z")
 _NOTIFICATION: Final = re.compile(r"((?:sender|postmaster) [a-z -]*notification): (\S++)$")
 # cleanup_act_log(): `info: header <header, cut at 200> from <origin>; from=<s> to=<r> ...`;
-# the first ` from <origin>;` ends the value (sender and helo that follow are untrusted).
+# the first ` from <origin>;` ends the value (sender and helo that follow are untrusted);
+# the origin is `name[address]` for an SMTP client, `local` for pickup.
 _HEADER_INFO: Final = re.compile(
-    r"info: header ([^:\s]++): *((?:[^ ]++| (?!from [^\s;]*+;(?: |$)))*+) from [^\s;]*+;"
+    r"info: header ([^:\s]++): *((?:[^ ]++| (?!from [^\s;]*+;(?: |$)))*+)"
+    r" from [^\s;\[]*+(?:\[([^\s;\]]*+)\])?;"
 )
 _UUID_HEADER: Final = "x-sendpost-message-uuid"
 
@@ -418,7 +421,7 @@ def _general(line: str, kind: int, clock: Clock) -> Record | Skipped | None:
     m = _HEADER_INFO.match(line, pos)
     if m is None or m[1].lower() != _UUID_HEADER:
         return None
-    return HeaderInfo(time, program, queue_id, m[1], m[2])
+    return HeaderInfo(time, program, queue_id, m[1], m[2], m[3] or "")
 
 
 def _iso_time(stamp: str, clock: Clock) -> datetime | None:

@@ -27,8 +27,14 @@ _INTERNAL_ERROR: Final = "internal error"  # the skip reason of a line a bug met
 
 class Pipeline:
     def __init__(
-        self, config: Config, reader: MapReader | None, filters: ContentFilters, clock: Clock
+        self,
+        config: Config,
+        reader: MapReader | None,
+        filters: ContentFilters,
+        clock: Clock,
+        trusts_client: Callable[[str], bool] | None = None,
     ) -> None:
+        """``trusts_client``: see ``Tracker``; the agent passes ``trust.info_line_check``."""
         self.clock = clock
         self._keep = config.join_wait + KEEP
         self.use_map(reader)
@@ -40,6 +46,7 @@ class Pipeline:
             report_deferred=config.report_deferred,
             forget_after=config.map_retention,
             on_error=self._internal_error,
+            trusts_client=trusts_client,
         )
         self.lines_read = 0
         self.lines_parsed = 0

@@ -19,6 +19,7 @@ from logwatch.relays import ContentFilters
 from logwatch.wal import Wal
 from sendpost_agent.config import Config, ConfigError, Secret
 from sendpost_agent.queuemap import MapError, MapReader
+from sendpost_agent.trust import info_line_check
 
 log = logging.getLogger(__name__)
 SEND_TIMEOUT = 600.0
@@ -86,7 +87,8 @@ def _replay(config: Config, files: list[Path], out: TextIO) -> int:
     reader = open_map(config)
     filters = ContentFilters.from_postfix(config.postfix_config_dir)
     now = datetime.fromtimestamp(newest_mtime(files), UTC)
-    pipeline = Pipeline(config, reader, filters, Clock(config.tzinfo, now))
+    trusts = info_line_check(config.trusted_clients, config.postfix_config_dir)
+    pipeline = Pipeline(config, reader, filters, Clock(config.tzinfo, now), trusts)
     events = 0
     try:
         for path in files:

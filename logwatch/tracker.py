@@ -61,10 +61,15 @@ class Message:
     # Never passed the milter (made by Postfix, or queued by pickup): a map row under its
     # queue ID is an older message's that had the same (reused) ID.
     no_milter: bool = False
-    # From header_checks INFO lines ("" when they disagree): taken only where the milter
-    # recorded no row or no header. Decided when a status line needs it, not when the
-    # INFO line comes: the milter writes its row at end-of-message, after that line.
+    # From header_checks INFO lines ("" when they disagree or name an untrusted client):
+    # taken only where the milter recorded no row or no header. Decided when a status
+    # line needs it, not when the INFO line comes: the milter writes its row at
+    # end-of-message, after that line.
     info_uuid: str | None = None
+    # Re-injected by a content filter from a message whose client was not trusted
+    # (HeaderState.UNTRUSTED): the trust of the message it came from, whatever the
+    # milter recorded for the re-injection (its client, the filter, is local).
+    untrusted: bool = False
     deferred: dict[str, Verdict] = field(default_factory=dict)  # recipient -> last deferral
     seen: float = 0.0  # log time of the last line, for garbage collection
 
@@ -89,15 +94,18 @@ class Tracker:
         report_deferred: bool = True,
         forget_after: float = 7 * 86400.0,
         on_error: OnError | None = None,
+        trusts_client: Callable[[str], bool] | None = None,
     ) -> None:
         """``on_error``: a bug met on one line (fed, or held and settled later) costs that
-        line only; without it (tests) the bug is raised."""
+        line only; without it (tests) the bug is raised. ``trusts_client``: whether a
+        header_checks INFO line's client address may set the UUID (None: any)."""
         self._lookup = lookup
         self._on_error = on_error
         self._filters = filters
         self._wait = wait
         self._report_deferred = report_deferred
         self._forget_after = forget_after
+        self._trusts_client = trusts_client
         self.messages: dict[str, Message] = {}
         self._pending: dict[str, list[_Held]] = {}  # queue ID -> its undecided lines
         self._hops: dict[str, list[_Held]] = {}  # presumed hop NEWID -> held deliveries
@@ -238,11 +246,13 @@ class Tracker:
         if message is not None:
             if message.uuid is not None:
                 return message.uuid
+            if message.untrusted:
+                return None
             if message.no_milter:
                 return message.info_uuid or None
         entry = self._lookup(queue_id)
         if entry is not None and entry.header is not HeaderState.MISSING:
-            return entry.uuid  # None: the milter found the header repeated or invalid
+            return entry.uuid  # None: the header was repeated, invalid or not trusted
         return (message.info_uuid or None) if message is not None else None
 
     def _decide(self, queue_id: str, record: Decidable, when: float) -> list[Event]:
@@ -253,6 +263,8 @@ class Tracker:
         if message is not None and message.ndr:
             self.counts["unmatched:postfix_notification"] += 1
             return []
+        if self._untrusted(queue_id):
+            self._pass_on_distrust(record)
         self._hold(_Held(when + self._wait, 0, queue_id, record))
         return []
 
@@ -286,9 +298,37 @@ class Tracker:
         if uuid is not None:
             return self._events(item.queue_id, uuid, item.record, item.deadline - self._wait)
         entry = self._lookup(item.queue_id)
-        reason = "unknown_queue_id" if entry is None else f"header_{entry.header.name.lower()}"
+        if self._untrusted(item.queue_id):
+            reason = "untrusted_client"
+        elif entry is None:
+            reason = "unknown_queue_id"
+        else:
+            reason = f"header_{entry.header.name.lower()}"
         self.counts[f"unmatched:{reason}"] += 1
         return []
+
+    def _untrusted(self, queue_id: str) -> bool:
+        """The header came from a client not in trusted-clients, here or at the message
+        it was re-injected from. Its lines are still held: a hop from a trusted message
+        may yet give a re-injection its UUID."""
+        message = self.messages.get(queue_id)
+        if message is not None and message.untrusted:
+            return True
+        entry = self._lookup(queue_id)
+        return entry is not None and entry.header is HeaderState.UNTRUSTED
+
+    def _pass_on_distrust(self, record: Decidable) -> None:
+        """An untrusted message handed to a content filter (or another local hop): the
+        message re-injected as NEWID is untrusted too, even if the milter saw it come
+        from the filter's trusted local address with the same header."""
+        if type(record) is not Delivery:
+            return
+        new_id = queued_as(record.reply)
+        endpoint = parse_relay(record.relay)
+        if new_id is not None and (
+            self._filters.is_hop(endpoint) or (endpoint and is_local(endpoint))
+        ):
+            self._message(new_id, self.now).untrusted = True
 
     def _release(self, queue_id: str) -> list[Event]:
         """A UUID became known for ``queue_id``: decide its held lines in log order."""
@@ -420,6 +460,11 @@ class Tracker:
             self.counts["header_info_invalid"] += 1
             return []
         message = self._message(record.queue_id, record.time.timestamp())
+        if self._trusts_client is not None and not self._trusts_client(record.client):
+            # As a repeated header: this message's INFO lines give no UUID at all.
+            self.counts["header_info_untrusted_client"] += 1
+            message.info_uuid = ""
+            return []
         value = str(parsed)
         if message.info_uuid is None:
             message.info_uuid = value
@@ -438,6 +483,7 @@ class Tracker:
                 or m.ndr
                 or m.no_milter
                 or m.info_uuid is not None
+                or m.untrusted
                 or (m.uuid is not None and not m.from_map)
             ):
                 messages[queue_id] = {
@@ -445,6 +491,7 @@ class Tracker:
                     "ndr": m.ndr,
                     "no_milter": m.no_milter,
                     "info_uuid": m.info_uuid,
+                    "untrusted": m.untrusted,
                     "seen": m.seen,
                     "deferred": {r: [v.smtp_code, v.description] for r, v in m.deferred.items()},
                 }
@@ -461,6 +508,7 @@ class Tracker:
                 ndr=m["ndr"],
                 no_milter=m.get("no_milter", False),
                 info_uuid=m.get("info_uuid"),
+                untrusted=m.get("untrusted", False),
                 seen=m["seen"],
                 deferred={
                     r: Verdict(EventType.DEFERRED, code, text, "restored")

@@ -23,6 +23,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from sendpost_agent.trust import MYNETWORKS, SASL
+from sendpost_agent.trust import parse_item as parse_trust_item
+
 DEFAULT_CONFIG_FILE = Path("/etc/sendpost-agent/config.yaml")
 ENV_PREFIX = "SENDPOST_"
 
@@ -234,6 +237,22 @@ def _log_level(value: object) -> str:
     return text
 
 
+class TrustedClients(tuple[str, ...]):
+    """``trusted-clients`` items, printed the way an operator writes them."""
+
+    def __str__(self) -> str:
+        return ", ".join(self) if self else "[]"
+
+
+def _trusted_clients(value: object) -> TrustedClients:
+    """A YAML list, or one string of items separated by commas or spaces (flag, env)."""
+    if isinstance(value, list | tuple):
+        items = [_text(item) for item in value]
+    else:
+        items = _text(value).replace(",", " ").split()
+    return TrustedClients(dict.fromkeys(parse_trust_item(item) for item in items))
+
+
 def _setting(
     default: Any,
     parse: Callable[[object], Any],
@@ -278,7 +297,8 @@ class Config:
     postfix_config_dir: Path = _setting(
         Path("/etc/postfix"),
         _path,
-        "Postfix configuration read by doctor and for content filters (postconf -c DIR)",
+        "Postfix configuration read by doctor, for content filters and mynetworks"
+        " (postconf -c DIR)",
         default_env="MAIL_CONFIG",
     )
     map_retention: Duration = _setting(
@@ -304,6 +324,13 @@ class Config:
     )
     log_timezone: str = _setting(
         "local", _timezone, "zone of log lines without an offset (Postfix's TZ): local or IANA"
+    )
+    trusted_clients: TrustedClients = _setting(
+        TrustedClients((MYNETWORKS, SASL)),
+        _trusted_clients,
+        "SMTP clients whose X-Sendpost-Message-UUID header counts (any other's is counted"
+        " and logged, never reported): mynetworks (Postfix's), sasl (any authenticated"
+        " session), sasl:LOGIN, IP addresses and CIDR networks",
     )
     log_level: str = _setting("INFO", _log_level, "debug, info, warning or error")
 

@@ -27,8 +27,11 @@ from sendpost_agent.doctor_check import Check
 from sendpost_agent.doctor_live import LiveChecks
 from sendpost_agent.header import HEADER_NAME
 from sendpost_agent.postconf import PostconfError, PostfixConfig, Service, split_list
+from sendpost_agent.queuemap import HeaderState, MapError, MapReader
+from sendpost_agent.trust import load_policy, unevaluable_warning
 
 EXIT_OK, EXIT_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
+UNTRUSTED_SCAN = 10_000  # recent map rows searched for untrusted headers
 
 # Read once up front: a configuration postconf cannot read stops doctor with exit 2.
 MAIN_SETTINGS = (
@@ -156,6 +159,7 @@ class Doctor:
             self.check_default_action(),
             self.check_header_checks(),
             self.check_content_filters(),
+            self.check_trusted_clients(),
         ]
         live = LiveChecks(self.config, self.postfix, self.listeners, self.smtp)
         checks += [live.check_probe(), live.check_mail_log()]
@@ -407,6 +411,22 @@ class Doctor:
                         " the filter strips the header",
                     )
                 )
+            if listener.sees_ours:
+                milters = self.postfix.origin(listener.service, "smtpd_milters")
+                findings.append(
+                    Check(
+                        name,
+                        "warn",
+                        f"re-injection listener {listener.service} passes re-injected mail to"
+                        f" the milter ({milters}): the filter re-injects from a local address,"
+                        f" usually in trusted-clients, so a forged {HEADER_NAME} from an"
+                        " untrusted client counts again there, and is reported when the"
+                        " re-injected message's outcome is logged before the hop to the filter",
+                        f"add no_milters to receive_override_options of {listener.service}"
+                        " (logwatch carries the UUID and its trust over from the first hop),"
+                        " then postfix reload",
+                    )
+                )
             if "no_header_body_checks" in options:
                 findings.append(
                     Check(
@@ -424,6 +444,72 @@ class Doctor:
             f"content filter {', '.join(filters)}; re-injection"
             f" listeners (-o content_filter=): {listed}",
         )
+
+    def check_trusted_clients(self) -> Check:
+        """The policy in force, and whether the milter has been turning SendPost away."""
+        name = "trusted-clients"
+        policy, problem = load_policy(self.config.trusted_clients, self.postfix)
+        findings = []
+        fix_policy = (
+            "list the networks SendPost sends from in trusted-clients"
+            " (e.g. 'trusted-clients: [mynetworks, sasl, 198.51.100.0/24]'), then restart"
+            " the milter"
+        )
+        for warning in (problem, unevaluable_warning(policy)):
+            if warning:
+                findings.append(Check(name, "warn", warning, fix_policy))
+        if policy.empty:
+            findings.append(
+                Check(
+                    name,
+                    "warn",
+                    f"trusted-clients is empty: no {HEADER_NAME} header is trusted, so the"
+                    " agent reports nothing",
+                    "set trusted-clients (default: mynetworks, sasl), then restart the milter",
+                )
+            )
+        untrusted, recent = self._untrusted_rows()
+        if untrusted:
+            findings.append(
+                Check(
+                    name,
+                    "warn",
+                    f"{untrusted} of the last {recent} messages the milter recorded carried a"
+                    f" valid {HEADER_NAME} header from a client that is neither"
+                    " SMTP-authenticated nor in trusted-clients: they give no events; the"
+                    " milter's log names the client addresses ('not trusted')",
+                    "if SendPost sends from there, add its network to trusted-clients or have"
+                    " SendPost authenticate (SMTP AUTH), then restart the milter",
+                )
+            )
+        rule = (
+            f"{HEADER_NAME} counts from {policy.describe()} (trusted-clients:"
+            f" {self.config.trusted_clients}); any other client's is counted"
+            ' (sendpost_milter_header_total{state="untrusted"}) and gives no event'
+        )
+        if findings:
+            return _combine(name, [*findings, Check(name, "warn", rule)], "")
+        seen = f"; none of the last {recent} messages recorded was untrusted" if recent else ""
+        return Check(name, "pass", rule + seen)
+
+    def _untrusted_rows(self) -> tuple[int, int]:
+        """(untrusted, rows) among the last UNTRUSTED_SCAN rows of the map; (0, 0) without one."""
+        path = self.config.map_path
+        if not path.exists():  # never create it: the milter owns it
+            return 0, 0
+        try:
+            reader = MapReader(path)
+        except MapError:
+            return 0, 0  # the probe check reports an unreadable map
+        try:
+            rows = reader.scan(max(reader.last_id() - UNTRUSTED_SCAN + 1, 0), UNTRUSTED_SCAN)
+        except MapError:
+            return 0, 0
+        finally:
+            reader.close()
+        return sum(e.header is HeaderState.UNTRUSTED for _, _, e in rows), len(rows)
+
+    # --- live checks ----------------------------------------------------------------
 
 
 def run_doctor(

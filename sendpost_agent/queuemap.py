@@ -64,6 +64,8 @@ class HeaderState(IntEnum):
     MISSING = 1
     INVALID = 2
     REPEATED = 3
+    # A valid header from a client not in trusted-clients (sendpost_agent.trust): no UUID.
+    UNTRUSTED = 4
 
 
 class Entry(NamedTuple):

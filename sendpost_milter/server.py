@@ -20,9 +20,12 @@ import milter as libmilter
 from prometheus_client import start_http_server
 
 from sendpost_agent.config import Config
+from sendpost_agent.header import HEADER_NAME
 from sendpost_agent.miltersocket import connect, libmilter_address
+from sendpost_agent.postconf import PostfixConfig
 from sendpost_agent.probe import DamagedKey, load_key
 from sendpost_agent.queuemap import MapWriter
+from sendpost_agent.trust import Policy, load_policy, unevaluable_warning
 from sendpost_milter.metrics import MilterMetrics
 from sendpost_milter.session import Callbacks
 
@@ -160,6 +163,24 @@ def _claim_unix_socket(milter_socket: str) -> None:
         )
 
 
+def _trust_policy(config: Config) -> Policy:
+    """trusted-clients with Postfix's mynetworks, read once now; every problem is said
+    at start, as the header of a client left out is not trusted (never silently)."""
+    policy, problem = load_policy(config.trusted_clients, PostfixConfig(config.postfix_config_dir))
+    for warning in (problem, unevaluable_warning(policy)):
+        if warning:
+            log.warning("%s", warning)
+    if policy.empty:
+        log.warning(
+            "trusted-clients trusts no client: no message's %s header is recorded, so no"
+            " event is reported; fix: set trusted-clients (default: mynetworks, sasl)",
+            HEADER_NAME,
+        )
+    else:
+        log.info("%s header trusted from %s (trusted-clients)", HEADER_NAME, policy.describe())
+    return policy
+
+
 def run(config: Config) -> int:
     os.umask(0o007)
     # No thread but the main one may take a stop signal: block them before any thread
@@ -193,7 +214,8 @@ def run(config: Config) -> int:
                     exc.fix,
                 )
                 probe_key = None
-            _register(Callbacks(writer, metrics, probe_key), config.milter_socket)
+            policy = _trust_policy(config)
+            _register(Callbacks(writer, metrics, probe_key, policy), config.milter_socket)
             log.info(
                 "milter listening on %s, metrics on http://%s/metrics, map %s",
                 config.milter_socket,

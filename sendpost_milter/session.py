@@ -25,6 +25,7 @@ import milter as libmilter
 from sendpost_agent.header import HEADER_NAME, classify
 from sendpost_agent.probe import PROBE_HEADER, is_probe
 from sendpost_agent.queuemap import HeaderState, MapWriter
+from sendpost_agent.trust import Policy
 from sendpost_milter.metrics import MilterMetrics
 
 log = logging.getLogger("sendpost_milter")
@@ -44,6 +45,9 @@ SKIPPED_STEPS: Final[int] = (
     | libmilter.P_NOBODY
     | libmilter.P_NOUNKNOWN
 )
+# What end-of-message needs: the queue ID, and who sent the message (sendpost_agent.trust).
+EOM_MACROS: Final = "i {client_addr} {auth_authen}"
+UNTRUSTED_LOG_EVERY: Final = 300.0  # seconds between warnings about one client address
 _warned: set[str] = set()  # negotiation problems are logged once, not per connection
 
 
@@ -89,20 +93,26 @@ class Callbacks:
     print an escaping exception to stderr.
     """
 
-    def __init__(self, writer: MapWriter, metrics: MilterMetrics, probe_key: bytes | None) -> None:
+    def __init__(
+        self, writer: MapWriter, metrics: MilterMetrics, probe_key: bytes | None, policy: Policy
+    ) -> None:
         self._writer = writer
         self._metrics = metrics
         self._probe_key = probe_key
+        self._policy = policy
+        self._untrusted_logged: dict[str, float] = {}  # client address -> last warning
 
     def negotiate(self, ctx: Context, opts: list[int]) -> int:
-        """Ask for macro ``i`` only at end-of-message and skip every step we can.
+        """Ask for ``EOM_MACROS`` at end-of-message and skip every step we can.
 
         ``opts`` is what the MTA offers: the actions we may take and the protocol steps
         it can leave out. It is answered first, so that nothing below can leave the
         offer as the answer (it includes "send no headers"). We take no action but the
         macro list, and keep only the skips we want; a skip the MTA cannot do just costs
         a C-level CONTINUE. Without the macro list Postfix still sends ``i`` at
-        end-of-message (its default milter_end_of_data_macros): only a warning.
+        end-of-message (its default milter_end_of_data_macros), and {auth_authen} with
+        MAIL FROM, but no {client_addr}: a warning, and only authenticated clients are
+        trusted then.
         """
         actions, offered = opts[0], opts[1]
         opts[0] = actions & libmilter.SETSYMLIST
@@ -116,9 +126,9 @@ class Callbacks:
             _warn_once("the MTA cannot take a macro list; it sends its default macros")
             return CONTINUE
         try:
-            ctx.setsymlist(libmilter.M_EOM, "i")
+            ctx.setsymlist(libmilter.M_EOM, EOM_MACROS)
         except Exception as exc:
-            _warn_once("cannot ask the MTA for macro i only at end-of-message: %s", exc)
+            _warn_once("cannot ask the MTA for macros %s at end-of-message: %s", EOM_MACROS, exc)
         return CONTINUE
 
     def data(self, ctx: Context) -> int:
@@ -155,8 +165,10 @@ class Callbacks:
             values, session.values = session.values, []
             probe, session.probe = session.probe, None
             queue_id = ctx.getsymval("i")
-            self._record(queue_id, values)
-            if probe is not None and is_probe(self._probe_key, probe):
+            # Our own probe is proven by its key, whoever the client is.
+            ours = probe is not None and is_probe(self._probe_key, probe)
+            self._record(ctx, queue_id, values, ours)
+            if ours:
                 # Only our own doctor's probe, proven by the key in state-dir, is discarded.
                 self._metrics.probes.inc()
                 log.info("queue ID %s: doctor probe recorded and discarded", queue_id or "?")
@@ -175,16 +187,50 @@ class Callbacks:
             self._internal_error("abort")
         return CONTINUE
 
+    def _log_untrusted(self, queue_id: str | None, client: str | None) -> None:
+        """Once per client address every UNTRUSTED_LOG_EVERY: a flood of forged headers
+        cannot fill the log (the metric counts every message)."""
+        now = time.monotonic()
+        key = client or ""
+        last = self._untrusted_logged.get(key)
+        if last is not None and now - last < UNTRUSTED_LOG_EVERY:
+            return
+        if len(self._untrusted_logged) >= 10_000:
+            self._untrusted_logged.clear()
+        self._untrusted_logged[key] = now
+        who = (
+            f"client {client}"
+            if client
+            else "a client whose address the MTA did not send ({client_addr})"
+        )
+        log.warning(
+            "queue ID %s: %s header from %s not trusted: the session is neither"
+            " SMTP-authenticated nor from trusted-clients (%s), so this message gives no"
+            ' events (counted in sendpost_milter_header_total{state="untrusted"}); fix: if'
+            " SendPost sends from there, add its network to trusted-clients or have SendPost"
+            " authenticate (SMTP AUTH). Logged once per client address every %d minutes",
+            queue_id or "?",
+            HEADER_NAME,
+            who,
+            self._policy.describe(),
+            UNTRUSTED_LOG_EVERY // 60,
+        )
+
     def _internal_error(self, where: str) -> None:
         self._metrics.errors.inc()
         log.exception("internal error at %s; the mail is not held up", where)
 
-    def _record(self, queue_id: str | None, values: list[str]) -> None:
+    def _record(self, ctx: Context, queue_id: str | None, values: list[str], probe: bool) -> None:
         metrics = self._metrics
         metrics.messages.inc()
         state, message_uuid = classify(values)
+        if state is HeaderState.PRESENT and not probe:
+            client = ctx.getsymval("{client_addr}")
+            if not self._policy.trusts(client, ctx.getsymval("{auth_authen}")):
+                state, message_uuid = HeaderState.UNTRUSTED, None
+                self._log_untrusted(queue_id, client)
         metrics.header[state].inc()
-        if state is not HeaderState.PRESENT:
+        if state is not HeaderState.PRESENT and state is not HeaderState.UNTRUSTED:
             level = logging.INFO if state is HeaderState.MISSING else logging.WARNING
             shown = ", ".join(repr(v[:80]) + ("..." if len(v) > 80 else "") for v in values)
             log.log(

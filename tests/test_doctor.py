@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from sendpost_agent.doctor import milter_target
+from tests.support.contentfilter import NO_MILTERS, master_cf
 from tests.support.fixtures import PostfixFactory, require_postfix_tools
 from tests.support.ingest import IngestServer
 from tests.support.milter import MilterProcess
@@ -163,12 +165,17 @@ def test_healthy_site_passes_and_the_probe_never_leaves_the_host(healthy: Site) 
         "milter-default-action": "pass",
         "header-checks": "pass",
         "content-filters": "pass",
+        "trusted-clients": "pass",
         "probe": "pass",
         "mail-log": "pass",
         "endpoint": "pass",
     }
     assert "discarded the probe" in run.checks["probe"]["detail"]
     assert "Postfix logged the probe" in run.checks["mail-log"]["detail"]
+    assert run.checks["trusted-clients"]["detail"].startswith(
+        "X-Sendpost-Message-UUID counts from any SMTP-authenticated (SASL) session or clients"
+        " in 127.0.0.0/8 (trusted-clients: mynetworks, sasl); any other client's is counted"
+    )
     sent = healthy.ingest.requests[requests:]
     assert [(r.status, r.events) for r in sent] == [(400, 0)]  # key checked, no event sent
     healthy.assert_probe_never_left(run)
@@ -204,7 +211,7 @@ def test_human_output_offline_and_explicit_smtp_listener(healthy: Site) -> None:
     assert lines[0].startswith("PASS milter-in-smtpd-milters: ")
     assert "SKIP endpoint: not checked (--offline)" in lines
     assert f"sent to 127.0.0.1:{healthy.postfix.smtp_port} as queue ID" in proc.stdout
-    assert lines[-1] == "verdict: PASS (6 pass, 0 warn, 0 fail, 1 skip)"
+    assert lines[-1] == "verdict: PASS (7 pass, 0 warn, 0 fail, 1 skip)"
     assert len(healthy.ingest.requests) == requests
 
 
@@ -392,18 +399,20 @@ def test_header_rules_that_hide_the_header_are_reported_with_file_and_line(
     s.assert_probe_never_left(run)
 
 
-def test_content_filter_reinjection_without_milters_is_a_warning(site: SiteFactory) -> None:
+def filter_site(site: SiteFactory, reinjection_options: str) -> tuple[Site, int]:
+    """A content filter, and its re-injection listener 127.0.0.1:PORT (returned) with
+    ``-o content_filter=`` and ``reinjection_options``."""
     reinject = free_port()
     s = site(
         smtpd_milters=f"{{ {OURS}, default_action=accept }}",
         main_cf={"content_filter": f"smtp-amavis:[127.0.0.1]:{free_port()}"},
-        master_cf_extra=(
-            "smtp-amavis unix - - n - 2 smtp\n"
-            f"127.0.0.1:{reinject} inet n - n - - smtpd\n    -o content_filter=\n"
-            "    -o smtpd_milters=\n    -o receive_override_options="
-            "no_unknown_recipient_checks,no_header_body_checks,no_milters\n"
-        ),
+        master_cf_extra=master_cf(reinject, reinjection_options),
     )
+    return s, reinject
+
+
+def test_content_filter_reinjection_without_milters_is_a_warning(site: SiteFactory) -> None:
+    s, reinject = filter_site(site, NO_MILTERS)
     run = s.doctor("--offline")
     assert run.code == 0, run.stdout
     assert json.loads(run.stdout)["overall"] == "warn"
@@ -415,6 +424,61 @@ def test_content_filter_reinjection_without_milters_is_a_warning(site: SiteFacto
     assert run.status("milter-in-smtpd-milters") == "pass"  # re-injection is exempt
     assert run.status("probe") == "pass"
     s.assert_probe_never_left(run)
+
+
+def test_content_filter_reinjection_through_the_milter_is_a_warning(site: SiteFactory) -> None:
+    """The filter re-injects from 127.0.0.1, trusted: the re-injected copy of an untrusted
+    message would count as trusted if its outcome is logged before the hop."""
+    s, reinject = filter_site(site, "")
+    run = s.doctor("--offline")
+    filters = run.checks["content-filters"]
+    assert filters["status"] == "warn", filters
+    detail = filters["detail"]
+    assert f"re-injection listener 127.0.0.1:{reinject}/inet passes re-injected mail to" in detail
+    assert "a forged X-Sendpost-Message-UUID from an untrusted client counts again" in detail
+    assert (
+        f"add no_milters to receive_override_options of 127.0.0.1:{reinject}/inet"
+        in (filters["fix"])
+    )
+
+
+def test_trusted_clients_names_what_it_cannot_evaluate_and_untrusted_senders(
+    tmp_path: Path, postfix_factory: PostfixFactory, sink: Sink, ingest: IngestServer
+) -> None:
+    """SendPost sending from a client the milter does not trust must not go silent."""
+    networks = tmp_path / "mynetworks"
+    networks.write_text("127.0.0.0/8\n")
+    postfix = postfix_factory(
+        start=False,
+        smtp_probe=False,
+        smtpd_milters=f"{{ {OURS}, default_action=accept }}",
+        main_cf={"mynetworks": f"192.0.2.0/24 {networks}"},
+    )
+    postfix.queue_directory.mkdir(parents=True, exist_ok=True)
+    milter = MilterProcess(
+        tmp_path / "state",
+        f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock",
+        "--trusted-clients",
+        "sasl:sendpost",
+    ).start()
+    s = Site(postfix, milter, sink, ingest)
+    try:
+        postfix.start()
+        queue_id = postfix.send(
+            "s@example.com", "r@example.com", {"X-Sendpost-Message-UUID": str(uuid.uuid4())}
+        )
+        postfix.wait_for_log(rf"{queue_id}: to=<r@example.com>, .*status=sent")
+        run = s.doctor("--offline", "--trusted-clients", "mynetworks, sasl:sendpost")
+    finally:
+        s.stop()
+    check = run.checks["trusted-clients"]
+    assert check["status"] == "warn", check
+    assert f"mynetworks entries {networks} cannot be evaluated by the agent" in check["detail"]
+    assert "1 of the last 1 messages the milter recorded carried a valid" in check["detail"]
+    assert "counts from SASL logins sendpost or clients in 192.0.2.0/24" in check["detail"]
+    assert "list the networks SendPost sends from in trusted-clients" in check["fix"]
+    assert "add its network to trusted-clients or have SendPost authenticate" in check["fix"]
+    assert run.status("probe") == "pass"  # the probe is trusted by its key
 
 
 def test_a_directory_that_is_not_a_postfix_config_cannot_run(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,9 @@ from tests.support.postfix import free_port
 
 pytestmark = pytest.mark.integration
 
+# A client in mynetworks (the milter's test configuration), as Postfix names it.
+IN_MYNETWORKS = {"{client_addr}": "127.0.0.1"}
+OUTSIDER = {"{client_addr}": "203.0.113.9"}  # neither in mynetworks nor authenticated
 CANON = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
 OTHER = "9b2d6c1e-0a57-4c3e-8f1a-6f6b0d7c2e11"
 
@@ -38,12 +41,14 @@ def lua_message(
     headers: list[tuple[str, str]],
     abort: bool = False,
     reply: str = "SMFIR_ACCEPT",
+    client: Mapping[str, str] = IN_MYNETWORKS,
 ) -> str:
     """One message on an open connection `conn`, as Postfix sends it to this milter.
 
     Only the steps the milter negotiates are sent (miltertest refuses the others): DATA,
-    the headers (no reply) and end-of-message, with the queue ID as an end-of-message
-    macro like Postfix's milter_end_of_data_macros. Asserts the milter's final answer.
+    the headers (no reply) and end-of-message, with the queue ID and the ``client``
+    macros ({client_addr}, {auth_authen}) at end-of-message, as Postfix sends the macro
+    list the milter asks for. Asserts the milter's final answer.
     """
     lines = [
         "check(mt.data(conn), 'data')",
@@ -55,8 +60,10 @@ def lua_message(
     if abort:
         lines.append("check(mt.abort(conn), 'abort')")
         return "\n".join(lines)
-    if queue_id is not None:
-        lines.append(f'mt.macro(conn, SMFIC_EOM, "i", "{queue_id}")')
+    macros = {**({"i": queue_id} if queue_id is not None else {}), **client}
+    if macros:
+        pairs = ", ".join(f"{lua_quote(k)}, {lua_quote(v)}" for k, v in macros.items())
+        lines.append(f"mt.macro(conn, SMFIC_EOM, {pairs})")
     lines += [
         "check(mt.eom(conn), 'eom')",
         f"if mt.getreply(conn) ~= {reply} then error('milter did not answer {reply}') end",
@@ -433,3 +440,99 @@ def test_header_name_that_is_not_utf8_is_passed_over(milter: MilterProcess, tmp_
     first_header = message.index("check(mt.header(")
     run_miltertest(milter, tmp_path, message[:first_header] + bad_header + message[first_header:])
     assert milter.entry("F0F0F0F0F0").uuid == CANON  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("client", "state"),
+    [
+        (OUTSIDER, "untrusted"),
+        ({**OUTSIDER, "{auth_authen}": "sendpost"}, "present"),
+        ({"{auth_authen}": "anyone"}, "present"),
+        ({}, "untrusted"),
+    ],
+    ids=["outsider", "outsider-authenticated", "authenticated", "no-client-macro"],
+)
+def test_a_header_counts_from_an_authenticated_session_or_mynetworks_only(
+    milter: MilterProcess,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    client: dict[str, str],
+    state: str,
+) -> None:
+    """The default trusted-clients: mynetworks, sasl (any login). An untrusted header is
+    recorded without its UUID (a reused queue ID inherits nothing) and counted."""
+    queue_id = "7A" + request.node.callspec.id.upper().replace("-", "")[:10]
+    before = header_count(milter, state)
+    run_miltertest(
+        milter, tmp_path, lua_message(queue_id, [("X-Sendpost-Message-UUID", CANON)], client=client)
+    )
+    entry = milter.entry(queue_id)
+    assert entry is not None and entry.header.name.lower() == state
+    assert entry.uuid == (CANON if state == "present" else None)
+    assert header_count(milter, state) == before + 1
+    if state == "untrusted":
+        warning = next(line for line in milter.log().splitlines() if queue_id in line)
+        assert "not trusted" in warning and "trusted-clients" in warning, warning
+        assert ("client 203.0.113.9" if client else "did not send ({client_addr})") in warning
+
+
+def test_sasl_login_items_trust_only_those_logins(tmp_path: Path) -> None:
+    with MilterProcess(
+        tmp_path / "state", f"unix:{tmp_path}/sock/m.sock", "--trusted-clients", "sasl:sendpost"
+    ) as proc:
+        run_miltertest(
+            proc,
+            tmp_path,
+            *(
+                lua_message(f"5A5100000{i}", [("X-Sendpost-Message-UUID", CANON)], client=client)
+                for i, client in enumerate(
+                    [
+                        {**OUTSIDER, "{auth_authen}": "sendpost"},
+                        {**OUTSIDER, "{auth_authen}": "customer2"},
+                        IN_MYNETWORKS,  # mynetworks is not in this trusted-clients
+                    ]
+                )
+            ),
+        )
+        states = [proc.entry(f"5A5100000{i}").header for i in range(3)]  # type: ignore[union-attr]
+        assert states == [HeaderState.PRESENT, HeaderState.UNTRUSTED, HeaderState.UNTRUSTED]
+        assert "trusted from SASL logins sendpost (trusted-clients)" in proc.log()
+
+
+def test_forged_headers_from_one_client_are_logged_once_and_all_counted(
+    tmp_path: Path,
+) -> None:
+    with MilterProcess(tmp_path / "state", f"unix:{tmp_path}/sock/m.sock") as proc:
+        messages = [
+            lua_message(f"F1000000{i:02d}", [("X-Sendpost-Message-UUID", CANON)], client=OUTSIDER)
+            for i in range(20)
+        ]
+        other = {"{client_addr}": "2001:db8::7"}
+        messages.append(lua_message("F2000000", [("X-Sendpost-Message-UUID", CANON)], client=other))
+        run_miltertest(proc, tmp_path, *messages)
+        assert header_count(proc, "untrusted") == 21
+        warnings = [line for line in proc.log().splitlines() if "not trusted" in line]
+        assert len(warnings) == 2, warnings  # one per client address
+        assert "client 2001:db8::7" in warnings[1]
+
+
+def test_doctor_probe_is_recognised_from_an_untrusted_client_too(
+    milter: MilterProcess, tmp_path: Path
+) -> None:
+    """The probe is proven by its key, not by the client: doctor works wherever it runs."""
+    key = load_key(milter.state_dir)
+    assert key is not None
+    before = counter(milter, "sendpost_milter_doctor_probes_total")
+    run_miltertest(
+        milter,
+        tmp_path,
+        lua_message(
+            "D0C0000003",
+            [("X-Sendpost-Message-UUID", CANON), ("X-Sendpost-Doctor-Probe", make_token(key))],
+            reply="SMFIR_DISCARD",
+            client=OUTSIDER,
+        ),
+    )
+    entry = milter.entry("D0C0000003")
+    assert entry is not None and (entry.uuid, entry.header) == (CANON, HeaderState.PRESENT)
+    assert counter(milter, "sendpost_milter_doctor_probes_total") == before + 1

@@ -194,6 +194,7 @@ def test_header_info_carries_the_uuid() -> None:
         queue_id="8DB5C20C94F",
         name="X-Sendpost-Message-UUID",
         value="11111111-1111-4111-8111-111111111111",
+        client="127.0.0.1",
     )
 
 

@@ -16,6 +16,7 @@ from logwatch.parse import Clock, Delivery, HeaderInfo, parse_line
 from logwatch.relays import ContentFilters
 from logwatch.tracker import Tracker
 from sendpost_agent.queuemap import Entry, HeaderState, MapReader, MapWriter
+from sendpost_agent.trust import build_policy
 from tests.support.samples import SAMPLES
 
 pytestmark = pytest.mark.unit
@@ -388,3 +389,105 @@ def test_info_lines_stand_in_for_a_row_the_milter_did_not_write(reader: MapReade
     tracker = Tracker(reader.get, FILTER, wait=30.0)
     events = run([INFO.format("11111111-1111-4111-8111-111111111111"), SENT], tracker)
     assert brief(events, "11111111-1111-4111-8111-111111111111") == [("delivered", "r@example.com")]
+
+
+@pytest.mark.parametrize("client", ["203.0.113.9", "local"])
+def test_info_lines_of_an_untrusted_client_stand_in_for_nothing(
+    reader: MapReader, client: str
+) -> None:
+    """The milter did not see the message (down, or a listener without it) and the INFO
+    line names a client outside trusted-clients' networks (it names no SASL login)."""
+    policy = build_policy(("127.0.0.0/8", "sasl"), None)
+    tracker = Tracker(
+        reader.get, FILTER, wait=30.0, trusts_client=lambda addr: policy.trusts(addr, None)
+    )
+    origin = "unknown[203.0.113.9]" if client != "local" else "local"
+    info = INFO.format(U_FORGED).replace("localhost[127.0.0.1]", origin)
+    assert run([info, SENT], tracker) == []
+    assert tracker.counts["header_info_untrusted_client"] == 1
+    # The same line from localhost, in the networks, stands in for the row.
+    trusted = Tracker(
+        reader.get, FILTER, wait=30.0, trusts_client=lambda addr: policy.trusts(addr, None)
+    )
+    assert brief(run([INFO.format(U_FORGED), SENT], trusted), U_FORGED) == [
+        ("delivered", "r@example.com")
+    ]
+
+
+U_FORGED = "33333333-3333-4333-8333-333333333333"
+HOP = (
+    "Nov 23 18:44:50 h postfix/smtp[2]: {parent}: to=<ok20@example.com>,"
+    " relay=127.0.0.1[127.0.0.1]:10024, delay=0.04, delays=0.01/0.01/0/0.02, dsn=2.0.0,"
+    " status=sent (250 2.0.0 Ok: queued as {child})"
+)
+CHILD_SENT = (
+    "Nov 23 18:44:51 h postfix/smtp[3]: {child}: to=<ok20@example.com>,"
+    " relay=127.0.0.1[127.0.0.1]:2526, delay=0.02, delays=0/0/0/0.02, dsn=2.0.0,"
+    " status=sent (250 2.0.0 Ok: sink accepted)"
+)
+
+
+def untrusted_map(tmp_path: Path, child: HeaderState | None) -> MapReader:
+    """The milter found a valid header from an untrusted client on the first hop, and saw
+    the re-injection from the filter's local (trusted) address with ``child``'s state
+    (None: the re-injection listener has no_milters, no row)."""
+    writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
+    writer.put("F0A6E000001", None, HeaderState.UNTRUSTED)
+    if child is not None:
+        present = child is HeaderState.PRESENT
+        writer.put("F0A6E000002", uuid.UUID(U_FORGED) if present else None, child)
+    writer.close()
+    return MapReader(tmp_path / "map.sqlite3")
+
+
+def test_an_untrusted_header_gives_no_event_not_even_through_an_info_line(
+    tmp_path: Path,
+) -> None:
+    """header_checks INFO shows the forged value; the milter's untrusted verdict stands."""
+    writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
+    writer.put("D1E2F3A4B5C", None, HeaderState.UNTRUSTED)
+    writer.close()
+    tracker = Tracker(MapReader(tmp_path / "map.sqlite3").get, FILTER, wait=30.0)
+    assert run([INFO.format(U_FORGED), SENT], tracker) == []
+    assert tracker.counts == {"unmatched:untrusted_client": 1}
+
+
+@pytest.mark.parametrize(
+    "child", [HeaderState.PRESENT, HeaderState.MISSING, None], ids=["present", "missing", "no-row"]
+)
+def test_mail_a_content_filter_reinjects_carries_the_distrust_of_its_first_hop(
+    tmp_path: Path, child: HeaderState | None
+) -> None:
+    """The filter re-injects from a local address in mynetworks: the milter (where the
+    re-injection listener has it) records the forged UUID as present. The hop decides."""
+    reader = untrusted_map(tmp_path, child)
+    tracker = Tracker(reader.get, FILTER, wait=30.0)
+    lines = [
+        HOP.format(parent="F0A6E000001", child="F0A6E000002"),
+        CHILD_SENT.format(child="F0A6E000002"),
+    ]
+    assert run(lines, tracker) == []
+    assert tracker.counts["unmatched:untrusted_client"] == 2
+    # ... also after a restart between the hop and the re-injected message's delivery.
+    restarted = Tracker(reader.get, FILTER, wait=30.0)
+    first = Tracker(reader.get, FILTER, wait=30.0)
+    run(lines[:1], first, finish=False)
+    restarted.restore(json.loads(json.dumps(first.snapshot())))
+    assert run(lines[1:], restarted) == []  # the hop's held line was restored with it
+    assert restarted.counts["unmatched:untrusted_client"] == 2
+
+
+def test_a_trusted_first_hop_gives_its_uuid_to_an_untrusted_reinjection(tmp_path: Path) -> None:
+    """trusted-clients without the filter's address: the re-injection's own row says
+    untrusted, the message it came from was trusted; its lines may come first."""
+    writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
+    writer.put("F0A6E000001", uuid.UUID(U_FORGED), HeaderState.PRESENT)
+    writer.put("F0A6E000002", None, HeaderState.UNTRUSTED)
+    writer.close()
+    tracker = Tracker(MapReader(tmp_path / "map.sqlite3").get, FILTER, wait=30.0)
+    lines = [
+        CHILD_SENT.format(child="F0A6E000002"),
+        HOP.format(parent="F0A6E000001", child="F0A6E000002"),
+    ]
+    assert brief(run(lines, tracker), U_FORGED) == [("delivered", "ok20@example.com")]
+    assert "unmatched:untrusted_client" not in tracker.counts

@@ -44,6 +44,22 @@ class _Reinject:
         return match.group(1)
 
 
+NO_MILTERS = (
+    "    -o smtpd_milters=\n    -o receive_override_options="
+    "no_unknown_recipient_checks,no_header_body_checks,no_milters\n"
+)
+
+
+def master_cf(reinject_port: int, options: str = NO_MILTERS) -> str:
+    """master.cf lines of an amavis-style setup: the ``smtp-amavis`` transport to the
+    filter, and the re-injection listener on 127.0.0.1:``reinject_port`` with
+    ``-o content_filter=`` and ``options`` (by default without milters, as shipped)."""
+    return (
+        "smtp-amavis unix - - n - 2 smtp\n"
+        f"127.0.0.1:{reinject_port} inet n - n - - smtpd\n    -o content_filter=\n" + options
+    )
+
+
 class ContentFilter:
     def __init__(self, reinject_port: int) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -23,8 +23,29 @@ class MilterProcess(AgentProcess):
     command = "milter"
     listen_flag = "--milter-listen"
 
-    def __init__(self, state_dir: Path, milter_socket: str, *extra_args: str) -> None:
-        super().__init__(state_dir, "--milter-socket", milter_socket, *extra_args)
+    def __init__(
+        self,
+        state_dir: Path,
+        milter_socket: str,
+        *extra_args: str,
+        postfix_config_dir: Path | None = None,
+    ) -> None:
+        """``postfix_config_dir``: the Postfix configuration whose mynetworks the milter
+        trusts; by default one of its own with the test instances' ``127.0.0.0/8``, so
+        that the test clients on loopback are trusted as by a real Postfix."""
+        if postfix_config_dir is None:
+            postfix_config_dir = state_dir.parent / f"{state_dir.name}-postfix-etc"
+            postfix_config_dir.mkdir(parents=True, exist_ok=True)
+            (postfix_config_dir / "main.cf").write_text("mynetworks = 127.0.0.0/8\n")
+            (postfix_config_dir / "master.cf").touch()
+        super().__init__(
+            state_dir,
+            "--milter-socket",
+            milter_socket,
+            "--postfix-config-dir",
+            str(postfix_config_dir),
+            *extra_args,
+        )
         self.socket = milter_socket
 
     def ready(self) -> bool:
