@@ -28,6 +28,8 @@ from tests.support.milter import MilterProcess
 from tests.support.postfix import PostfixInstance, build_message, free_port
 from tests.support.sink import Sink
 
+pytestmark = pytest.mark.integration
+
 KEY = "sp-trust-key-7"
 SENDER = "sender@example.com"
 MILTER = "{ unix:sendpost-agent/milter.sock, default_action=accept, command_timeout=5s }"

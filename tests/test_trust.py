@@ -32,6 +32,7 @@ def trusted(items: tuple[str, ...], mynetworks: list[str] | None = None) -> set[
     return {name for name, (addr, login) in clients.items() if policy.trusts(addr, login)}
 
 
+@pytest.mark.unit
 def test_default_is_mynetworks_and_any_sasl_login() -> None:
     config = load_config(environ={}, config_file=Path("/dev/null"))
     assert describe(config)["trusted-clients"] == "mynetworks, sasl"
@@ -43,6 +44,7 @@ def test_default_is_mynetworks_and_any_sasl_login() -> None:
     }
 
 
+@pytest.mark.unit
 def test_networks_logins_and_postfix_exclusions() -> None:
     assert trusted(("10.1.0.0/16", "2001:db8::/32", "sasl:sendpost")) == {
         "10.1.2.3",
@@ -56,6 +58,7 @@ def test_networks_logins_and_postfix_exclusions() -> None:
     assert build_policy((), None).empty
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -64,11 +67,13 @@ def test_networks_logins_and_postfix_exclusions() -> None:
         ([], "[]"),
     ],
 )
+@pytest.mark.unit
 def test_items_are_normalised(value: object, expected: str) -> None:
     config = load_config({"trusted-clients": value}, environ={}, config_file=Path("/dev/null"))
     assert str(config.trusted_clients) == expected
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "message"),
     [
@@ -78,6 +83,7 @@ def test_items_are_normalised(value: object, expected: str) -> None:
         ("10.0.0.0/33", "is not a network"),
     ],
 )
+@pytest.mark.unit
 def test_a_bad_item_is_a_config_error_naming_the_key_and_the_fix(value: str, message: str) -> None:
     with pytest.raises(ConfigError) as error:
         load_config({"trusted-clients": value}, environ={}, config_file=Path("/dev/null"))
@@ -85,6 +91,7 @@ def test_a_bad_item_is_a_config_error_naming_the_key_and_the_fix(value: str, mes
     assert message in str(error.value)
 
 
+@pytest.mark.integration
 def test_mynetworks_is_read_from_postfix_and_its_unevaluable_entries_are_named(
     tmp_path: Path,
 ) -> None:
@@ -103,6 +110,7 @@ def test_mynetworks_is_read_from_postfix_and_its_unevaluable_entries_are_named(
     assert "list the networks SendPost sends from in trusted-clients" in warning
 
 
+@pytest.mark.integration
 def test_unreadable_mynetworks_trusts_no_network_and_says_what_to_set(tmp_path: Path) -> None:
     policy, problem = load_policy(("mynetworks", "sasl"), PostfixConfig(tmp_path / "none"))
     assert policy.networks == () and policy.any_login
