@@ -33,6 +33,7 @@ from typing import TextIO
 
 import aiohttp
 
+from logwatch.relays import ContentFilters
 from sendpost_agent import __version__
 from sendpost_agent.config import Config, HostPort, Secret
 from sendpost_agent.header import HEADER_NAME
@@ -508,11 +509,17 @@ class Doctor:
                     )
                 )
         listed = ", ".join(str(listener.service) for listener in reinjection) or "none found"
+        pipes = ", ".join(sorted(ContentFilters.read(self.postfix).pipes))
+        followed = pipes and (
+            f"; pipe filter {pipes}: logwatch follows the copy it re-injects (sendmail, pickup)"
+            f" by its Message-ID within join-wait ({self.config.join_wait:g} s); a message"
+            " without Message-ID, or a copy re-injected later, gives no event (counted)"
+        )
         return _combine(
             name,
             findings,
             f"content filter {', '.join(filters)}; re-injection"
-            f" listeners (-o content_filter=): {listed}",
+            f" listeners (-o content_filter=): {listed}{followed}",
         )
 
     # --- live checks ----------------------------------------------------------------
