@@ -141,7 +141,12 @@ class Tracker:
         events: list[Event] = []
         try:
             kind = type(record)
-            timed = kind is Delivery or kind is Expired or kind is QueueActive
+            timed = (
+                kind is Delivery
+                or kind is Expired
+                or kind is QueueActive
+                or (kind is MessageId and self._pipes)
+            )
             when = self._advance(record.time) if timed else 0.0  # type: ignore[attr-defined]
             if self._queue and self._queue[0].deadline <= self.now:
                 events = self._settle_due(self.now)
@@ -168,7 +173,7 @@ class Tracker:
             self._recent[record.queue_id] = when
             return self._confirm_hop(record.queue_id) if self._hops else []
         if kind is MessageId:
-            return self._message_id(record) if self._pipes else []  # type: ignore[arg-type]
+            return self._message_id(record, when) if self._pipes else []  # type: ignore[arg-type]
         if isinstance(record, Notification):
             message = self._message(record.new_queue_id, record.time.timestamp())
             message.ndr = message.no_milter = True
@@ -430,11 +435,10 @@ class Tracker:
             message.deferred.update(old.deferred)
         return self._release(record.queue_id)
 
-    def _message_id(self, record: MessageId) -> list[Event]:
+    def _message_id(self, record: MessageId, when: float) -> list[Event]:
         """Remembered for a pipe filter hop; a message pickup queued (its ``uid=`` line
         comes first: pickup logs it before it passes the headers to cleanup) that has no
         UUID yet may be such a hop's copy."""
-        when = record.time.timestamp()
         message = self.messages.get(record.queue_id)
         if message is not None and message.no_milter and not message.ndr and message.uuid is None:
             return self._copy(record.queue_id, record.message_id, when)

@@ -499,3 +499,24 @@ def test_a_pipe_hop_without_a_message_id_is_counted_and_logged(
         assert run(lines, tracker) == []
     assert tracker.counts["content_filter_hop_without_message_id"] == 1
     assert "without a Message-ID logged" in caplog.text
+
+
+def test_memory_for_pipe_filters_stays_within_the_queue_and_the_join_wait(
+    pipe_reader: MapReader,
+) -> None:
+    """A Message-ID is kept while its message is queued; a copy no hop claimed (local
+    mail) for the join wait."""
+    tracker = Tracker(pipe_reader.get, PIPE, wait=30.0)
+    lines = []
+    for i in range(3000):
+        stamp, local, smtpd = f"Dec 07 18:{i // 60:02d}:{i % 60:02d} h", 0xB0000000 + i, 0xC0 + i
+        lines += [
+            f"{stamp} postfix/pickup[1]: {local:X}: uid=0 from=<root>",
+            f"{stamp} postfix/cleanup[2]: {local:X}: message-id=<{i}.local@h>",
+            f"{stamp} postfix/qmgr[3]: {local:X}: from=<root>, size=1, nrcpt=1 (queue active)",
+            f"{stamp} postfix/cleanup[2]: {smtpd:X}0000: message-id=<{i}@sendpost.test>",
+            f"{stamp} postfix/qmgr[3]: {smtpd:X}0000: removed",
+        ]
+    run(lines, tracker, finish=False)
+    assert len(tracker._copies) <= 32  # one per log second, 30 s kept
+    assert tracker._message_ids == {}
