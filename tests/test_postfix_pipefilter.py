@@ -71,32 +71,35 @@ def test_pipe_filter_copies_report_their_outcomes_under_the_original_uuid(
             str(postfix.config_dir),
             "--join-wait",
             "5s",
-        ).start()
-        two = postfix.send(
-            SENDER,
-            ["ok@example.com", "bounce@example.com"],
-            {"X-Sendpost-Message-UUID": filtered},
-            "body\n",
         )
-        one = postfix.send(
-            SENDER, ["drop@example.com"], {"X-Sendpost-Message-UUID": dropped}, "body\n"
-        )
-        for queue_id, recipient in ((two, "ok"), (two, "bounce"), (one, "drop")):
-            postfix.wait_for_log(
-                rf"postfix/pipe\[\d+\]: {queue_id}: to=<{recipient}@example.com>,"
-                rf" relay={SERVICE}, .*status=sent \(delivered via {SERVICE} service\)"
+        with agent:
+            two = postfix.send(
+                SENDER,
+                ["ok@example.com", "bounce@example.com"],
+                {"X-Sendpost-Message-UUID": filtered},
+                "body\n",
             )
-        # One copy per recipient came back through pickup, and reached its outcome.
-        assert len(postfix.wait_for_log(r"postfix/pickup\[\d+\]: \w+: uid=65534 ", count=2)) == 2
-        postfix.wait_for_log(r"\w+: to=<ok@example.com>, relay=127.*status=sent \(250 ")
-        postfix.wait_for_log(r"\w+: to=<bounce@example.com>, relay=127.*status=bounced")
-        server.wait_for_events(2, timeout=30)
-        deadline = time.monotonic() + 30  # the dropped copy is given up after join-wait
-        while agent.metrics().get(REASON.format("content_filter_not_reinjected")) != 1:
-            assert time.monotonic() < deadline, agent.log()
-            time.sleep(0.2)
-        metrics = agent.metrics()
-        assert agent.stop() == 0
+            one = postfix.send(
+                SENDER, ["drop@example.com"], {"X-Sendpost-Message-UUID": dropped}, "body\n"
+            )
+            for queue_id, recipient in ((two, "ok"), (two, "bounce"), (one, "drop")):
+                postfix.wait_for_log(
+                    rf"postfix/pipe\[\d+\]: {queue_id}: to=<{recipient}@example.com>,"
+                    rf" relay={SERVICE}, .*status=sent \(delivered via {SERVICE} service\)"
+                )
+            # One copy per recipient came back through pickup, and reached its outcome.
+            copies = postfix.wait_for_log(r"postfix/pickup\[\d+\]: \w+: uid=65534 ", count=2)
+            assert len(copies) == 2
+            postfix.wait_for_log(r"\w+: to=<ok@example.com>, relay=127.*status=sent \(250 ")
+            postfix.wait_for_log(r"\w+: to=<bounce@example.com>, relay=127.*status=bounced")
+            server.wait_for_events(2, timeout=30)
+            deadline = time.monotonic() + 30  # the dropped copy is given up after join-wait
+            given_up = REASON.format("content_filter_not_reinjected")
+            while agent.metrics().get(given_up) != 1:
+                assert time.monotonic() < deadline, f"no {given_up}: {agent.metrics()}"
+                time.sleep(0.2)
+            metrics = agent.metrics()
+    assert agent.proc is not None and agent.proc.returncode == 0  # stopped, events all sent
     assert metrics[REASON.format("content_filter_pipe_hop")] == 2
     got = sorted((e["message_id"], e["event_type"], e["recipient"]) for e in server.accepted)
     assert got == [

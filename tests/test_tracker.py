@@ -520,3 +520,33 @@ def test_memory_for_pipe_filters_stays_within_the_queue_and_the_join_wait(
     run(lines, tracker, finish=False)
     assert len(tracker._copies) <= 32  # one per log second, 30 s kept
     assert tracker._message_ids == {}
+
+
+@pytest.mark.parametrize("copy_first", [True, False], ids=["copy-first", "hops-first"])
+def test_one_copy_for_all_recipients_follows_every_hop_line(
+    pipe_reader: MapReader, copy_first: bool
+) -> None:
+    """Without a recipient limit the filter runs once for all recipients: pipe logs one
+    hop line per recipient, and one copy comes back."""
+    hops = [
+        PIPE_HOP.format(s="01").replace("ok3@", rcpt)
+        for rcpt in ("ok3@", "bounce3@")  # the same message, two recipients
+    ]
+    pickup, message_id, _ = (line.format(s="01") for line in PIPE_COPY[1:])
+    deliveries = [
+        PIPE_COPY[3].format(s="02"),
+        "Dec 07 17:11:02 h postfix/smtp[4]: D19012384FE: to=<bounce3@example.com>, relay="
+        "127.0.0.1[127.0.0.1]:2526, delay=0.1, delays=0/0/0/0.1, dsn=5.1.1, status=bounced"
+        " (host 127.0.0.1[127.0.0.1] said: 550 5.1.1 <bounce3@example.com>: User unknown)",
+    ]
+    copy = [pickup, message_id]
+    middle = [*copy, *hops] if copy_first else [*hops, *copy]
+    lines = [PIPE_COPY[0].format(s="00"), *middle, *deliveries]
+    tracker = Tracker(pipe_reader.get, PIPE, wait=30.0)
+    events = run(lines, tracker)
+    assert brief(events, PIPE_MESSAGES["C11212384FE"]) == [
+        ("delivered", "ok3@example.com"),
+        ("bounced", "bounce3@example.com"),
+    ]
+    assert tracker.counts["content_filter_pipe_hop"] == 2
+    assert tracker.counts["content_filter_not_reinjected"] == 0
