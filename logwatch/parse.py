@@ -18,6 +18,7 @@ __all__ = [
     "Delivery",
     "Expired",
     "HeaderInfo",
+    "MessageId",
     "Notification",
     "Pickup",
     "QueueActive",
@@ -103,6 +104,17 @@ class HeaderInfo(NamedTuple):
     client: str = ""  # the SMTP client's address ("" for local submission)
 
 
+class MessageId(NamedTuple):
+    """cleanup read a message's Message-ID header (as logged: ``<...>``, or ``<>`` without
+    one): the only thing Postfix logs alike for a message and the copy a pipe content
+    filter re-injects through ``sendmail``."""
+
+    time: datetime
+    program: str
+    queue_id: str
+    message_id: str
+
+
 @dataclass(frozen=True, slots=True)
 class Skipped:
     """A candidate line deliberately not used; the caller counts these by ``reason``.
@@ -114,7 +126,7 @@ class Skipped:
     reason: str
 
 
-Record = Delivery | Expired | QueueActive | Notification | Pickup | Removed | HeaderInfo
+Record = Delivery | Expired | QueueActive | Notification | Pickup | Removed | HeaderInfo | MessageId
 # Records are named tuples: immutable, and built without a Python-level __init__ by
 # tuple.__new__ on the hot path (a frozen dataclass's __init__ doubled the cost per line).
 _new: Final = tuple.__new__
@@ -302,8 +314,19 @@ _COMMON_DELIVERY = re.compile(
 )
 _COMMON_ACTIVE = re.compile(_COMMON_HEAD + _ACTIVE_TAIL)
 _COMMON_REMOVED = re.compile(_COMMON_HEAD + r"removed\Z")
+_MESSAGE_ID: Final = "message-id="
+_MESSAGE_ID_MARKER: Final = ": " + _MESSAGE_ID
+_COMMON_MESSAGE_ID = re.compile(_COMMON_HEAD + _MESSAGE_ID + r"(.*+)")
 
-_STATUS_LINE, _ACTIVE_LINE, _REMOVED_LINE, _NOTIFICATION_LINE, _HEADER_LINE, _PICKUP_LINE = range(6)
+(
+    _STATUS_LINE,
+    _ACTIVE_LINE,
+    _REMOVED_LINE,
+    _NOTIFICATION_LINE,
+    _HEADER_LINE,
+    _PICKUP_LINE,
+    _MESSAGE_ID_LINE,
+) = range(7)
 
 
 _LINE_ENDS: Final = ("(queue active)", ": removed")
@@ -311,14 +334,17 @@ _RARE_MARKERS: Final = (" notification: ", "info: header ", ": uid=")
 _RARE_BYTES: Final = tuple(marker.encode() for marker in _RARE_MARKERS)
 
 
-def parse_block(lines: list[bytes], clock: Clock) -> list[Record | Skipped]:
+def parse_block(
+    lines: list[bytes], clock: Clock, message_ids: bool = False
+) -> list[Record | Skipped]:
     """``parse_line`` over every line (undecoded, without its newline), in order, without
     the None results.
 
     Most lines cannot matter. They are decoded and rejected by the substring tests
     parse_line starts with inside one comprehension, so they cost no call (decoded: a
-    substring test on bytes costs twice as much); the two rare markers are tested per
-    line only when the whole block holds one of them.
+    substring test on bytes costs twice as much); the rare markers are tested per line
+    only when the whole block holds one of them. cleanup's ``message-id=`` lines (one per
+    message) only with ``message_ids``: only a pipe content filter's hop needs them.
     """
     block = b"\n".join(lines)
     rare = any(marker in block for marker in _RARE_BYTES)
@@ -328,6 +354,7 @@ def parse_block(lines: list[bytes], clock: Clock) -> list[Record | Skipped]:
         if "status=" in (line := raw.decode("utf-8", "replace"))
         or line.endswith(_LINE_ENDS)
         or (rare and any(marker in line for marker in _RARE_MARKERS))
+        or (message_ids and _MESSAGE_ID_MARKER in line)
     ]
     return [record for line in text if (record := parse_line(line, clock)) is not None]
 
@@ -370,6 +397,15 @@ def parse_line(line: str, clock: Clock) -> Record | Skipped | None:
         return _general(line, _HEADER_LINE, clock)
     if ": uid=" in line:
         return _general(line, _PICKUP_LINE, clock)
+    if _MESSAGE_ID_MARKER in line:
+        m = _COMMON_MESSAGE_ID.match(line)
+        if m is None:
+            return _general(line, _MESSAGE_ID_LINE, clock)
+        stamp, iso, program, queue_id, message_id = m.groups()
+        time = clock.syslog_time(stamp) if stamp is not None else _iso_time(iso, clock)
+        if time is None:
+            return _BAD_TIME
+        return _new(MessageId, (time, program, queue_id, message_id))
     return None
 
 
@@ -404,6 +440,8 @@ def _general(line: str, kind: int, clock: Clock) -> Record | Skipped | None:
     pos = qid.end()
     if kind == _STATUS_LINE and line.startswith("info: header ", pos):
         kind = _HEADER_LINE  # `status=` in the sender or helo logged after the header
+    elif kind == _STATUS_LINE and line.startswith(_MESSAGE_ID, pos):
+        kind = _MESSAGE_ID_LINE  # `status=` in the Message-ID
 
     if kind == _STATUS_LINE:
         return _status(line, pos, time, program, queue_id)
@@ -418,6 +456,10 @@ def _general(line: str, kind: int, clock: Clock) -> Record | Skipped | None:
     if kind == _PICKUP_LINE:
         m = _PICKUP.match(line, pos)
         return Pickup(time, program, queue_id, m[1]) if m else None
+    if kind == _MESSAGE_ID_LINE:
+        if not line.startswith(_MESSAGE_ID, pos):
+            return None
+        return MessageId(time, program, queue_id, line[pos + len(_MESSAGE_ID) :])
     m = _HEADER_INFO.match(line, pos)
     if m is None or m[1].lower() != _UUID_HEADER:
         return None

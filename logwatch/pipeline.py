@@ -48,12 +48,13 @@ class Pipeline:
             on_error=self._internal_error,
             trusts_client=trusts_client,
         )
+        self._message_ids = bool(filters.pipes)  # only a pipe filter's hop needs them
         self.lines_read = 0
         self.lines_parsed = 0
         self.skipped: Counter[str] = Counter()
         # Attributes, not module names, so that a test can make them fail (compiled, a
         # call to a module's function does not look the name up).
-        self.parse_block: Callable[[list[bytes], Clock], list[Record | Skipped]] = parse_block
+        self.parse_block: Callable[[list[bytes], Clock, bool], list[Record | Skipped]] = parse_block
         self.parse_line: Callable[[str, Clock], Record | Skipped | None] = parse_line
 
     def use_map(self, reader: MapReader | None) -> None:
@@ -66,7 +67,7 @@ class Pipeline:
         records: list[Record] = []
         skipped = self.skipped
         try:
-            parsed = self.parse_block(lines, self.clock)
+            parsed = self.parse_block(lines, self.clock, self._message_ids)
         except Exception:
             parsed = self._parse_each(lines)
         for record in parsed:

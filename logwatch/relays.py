@@ -4,7 +4,9 @@ An after-queue content filter (amavis on 127.0.0.1:10024, ...) takes the message
 it and re-injects it under a new queue ID; the hop logs ``status=sent (... queued as
 NEWID)`` for every recipient, which is not a delivery. Postfix's configuration names the
 filters (``content_filter`` in main.cf and as ``-o content_filter=`` in master.cf), so we
-read it once at start.
+read it once at start. A filter whose master.cf service is a ``pipe`` (spamc re-injecting
+with ``sendmail``) logs ``relay=SERVICE, ... status=sent (delivered via SERVICE service)``
+and no new queue ID: the tracker follows its copy by Message-ID.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import functools
 import ipaddress
 import logging
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -81,9 +84,11 @@ def parse_nexthop(filter_value: str) -> tuple[str, int] | None:
 
 @dataclass(frozen=True)
 class ContentFilters:
-    """The (host, port) next hops of the configured content filters."""
+    """The (host, port) next hops of the configured content filters, and the names of
+    those that are master.cf ``pipe`` services (what their hop logs as ``relay=``)."""
 
     hops: frozenset[tuple[str, int]] = frozenset()
+    pipes: frozenset[str] = frozenset()
 
     def is_hop(self, endpoint: Endpoint | None) -> bool:
         if endpoint is None or endpoint.port is None:
@@ -94,20 +99,30 @@ class ContentFilters:
         ) in self.hops
 
     @classmethod
-    def from_values(cls, values: list[str]) -> ContentFilters:
-        return cls(frozenset(hop for v in values if v and (hop := parse_nexthop(v))))
+    def from_values(cls, values: list[str], pipe_services: Collection[str] = ()) -> ContentFilters:
+        """``values``: content_filter settings; ``pipe_services``: names of master.cf
+        services whose command is ``pipe``."""
+        transports = {v.partition(":")[0].strip() for v in values if v}
+        return cls(
+            frozenset(hop for v in values if v and (hop := parse_nexthop(v))),
+            frozenset(transports.intersection(pipe_services)),
+        )
+
+    @classmethod
+    def read(cls, postfix: PostfixConfig) -> ContentFilters:
+        """``content_filter`` in main.cf and every ``-o`` override in master.cf, and the
+        master.cf services of type pipe; raises PostconfError."""
+        values = [postfix.value("content_filter")]
+        values += [s.overrides.get("content_filter", "") for s in postfix.services()]
+        return cls.from_values(values, [s.name for s in postfix.services() if s.command == "pipe"])
 
     @classmethod
     def from_postfix(cls, config_dir: Path) -> ContentFilters:
-        """Read ``content_filter`` from main.cf and every ``-o`` override in master.cf.
-
-        Postfix not being readable is not fatal: we then rely on a hop's new queue ID
-        showing up in the log (see tracker), and say so.
+        """``read``, for logwatch: Postfix not being readable is not fatal. We then rely
+        on a hop's new queue ID showing up in the log (see tracker), and say so.
         """
-        postfix = PostfixConfig(config_dir)
         try:
-            values = [postfix.value("content_filter")]
-            values += [s.overrides.get("content_filter", "") for s in postfix.services()]
+            return cls.read(PostfixConfig(config_dir))
         except PostconfError as exc:
             log.warning(
                 "cannot read content filters: %s; content filter hops are then"
@@ -115,4 +130,3 @@ class ContentFilters:
                 exc,
             )
             return cls()
-        return cls.from_values(values)

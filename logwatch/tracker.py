@@ -10,7 +10,10 @@ cannot decide yet for a bounded time (``join-wait``, measured in log time):
   re-injected message's lines can precede the hop's ``queued as`` line);
 * a ``status=sent ... queued as NEWID`` to a local relay that is not a configured
   content filter: a hop if NEWID shows up in this log, else a real delivery (a local
-  smarthost), reported when the wait ends. Remote relays are deliveries at once.
+  smarthost), reported when the wait ends. Remote relays are deliveries at once;
+* a hop to a pipe content filter (``relay=SERVICE``, no new queue ID): its copy, queued
+  by pickup with the same Message-ID within the wait before or after it, goes on under
+  its UUID (``_pipe_hop``).
 
 Nothing is reported twice and nothing is dropped silently: every line that yields no
 event is counted in ``counts`` by reason.
@@ -19,8 +22,9 @@ event is counted in ``counts`` by reason.
 from __future__ import annotations
 
 import heapq
+import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -31,6 +35,7 @@ from logwatch.parse import (
     Delivery,
     Expired,
     HeaderInfo,
+    MessageId,
     Notification,
     Pickup,
     QueueActive,
@@ -45,6 +50,8 @@ OnError = Callable[[str, object], None]  # (what it was doing, the record): coun
 GC_EVERY: Final = 3600.0  # log seconds between sweeps of stale state
 Decidable = Delivery | Expired
 _HEADER_LOWER: Final = HEADER_NAME.lower()
+_NO_MESSAGE_ID: Final = ("", "<>")  # cleanup logs `message-id=<>` for mail without one
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -82,6 +89,8 @@ class _Held:
     record: Decidable = field(compare=False)
     hop_to: str | None = field(default=None, compare=False)  # presumed hop's NEWID
     uuid: str | None = field(default=None, compare=False)
+    message_id: str | None = field(default=None, compare=False)  # a pipe filter hop's
+    linked: bool = field(default=False, compare=False)  # a copy of its message came back
 
 
 class Tracker:
@@ -112,6 +121,13 @@ class Tracker:
         self._queue: list[_Held] = []  # all held items by deadline
         self._seq = 0
         self._recent: dict[str, float] = {}  # queue IDs queued recently (presumed hops)
+        # Pipe content filters (``_pipe_hop``): every message's Message-ID until it leaves
+        # the queue, the pipe hops by Message-ID and the copies pickup queued that no hop
+        # claimed yet (their Message-ID and when), both for the join-wait.
+        self._pipes = bool(filters.pipes)
+        self._message_ids: dict[str, tuple[str, float]] = {}
+        self._pipe_hops: dict[str, list[_Held]] = {}
+        self._copies: dict[str, tuple[str, float]] = {}
         self.now = 0.0  # newest log time seen
         self._time: datetime | None = None  # the last record's time, and as epoch seconds
         self._when = 0.0
@@ -133,7 +149,12 @@ class Tracker:
         events: list[Event] = []
         try:
             kind = type(record)
-            timed = kind is Delivery or kind is Expired or kind is QueueActive
+            timed = (
+                kind is Delivery
+                or kind is Expired
+                or kind is QueueActive
+                or (kind is MessageId and self._pipes)
+            )
             when = self._advance(record.time) if timed else 0.0  # type: ignore[attr-defined]
             if self._queue and self._queue[0].deadline <= self.now:
                 events = self._settle_due(self.now)
@@ -150,6 +171,8 @@ class Tracker:
             queue_id = record.queue_id  # type: ignore[attr-defined]
             if queue_id in self.messages and queue_id not in self._pending:
                 del self.messages[queue_id]
+            if self._message_ids:
+                self._message_ids.pop(queue_id, None)
             return []
         if kind is QueueActive:
             assert isinstance(record, QueueActive)
@@ -157,6 +180,8 @@ class Tracker:
                 self._message(record.queue_id, when).ndr = True
             self._recent[record.queue_id] = when
             return self._confirm_hop(record.queue_id) if self._hops else []
+        if kind is MessageId:
+            return self._message_id(record, when) if self._pipes else []  # type: ignore[arg-type]
         if isinstance(record, Notification):
             message = self._message(record.new_queue_id, record.time.timestamp())
             message.ndr = message.no_milter = True
@@ -201,15 +226,13 @@ class Tracker:
         return events
 
     def _forget_recent(self, horizon: float) -> None:
-        """Keep ``_recent`` to the last join-wait of log time: one entry per message
-        queued, so a longer memory would grow with the mail volume."""
-        stale = []
-        for queue_id, when in self._recent.items():  # insertion order is log order
-            if when >= horizon:
-                break
-            stale.append(queue_id)
-        for queue_id in stale:
+        """Keep ``_recent`` and ``_copies`` to the last join-wait of log time: one entry per
+        message queued, so a longer memory would grow with the mail volume."""
+        for queue_id in _older(self._recent.items(), horizon):
             del self._recent[queue_id]
+        if self._copies:
+            for queue_id in _older(((q, c[1]) for q, c in self._copies.items()), horizon):
+                del self._copies[queue_id]
 
     @property
     def holding(self) -> bool:
@@ -228,6 +251,8 @@ class Tracker:
             del self.messages[queue_id]
         if stale:
             self.counts["forgotten_stale_messages"] += len(stale)
+        for queue_id in [q for q, (_, seen) in self._message_ids.items() if seen < horizon]:
+            del self._message_ids[queue_id]
 
     # --- deciding ----------------------------------------------------------------------
 
@@ -272,13 +297,17 @@ class Tracker:
         self._seq += 1
         item.seq = self._seq
         heapq.heappush(self._queue, item)
-        if item.hop_to is not None:
+        if item.message_id is not None:
+            self._pipe_hops.setdefault(item.message_id, []).append(item)
+        elif item.hop_to is not None:
             self._hops.setdefault(item.hop_to, []).append(item)
         else:
             self._pending.setdefault(item.queue_id, []).append(item)
 
     def _settle(self, item: _Held) -> list[Event]:
         """The wait is over: decide with what is known now."""
+        if item.message_id is not None:
+            return self._pipe_hop_over(item, item.message_id)
         if item.hop_to is not None:
             held = self._hops.get(item.hop_to)
             if held is None or item not in held:
@@ -377,6 +406,8 @@ class Tracker:
         if message is not None and message.deferred:
             message.deferred.pop(record.recipient, None)
         if event_type is EventType.DELIVERED:
+            if self._pipes and record.relay in self._filters.pipes:
+                return self._pipe_hop(queue_id, uuid, record, when)
             new_id = queued_as(record.reply)
             reply = record.reply
             if (
@@ -444,6 +475,85 @@ class Tracker:
             message.deferred.update(old.deferred)
         return self._release(record.queue_id)
 
+    def _message_id(self, record: MessageId, when: float) -> list[Event]:
+        """Remembered for a pipe filter hop; a message pickup queued (its ``uid=`` line
+        comes first: pickup logs it before it passes the headers to cleanup) that has no
+        UUID yet may be such a hop's copy."""
+        message = self.messages.get(record.queue_id)
+        if message is not None and message.no_milter and not message.ndr and message.uuid is None:
+            return self._copy(record.queue_id, record.message_id, when)
+        self._message_ids[record.queue_id] = (record.message_id, when)
+        return []
+
+    def _pipe_hop(self, queue_id: str, uuid: str, record: Delivery, when: float) -> list[Event]:
+        """A pipe content filter took the message: not a delivery. Its copy comes back
+        through pickup with the same Message-ID, once per call of the filter (per
+        recipient with ``SERVICE_destination_recipient_limit = 1``), and may be logged
+        before this line: copies queued within join-wait before it, or until join-wait
+        after it, go on under ``uuid``."""
+        message_id = self._message_ids.get(queue_id, _NO_MESSAGE_ID)[0]
+        if message_id in _NO_MESSAGE_ID:
+            self.counts["content_filter_hop_without_message_id"] += 1
+            log.warning(
+                "%s (UUID %s) went to the pipe content filter %s without a Message-ID"
+                " logged (cleanup's `message-id=` line): its copy cannot be followed, no"
+                " event for %s",
+                queue_id,
+                uuid,
+                record.relay,
+                record.recipient,
+            )
+            return []
+        since = when - self._wait
+        copies = [q for q, (m, at) in self._copies.items() if m == message_id and at >= since]
+        hops = self._pipe_hops.get(message_id, [])
+        linked = bool(copies) or any(h.linked for h in hops if h.queue_id == queue_id)
+        self._hold(_Held(when + self._wait, 0, queue_id, record, None, uuid, message_id, linked))
+        events: list[Event] = []
+        for copy in copies:
+            del self._copies[copy]
+            events += self._link(copy, uuid)
+        return events
+
+    def _copy(self, queue_id: str, message_id: str, when: float) -> list[Event]:
+        """A message pickup queued: the copy of a pipe filter hop waiting with the same
+        Message-ID (the oldest without a copy yet, so that one copy per recipient pairs
+        off with one hop line each), else kept for the join-wait for its hop."""
+        hops = [h for h in self._pipe_hops.get(message_id, ()) if h.deadline >= when]
+        if not hops:
+            self._copies[queue_id] = (message_id, when)
+            return []
+        hop = next((h for h in hops if not h.linked), hops[0])
+        for other in hops:
+            if other.queue_id == hop.queue_id:  # one message's hops share their copies
+                other.linked = True
+        return self._link(queue_id, hop.uuid or "")
+
+    def _pipe_hop_over(self, item: _Held, message_id: str) -> list[Event]:
+        """The pipe hop's wait is over: counted, and logged if no copy came back."""
+        hops = self._pipe_hops[message_id]
+        hops.remove(item)
+        if not hops:
+            del self._pipe_hops[message_id]
+        if item.linked:
+            self.counts["content_filter_pipe_hop"] += 1
+            return []
+        self.counts["content_filter_not_reinjected"] += 1
+        assert isinstance(item.record, Delivery)
+        log.info(
+            "%s (UUID %s) went to the pipe content filter %s for %s, but no copy with its"
+            " Message-ID %s came back through pickup within join-wait (%g s): no event."
+            " The filter dropped it, or failed after reporting success, or re-injected it"
+            " later (then raise join-wait)",
+            item.queue_id,
+            item.uuid,
+            item.record.relay,
+            item.record.recipient,
+            message_id,
+            self._wait,
+        )
+        return []
+
     def _confirm_hop(self, queue_id: str) -> list[Event]:
         """``queue_id`` appeared: deliveries held as presumed hops to it were hops."""
         held = self._hops.pop(queue_id, None)
@@ -497,9 +607,16 @@ class Tracker:
                 }
         held = [
             [h.deadline, h.queue_id, record_to_json(h.record), h.hop_to, h.uuid]
+            + ([h.message_id, h.linked] if h.message_id is not None else [])
             for h in sorted(self._queue)
         ]
-        return {"messages": messages, "held": held, "now": self.now}
+        return {
+            "messages": messages,
+            "held": held,
+            "now": self.now,
+            "message_ids": {q: list(v) for q, v in self._message_ids.items()},
+            "copies": {q: list(v) for q, v in self._copies.items()},
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         for queue_id, m in state.get("messages", {}).items():
@@ -515,9 +632,25 @@ class Tracker:
                     for r, (code, text) in m["deferred"].items()
                 },
             )
-        for deadline, queue_id, record, hop_to, uuid in state.get("held", []):
-            self._hold(_Held(deadline, 0, queue_id, record_from_json(record), hop_to, uuid))
+        for deadline, queue_id, record, hop_to, uuid, *pipe_hop in state.get("held", []):
+            item = _Held(deadline, 0, queue_id, record_from_json(record), hop_to, uuid)
+            if pipe_hop:
+                item.message_id, item.linked = pipe_hop
+            self._hold(item)
         self.now = float(state.get("now", 0.0))
+        for name, entries in (("message_ids", self._message_ids), ("copies", self._copies)):
+            for queue_id, (message_id, when) in state.get(name, {}).items():
+                entries[queue_id] = (message_id, when)
+
+
+def _older(entries: Iterable[tuple[str, float]], horizon: float) -> list[str]:
+    """The keys of (key, log time) pairs in log order that are older than ``horizon``."""
+    stale = []
+    for key, when in entries:
+        if when >= horizon:
+            break
+        stale.append(key)
+    return stale
 
 
 _KINDS: Final[dict[str, type[Delivery] | type[Expired]]] = {

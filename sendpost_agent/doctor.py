@@ -22,6 +22,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TextIO
 
+from logwatch.relays import ContentFilters
 from sendpost_agent.config import Config, HostPort
 from sendpost_agent.doctor_check import Check
 from sendpost_agent.doctor_live import LiveChecks
@@ -438,11 +439,17 @@ class Doctor:
                     )
                 )
         listed = ", ".join(str(listener.service) for listener in reinjection) or "none found"
+        pipes = ", ".join(sorted(ContentFilters.read(self.postfix).pipes))
+        followed = pipes and (
+            f"; pipe filter {pipes}: logwatch follows the copy it re-injects (sendmail, pickup)"
+            f" by its Message-ID within join-wait ({self.config.join_wait:g} s); a message"
+            " without Message-ID, or a copy re-injected later, gives no event (counted)"
+        )
         return _combine(
             name,
             findings,
             f"content filter {', '.join(filters)}; re-injection"
-            f" listeners (-o content_filter=): {listed}",
+            f" listeners (-o content_filter=): {listed}{followed}",
         )
 
     def check_trusted_clients(self) -> Check:

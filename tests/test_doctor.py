@@ -481,6 +481,23 @@ def test_trusted_clients_names_what_it_cannot_evaluate_and_untrusted_senders(
     assert run.status("probe") == "pass"  # the probe is trusted by its key
 
 
+def test_a_pipe_content_filter_is_reported_as_followed(site: SiteFactory) -> None:
+    s = site(
+        smtpd_milters=f"{{ {OURS}, default_action=accept }}",
+        main_cf={"content_filter": "spamfilter:dummy"},
+        master_cf_extra="spamfilter unix - n n - - pipe\n  flags=Rq user=nobody argv=/bin/true\n",
+    )
+    run = s.doctor("--offline")
+    assert run.code == 0, run.stdout
+    filters = run.checks["content-filters"]
+    assert filters["status"] == "pass"
+    assert (
+        "pipe filter spamfilter: logwatch follows the copy it re-injects (sendmail, pickup)"
+        " by its Message-ID within join-wait (30 s)" in filters["detail"]
+    )
+    s.assert_probe_never_left(run)
+
+
 def test_a_directory_that_is_not_a_postfix_config_cannot_run(tmp_path: Path) -> None:
     proc = subprocess.run(
         [

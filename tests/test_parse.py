@@ -17,6 +17,7 @@ from logwatch.parse import (
     Delivery,
     Expired,
     HeaderInfo,
+    MessageId,
     Notification,
     QueueActive,
     Removed,
@@ -251,8 +252,8 @@ def test_sender_containing_status_still_gives_queue_active() -> None:
     [
         "Nov 23 18:35:21 feas postfix/smtpd[5235]: connect from localhost[127.0.0.1]",
         "Nov 23 18:35:21 feas postfix/smtpd[5235]: A438320C032: client=localhost[127.0.0.1]",
-        "Nov 23 18:35:21 feas postfix/cleanup[5237]: A438320C032: "
-        "message-id=<20261123183521.005233@vm>",
+        "Jul  5 09:01:03 prd-mx1 postfix/cleanup[22010]: 3mL1Hq0Tgvz7sWh: "
+        "resent-message-id=<3mL1Hq0Tgvz7sWh@mx14.example.net>",
         "Nov 23 18:37:52 feas postfix/smtpd[5877]: NOQUEUE: milter-reject: MAIL from "
         "localhost[127.0.0.1]: 451 4.7.1 Service unavailable - try again later; "
         "from=<sender@example.com> proto=ESMTP helo=<vm>",
@@ -267,6 +268,32 @@ def test_lines_that_cannot_matter(line: str) -> None:
     assert one(line) is None
 
 
+@pytest.mark.parametrize(
+    ("line", "message_id"),
+    [
+        (
+            "Nov 23 18:35:21 feas postfix/cleanup[5237]: A438320C032: "
+            "message-id=<20261123183521.005233@vm>",
+            "<20261123183521.005233@vm>",
+        ),
+        ("Nov 23 18:35:21 mailserver01 postfix/cleanup[19016]: 4104E3D: message-id=<>", "<>"),
+        (  # the header's value as it was, not an address (wild/lines.log 51)
+            "Nov 23 18:35:21 mailserver01 postfix/cleanup[19024]: ADD961003206D: message-id=="
+            "?UTF-8?B?PDE5?=? =?UTF-8?B?MTIy?=",
+            "=?UTF-8?B?PDE5?=? =?UTF-8?B?MTIy?=",
+        ),
+        (  # `status=` in it: still a Message-ID (the general parser)
+            "Nov 23 18:35:21 feas postfix/cleanup[5237]: A438320C032: message-id=<status=sent@x>",
+            "<status=sent@x>",
+        ),
+    ],
+)
+def test_message_id_lines(line: str, message_id: str) -> None:
+    record = one(line)
+    assert isinstance(record, MessageId)
+    assert (record.time, record.program, record.message_id) == (T, "postfix/cleanup", message_id)
+
+
 def test_status_line_of_another_program_does_not_matter() -> None:
     assert one(SENT.replace("postfix/smtp[5238]", "opendkim[5238]")) is None
 
@@ -277,7 +304,8 @@ def test_status_line_of_another_program_does_not_matter() -> None:
         (
             "maillog.functional",
             {
-                "None": 140,
+                "None": 110,
+                "MessageId": 30,
                 "QueueActive": 41,
                 "Delivery": 52,
                 "Notification": 8,
@@ -289,7 +317,8 @@ def test_status_line_of_another_program_does_not_matter() -> None:
         (
             "maillog.content-filter",
             {
-                "None": 33,
+                "None": 22,
+                "MessageId": 11,
                 "HeaderInfo": 4,
                 "QueueActive": 20,
                 "Delivery": 26,
@@ -645,12 +674,13 @@ def test_fast_shapes_parse_like_the_general_parser(monkeypatch: pytest.MonkeyPat
     lines = [
         *sample_lines("maillog.functional"),
         *sample_lines("maillog.content-filter"),
+        *sample_lines("maillog.pipe-filter"),
         *(line for line in sample_lines("wild/lines.log") if line and not line.startswith("#")),
     ]
     fast = [parse_line(line, Clock(UTC, NOW)) for line in lines]
-    shortcuts = ("_COMMON_DELIVERY", "_COMMON_ACTIVE", "_COMMON_REMOVED")
+    shortcuts = ("_COMMON_DELIVERY", "_COMMON_ACTIVE", "_COMMON_REMOVED", "_COMMON_MESSAGE_ID")
     taken = sum(bool(getattr(parse, name).match(line)) for line in lines for name in shortcuts)
-    common = sum(isinstance(rec, Delivery | QueueActive | Removed) for rec in fast)
+    common = sum(isinstance(rec, Delivery | QueueActive | Removed | MessageId) for rec in fast)
     assert taken > 0.85 * common  # the shortcut is really used
     never = re.compile(r"(?!)")
     for name in shortcuts:
@@ -727,15 +757,22 @@ def test_nul_bytes_and_replacement_characters_pass_through() -> None:
     assert rec.reply == "250 2.0.0 Ok: \x00\ufffd"
 
 
-@pytest.mark.parametrize("name", ["maillog.functional", "maillog.content-filter", "wild/lines.log"])
+@pytest.mark.parametrize(
+    "name",
+    ["maillog.functional", "maillog.content-filter", "maillog.pipe-filter", "wild/lines.log"],
+)
 def test_parse_block_gives_what_parse_line_gives_line_by_line(name: str) -> None:
-    """The block parser's prefilter may drop only lines that parse_line ignores."""
+    """The block parser's prefilter may drop only lines that parse_line ignores, and
+    cleanup's message-id lines unless they are asked for (a pipe filter is configured)."""
     lines = sample_lines(name)
     lines += [SENT.replace("A438320C032: ", ""), "not a log line", "", BOUNCED + " status="]
     clock = Clock(UTC, NOW)
     one_by_one = [r for line in lines if (r := parse_line(line, clock)) is not None]
-    block = parse_block([line.encode() for line in lines], Clock(UTC, NOW))
-    assert block == one_by_one
+    raw = [line.encode() for line in lines]
+    assert parse_block(raw, Clock(UTC, NOW), message_ids=True) == one_by_one
+    assert any(isinstance(r, MessageId) for r in one_by_one)
+    block = parse_block(raw, Clock(UTC, NOW))
+    assert block == [r for r in one_by_one if not isinstance(r, MessageId)]
     assert any(isinstance(r, Skipped) for r in block)  # the odd lines are counted, not lost
     # The usual block has neither rare marker: the other branch of the prefilter.
     common = [
@@ -743,7 +780,8 @@ def test_parse_block_gives_what_parse_line_gives_line_by_line(name: str) -> None
     ]
     clock = Clock(UTC, NOW)
     expected = [r for line in common if (r := parse_line(line, clock)) is not None]
-    assert parse_block([line.encode() for line in common], Clock(UTC, NOW)) == expected
+    block = parse_block([line.encode() for line in common], Clock(UTC, NOW), message_ids=True)
+    assert block == expected
 
 
 def test_parse_block_decodes_invalid_utf8_like_the_follower_promises() -> None:

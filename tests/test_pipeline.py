@@ -21,6 +21,7 @@ from sendpost_agent.config import load_config
 from sendpost_agent.queuemap import Entry, HeaderState, MapError, MapReader, MapWriter
 from tests.support.maillog import record_messages, write_messages
 from tests.support.postfix import free_port
+from tests.support.samples import SAMPLES
 
 pytestmark = pytest.mark.unit
 
@@ -61,7 +62,7 @@ def delivered_to(pipe: Pipeline) -> list[str]:
 def test_a_line_the_parser_fails_on_is_skipped_counted_and_logged(
     pipe: Pipeline, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def block_fails(lines: list[bytes], clock: Clock) -> list[Record | Skipped]:
+    def block_fails(lines: list[bytes], clock: Clock, message_ids: bool) -> list[Record | Skipped]:
         raise RuntimeError("a parser bug")
 
     def first_line_fails(line: str, clock: Clock) -> Record | Skipped | None:
@@ -80,7 +81,9 @@ def test_a_line_the_parser_fails_on_is_skipped_counted_and_logged(
 def test_a_record_the_tracker_fails_on_is_skipped_counted_and_logged(
     pipe: Pipeline, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def status_missing(lines: list[bytes], clock: Clock) -> list[Record | Skipped]:
+    def status_missing(
+        lines: list[bytes], clock: Clock, message_ids: bool
+    ) -> list[Record | Skipped]:
         records = [parse_line(raw.decode(), clock) for raw in lines]
         first = records[0]
         assert isinstance(first, Delivery)
@@ -166,6 +169,39 @@ def test_a_hop_is_told_from_a_delivery_the_same_however_the_lines_are_batched(
     ]
     # 7D1A2C0031 was queued 40 s before: longer than the join wait, so a delivery.
     assert every_batching(pipe, tmp_path, lines) == {("held@example.com",)}
+
+
+def test_pipe_filter_copies_come_out_the_same_however_the_lines_are_batched(
+    tmp_path: Path,
+) -> None:
+    """The copies a pipe content filter re-injects are paired with its hops by
+    Message-ID within the join wait: in log time, not by where a batch ended."""
+    writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
+    for n, queue_id in enumerate(("BEBAA2384FC", "BF8FD2384FD", "C11212384FE"), 1):
+        writer.put(queue_id, uuid.UUID(int=n), HeaderState.PRESENT)
+    writer.close()
+    (tmp_path / "config.yaml").write_text("join-wait: 1s\n")  # the dropped copy's wait ends
+    config = load_config({}, tmp_path / "config.yaml", {})
+    lines = [line.encode() for line in (SAMPLES / "maillog.pipe-filter").read_text().splitlines()]
+    outcomes = set()
+    for size in (1, 2, 3, 5, 8, 13, len(lines)):
+        pipe = Pipeline(
+            config,
+            MapReader(tmp_path / "map.sqlite3"),
+            ContentFilters.from_values(["spamfilter"], ["spamfilter"]),
+            Clock(UTC, NOW),
+        )
+        batches = [lines[start : start + size] for start in range(0, len(lines), size)]
+        events = [e for batch in batches for e in pipe.process(batch)]
+        outcomes.add(tuple((e.message_id, e.event_type, e.recipient) for e in events))
+        assert pipe.counts()["content_filter_not_reinjected"] == 1
+    assert outcomes == {
+        (
+            (str(uuid.UUID(int=3)), "delivered", "ok3@example.com"),
+            (str(uuid.UUID(int=1)), "bounced", "bounce1@example.com"),
+            (str(uuid.UUID(int=1)), "delivered", "ok1@example.com"),
+        )
+    }
 
 
 def every_batching(pipe: Pipeline, tmp_path: Path, lines: list[str]) -> set[tuple[str, ...]]:

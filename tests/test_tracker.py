@@ -6,6 +6,7 @@ The queue map here is the real SQLite map, filled the way the milter fills it.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -491,3 +492,178 @@ def test_a_trusted_first_hop_gives_its_uuid_to_an_untrusted_reinjection(tmp_path
     ]
     assert brief(run(lines, tracker), U_FORGED) == [("delivered", "ok20@example.com")]
     assert "unmatched:untrusted_client" not in tracker.counts
+
+
+# --- a pipe content filter (spamc re-injecting with sendmail): followed by Message-ID ----
+
+# maillog.pipe-filter: a real Postfix 3.7 run of tests/support/pipefilter.sh as the
+# `spamfilter` pipe service (content_filter = spamfilter, one recipient per call). Copies
+# come back through pickup before and after their hop line.
+PIPE = ContentFilters.from_values(["spamfilter"], ["spamfilter"])
+PIPE_MESSAGES = {
+    "BEBAA2384FC": "22222222-2222-4222-8222-000000000001",  # ok1, bounce1: two copies
+    "BF8FD2384FD": "22222222-2222-4222-8222-000000000002",  # drop2: the filter drops it
+    "C11212384FE": "22222222-2222-4222-8222-000000000003",  # ok3: copy after the hop
+}
+
+
+def test_pipe_filters_are_read_from_postfixs_configuration(tmp_path: Path) -> None:
+    """SpamAssassin's wiki sets the filter on the smtp service (`-o content_filter=`);
+    a pipe service that is no content filter (maildrop) is a delivery agent."""
+    (tmp_path / "main.cf").write_text("compatibility_level = 3.6\n")
+    (tmp_path / "master.cf").write_text(
+        "smtp inet n - n - - smtpd\n  -o content_filter=spamfilter:dummy\n"
+        "spamfilter unix - n n - - pipe\n  flags=Rq user=nobody argv=/usr/bin/spamc\n"
+        "maildrop unix - n n - - pipe\n  flags=DRXhu user=vmail argv=/usr/bin/maildrop\n"
+    )
+    assert ContentFilters.from_postfix(tmp_path) == ContentFilters(pipes=frozenset({"spamfilter"}))
+
+
+@pytest.fixture
+def pipe_reader(tmp_path: Path) -> MapReader:
+    writer = MapWriter(tmp_path / "pipe.sqlite3", 86400.0)
+    for queue_id, value in PIPE_MESSAGES.items():
+        writer.put(queue_id, uuid.UUID(value), HeaderState.PRESENT)
+    # A milter in non_smtpd_milters also records the copies; a row with another UUID
+    # under a copy's queue ID must not override the hop.
+    writer.put("DE04F238506", uuid.UUID(U_MIXED), HeaderState.PRESENT)
+    writer.close()
+    return MapReader(tmp_path / "pipe.sqlite3")
+
+
+def test_pipe_filter_copies_report_their_outcomes_under_the_original_uuid(
+    pipe_reader: MapReader, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = Tracker(pipe_reader.get, PIPE)
+    with caplog.at_level(logging.INFO, "logwatch.tracker"):
+        events = run(sample("maillog.pipe-filter"), tracker)
+    first, dropped, third = PIPE_MESSAGES.values()
+    assert brief(events, first) == [
+        ("bounced", "bounce1@example.com"),
+        ("delivered", "ok1@example.com"),
+    ]
+    assert brief(events, third) == [("delivered", "ok3@example.com")]
+    assert brief(events, dropped) == []
+    assert len(events) == 3  # nor the hops, nor the local mail, nor the NDR
+    bounced = next(e for e in events if e["event_type"] == "bounced")
+    assert bounced["smtp_code"] == 550 and bounced["timestamp"] == "2025-12-07T17:11:54+00:00"
+    assert tracker.counts["content_filter_pipe_hop"] == 3
+    assert tracker.counts["content_filter_not_reinjected"] == 1
+    assert f"BF8FD2384FD (UUID {dropped}) went to the pipe content filter spamfilter" in caplog.text
+    assert "no copy with its Message-ID" in caplog.text
+
+
+def test_without_a_pipe_filter_configured_its_hop_is_a_delivery(pipe_reader: MapReader) -> None:
+    events = run(sample("maillog.pipe-filter"), Tracker(pipe_reader.get, FILTER))
+    assert brief(events, PIPE_MESSAGES["BF8FD2384FD"]) == [("delivered", "drop2@example.com")]
+
+
+def test_pipe_filter_state_survives_a_restart_at_every_line(pipe_reader: MapReader) -> None:
+    lines = sample("maillog.pipe-filter")
+    whole = run(lines, Tracker(pipe_reader.get, PIPE))
+    for cut in range(len(lines)):
+        first = Tracker(pipe_reader.get, PIPE)
+        events = run(lines[:cut], first, finish=False)
+        second = Tracker(pipe_reader.get, PIPE)
+        second.restore(json.loads(json.dumps(first.snapshot())))
+        events += run(lines[cut:], second)
+        assert events == whole, f"cut at line {cut}"
+
+
+PIPE_HOP = (
+    "Dec 07 17:11:{s} h postfix/pipe[1]: C11212384FE: to=<ok3@example.com>, relay=spamfilter,"
+    " delay=0.07, delays=0/0.02/0/0.05, dsn=2.0.0, status=sent (delivered via spamfilter service)"
+)
+PIPE_COPY = [
+    "Dec 07 17:11:{s} h postfix/cleanup[2]: C11212384FE: message-id=<m3@sendpost.test>",
+    "Dec 07 17:11:{s} h postfix/pickup[3]: D19012384FE: uid=65534 from=<sender@example.com>",
+    "Dec 07 17:11:{s} h postfix/cleanup[2]: D19012384FE: message-id=<m3@sendpost.test>",
+    "Dec 07 17:11:{s} h postfix/smtp[4]: D19012384FE: to=<ok3@example.com>, relay=127.0.0.1"
+    "[127.0.0.1]:2526, delay=0.1, delays=0/0/0/0.1, dsn=2.0.0, status=sent (250 2.0.0 Ok)",
+]
+
+
+@pytest.mark.parametrize(
+    ("hop", "copy", "followed"),
+    [(40, 11, True), (11, 40, True), (42, 11, False), (11, 42, False)],
+    ids=["copy-29s-before", "copy-29s-after", "copy-31s-before", "copy-31s-after"],
+)
+def test_a_copy_is_taken_within_join_wait_on_either_side_of_the_hop(
+    pipe_reader: MapReader, hop: int, copy: int, followed: bool
+) -> None:
+    """sendmail hands the copy to pickup before pipe logs the hop's status: either may
+    come first in the log."""
+    hop_line = PIPE_HOP.format(s=hop)
+    copy_lines = [line.format(s=copy) for line in PIPE_COPY[1:]]
+    in_order = [*copy_lines, hop_line] if copy < hop else [hop_line, *copy_lines]
+    lines = [PIPE_COPY[0].format(s="00"), *in_order]
+    tracker = Tracker(pipe_reader.get, PIPE, wait=30.0)
+    events = run(lines, tracker)
+    expected = [("delivered", "ok3@example.com")] if followed else []
+    assert brief(events, PIPE_MESSAGES["C11212384FE"]) == expected
+    assert tracker.counts["content_filter_not_reinjected"] == (not followed)
+
+
+def test_a_pipe_hop_without_a_message_id_is_counted_and_logged(
+    pipe_reader: MapReader, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = Tracker(pipe_reader.get, PIPE, wait=30.0)
+    lines = [
+        "Dec 07 17:11:00 h postfix/cleanup[2]: C11212384FE: message-id=<>",
+        PIPE_HOP.format(s="01"),
+    ]
+    with caplog.at_level(logging.WARNING, "logwatch.tracker"):
+        assert run(lines, tracker) == []
+    assert tracker.counts["content_filter_hop_without_message_id"] == 1
+    assert "without a Message-ID logged" in caplog.text
+
+
+def test_memory_for_pipe_filters_stays_within_the_queue_and_the_join_wait(
+    pipe_reader: MapReader,
+) -> None:
+    """A Message-ID is kept while its message is queued; a copy no hop claimed (local
+    mail) for the join wait."""
+    tracker = Tracker(pipe_reader.get, PIPE, wait=30.0)
+    lines = []
+    for i in range(3000):
+        stamp, local, smtpd = f"Dec 07 18:{i // 60:02d}:{i % 60:02d} h", 0xB0000000 + i, 0xC0 + i
+        lines += [
+            f"{stamp} postfix/pickup[1]: {local:X}: uid=0 from=<root>",
+            f"{stamp} postfix/cleanup[2]: {local:X}: message-id=<{i}.local@h>",
+            f"{stamp} postfix/qmgr[3]: {local:X}: from=<root>, size=1, nrcpt=1 (queue active)",
+            f"{stamp} postfix/cleanup[2]: {smtpd:X}0000: message-id=<{i}@sendpost.test>",
+            f"{stamp} postfix/qmgr[3]: {smtpd:X}0000: removed",
+        ]
+    run(lines, tracker, finish=False)
+    assert len(tracker._copies) <= 32  # one per log second, 30 s kept
+    assert tracker._message_ids == {}
+
+
+@pytest.mark.parametrize("copy_first", [True, False], ids=["copy-first", "hops-first"])
+def test_one_copy_for_all_recipients_follows_every_hop_line(
+    pipe_reader: MapReader, copy_first: bool
+) -> None:
+    """Without a recipient limit the filter runs once for all recipients: pipe logs one
+    hop line per recipient, and one copy comes back."""
+    hops = [
+        PIPE_HOP.format(s="01").replace("ok3@", rcpt)
+        for rcpt in ("ok3@", "bounce3@")  # the same message, two recipients
+    ]
+    pickup, message_id, _ = (line.format(s="01") for line in PIPE_COPY[1:])
+    deliveries = [
+        PIPE_COPY[3].format(s="02"),
+        "Dec 07 17:11:02 h postfix/smtp[4]: D19012384FE: to=<bounce3@example.com>, relay="
+        "127.0.0.1[127.0.0.1]:2526, delay=0.1, delays=0/0/0/0.1, dsn=5.1.1, status=bounced"
+        " (host 127.0.0.1[127.0.0.1] said: 550 5.1.1 <bounce3@example.com>: User unknown)",
+    ]
+    copy = [pickup, message_id]
+    middle = [*copy, *hops] if copy_first else [*hops, *copy]
+    lines = [PIPE_COPY[0].format(s="00"), *middle, *deliveries]
+    tracker = Tracker(pipe_reader.get, PIPE, wait=30.0)
+    events = run(lines, tracker)
+    assert brief(events, PIPE_MESSAGES["C11212384FE"]) == [
+        ("delivered", "ok3@example.com"),
+        ("bounced", "bounce3@example.com"),
+    ]
+    assert tracker.counts["content_filter_pipe_hop"] == 2
+    assert tracker.counts["content_filter_not_reinjected"] == 0

@@ -46,6 +46,8 @@ class PostfixFactory(Protocol):
         smtpd_milters: str = "",
         main_cf: Mapping[str, str] | None = None,
         master_cf_extra: str = "",
+        service_settings: Mapping[str, str] | None = None,
+        local_submission: bool = False,
         name: str | None = None,
         start: bool = True,
         smtp_probe: bool = True,
@@ -75,6 +77,8 @@ def postfix_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
         smtpd_milters: str = "",
         main_cf: Mapping[str, str] | None = None,
         master_cf_extra: str = "",
+        service_settings: Mapping[str, str] | None = None,
+        local_submission: bool = False,
         name: str | None = None,
         start: bool = True,
         smtp_probe: bool = True,
@@ -88,6 +92,8 @@ def postfix_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
             smtpd_milters=smtpd_milters,
             main_cf=main_cf,
             master_cf_extra=master_cf_extra,
+            service_settings=service_settings,
+            local_submission=local_submission,
             smtp_probe=smtp_probe,
         )
         instances.append(instance)

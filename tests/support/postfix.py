@@ -180,6 +180,14 @@ class PostfixInstance:
     EHLO/QUIT session, which leaves ``connect from``/``disconnect from`` lines in the
     maillog (and a connection in any milter) before start() returns. Settings changed
     with postconf()/postconf_set() survive a stop()/start() of the same object.
+
+    ``service_settings`` are master.cf ``-o`` overrides, ``{"pickup/unix/content_filter":
+    ""}`` (``postconf -P``). ``local_submission=True`` lets the unprivileged processes
+    Postfix starts (a pipe content filter's ``sendmail``) submit mail to this instance:
+    set-gid postdrop takes a config dir other than /etc/postfix from a non-root user only
+    when /etc/postfix/main.cf lists it in ``alternate_config_directories``, so master
+    runs in a private mount namespace (``unshare``) where a copy of /etc/postfix that
+    lists it is mounted over /etc/postfix. The host's /etc/postfix is not touched.
     """
 
     def __init__(
@@ -190,6 +198,8 @@ class PostfixInstance:
         main_cf: Mapping[str, str] | None = None,
         master_cf_extra: str = "",
         *,
+        service_settings: Mapping[str, str] | None = None,
+        local_submission: bool = False,
         smtp_probe: bool = True,
         start_timeout: float = 20.0,
     ) -> None:
@@ -198,6 +208,8 @@ class PostfixInstance:
         self.smtpd_milters = smtpd_milters
         self.main_cf = dict(main_cf or {})
         self.master_cf_extra = master_cf_extra
+        self.service_settings = dict(service_settings or {})
+        self.local_submission = local_submission
         self.smtp_probe = smtp_probe
         self.start_timeout = start_timeout
         self.config_dir = self.root / "etc"
@@ -254,6 +266,9 @@ class PostfixInstance:
         (self.config_dir / "master.cf").write_text(master_cf)
         # Also covers services added through master_cf_extra.
         self._run(["postconf", "-c", str(self.config_dir), "-F", "*/*/chroot = n"])
+        if self.service_settings:
+            overrides = [f"{key}={value}" for key, value in self.service_settings.items()]
+            self._run(["postconf", "-c", str(self.config_dir), "-P", *overrides])
 
     def _prepare_dirs(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -317,7 +332,7 @@ class PostfixInstance:
             # A stale pid file must never make us signal an unrelated process later.
             pid_file.unlink(missing_ok=True)
             mark = self._log_size()
-            proc = self._run(["postfix", "-c", str(self.config_dir), "start"], check=False)
+            proc = self._run(self._start_command(), check=False)
             self._master_pid = self._read_master_pid()
             if proc.returncode == 0:
                 _RUNNING.add(self)
@@ -338,6 +353,20 @@ class PostfixInstance:
                 f"maillog since start:\n{new_log.rstrip() or '(empty)'}"
             )
         raise AssertionError("unreachable")
+
+    def _start_command(self) -> list[str]:
+        start = ["postfix", "-c", str(self.config_dir), "start"]
+        if not self.local_submission:
+            return start
+        default_dir = self.root / "etc-default"  # mounted over /etc/postfix for master
+        if not default_dir.exists():
+            shutil.copytree("/etc/postfix", default_dir, symlinks=True)
+            with (default_dir / "main.cf").open("a") as main_cf:
+                main_cf.write(f"alternate_config_directories = {self.config_dir}\n")
+        postfix = find_binary("postfix") or "postfix"
+        mount = 'mount --bind "$0" /etc/postfix && exec "$@"'
+        unshare = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount]
+        return [*unshare, str(default_dir), postfix, *start[1:]]
 
     def _wait_ready(self, mark: int, deadline: float) -> None:
         while True:
