@@ -12,11 +12,16 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
+from logwatch.relays import ContentFilters
 from tests.support.agent import LogwatchProcess
 from tests.support.fixtures import PostfixFactory
 from tests.support.ingest import IngestServer
 from tests.support.milter import MilterProcess
 from tests.support.postfix import PostfixInstance, ensure_traversable
+
+pytestmark = pytest.mark.integration
 
 KEY = "sp-pipe-key-42"
 SENDER = "sender@example.com"
@@ -109,3 +114,15 @@ def test_pipe_filter_copies_report_their_outcomes_under_the_original_uuid(
     bounce = next(e for e in server.accepted if e["event_type"] == "bounced")
     assert bounce["smtp_code"] == 550 and "User unknown" in str(bounce["smtp_description"])
     assert "no copy with its Message-ID" in agent.log() and dropped in agent.log()
+
+
+def test_pipe_filters_are_read_from_postfixs_configuration(tmp_path: Path) -> None:
+    """SpamAssassin's wiki sets the filter on the smtp service (`-o content_filter=`);
+    a pipe service that is no content filter (maildrop) is a delivery agent."""
+    (tmp_path / "main.cf").write_text("compatibility_level = 3.6\n")
+    (tmp_path / "master.cf").write_text(
+        "smtp inet n - n - - smtpd\n  -o content_filter=spamfilter:dummy\n"
+        "spamfilter unix - n n - - pipe\n  flags=Rq user=nobody argv=/usr/bin/spamc\n"
+        "maildrop unix - n n - - pipe\n  flags=DRXhu user=vmail argv=/usr/bin/maildrop\n"
+    )
+    assert ContentFilters.from_postfix(tmp_path) == ContentFilters(pipes=frozenset({"spamfilter"}))

@@ -507,18 +507,6 @@ PIPE_MESSAGES = {
 }
 
 
-def test_pipe_filters_are_read_from_postfixs_configuration(tmp_path: Path) -> None:
-    """SpamAssassin's wiki sets the filter on the smtp service (`-o content_filter=`);
-    a pipe service that is no content filter (maildrop) is a delivery agent."""
-    (tmp_path / "main.cf").write_text("compatibility_level = 3.6\n")
-    (tmp_path / "master.cf").write_text(
-        "smtp inet n - n - - smtpd\n  -o content_filter=spamfilter:dummy\n"
-        "spamfilter unix - n n - - pipe\n  flags=Rq user=nobody argv=/usr/bin/spamc\n"
-        "maildrop unix - n n - - pipe\n  flags=DRXhu user=vmail argv=/usr/bin/maildrop\n"
-    )
-    assert ContentFilters.from_postfix(tmp_path) == ContentFilters(pipes=frozenset({"spamfilter"}))
-
-
 @pytest.fixture
 def pipe_reader(tmp_path: Path) -> MapReader:
     writer = MapWriter(tmp_path / "pipe.sqlite3", 86400.0)
