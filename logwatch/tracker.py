@@ -48,14 +48,14 @@ from logwatch.parse import (
 )
 from logwatch.relays import ContentFilters, is_local, parse_relay, queued_as
 from sendpost_agent.header import HEADER_NAME, parse_uuid
-from sendpost_agent.queuemap import Entry, HeaderState, MapError, address_key
+from sendpost_agent.queuemap import Entry, HeaderState, MapError
 
 Lookup = Callable[[str], Entry | None]
 OnError = Callable[[str, object], None]  # (what it was doing, the record): count, log
 GC_EVERY: Final = 3600.0  # log seconds between sweeps of stale state
 Decidable = Delivery | Expired
 _HEADER_LOWER: Final = HEADER_NAME.lower()
-_UNKNOWN: Final[frozenset[str]] = frozenset()  # an inherited envelope nobody recorded
+_UNKNOWN: Final[tuple[str, ...]] = ()  # an inherited envelope nobody recorded
 log = logging.getLogger(__name__)
 
 
@@ -82,8 +82,8 @@ class Message:
     # Inherited from the message this one was re-injected or re-queued from (the map's
     # row for this queue ID names the hop's addresses, not SendPost's); _UNKNOWN: no
     # filtering. None: not inherited, the map's row applies.
-    envelope: frozenset[str] | None = None
-    # After a hop: address_key of an address this message was sent to -> the address
+    envelope: tuple[str, ...] | None = None
+    # After a hop: an address this message was sent to (lower case) -> the address
     # SendPost gave (from the hop's to/orig_to). Only rewritten ones.
     aliases: dict[str, str] | None = None
     # Deferred ``to`` -> the address the events name, where they differ.
@@ -410,11 +410,12 @@ class Tracker:
         the recipient, else ``to``; after a hop, mapped back through the hop's pairs."""
         address = record.orig_to or record.recipient
         if message is not None and message.aliases:
-            return message.aliases.get(address_key(address), address)
+            return message.aliases.get(address.lower(), address)
         return address
 
-    def _envelope(self, queue_id: str, message: Message | None) -> frozenset[str] | None:
-        """The recipients SendPost gave for ``queue_id`` (by address_key); None: unknown."""
+    def _envelope(self, queue_id: str, message: Message | None) -> tuple[str, ...] | None:
+        """The recipients SendPost gave for ``queue_id`` (queuemap.address_key: the log's
+        addresses come without brackets, so theirs is their lower case); None: unknown."""
         if message is not None:
             if message.envelope is not None:
                 return message.envelope or None
@@ -430,7 +431,7 @@ class Tracker:
         held until a later hop line may map it back to the envelope."""
         address = self._original(message, record)
         envelope = self._envelope(queue_id, message)
-        if envelope is None or address_key(address) in envelope:
+        if envelope is None or address.lower() in envelope:
             return address
         if not final and message is not None and message.envelope is not None:
             self._hold(_Held(when + self._wait, 0, queue_id, record))
@@ -476,8 +477,8 @@ class Tracker:
             envelope = self._envelope(parent, origin)
             message.envelope = _UNKNOWN if envelope is None else envelope
         address = self._original(origin, hop)
-        key = address_key(hop.recipient)
-        if address_key(address) != key:
+        key = hop.recipient.lower()
+        if address.lower() != key:
             if message.aliases is None:
                 message.aliases = {}
             message.aliases[key] = address
@@ -555,7 +556,7 @@ class Tracker:
                     "deferred": {r: [v.smtp_code, v.description] for r, v in m.deferred.items()},
                 }
                 if m.envelope is not None:
-                    saved["envelope"] = sorted(m.envelope)
+                    saved["envelope"] = list(m.envelope)
                 if m.aliases:
                     saved["aliases"] = m.aliases
                 if m.deferred_as:
@@ -587,7 +588,7 @@ class Tracker:
                     r: Verdict(EventType.DEFERRED, code, text, "restored")
                     for r, (code, text) in m["deferred"].items()
                 },
-                envelope=frozenset(m["envelope"]) if "envelope" in m else None,
+                envelope=tuple(m["envelope"]) if "envelope" in m else None,
                 aliases=m.get("aliases"),
                 deferred_as=m.get("deferred_as"),
             )

@@ -78,7 +78,9 @@ class Entry(NamedTuple):
     received_at: int
     # The envelope recipients by address_key; None when unknown (a row of an older
     # agent, or no RCPT TO seen): then every delivery of the message is SendPost's.
-    recipients: frozenset[str] | None = None
+    # A tuple, not a set: ~3 rather than ~6 MiB more for logwatch's 20,000 rows read
+    # ahead, and a message has few recipients to look through.
+    recipients: tuple[str, ...] | None = None
 
 
 def address_key(address: str) -> str:
@@ -286,7 +288,7 @@ def _entry(blob: bytes | None, header: int, received_at: int, recipients: str | 
     if blob is not None:  # str(uuid.UUID(bytes=blob)), five times faster
         h = blob.hex()
         text = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-    envelope = frozenset(recipients.split("\n")) if recipients else None
+    envelope = tuple(recipients.split("\n")) if recipients else None
     return _new(Entry, (text, _HEADER_STATES[header], received_at, envelope))
 
 

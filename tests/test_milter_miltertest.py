@@ -153,8 +153,8 @@ def test_envelope_recipients_are_recorded_per_message(
         lua_message("RC00000003", uuid_header, recipients=('"<carol@example.com>"',)),
     )
     first, third = milter.entry("RC00000001"), milter.entry("RC00000003")
-    assert first is not None and first.recipients == {"alice@example.com", "bob@example.com"}
-    assert third is not None and third.recipients == {"carol@example.com"}
+    assert first is not None and first.recipients == ("alice@example.com", "bob@example.com")
+    assert third is not None and third.recipients == ("carol@example.com",)
     assert "internal error" not in milter.log()
 
 
