@@ -113,14 +113,8 @@ class Pipeline:
             return
         wanted = {r.queue_id for r in records if type(r) is Delivery or type(r) is Expired}
         messages = self.tracker.messages
-        if messages:  # the row is read for the UUID and for the envelope (if not inherited)
-            wanted = {
-                q
-                for q in wanted
-                if (m := messages.get(q)) is None
-                or m.uuid is None
-                or (m.envelope is None and not m.no_milter)
-            }
+        if messages:
+            wanted = {q for q in wanted if (m := messages.get(q)) is None or m.uuid is None}
         rows: dict[str, Entry | None] = dict.fromkeys(wanted)
         rows.update(self._window.get_many(list(wanted), records[-1].time.timestamp()))
         self._batch_rows = rows

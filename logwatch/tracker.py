@@ -79,9 +79,11 @@ class Message:
     info_uuid: str | None = None
     deferred: dict[str, Verdict] = field(default_factory=dict)  # to -> last deferral
     seen: float = 0.0  # log time of the last line, for garbage collection
-    # Inherited from the message this one was re-injected or re-queued from (the map's
-    # row for this queue ID names the hop's addresses, not SendPost's); _UNKNOWN: no
-    # filtering. None: not inherited, the map's row applies.
+    # The recipients SendPost gave: from_map, the map row's, kept so that retries long
+    # after the row left the read-ahead window cost no lookup (not persisted: it can be
+    # looked up again). Else inherited from the message this one was re-injected or
+    # re-queued from (the row under this queue ID names the hop's addresses, not
+    # SendPost's). _UNKNOWN: no filtering. None: not known here, the map's row applies.
     envelope: tuple[str, ...] | None = None
     # After a hop: an address this message was sent to (lower case) -> the address
     # SendPost gave (from the hop's to/orig_to). Only rewritten ones.
@@ -355,8 +357,11 @@ class Tracker:
             return []
         event_type = verdict.event_type
         if event_type is EventType.DEFERRED:
-            if message is None:  # a new state: its UUID came from the map
-                message = self.messages[queue_id] = Message(uuid, from_map=True, seen=when)
+            if message is None:  # a new state: its UUID and envelope came from the map
+                envelope = self._envelope(queue_id, None)
+                message = self.messages[queue_id] = Message(
+                    uuid, from_map=True, seen=when, envelope=envelope or _UNKNOWN
+                )
             message.deferred[record.recipient] = verdict
             if recipient != record.recipient:
                 if message.deferred_as is None:
@@ -433,7 +438,7 @@ class Tracker:
         envelope = self._envelope(queue_id, message)
         if envelope is None or address.lower() in envelope:
             return address
-        if not final and message is not None and message.envelope is not None:
+        if not final and message is not None and not message.from_map and message.envelope:
             self._hold(_Held(when + self._wait, 0, queue_id, record))
             return None
         self.counts["unmatched:added_recipient"] += 1
@@ -545,7 +550,7 @@ class Tracker:
                 or m.no_milter
                 or m.info_uuid is not None
                 or (m.uuid is not None and not m.from_map)
-                or m.envelope is not None
+                or (m.envelope is not None and not m.from_map)
             ):
                 saved: dict[str, object] = {
                     "uuid": None if m.from_map else m.uuid,
@@ -555,7 +560,7 @@ class Tracker:
                     "seen": m.seen,
                     "deferred": {r: [v.smtp_code, v.description] for r, v in m.deferred.items()},
                 }
-                if m.envelope is not None:
+                if m.envelope is not None and not m.from_map:
                     saved["envelope"] = list(m.envelope)
                 if m.aliases:
                     saved["aliases"] = m.aliases
