@@ -136,7 +136,8 @@ class Callbacks:
         """Each RCPT TO Postfix accepted: the addresses the events will name.
 
         NOREPLY as for headers: Postfix offers RCPT without a reply (negotiate takes it),
-        so recording a recipient costs no round trip.
+        so recording a recipient costs no round trip; to an MTA that does not, libmilter
+        answers CONTINUE itself (tests/test_milter_miltertest.py drives both).
         """
         try:
             address = recipient.decode("utf-8", "surrogateescape")

@@ -152,6 +152,14 @@ def test_envelope_recipients_are_recorded_per_message(
         lua_message("RC00000002", uuid_header, abort=True, recipients=('"<eve@example.com>"',)),
         lua_message("RC00000003", uuid_header, recipients=('"<carol@example.com>"',)),
     )
+    without_noreply = 0x1FFFFF & ~0x8000  # an MTA that wants a reply to RCPT TO
+    run_miltertest(
+        milter,
+        tmp_path,
+        f"check(mt.negotiate(conn, nil, nil, {without_noreply}), 'negotiate')",
+        lua_message("RC00000005", uuid_header, recipients=('"<dave@example.com>"',)),
+    )
+    assert milter.entry("RC00000005").recipients == ("dave@example.com",)  # type: ignore[union-attr]
     first, third = milter.entry("RC00000001"), milter.entry("RC00000003")
     assert first is not None and first.recipients == ("alice@example.com", "bob@example.com")
     assert third is not None and third.recipients == ("carol@example.com",)
