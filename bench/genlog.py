@@ -69,7 +69,8 @@ def status(relay: str, rcpt: str, dsn: str, state: str, reply: str, delay: float
     )
 
 
-def message(log: Log, n: int, when: float, qid: str) -> None:
+def message(log: Log, n: int, when: float, qid: str) -> list[str]:
+    """Logs one message; returns its envelope recipients (the milter's row holds them)."""
     rng = log.rng
     client = f"mail{n % 50}.sendpost.io[198.51.100.{n % 250}]"
     log.add(when, "smtpd", f"connect from {client}")
@@ -142,6 +143,7 @@ def message(log: Log, n: int, when: float, qid: str) -> None:
         log.add(t, "smtp", f"Trusted TLS connection established to {relay}: TLSv1.3")
         end = max(end, t)
     log.add(end + 0.01, "qmgr", f"{qid}: removed")
+    return [f"user{n}.{r}@example.com" for r in range(rcpts)]
 
 
 def generate(lines: int, seed: int, out: Path, state_dir: Path | None) -> int:
@@ -151,13 +153,14 @@ def generate(lines: int, seed: int, out: Path, state_dir: Path | None) -> int:
     n = 0
     while len(log.lines) < lines:
         qid = f"{rng.getrandbits(40):010X}"
-        message(log, n, n * 0.05, qid)
+        recipients = message(log, n, n * 0.05, qid)
         if writer is not None:
             writer.put(
                 qid,
                 uuid.UUID(int=(1 << 120) + n),
                 HeaderState.PRESENT,
                 now=START.timestamp() + n * 0.05,
+                recipients=recipients,
             )  # received when logged
         n += 1
     if writer is not None:

@@ -43,7 +43,7 @@ from shipping import KEY, logwatch, prefill_wal  # type: ignore[import-not-found
 
 from sendpost_agent.queuemap import HeaderState, MapReader, MapWriter
 from tests.support.ingest import IngestServer
-from tests.support.maillog import message_uuid, queue_id, write_messages
+from tests.support.maillog import BOUNCE_EVERY, envelope, message_uuid, queue_id, write_messages
 from tests.support.milter import MilterProcess
 from tests.test_milter_miltertest import lua_message, run_miltertest
 
@@ -147,7 +147,13 @@ def one_round(
                 milter,
                 root,
                 *[
-                    lua_message(queue_id(n), [("X-Sendpost-Message-UUID", message_uuid(n))])
+                    lua_message(
+                        queue_id(n),
+                        [("X-Sendpost-Message-UUID", message_uuid(n))],
+                        recipients=tuple(
+                            f'"<{rcpt}>"' for rcpt in envelope(n, n % BOUNCE_EVERY == 0)
+                        ),
+                    )
                     for n in range(messages)
                 ],
             )

@@ -14,6 +14,15 @@ cannot decide yet for a bounded time (``join-wait``, measured in log time):
 * a hop to a pipe content filter (``relay=SERVICE``, no new queue ID): its copy, queued
   by pickup with the same Message-ID within the wait before or after it, goes on under
   its UUID (``_pipe_hop``).
+* a delivery of a re-injected message (after a hop) to an address its envelope does not
+  name: another line of the hop (logged later) may still map it back to one.
+
+An event names the recipient SendPost gave Postfix (RCPT TO, which the milter records in
+the map): ``orig_to`` when Postfix rewrote it (aliases, virtual, canonical), else ``to``.
+A delivery to an address the envelope does not name was added by Postfix (always_bcc,
+sender/recipient_bcc_maps): no event. After a hop the re-injected message is checked
+against the original message's envelope, its addresses mapped back through the hop's
+``to``/``orig_to`` pairs.
 
 Nothing is reported twice and nothing is dropped silently: every line that yields no
 event is counted in ``counts`` by reason.
@@ -51,6 +60,7 @@ GC_EVERY: Final = 3600.0  # log seconds between sweeps of stale state
 Decidable = Delivery | Expired
 _HEADER_LOWER: Final = HEADER_NAME.lower()
 _NO_MESSAGE_ID: Final = ("", "<>")  # cleanup logs `message-id=<>` for mail without one
+_UNKNOWN: Final[tuple[str, ...]] = ()  # an inherited envelope nobody recorded
 log = logging.getLogger(__name__)
 
 
@@ -77,8 +87,19 @@ class Message:
     # (HeaderState.UNTRUSTED): the trust of the message it came from, whatever the
     # milter recorded for the re-injection (its client, the filter, is local).
     untrusted: bool = False
-    deferred: dict[str, Verdict] = field(default_factory=dict)  # recipient -> last deferral
+    deferred: dict[str, Verdict] = field(default_factory=dict)  # to -> last deferral
     seen: float = 0.0  # log time of the last line, for garbage collection
+    # The recipients SendPost gave: from_map, the map row's, kept so that retries long
+    # after the row left the read-ahead window cost no lookup (not persisted: it can be
+    # looked up again). Else inherited from the message this one was re-injected or
+    # re-queued from (the row under this queue ID names the hop's addresses, not
+    # SendPost's). _UNKNOWN: no filtering. None: not known here, the map's row applies.
+    envelope: tuple[str, ...] | None = None
+    # After a hop: an address this message was sent to (lower case) -> the address
+    # SendPost gave (from the hop's to/orig_to). Only rewritten ones.
+    aliases: dict[str, str] | None = None
+    # Deferred ``to`` -> the address the events name, where they differ.
+    deferred_as: dict[str, str] | None = None
 
 
 @dataclass(order=True, slots=True)
@@ -316,7 +337,7 @@ class Tracker:
             if not held:
                 del self._hops[item.hop_to]
             self.counts["local_relay_with_queue_id_was_delivery"] += 1
-            return [self._event(item.uuid or "", item.record)]
+            return [self._event(item.uuid or "", item.queue_id, item.record)]
         held = self._pending.get(item.queue_id)
         if held is None or item not in held:
             return []  # decided meanwhile
@@ -325,7 +346,8 @@ class Tracker:
             del self._pending[item.queue_id]
         uuid = self._uuid(item.queue_id)
         if uuid is not None:
-            return self._events(item.queue_id, uuid, item.record, item.deadline - self._wait)
+            when = item.deadline - self._wait
+            return self._events(item.queue_id, uuid, item.record, when, final=True)
         entry = self._lookup(item.queue_id)
         if self._untrusted(item.queue_id):
             reason = "untrusted_client"
@@ -383,7 +405,10 @@ class Tracker:
             raise exc
         self._on_error(doing, record)
 
-    def _events(self, queue_id: str, uuid: str, record: Decidable, when: float) -> list[Event]:
+    def _events(
+        self, queue_id: str, uuid: str, record: Decidable, when: float, final: bool = False
+    ) -> list[Event]:
+        """``final``: the line's wait is over, it cannot be held again."""
         message = self.messages.get(queue_id)
         if message is not None and when > message.seen:
             message.seen = when
@@ -394,17 +419,29 @@ class Tracker:
         if verdict is None:
             self.counts[f"not_a_delivery:{record.status}"] += 1
             return []
+        recipient = self._sent_to(queue_id, message, record, when, final)
+        if recipient is None:
+            return []
         event_type = verdict.event_type
         if event_type is EventType.DEFERRED:
-            if message is None:  # a new state: its UUID came from the map
-                message = self.messages[queue_id] = Message(uuid, from_map=True, seen=when)
+            if message is None:  # a new state: its UUID and envelope came from the map
+                envelope = self._envelope(queue_id, None)
+                message = self.messages[queue_id] = Message(
+                    uuid, from_map=True, seen=when, envelope=envelope or _UNKNOWN
+                )
             message.deferred[record.recipient] = verdict
+            if recipient != record.recipient:
+                if message.deferred_as is None:
+                    message.deferred_as = {}
+                message.deferred_as[record.recipient] = recipient
             if not self._report_deferred:
                 self.counts["deferred_not_reported"] += 1
                 return []
-            return [Event.of(uuid, verdict, record.time, record.recipient)]
+            return [Event.of(uuid, verdict, record.time, recipient)]
         if message is not None and message.deferred:
             message.deferred.pop(record.recipient, None)
+            if message.deferred_as is not None:
+                message.deferred_as.pop(record.recipient, None)
         if event_type is EventType.DELIVERED:
             if self._pipes and record.relay in self._filters.pipes:
                 return self._pipe_hop(queue_id, uuid, record, when)
@@ -423,40 +460,102 @@ class Tracker:
             if new_id is not None:
                 endpoint = parse_relay(record.relay)
                 if self._filters.is_hop(endpoint):
-                    return self._link(new_id, uuid)
+                    return self._link(new_id, queue_id, uuid, record)
                 if endpoint is not None and is_local(endpoint):
                     if new_id in self._recent:
-                        return self._link(new_id, uuid)
+                        return self._link(new_id, queue_id, uuid, record)
                     self._hold(_Held(when + self._wait, 0, queue_id, record, new_id, uuid))
                     return []
-        return [Event.of(uuid, verdict, record.time, record.recipient)]
+        return [Event.of(uuid, verdict, record.time, recipient)]
 
-    def _event(self, uuid: str, record: Decidable) -> Event:
+    def _event(self, uuid: str, queue_id: str, record: Decidable) -> Event:
+        """A presumed hop's line that was a delivery after all (its recipient checked)."""
         assert isinstance(record, Delivery)
         verdict = event_for_status(record.status, record.dsn, record.reply)
         assert verdict is not None
-        return Event.of(uuid, verdict, record.time, record.recipient)
+        recipient = self._original(self.messages.get(queue_id), record)
+        return Event.of(uuid, verdict, record.time, recipient)
+
+    # --- recipients --------------------------------------------------------------------
+
+    @staticmethod
+    def _original(message: Message | None, record: Delivery) -> str:
+        """The address SendPost gave for this delivery: ``orig_to`` when Postfix rewrote
+        the recipient, else ``to``; after a hop, mapped back through the hop's pairs."""
+        address = record.orig_to or record.recipient
+        if message is not None and message.aliases:
+            return message.aliases.get(address.lower(), address)
+        return address
+
+    def _envelope(self, queue_id: str, message: Message | None) -> tuple[str, ...] | None:
+        """The recipients SendPost gave for ``queue_id`` (queuemap.address_key: the log's
+        addresses come without brackets, so theirs is their lower case); None: unknown."""
+        if message is not None:
+            if message.envelope is not None:
+                return message.envelope or None
+            if message.no_milter:  # a row under this ID is an older message's
+                return None
+        entry = self._lookup(queue_id)
+        return entry.recipients if entry is not None else None
+
+    def _sent_to(
+        self, queue_id: str, message: Message | None, record: Delivery, when: float, final: bool
+    ) -> str | None:
+        """The recipient an event names, or None: Postfix added it (counted), or it is
+        held until a later hop line may map it back to the envelope."""
+        address = self._original(message, record)
+        envelope = self._envelope(queue_id, message)
+        if envelope is None or address.lower() in envelope:
+            return address
+        if not final and message is not None and not message.from_map and message.envelope:
+            self._hold(_Held(when + self._wait, 0, queue_id, record))
+            return None
+        self.counts["unmatched:added_recipient"] += 1
+        log.debug(
+            "queue ID %s: no event for %s, a recipient Postfix added (not in the envelope)",
+            queue_id,
+            record.recipient,
+        )
+        return None
 
     def _expired(self, message: Message | None, uuid: str, record: Expired) -> list[Event]:
         if message is None or not message.deferred:
             self.counts["expired_without_known_recipients"] += 1
             return []
+        named = message.deferred_as or {}
         events = [
-            Event.of(uuid, expired_verdict(last), record.time, recipient)
-            for recipient, last in message.deferred.items()
+            Event.of(uuid, expired_verdict(last), record.time, named.get(to, to))
+            for to, last in message.deferred.items()
         ]
         message.deferred.clear()
+        message.deferred_as = None
         return events
 
     # --- hops --------------------------------------------------------------------------
 
-    def _link(self, child: str, uuid: str) -> list[Event]:
-        """``child`` is a message re-injected by a content filter: it inherits the UUID."""
+    def _link(self, child: str, parent: str, uuid: str, hop: Delivery) -> list[Event]:
+        """``child`` is ``parent`` re-injected (``hop`` is the parent's line saying so):
+        it inherits the UUID and the envelope; its held lines are decided."""
         self.counts["content_filter_hop"] += 1
+        self._inherit(child, parent, uuid, hop)
+        return self._release(child)
+
+    def _inherit(self, child: str, parent: str, uuid: str, hop: Delivery) -> None:
+        """What ``child`` takes from ``parent`` through one hop line: the UUID, the
+        parent's envelope, and the pair "sent on as hop's ``to``, SendPost's address"."""
         message = self._message(child, self.now)
         if message.uuid is None:
             message.uuid = uuid
-        return self._release(child)
+        origin = self.messages.get(parent)
+        if message.envelope is None:
+            envelope = self._envelope(parent, origin)
+            message.envelope = _UNKNOWN if envelope is None else envelope
+        address = self._original(origin, hop)
+        key = hop.recipient.lower()
+        if address.lower() != key:
+            if message.aliases is None:
+                message.aliases = {}
+            message.aliases[key] = address
 
     def _pickup(self, record: Pickup) -> list[Event]:
         """A local submission, or ``postsuper -r`` re-queueing ``orig_id`` under a new ID:
@@ -466,13 +565,18 @@ class Tracker:
         if record.orig_id is None:
             return []
         uuid = self._uuid(record.orig_id)
-        old = self.messages.pop(record.orig_id, None)
+        old = self.messages.get(record.orig_id)
+        envelope = self._envelope(record.orig_id, old)
+        self.messages.pop(record.orig_id, None)
         if uuid is None:
             return []
         self.counts["requeued"] += 1
         message.uuid = uuid
+        message.envelope = _UNKNOWN if envelope is None else envelope
         if old is not None:
             message.deferred.update(old.deferred)
+            message.aliases = old.aliases
+            message.deferred_as = old.deferred_as
         return self._release(record.queue_id)
 
     def _message_id(self, record: MessageId, when: float) -> list[Event]:
@@ -512,7 +616,7 @@ class Tracker:
         events: list[Event] = []
         for copy in copies:
             del self._copies[copy]
-            events += self._link(copy, uuid)
+            events += self._link(copy, queue_id, uuid, record)
         return events
 
     def _copy(self, queue_id: str, message_id: str, when: float) -> list[Event]:
@@ -527,7 +631,11 @@ class Tracker:
         for other in hops:
             if other.queue_id == hop.queue_id:  # one message's hops share their copies
                 other.linked = True
-        return self._link(queue_id, hop.uuid or "")
+                if other is not hop:  # every pair known before the copy's lines are decided
+                    assert type(other.record) is Delivery
+                    self._inherit(queue_id, other.queue_id, other.uuid or "", other.record)
+        assert type(hop.record) is Delivery
+        return self._link(queue_id, hop.queue_id, hop.uuid or "", hop.record)
 
     def _pipe_hop_over(self, item: _Held, message_id: str) -> list[Event]:
         """The pipe hop's wait is over: counted, and logged if no copy came back."""
@@ -559,7 +667,12 @@ class Tracker:
         held = self._hops.pop(queue_id, None)
         if not held:
             return []
-        return self._link(queue_id, held[0].uuid or "")
+        for item in held[1:]:  # every pair known before the child's lines are decided
+            assert type(item.record) is Delivery
+            self._inherit(queue_id, item.queue_id, item.uuid or "", item.record)
+        first = held[0].record
+        assert type(first) is Delivery
+        return self._link(queue_id, held[0].queue_id, held[0].uuid or "", first)
 
     def _header_info(self, record: HeaderInfo) -> list[Event]:
         """The header_checks INFO fallback (see ``Message.info_uuid``)."""
@@ -595,8 +708,9 @@ class Tracker:
                 or m.info_uuid is not None
                 or m.untrusted
                 or (m.uuid is not None and not m.from_map)
+                or (m.envelope is not None and not m.from_map)
             ):
-                messages[queue_id] = {
+                saved: dict[str, object] = {
                     "uuid": None if m.from_map else m.uuid,
                     "ndr": m.ndr,
                     "no_milter": m.no_milter,
@@ -605,10 +719,18 @@ class Tracker:
                     "seen": m.seen,
                     "deferred": {r: [v.smtp_code, v.description] for r, v in m.deferred.items()},
                 }
+                if m.envelope is not None and not m.from_map:
+                    saved["envelope"] = list(m.envelope)
+                if m.aliases:
+                    saved["aliases"] = m.aliases
+                if m.deferred_as:
+                    saved["deferred_as"] = m.deferred_as
+                messages[queue_id] = saved
         held = [
             [h.deadline, h.queue_id, record_to_json(h.record), h.hop_to, h.uuid]
             + ([h.message_id, h.linked] if h.message_id is not None else [])
             for h in sorted(self._queue)
+            if self._live(h)
         ]
         return {
             "messages": messages,
@@ -617,6 +739,13 @@ class Tracker:
             "message_ids": {q: list(v) for q, v in self._message_ids.items()},
             "copies": {q: list(v) for q, v in self._copies.items()},
         }
+
+    def _live(self, item: _Held) -> bool:
+        """Still undecided: a line decided early (released) stays in the queue until its
+        deadline, and restored as held it would be decided a second time."""
+        if item.hop_to is not None:
+            return item in self._hops.get(item.hop_to, ())
+        return item in self._pending.get(item.queue_id, ())
 
     def restore(self, state: dict[str, Any]) -> None:
         for queue_id, m in state.get("messages", {}).items():
@@ -631,6 +760,9 @@ class Tracker:
                     r: Verdict(EventType.DEFERRED, code, text, "restored")
                     for r, (code, text) in m["deferred"].items()
                 },
+                envelope=tuple(m["envelope"]) if "envelope" in m else None,
+                aliases=m.get("aliases"),
+                deferred_as=m.get("deferred_as"),
             )
         for deadline, queue_id, record, hop_to, uuid, *pipe_hop in state.get("held", []):
             item = _Held(deadline, 0, queue_id, record_from_json(record), hop_to, uuid)

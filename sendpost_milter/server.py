@@ -63,11 +63,12 @@ def prepare_unix_socket_dir(sock: Path) -> None:
 def _register(callbacks: Callbacks, milter_socket: str) -> None:
     """What ``Milter.runmilter`` does, minus its per-callback Python dispatch.
 
-    Callbacks we leave unset (connect, helo, envelope, end-of-headers, body, close)
+    Callbacks we leave unset (connect, helo, MAIL FROM, end-of-headers, body, close)
     are answered CONTINUE by pymilter in C. An exception escaping a callback (ours catch
     their own) or raised by pymilter before calling one is answered CONTINUE, not
     pymilter's default TEMPFAIL: at DATA or end-of-message that would defer the message.
     """
+    libmilter.set_envrcpt_callback(callbacks.envrcpt)
     libmilter.set_header_callback(callbacks.header)
     libmilter.set_eom_callback(callbacks.eom)
     libmilter.set_abort_callback(callbacks.abort)

@@ -1,11 +1,11 @@
-"""The milter's callbacks: collect the header per connection, record the row at EOM.
+"""The milter's callbacks: collect the recipients and the header, record the row at EOM.
 
 They are bound straight to pymilter's C module (``milter``), not through
 ``Milter.Base``: its dispatch runs a lambda, a context lookup, a decode of every header
 value and a decorator per callback, and a callback left unset costs no Python at all
 (pymilter answers CONTINUE in C). Every step we do not need is negotiated away, so per
-message Postfix sends DATA (one reply), the headers (no reply) and end-of-message (one
-reply).
+message Postfix sends each RCPT TO (no reply), DATA (one reply), the headers (no reply)
+and end-of-message (one reply).
 
 Whatever happens, the answer is ACCEPT: the milter must never be the reason a message
 is rejected, deferred or discarded. The one exception is a probe of our own `doctor`,
@@ -24,7 +24,7 @@ import milter as libmilter
 
 from sendpost_agent.header import HEADER_NAME, classify
 from sendpost_agent.probe import PROBE_HEADER, is_probe
-from sendpost_agent.queuemap import HeaderState, MapWriter
+from sendpost_agent.queuemap import HeaderState, MapWriter, address_key
 from sendpost_agent.trust import Policy
 from sendpost_milter.metrics import MilterMetrics
 
@@ -40,7 +40,6 @@ SKIPPED_STEPS: Final[int] = (
     libmilter.P_NOCONNECT
     | libmilter.P_NOHELO
     | libmilter.P_NOMAIL
-    | libmilter.P_NORCPT
     | libmilter.P_NOEOH
     | libmilter.P_NOBODY
     | libmilter.P_NOUNKNOWN
@@ -69,11 +68,12 @@ class Context(Protocol):
 class Session:
     """One SMTP connection's state; a connection may carry several messages."""
 
-    __slots__ = ("probe", "values")
+    __slots__ = ("probe", "recipients", "values")
 
     def __init__(self) -> None:
         self.values: list[str] = []
         self.probe: str | None = None
+        self.recipients: list[str] = []  # this message's RCPT TO, by address_key
 
 
 def _session(ctx: Context) -> Session:
@@ -116,7 +116,7 @@ class Callbacks:
         """
         actions, offered = opts[0], opts[1]
         opts[0] = actions & libmilter.SETSYMLIST
-        opts[1] = offered & (SKIPPED_STEPS | libmilter.P_NR_HDR)
+        opts[1] = offered & (SKIPPED_STEPS | libmilter.P_NR_HDR | libmilter.P_NR_RCPT)
         opts[2] = opts[3] = 0
         try:
             ctx.setpriv(Session())
@@ -142,6 +142,20 @@ class Callbacks:
         """
         return CONTINUE
 
+    def envrcpt(self, ctx: Context, recipient: bytes, *esmtp_args: bytes) -> int:
+        """Each RCPT TO Postfix accepted: the addresses the events will name.
+
+        NOREPLY as for headers: Postfix offers RCPT without a reply (negotiate takes it),
+        so recording a recipient costs no round trip; to an MTA that does not, libmilter
+        answers CONTINUE itself (tests/test_milter_miltertest.py drives both).
+        """
+        try:
+            address = recipient.decode("utf-8", "surrogateescape")
+            _session(ctx).recipients.append(address_key(address))
+        except Exception:
+            self._internal_error("a recipient")
+        return NOREPLY
+
     def header(self, ctx: Context, name: str, value: bytes) -> int:
         """Called for every header: only our two are decoded and kept.
 
@@ -164,10 +178,11 @@ class Callbacks:
             session = _session(ctx)
             values, session.values = session.values, []
             probe, session.probe = session.probe, None
+            recipients, session.recipients = session.recipients, []
             queue_id = ctx.getsymval("i")
             # Our own probe is proven by its key, whoever the client is.
             ours = probe is not None and is_probe(self._probe_key, probe)
-            self._record(ctx, queue_id, values, ours)
+            self._record(ctx, queue_id, values, recipients, ours)
             if ours:
                 # Only our own doctor's probe, proven by the key in state-dir, is discarded.
                 self._metrics.probes.inc()
@@ -178,11 +193,12 @@ class Callbacks:
         return ACCEPT
 
     def abort(self, ctx: Context) -> int:
-        """The message ended without end-of-message: forget its headers."""
+        """The message ended without end-of-message: forget its headers and recipients."""
         try:
             session = _session(ctx)
             session.values = []
             session.probe = None
+            session.recipients = []
         except Exception:
             self._internal_error("abort")
         return CONTINUE
@@ -220,7 +236,14 @@ class Callbacks:
         self._metrics.errors.inc()
         log.exception("internal error at %s; the mail is not held up", where)
 
-    def _record(self, ctx: Context, queue_id: str | None, values: list[str], probe: bool) -> None:
+    def _record(
+        self,
+        ctx: Context,
+        queue_id: str | None,
+        values: list[str],
+        recipients: list[str],
+        probe: bool,
+    ) -> None:
         metrics = self._metrics
         metrics.messages.inc()
         state, message_uuid = classify(values)
@@ -250,7 +273,7 @@ class Callbacks:
             return
         started = time.perf_counter()
         try:
-            self._writer.put(queue_id, message_uuid, state)
+            self._writer.put(queue_id, message_uuid, state, recipients=dict.fromkeys(recipients))
         except Exception as exc:
             metrics.map_write_errors.inc()
             log.error(

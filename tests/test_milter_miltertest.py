@@ -41,16 +41,19 @@ def lua_message(
     headers: list[tuple[str, str]],
     abort: bool = False,
     reply: str = "SMFIR_ACCEPT",
+    recipients: tuple[str, ...] = ('"<rcpt@example.com>"',),
     client: Mapping[str, str] = IN_MYNETWORKS,
 ) -> str:
     """One message on an open connection `conn`, as Postfix sends it to this milter.
 
-    Only the steps the milter negotiates are sent (miltertest refuses the others): DATA,
-    the headers (no reply) and end-of-message, with the queue ID and the ``client``
-    macros ({client_addr}, {auth_authen}) at end-of-message, as Postfix sends the macro
-    list the milter asks for. Asserts the milter's final answer.
+    Only the steps the milter negotiates are sent (miltertest refuses the others): RCPT
+    TO (each a Lua argument list: address, then ESMTP arguments; libmilter refuses DATA
+    without one), DATA, the headers (no reply) and end-of-message, with the queue ID and
+    the ``client`` macros ({client_addr}, {auth_authen}) at end-of-message, as Postfix
+    sends the macro list the milter asks for. Asserts the milter's final answer.
     """
-    lines = [
+    lines = [f"check(mt.rcptto(conn, {rcpt}), 'rcptto')" for rcpt in recipients]
+    lines += [
         "check(mt.data(conn), 'data')",
         "if mt.getreply(conn) ~= SMFIR_CONTINUE then error('DATA not continued') end",
     ]
@@ -113,12 +116,12 @@ def test_negotiation_skips_every_step_but_data_headers_and_eom(
 ) -> None:
     """Each step skipped is work Postfix and the milter do not do per message (pymilter
     1.0.5's @symlist once made the negotiation fail silently: Postfix sent every step
-    and waited for each reply); miltertest refuses a skipped step."""
+    and waited for each reply); miltertest refuses a skipped step. RCPT TO is kept: the
+    envelope recipients are recorded (test below)."""
     steps = {
         "conninfo": 'mt.conninfo(conn, "localhost", "127.0.0.1")',
         "helo": 'mt.helo(conn, "client.example")',
         "mailfrom": 'mt.mailfrom(conn, "<sender@example.com>")',
-        "rcptto": 'mt.rcptto(conn, "<rcpt@example.com>")',
         "eoh": "mt.eoh(conn)",
         "bodystring": 'mt.bodystring(conn, "hi\\r\\n")',
     }
@@ -136,6 +139,39 @@ def test_negotiation_skips_every_step_but_data_headers_and_eom(
     log = milter.log()  # the macro list was asked for and taken, nothing failed
     assert "cannot ask the MTA" not in log and "macro list" not in log, log
     assert "internal error" not in log, log
+
+
+def test_envelope_recipients_are_recorded_per_message(
+    milter: MilterProcess, tmp_path: Path
+) -> None:
+    """What logwatch compares Postfix's deliveries with: each message's RCPT TO, without
+    angle brackets and ESMTP arguments, case folded; an aborted message's are forgotten.
+    Offered without a reply (as Postfix does) or with one, RCPT costs no error."""
+    uuid_header = [("X-Sendpost-Message-UUID", CANON)]
+    run_miltertest(
+        milter,
+        tmp_path,
+        f"check(mt.negotiate(conn, nil, nil, {0x1FFFFF}), 'negotiate')",  # Postfix's offer
+        lua_message(
+            "RC00000001",
+            uuid_header,
+            recipients=('"<Alice@Example.COM>", "NOTIFY=NEVER"', '"<bob@example.com>"'),
+        ),
+        lua_message("RC00000002", uuid_header, abort=True, recipients=('"<eve@example.com>"',)),
+        lua_message("RC00000003", uuid_header, recipients=('"<carol@example.com>"',)),
+    )
+    without_noreply = 0x1FFFFF & ~0x8000  # an MTA that wants a reply to RCPT TO
+    run_miltertest(
+        milter,
+        tmp_path,
+        f"check(mt.negotiate(conn, nil, nil, {without_noreply}), 'negotiate')",
+        lua_message("RC00000005", uuid_header, recipients=('"<dave@example.com>"',)),
+    )
+    assert milter.entry("RC00000005").recipients == ("dave@example.com",)  # type: ignore[union-attr]
+    first, third = milter.entry("RC00000001"), milter.entry("RC00000003")
+    assert first is not None and first.recipients == ("alice@example.com", "bob@example.com")
+    assert third is not None and third.recipients == ("carol@example.com",)
+    assert "internal error" not in milter.log()
 
 
 def test_header_present_is_recorded_canonical(milter: MilterProcess, tmp_path: Path) -> None:

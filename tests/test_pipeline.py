@@ -204,6 +204,44 @@ def test_pipe_filter_copies_come_out_the_same_however_the_lines_are_batched(
     }
 
 
+def test_a_hops_addresses_map_back_the_same_however_the_lines_are_batched(
+    tmp_path: Path,
+) -> None:
+    """The re-injected message is delivered before the hop's lines: its deliveries wait
+    for them, and each hop line may map another one back to the address SendPost gave."""
+    parent, child = "C11220C0AA", "D11220C0BB"
+    writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
+    writer.put(
+        parent,
+        uuid.UUID(UUIDS["A438320C032"]),
+        HeaderState.PRESENT,
+        recipients=["info@shop.com", "sales@shop.com"],
+    )
+    writer.close()
+    (tmp_path / "config.yaml").write_text("")
+    sent = "delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent"
+    hop = f"relay=127.0.0.1[127.0.0.1]:10024, {sent} (250 2.0.0 Ok: queued as {child})"
+    lines = [
+        f"Nov 23 18:35:00 feas postfix/qmgr[1]: {child}: from=<a@x>, size=10, nrcpt=3"
+        " (queue active)",
+        *(
+            f"Nov 23 18:35:01 feas postfix/smtp[2]: {child}: to=<{to}>,"
+            f" relay=mx.example.com[192.0.2.1]:25, {sent} (250 2.0.0 Ok)"
+            for to in ("anna@shop.com", "bob@shop.com", "bcc@archive.example")
+        ),
+        f"Nov 23 18:35:02 feas postfix/smtp[3]: {parent}: to=<anna@shop.com>,"
+        f" orig_to=<info@shop.com>, {hop}",
+        f"Nov 23 18:35:02 feas postfix/smtp[3]: {parent}: to=<bob@shop.com>,"
+        f" orig_to=<sales@shop.com>, {hop}",
+        f"Nov 23 18:35:02 feas postfix/smtp[3]: {parent}: to=<bcc@archive.example>, {hop}",
+        "Nov 23 18:36:00 feas postfix/qmgr[1]: E11220C0CC: from=<a@x>, size=10, nrcpt=1"
+        " (queue active)",
+    ]
+    assert every_batching(new_pipeline(tmp_path), tmp_path, lines) == {
+        ("info@shop.com", "sales@shop.com")
+    }
+
+
 def every_batching(pipe: Pipeline, tmp_path: Path, lines: list[str]) -> set[tuple[str, ...]]:
     """The recipients' order of the events, for each way of cutting the lines into batches."""
     orders: set[tuple[str, ...]] = set()

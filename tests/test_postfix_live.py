@@ -12,23 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import LogwatchProcess
+from tests.support.agent import MILTER, live_product
 from tests.support.fixtures import PostfixFactory
-from tests.support.ingest import IngestServer
-from tests.support.milter import MilterProcess
 
 pytestmark = pytest.mark.integration
 
 KEY = "sp-live-key-42"
 SENDER = "sender@example.com"
-MILTER = "{ unix:sendpost-agent/milter.sock, default_action=accept, command_timeout=5s }"
 
 
 def test_mail_in_events_out_across_postfix_logrotate(
     tmp_path: Path, postfix_factory: PostfixFactory
 ) -> None:
     postfix = postfix_factory(smtpd_milters=MILTER, start=False, smtp_probe=False)
-    postfix.queue_directory.mkdir(parents=True, exist_ok=True)
     state = tmp_path / "state"
     expected: set[tuple[str, str, str]] = set()
 
@@ -49,14 +45,7 @@ def test_mail_in_events_out_across_postfix_logrotate(
             }
         )
 
-    with (
-        IngestServer(KEY) as server,
-        MilterProcess(state, f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock"),
-    ):
-        postfix.start()
-        agent = LogwatchProcess(
-            state, postfix.maillog, server.url, KEY, "--postfix-config-dir", str(postfix.config_dir)
-        ).start()
+    with live_product(postfix, state, KEY) as (server, agent):
         send(1)
         postfix.logrotate()  # while running: the old file is finished, the new one followed
         send(2)

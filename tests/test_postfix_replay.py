@@ -79,7 +79,10 @@ def site(tmp_path: Path, postfix_factory: PostfixFactory) -> Iterator[SiteFactor
     milters: list[MilterProcess] = []
 
     def make(
-        main_cf: dict[str, str] | None = None, master_cf_extra: str = "", name: str = "pf"
+        main_cf: dict[str, str] | None = None,
+        master_cf_extra: str = "",
+        name: str = "pf",
+        virtual: dict[str, str] | None = None,
     ) -> Site:
         postfix = postfix_factory(
             smtpd_milters=MILTER,
@@ -89,6 +92,8 @@ def site(tmp_path: Path, postfix_factory: PostfixFactory) -> Iterator[SiteFactor
             start=False,
             smtp_probe=False,
         )
+        if virtual:
+            postfix.postconf(virtual_alias_maps=postfix.lookup_table("virtual", virtual))
         postfix.queue_directory.mkdir(parents=True, exist_ok=True)
         state = tmp_path / f"{name}-state"
         milter = MilterProcess(
@@ -232,3 +237,38 @@ def test_soft_bounce_yes_reports_a_deferral_not_a_bounce(site: SiteFactory) -> N
     events, _ = s.replay()
     assert outcomes(events, message_uuid)[0] == ("deferred", "bounce@example.com")
     assert "bounced" not in {e["event_type"] for e in events if e["message_id"] == message_uuid}
+
+
+def test_content_filter_hop_keeps_the_address_sendpost_gave_and_drops_always_bcc(
+    site: SiteFactory,
+) -> None:
+    """virtual_alias_maps rewrites before the filter; the re-injected message (seen by
+    the milter again, under the rewritten address) is delivered without orig_to, and
+    always_bcc adds a recipient on both sides of the hop."""
+    reinject_port = free_port()
+    with ContentFilter(reinject_port) as content_filter:
+        s = site(
+            main_cf={
+                "content_filter": f"smtp-amavis:[127.0.0.1]:{content_filter.port}",
+                "virtual_alias_domains": "virt.test",
+                "always_bcc": "archive@example.com",
+            },
+            master_cf_extra=(
+                "smtp-amavis unix - - n - 2 smtp\n"
+                f"127.0.0.1:{reinject_port} inet n - n - - smtpd\n"
+                "    -o content_filter=\n    -o syslog_name=postfix/reinject\n"
+            ),
+            virtual={"sales@virt.test": "ok-sales@example.com"},
+        )
+        queue_id, message_uuid = s.send(["sales@virt.test", "bounce@example.com"])
+        hop = s.postfix.wait_for_log(rf"{queue_id}: to=<ok-sales@example.com>, .*queued as (\w+)")
+        new_id = hop[0].rsplit("queued as ", 1)[1].rstrip(")")
+        s.postfix.wait_for_log(rf"{new_id}: to=<.*status=(sent|bounced)", count=4)
+    events, summary = s.replay()
+    assert sorted(outcomes(events, message_uuid)) == [
+        ("bounced", "bounce@example.com"),
+        ("delivered", "sales@virt.test"),
+    ]
+    # the bcc's hop line, then two deliveries to it: the re-injection's cleanup adds
+    # always_bcc again next to the one the filter passed on
+    assert "unmatched:added_recipient=3" in summary

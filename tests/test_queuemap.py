@@ -91,6 +91,44 @@ def test_reopening_keeps_rows_and_schema(path: Path) -> None:
 
 
 @pytest.mark.unit
+def test_recipients_round_trip_in_the_order_given(path: Path) -> None:
+    writer = MapWriter(path, DAY)
+    writer.put("R1", U1, HeaderState.PRESENT, now=1000, recipients=["b@x.example", "a@x.example"])
+    assert MapReader(path).get("R1") == Entry(
+        str(U1), HeaderState.PRESENT, 1000, ("b@x.example", "a@x.example")
+    )
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("opener", [MapWriter, MapReader], ids=["milter", "logwatch"])
+def test_a_map_of_the_previous_schema_is_upgraded_keeping_its_rows(
+    path: Path, opener: type[MapWriter] | type[MapReader]
+) -> None:
+    """The map of an agent before recipients were recorded (schema 1): either process may
+    start first after the upgrade; the old rows stay, with recipients unknown."""
+    path.parent.mkdir(parents=True)
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE queuemap (id INTEGER PRIMARY KEY, queue_id TEXT NOT NULL UNIQUE,"
+        " uuid BLOB, header INTEGER NOT NULL, received_at INTEGER NOT NULL);"
+        "PRAGMA user_version=1;"
+    )
+    old.execute("INSERT INTO queuemap VALUES (1, 'OLD1', ?, 0, 1000)", (U1.bytes,))
+    old.commit()
+    old.close()
+    if opener is MapWriter:
+        MapWriter(path, DAY).close()
+    else:
+        MapReader(path).close()
+    writer = MapWriter(path, DAY)
+    writer.put("NEW1", U2, HeaderState.PRESENT, now=2000, recipients=["a@x.example"])
+    reader = MapReader(path)
+    assert reader.get("OLD1") == Entry(str(U1), HeaderState.PRESENT, 1000, None)
+    assert reader.get("NEW1") == Entry(str(U2), HeaderState.PRESENT, 2000, ("a@x.example",))
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+@pytest.mark.unit
 def test_corrupt_map_is_moved_aside_so_mail_keeps_flowing(path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_bytes(b"this is not a database" * 100)

@@ -655,3 +655,149 @@ def test_one_copy_for_all_recipients_follows_every_hop_line(
     ]
     assert tracker.counts["content_filter_pipe_hop"] == 2
     assert tracker.counts["content_filter_not_reinjected"] == 0
+
+
+# --- the recipient SendPost gave Postfix ---------------------------------------------------
+
+U_ALIAS = "11111111-1111-4111-8111-000000000040"
+U_HOP = "11111111-1111-4111-8111-000000000041"
+LOCAL = "relay=local, delay=0.01, delays=0/0/0/0.01"
+SINK = "relay=127.0.0.1[127.0.0.1]:2526, delay=0.02, delays=0/0/0/0.02"
+AMAVIS = "relay=127.0.0.1[127.0.0.1]:10024, delay=0.04, delays=0.01/0.01/0/0.02"
+
+
+@pytest.fixture
+def envelopes(tmp_path: Path) -> MapReader:
+    """Rows as the milter writes them: with the RCPT TO addresses."""
+    writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
+    writer.put(
+        "AA11220C001",
+        uuid.UUID(U_ALIAS),
+        HeaderState.PRESENT,
+        recipients=["team@example.com", "ghost@example.com", "late@example.com"],
+    )
+    writer.put("BB11220C002", uuid.UUID(U_HOP), HeaderState.PRESENT, recipients=["info@shop.com"])
+    writer.close()
+    return MapReader(tmp_path / "map.sqlite3")
+
+
+def status_line(second: int, queue_id: str, to: str, rest: str, orig_to: str = "") -> str:
+    orig = f" orig_to=<{orig_to}>," if orig_to else ""
+    return f"Nov 23 18:50:{second:02d} h postfix/smtp[2]: {queue_id}: to=<{to}>,{orig} {rest}"
+
+
+SENT_LOCAL = f"{LOCAL}, dsn=2.0.0, status=sent (delivered to mailbox)"
+UNKNOWN_USER = f'{LOCAL}, dsn=5.1.1, status=bounced (unknown user: "nobody")'
+SENT_SINK = f"{SINK}, dsn=2.0.0, status=sent (250 2.0.0 Ok: sink accepted)"
+DEFERRED = (
+    f"{SINK}, dsn=4.4.1, status=deferred (connect to 127.0.0.1[127.0.0.1]:2526: Connection refused)"
+)
+
+
+def test_events_name_the_address_sendpost_gave_not_the_rewritten_one(
+    envelopes: MapReader,
+) -> None:
+    """An alias to a missing local user bounces under the alias; one address expanded to
+    several deliveries gives each outcome under it; Postfix's own bcc gives none."""
+    tracker = Tracker(envelopes.get, FILTER)
+    events = run(
+        [
+            status_line(1, "AA11220C001", "a@example.com", SENT_LOCAL, "team@example.com"),
+            status_line(1, "AA11220C001", "b@example.com", UNKNOWN_USER, "Team@Example.com"),
+            status_line(2, "AA11220C001", "nobody@example.com", UNKNOWN_USER, "ghost@example.com"),
+            status_line(3, "AA11220C001", "archive@example.com", SENT_SINK),
+        ],
+        tracker,
+    )
+    assert brief(events, U_ALIAS) == [
+        ("delivered", "team@example.com"),
+        ("bounced", "Team@Example.com"),
+        ("bounced", "ghost@example.com"),
+    ]
+    assert tracker.counts["unmatched:added_recipient"] == 1
+
+
+def test_rows_without_recipients_report_every_delivery(reader: MapReader) -> None:
+    """A row of an older agent has no recipients: nothing is filtered."""
+    tracker = Tracker(reader.get, FILTER)
+    events = run([status_line(1, "A438320C032", "archive@example.com", SENT_SINK)], tracker)
+    assert brief(events, U_MIXED) == [("delivered", "archive@example.com")]
+
+
+def test_expiry_of_a_rewritten_recipient_names_the_original_after_a_restart(
+    envelopes: MapReader,
+) -> None:
+    tracker = Tracker(envelopes.get, FILTER)
+    events = run(
+        [
+            status_line(1, "AA11220C001", "x@remote.example", DEFERRED, "late@example.com"),
+            status_line(1, "AA11220C001", "y@remote.example", DEFERRED, "late@example.com"),
+        ],
+        tracker,
+        finish=False,
+    )
+    restarted = Tracker(envelopes.get, FILTER)
+    restarted.restore(json.loads(json.dumps(tracker.snapshot())))
+    events += run(
+        [
+            "Nov 28 18:50:00 h postfix/qmgr[1]: AA11220C001: from=<s@x>, status=expired, returned"
+            " to sender"
+        ],
+        restarted,
+    )
+    assert brief(events, U_ALIAS) == [
+        ("deferred", "late@example.com"),
+        ("deferred", "late@example.com"),
+        ("soft_bounced", "late@example.com"),
+        ("soft_bounced", "late@example.com"),
+    ]
+
+
+HOP_LINES = [
+    # the re-injected message is delivered before the filter's hop lines are logged
+    status_line(1, "CC11220C003", "anna@shop.com", SENT_SINK),
+    status_line(1, "CC11220C003", "bob@shop.com", SENT_SINK),
+    status_line(1, "CC11220C003", "bcc@archive.example", SENT_SINK),
+    status_line(
+        2,
+        "BB11220C002",
+        "anna@shop.com",
+        f"{AMAVIS}, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as CC11220C003)",
+        "info@shop.com",
+    ),
+    status_line(
+        2,
+        "BB11220C002",
+        "bob@shop.com",
+        f"{AMAVIS}, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as CC11220C003)",
+        "info@shop.com",
+    ),
+    status_line(
+        2,
+        "BB11220C002",
+        "bcc@archive.example",
+        f"{AMAVIS}, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as CC11220C003)",
+    ),
+]
+
+
+def test_after_a_content_filter_the_original_address_and_envelope_still_apply(
+    envelopes: MapReader,
+) -> None:
+    """The re-injected message has no orig_to (the rewriting was before the filter): the
+    hop lines map its addresses back, also for the line decided before the second hop
+    line came; the bcc Postfix added gives no event on either side."""
+    tracker = Tracker(envelopes.get, FILTER)
+    events = run(HOP_LINES, tracker)
+    assert brief(events, U_HOP) == [
+        ("delivered", "info@shop.com"),
+        ("delivered", "info@shop.com"),
+    ]
+    assert tracker.counts["unmatched:added_recipient"] == 2  # the hop line and the delivery
+    for cut in range(1, len(HOP_LINES)):
+        first = Tracker(envelopes.get, FILTER)
+        again = run(HOP_LINES[:cut], first, finish=False)
+        second = Tracker(envelopes.get, FILTER)
+        second.restore(json.loads(json.dumps(first.snapshot())))
+        again += run(HOP_LINES[cut:], second)
+        assert brief(again, U_HOP) == brief(events, U_HOP), f"cut at line {cut}"

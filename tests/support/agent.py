@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.ingest import IngestServer
+from tests.support.milter import MilterProcess
+from tests.support.postfix import PostfixInstance
 from tests.support.process import AgentProcess
 
 
@@ -38,3 +43,35 @@ class LogwatchProcess(AgentProcess):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: smtpd_milters for a PostfixInstance: the milter socket inside its queue directory.
+MILTER = "{ unix:sendpost-agent/milter.sock, default_action=accept, command_timeout=5s }"
+
+
+@contextmanager
+def live_product(
+    postfix: PostfixInstance, state_dir: Path, api_key: str
+) -> Iterator[tuple[IngestServer, LogwatchProcess]]:
+    """The whole product around ``postfix`` (made with ``smtpd_milters=MILTER``, not
+    started): an ingestion server, the milter, then Postfix, then logwatch following
+    its maillog. Yields the server and logwatch (running; a test may stop it)."""
+    postfix.queue_directory.mkdir(parents=True, exist_ok=True)
+    with (
+        IngestServer(api_key) as server,
+        MilterProcess(state_dir, f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock"),
+    ):
+        postfix.start()
+        agent = LogwatchProcess(
+            state_dir,
+            postfix.maillog,
+            server.url,
+            api_key,
+            "--postfix-config-dir",
+            str(postfix.config_dir),
+        ).start()
+        try:
+            yield server, agent
+        finally:
+            if agent.proc is not None and agent.proc.poll() is None:
+                agent.stop()

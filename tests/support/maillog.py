@@ -25,6 +25,14 @@ def message_uuid(n: int) -> str:
     return str(uuid.UUID(int=(0x5E << 120) + n))
 
 
+BOUNCE_EVERY = 7  # write_messages: every 7th message's second recipient bounces
+
+
+def envelope(n: int, bounce: bool) -> tuple[str, str]:
+    """The recipients message ``n`` was sent to (RCPT TO), as its lines name them."""
+    return f"ok{n}@example.com", f"bounce{n}@example.com" if bounce else f"second{n}@example.com"
+
+
 def message(n: int, when: datetime, bounce: bool = False) -> list[str]:
     """Lines of one message with two recipients: ok (sent) and a second one sent or bounced."""
     qid, ts = queue_id(n), stamp(when)
@@ -66,7 +74,9 @@ def record_messages(state_dir: Path, numbers: range) -> None:
     writer.close()
 
 
-def write_messages(log: Path, numbers: range, bounce_every: int = 7) -> set[tuple[str, str, str]]:
+def write_messages(
+    log: Path, numbers: range, bounce_every: int = BOUNCE_EVERY
+) -> set[tuple[str, str, str]]:
     """Append the messages to the log; returns the events they must produce."""
     expected: set[tuple[str, str, str]] = set()
     with log.open("a") as out:
