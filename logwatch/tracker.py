@@ -743,6 +743,8 @@ class Tracker:
     def _live(self, item: _Held) -> bool:
         """Still undecided: a line decided early (released) stays in the queue until its
         deadline, and restored as held it would be decided a second time."""
+        if item.message_id is not None:
+            return item in self._pipe_hops.get(item.message_id, ())
         if item.hop_to is not None:
             return item in self._hops.get(item.hop_to, ())
         return item in self._pending.get(item.queue_id, ())

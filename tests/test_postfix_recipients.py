@@ -12,8 +12,12 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from tests.support.agent import MILTER, live_product
 from tests.support.fixtures import PostfixFactory
+
+pytestmark = pytest.mark.integration
 
 KEY = "sp-recipients-key"
 SENDER = "sender@example.com"
