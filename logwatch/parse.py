@@ -262,11 +262,14 @@ _HEAD: Final = re.compile(
     r"|(?P<iso>\d{4}-\d\d-\d\dT[\d:.]++(?:Z|[+-]\d\d:?\d\d)?))"
     r" ++(?:\S++ ++)??(?P<prog>[^\s\[:]++)(?:\[\d++\]:?|:) +"
 )
+# A repeated group is atomic, (?>(?:...)*), never possessive, (?:...)*+: the same match,
+# but Python 3.11.2 (Debian 12's python3) misses matches of the possessive form when the
+# group holds a quantifier or a lookahead (tests/test_packages.py runs Debian's python3).
 # RFC 5424: <PRI>1 STAMP HOST APP PROCID MSGID SD MSG (the tag is APP, not APP[PID]).
 # bsd and frac never participate: same group names as _HEAD.
 _HEAD_5424: Final = re.compile(
     r"(?:(?P<bsd>(?!))(?P<frac>))?<\d{1,3}>1 (?P<iso>\S++) \S++ (?P<prog>\S++) \S++ \S++ "
-    r"(?:-|(?:\[(?:[^\]\\]++|\\.)*+\])++) ?\ufeff?"
+    r"(?:-|(?>(?:\[(?>(?:[^\]\\]++|\\.)*)\])+)) ?\ufeff?"
 )
 # `docker compose logs`: `service-1    | ` before the syslog line.
 _COMPOSE: Final = re.compile(r" *+[\w.-]++ ++\| ")
@@ -274,7 +277,7 @@ _COMPOSE: Final = re.compile(r" *+[\w.-]++ ++\| ")
 _QUEUE_ID = r"[0-9A-F]{5,}+|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,}+"
 _QID: Final = re.compile(rf"({_QUEUE_ID}): +")
 # The first `>` followed by a separator ends the address (`to=<a@<cutout>>,`).
-_ADDRESS = r"<([^>]*+(?:>(?![,\s]|$)[^>]*+)*+)>|([^,]*+)"
+_ADDRESS = r"<([^>]*+(?>(?:>(?![,\s]|$)[^>]*+)*))>|([^,]*+)"
 _TO: Final = re.compile(rf"to=(?:{_ADDRESS})")
 _ORIG_TO: Final = re.compile(rf",? *+orig_to=(?:{_ADDRESS})")
 # Postfix puts a space before every key; a literal prefix also makes the search fast.
@@ -282,7 +285,7 @@ _STATUS: Final = re.compile(r" status=([^\s,(]*+) *+(\()?")
 _RELAY: Final = re.compile(r" relay=([^,]*+)")
 _DSN: Final = re.compile(r" dsn=([^,]*+)")
 _EXPIRED: Final = re.compile(
-    r"from=<([^>]*+(?:>(?!, status=)[^>]*+)*+)>, status=((?:force-)?expired)\b"
+    r"from=<([^>]*+(?>(?:>(?!, status=)[^>]*+)*))>, status=((?:force-)?expired)\b"
 )
 # nrcpt at most 9 digits: int() refuses over 4,300 (a forged line is then no record).
 _ACTIVE_TAIL = r"from=<(.*)>, size=[0-9]++, nrcpt=([0-9]{1,9}+) \(queue active\)"
@@ -294,7 +297,7 @@ _NOTIFICATION: Final = re.compile(r"((?:sender|postmaster) [a-z -]*notification)
 # the first ` from <origin>;` ends the value (sender and helo that follow are untrusted);
 # the origin is `name[address]` for an SMTP client, `local` for pickup.
 _HEADER_INFO: Final = re.compile(
-    r"info: header ([^:\s]++): *((?:[^ ]++| (?!from [^\s;]*+;(?: |$)))*+)"
+    r"info: header ([^:\s]++): *((?>(?:[^ ]++| (?!from [^\s;]*+;(?: |$)))*))"
     r" from [^\s;\[]*+(?:\[([^\s;\]]*+)\])?;"
 )
 _UUID_HEADER: Final = "x-sendpost-message-uuid"

@@ -197,7 +197,9 @@ def run(config: Config) -> int:
     try:
         address = config.milter_listen
         try:
-            http_server, _ = start_http_server(address.port, address.host, metrics.registry)
+            # (server, thread) from prometheus-client 0.17 on; Debian 12's 0.16 returns
+            # nothing, and its daemon thread then ends with the process.
+            http = start_http_server(address.port, address.host, metrics.registry)
         except OSError as exc:
             raise MilterStartError(
                 f"milter-listen {address}: cannot listen for /metrics: {exc.strerror};"
@@ -225,8 +227,9 @@ def run(config: Config) -> int:
             )
             _serve(config.milter_socket)
         finally:
-            http_server.shutdown()
-            http_server.server_close()
+            if http is not None:
+                http[0].shutdown()
+                http[0].server_close()
             if config.milter_socket.startswith("unix:"):
                 # libmilter leaves the socket behind; a stale one confuses Postfix's logs.
                 Path(config.milter_socket.removeprefix("unix:")).unlink(missing_ok=True)
