@@ -218,7 +218,9 @@ def _install(host: Host, debs: Debs) -> Host:
         check=False,
         timeout=180,
     )
-    assert setup.returncode == 0, f"setup failed:\n{setup.stdout}\n{setup.stderr}"
+    assert setup.returncode == 0, (
+        f"setup failed:\n{setup.stdout}\n{setup.stderr}\n{host.diagnostics()}"
+    )
     active = _states(container, "is-active")
     assert active == ["active", "active"], f"{setup.stdout}\n{host.diagnostics()}"
     return host

@@ -44,7 +44,7 @@ SUITE = "bookworm"
 #: Postfix logs to /var/log/mail.log as on a default Debian 12 install.
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "postfix", "rsyslog")
 #: Host tools this module runs; missing ones fail the test (never a skip).
-REQUIRED_TOOLS = ("mmdebstrap", "systemd-nspawn", "nsenter", "dpkg-deb")
+REQUIRED_TOOLS = ("mmdebstrap", "systemd-nspawn", "nsenter", "setpriv", "dpkg-deb")
 #: Inside the container: a clean environment, not the test runner's.
 CONTAINER_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -157,6 +157,10 @@ class Container:
         if self._nspawn is not None:
             raise HostError(f"{self.name} is already booted")
         command = [
+            # Should the test process die without shutting the container down (SIGKILL, a
+            # CI timeout), nspawn gets SIGTERM and powers the container off.
+            "setpriv",
+            "--pdeathsig=TERM",
             "systemd-nspawn",
             "--quiet",
             f"--directory={self.root}",
@@ -323,7 +327,8 @@ class Container:
     # -- helpers ---------------------------------------------------------------------
 
     def _find_leader(self, deadline: float) -> int:
-        """nspawn's child in a PID namespace of its own: the container's PID 1."""
+        """nspawn's child in a PID namespace of its own: the container's PID 1 (setpriv
+        execs nspawn, so nspawn is the process started)."""
         assert self._nspawn is not None
         ours = os.readlink("/proc/self/ns/pid")
         children = Path(f"/proc/{self._nspawn.pid}/task/{self._nspawn.pid}/children")
