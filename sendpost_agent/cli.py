@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sendpost_agent import __version__
 from sendpost_agent.config import (
+    DEFAULT_CONFIG_FILE,
     SETTINGS,
     Config,
     ConfigError,
@@ -144,6 +146,97 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
+# setup and teardown write the config file the other commands read: they take their own
+# flags (sendpost_agent/hostsetup.py), not the configuration object.
+SETUP_KEYS = ("mta", "endpoint", "log-path", "postfix-config-dir", "state-dir")
+HOST_COMMANDS = {
+    "setup": "wire the installed agent into this host: user and directories, config.yaml"
+    " (0600; the key is never printed), the services, the milter and the header_checks INFO"
+    " fallback in Postfix (main.cf backed up, postfix reload), then doctor; idempotent."
+    " Exit 0 done, 1 a step failed, 2 bad usage",
+    "teardown": "undo setup: remove our entries from Postfix (reload), stop and disable the"
+    " services; --purge also removes state-dir, the config directory and the user",
+}
+HOST_ENVIRONMENT = """environment:
+  SENDPOST_API_KEY   the API key (setup), instead of --api-key, which ps would show
+  SYSTEMD_DIR        where the logwatch unit's log-group drop-in goes [/etc/systemd/system]
+  SENDPOST_SYSTEMD   auto, yes or no: is systemd running? [auto: /run/systemd/system]"""
+
+
+def _host_args(name: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print each change it would make, make none"
+    )
+    parser.add_argument("--verbose", action="store_true", help="show the output of each command")
+    by_key = {key_of(f): f for f in SETTINGS}
+    keys = SETUP_KEYS if name == "setup" else ("postfix-config-dir",)
+    for key in keys:
+        parser.add_argument(
+            f"--{key}",
+            dest=f"setting:{key}",
+            metavar=key.split("-")[-1].upper(),
+            default=argparse.SUPPRESS,
+            help=f"{by_key[key].metadata['help']} (written to config.yaml)",
+        )
+    if name == "setup":
+        given = parser.add_mutually_exclusive_group()
+        given.add_argument("--api-key", metavar="KEY", help="the Event Ingestion API key")
+        given.add_argument(
+            "--api-key-stdin", action="store_true", help="read the API key from standard input"
+        )
+        parser.add_argument(
+            "--restart",
+            action="store_true",
+            help="restart the running services (the code or the units changed)",
+        )
+    else:
+        parser.add_argument(
+            "--purge", action="store_true", help="also remove state-dir, config and the user"
+        )
+
+
+def _run_host_command(args: argparse.Namespace) -> int:
+    from sendpost_agent.hostsetup import Host, Request, UsageError, main
+
+    # The key goes to config.yaml only: never to a child process's environment.
+    api_key = os.environ.pop("SENDPOST_API_KEY", None)
+    if getattr(args, "api_key_stdin", False):
+        api_key = sys.stdin.readline().strip()
+    api_key = getattr(args, "api_key", None) or api_key
+    config = getattr(args, "config", None) or Path(
+        os.environ.get("SENDPOST_CONFIG") or DEFAULT_CONFIG_FILE
+    )
+    # The printed commands run this very program (a virtualenv's, or /usr/bin's).
+    program = "sendpost-agent"
+    if Path(sys.argv[0]).name == program:
+        program = os.path.abspath(sys.argv[0])
+    settings = {
+        name.removeprefix("setting:"): value
+        for name, value in vars(args).items()
+        if name.startswith("setting:")
+    }
+    request = Request(
+        api_key=api_key,
+        settings=settings,
+        dry_run=args.dry_run,
+        verbose=args.verbose,
+        restart=getattr(args, "restart", False),
+        purge=getattr(args, "purge", False),
+    )
+    try:
+        host = Host.from_environ(config, program, os.environ)
+    except UsageError as exc:
+        print(f"sendpost-agent {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.dry_run and os.geteuid() != 0:
+        print(
+            f"sendpost-agent {args.command}: error: run it as root (or try --dry-run)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return main(args.command, host, request)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sendpost-agent",
@@ -165,11 +258,25 @@ def build_parser() -> argparse.ArgumentParser:
             "--config", type=Path, default=argparse.SUPPRESS, metavar="PATH", help=argparse.SUPPRESS
         )
         _add_setting_flags(cmd)
+    for name, help_text in HOST_COMMANDS.items():
+        cmd = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=HOST_ENVIRONMENT,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        cmd.add_argument(
+            "--config", type=Path, default=argparse.SUPPRESS, metavar="PATH", help=argparse.SUPPRESS
+        )
+        _host_args(name, cmd)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in HOST_COMMANDS:
+        return _run_host_command(args)
     flags = {
         name.removeprefix("setting:"): value
         for name, value in vars(args).items()

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import prometheus_client.metrics
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     ProcessCollector,
-    disable_created_metrics,
 )
 
 from sendpost_agent import __version__
 from sendpost_agent.queuemap import HeaderState
 
 PREFIX = "sendpost_milter"
-disable_created_metrics()  # *_created series only double the output
+# *_created series only double the output. prometheus-client 0.17 calls this switch
+# disable_created_metrics(); Debian 12's 0.16 has only the flag that it sets.
+prometheus_client.metrics._use_created = False
 
 
 class MilterMetrics:

@@ -1,12 +1,15 @@
-"""install.sh, for real: into a temporary root, against a private Postfix instance.
+"""install.sh and ``sendpost-agent setup``/``teardown``, for real: into a temporary root,
+against a private Postfix instance.
 
-The paths install.sh would use on a host (/opt/sendpost-agent, /etc/sendpost-agent,
+The paths they would use on a host (/opt/sendpost-agent, /etc/sendpost-agent,
 /var/lib/sendpost-agent, /etc/systemd/system, /usr/local/bin) are pointed into tmp_path
-with the environment overrides the script documents; the Postfix changed is a private
-instance (``--postfix-config-dir``). The system user ``sendpost-agent`` is real: the test
-that purges removes it again. One test builds the real virtualenv (pip install of this
-checkout, ~10 s); the others stub it with SENDPOST_SKIP_VENV=1 and a prefix whose
-``bin/sendpost-agent`` runs this checkout's .venv.
+with the environment overrides and flags they document; the Postfix changed is a private
+instance (``--postfix-config-dir``). The system user ``sendpost-agent`` is real: the tests
+that purge remove it again. One test builds the real virtualenv (pip install of this
+checkout, ~10 s) and runs install.sh's whole life; the others stub the package with
+SENDPOST_SKIP_VENV=1 and a prefix whose ``bin/sendpost-agent`` is this checkout's, or
+run ``setup`` and ``teardown`` themselves. The .deb path (apt-get install of the package)
+needs a host of its own: it is not run here.
 
 CI runs without systemd: the systemd branch is driven through a fake ``systemctl`` on
 PATH that records its calls (the units themselves are checked in test_systemd.py).
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import json
 import os
 import pwd
 import re
@@ -31,12 +35,14 @@ from pathlib import Path
 
 import pytest
 
+from sendpost_agent.hostsetup import HEADER_RULE, MILTER_OPTIONS
 from sendpost_agent.queuemap import MapReader
 from tests.support.fixtures import PostfixFactory
 from tests.support.postfix import PostfixInstance, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "install.sh"
+AGENT_BIN = Path(sys.executable).parent / "sendpost-agent"
 KEY = "spk-test-0f3c9a1be27d4c55a8e3"
 OTHER_MILTER = "inet:localhost:8891"  # e.g. OpenDKIM, which must survive untouched
 UUID = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
@@ -112,6 +118,41 @@ class Host:
         assert proc.returncode == 0, proc.output  # type: ignore[attr-defined]
         return proc
 
+    def agent(
+        self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``sendpost-agent --config CONFIG ARGS...`` of this checkout."""
+        proc = subprocess.run(
+            [str(AGENT_BIN), "--config", str(self.config), *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=180,
+            input=stdin,
+            check=False,
+        )
+        proc.output = proc.stdout + proc.stderr  # type: ignore[attr-defined]
+        return proc
+
+    def setup(self, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        """setup for this Postfix and state-dir; it must succeed."""
+        proc = self.agent(
+            "setup",
+            "--postfix-config-dir",
+            str(self.postfix.config_dir),
+            "--state-dir",
+            str(self.state),
+            *args,
+            **kw,  # type: ignore[arg-type]
+        )
+        assert proc.returncode == 0, proc.output  # type: ignore[attr-defined]
+        return proc
+
+    def teardown(self, *args: str) -> subprocess.CompletedProcess[str]:
+        proc = self.agent("teardown", *args)
+        assert proc.returncode == 0, proc.output  # type: ignore[attr-defined]
+        return proc
+
     def milters(self) -> str:
         return self.postfix.postconf_get("smtpd_milters")
 
@@ -146,18 +187,10 @@ def base_env(root: Path) -> dict[str, str]:
     return env
 
 
-def stub_prefix(prefix: Path, doctor_exit: int = 1) -> None:
-    """A stand-in virtualenv: runs this checkout's .venv; a canned `doctor`."""
+def stub_prefix(prefix: Path) -> None:
+    """A stand-in virtualenv: its sendpost-agent is this checkout's."""
     (prefix / "bin").mkdir(parents=True)
-    agent = Path(sys.executable).parent / AGENT
-    script = prefix / "bin" / AGENT
-    script.write_text(
-        "#!/bin/sh\n"
-        'for a in "$@"; do [ "$a" = doctor ] && { echo "stub doctor: 1 check failed";'
-        f" exit {doctor_exit}; }}; done\n"
-        f'exec {agent} "$@"\n'
-    )
-    script.chmod(0o755)
+    (prefix / "bin" / AGENT).symlink_to(AGENT_BIN)
 
 
 def remove_agent_user() -> None:
@@ -233,6 +266,8 @@ def test_help_lists_every_flag() -> None:
         "--purge",
         "--dry-run",
         "--postfix-config-dir",
+        "--package",
+        "--verbose",
         "--help",
     ):
         assert flag in proc.stdout
@@ -241,24 +276,43 @@ def test_help_lists_every_flag() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--mta", "exim"], "--mta 'exim' is not supported; the only supported MTA is postfix"),
-        (["--mta=sendmail", "--api-key", KEY], "the only supported MTA is postfix"),
         (["--frobnicate"], "unknown option: --frobnicate"),
         (["--api-key"], "--api-key needs a value"),
         (["--api-key", "--dry-run"], "--api-key needs a value"),
+        (["--package"], "--package needs a value"),
+        (["--dry-run=yes"], "--dry-run takes no value"),
         (["--purge"], "--purge only goes with --uninstall"),
-        (["--endpoint", "events.sendpost.io"], "is not an http(s) URL"),
-        (["--log-path", "mail.log"], "is not an absolute path"),
-        (["--api-key", "two words"], "contains spaces or control characters"),
     ],
 )
 def test_bad_usage_exits_2_with_a_clear_message(args: list[str], message: str) -> None:
     proc = run_bare(*args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr
-    assert "two words" not in proc.stderr  # not even a bad key is echoed
-    if "unknown option" in message:
-        assert "Usage: install.sh" in proc.stderr
+    assert "Usage: install.sh" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mta", "exim"], "'exim' is not supported; the only supported MTA is 'postfix'"),
+        (["--mta=sendmail"], "the only supported MTA is 'postfix'"),
+        (["--endpoint", "events.sendpost.io"], "is not an http(s) URL"),
+        (["--log-path", "mail.log"], "--log-path 'mail.log' is not an absolute path"),
+        (["--api-key", "two words"], "contains spaces or control characters"),
+    ],
+)
+def test_bad_values_exit_2_and_change_nothing(host: Host, args: list[str], message: str) -> None:
+    """install.sh hands the values to setup, which checks them with config.py before any
+    change."""
+    watched = (host.root, host.postfix.config_dir, Path("/etc/passwd"))
+    before = snapshot(*watched)
+    proc = host.run(
+        "--postfix-config-dir", str(host.postfix.config_dir), *args, env={"SENDPOST_API_KEY": KEY}
+    )
+    assert proc.returncode == 2, proc.output  # type: ignore[attr-defined]
+    assert message in proc.stderr
+    assert "two words" not in proc.output  # type: ignore[attr-defined]  # not even a bad key is echoed
+    assert snapshot(*watched) == before
 
 
 def test_first_install_without_a_key_exits_2(host: Host) -> None:
@@ -266,6 +320,27 @@ def test_first_install_without_a_key_exits_2(host: Host) -> None:
     assert proc.returncode == 2
     assert "an API key is needed" in proc.stderr
     assert not host.config.exists()
+
+
+def test_no_deb_and_no_checkout_says_how_to_get_the_package(tmp_path: Path) -> None:
+    """The one-liner form (curl ... | bash -s --) runs install.sh outside a checkout: on an
+    apt system it needs the .deb's URL."""
+    if shutil.which("apt-get") is None:
+        pytest.skip("needs an apt system")
+    alone = tmp_path / "install.sh"
+    shutil.copy(SCRIPT, alone)
+    env = base_env(tmp_path)
+    env.pop("SENDPOST_SKIP_VENV", None)
+    proc = subprocess.run(
+        ["bash", str(alone), "--api-key", KEY, "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "name it with --package FILE or URL" in proc.stderr
 
 
 # --- dry run -------------------------------------------------------------------------
@@ -295,8 +370,8 @@ def test_dry_run_prints_the_plan_and_changes_nothing(host: Host) -> None:
         f"would   create {host.state}",
         "would   write",
         "api-key set",
-        f"would   install {host.systemd}/sendpost-agent-milter.service",
         f"set smtpd_milters = {OTHER_MILTER}, {shipped_entry()}",
+        f"set header_checks = regexp:{host.postfix.config_dir}/sendpost_header_checks",
         "would   postfix reload",
     ):
         assert planned in out, f"{planned!r} missing from:\n{out}"
@@ -320,7 +395,7 @@ def test_real_install_second_run_key_change_and_uninstall(
         ROOT,
         checkout,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv", "tests", "*.egg-info", "__pycache__", ".*cache", "build"
+            ".git", ".venv", "tests", "*.egg-info", "__pycache__", ".*cache", "build", "dist"
         ),
     )
     host = Host(root, postfix, base_env(root), script=checkout / "install.sh")
@@ -381,10 +456,12 @@ def test_real_install_second_run_key_change_and_uninstall(
         )
         assert pipeline.stdout.strip().endswith(".so"), pipeline.stdout
 
-        # The units point at this install and pass systemd-analyze with its binary.
+        # The units point at this install and pass systemd-analyze with its binary; setup's
+        # drop-in names this host's directories.
         milter_unit = (host.systemd / UNITS[0]).read_text()
         assert f"ExecStart={agent} --config {host.config} milter" in milter_unit
-        assert f"ReadWritePaths={host.state} {host.socket_dir}" in milter_unit
+        drop_in = (host.systemd / f"{UNITS[0]}.d" / "sendpost-agent-setup.conf").read_text()
+        assert f"ReadWritePaths=\nReadWritePaths={host.state} {host.socket_dir}\n" in drop_in
         verify = subprocess.run(
             ["systemd-analyze", "verify", *(str(host.systemd / u) for u in UNITS)],
             capture_output=True,
@@ -410,7 +487,7 @@ def test_real_install_second_run_key_change_and_uninstall(
         again = host.install(
             "--api-key", KEY, "--mta", "postfix", "--endpoint", "http://127.0.0.1:9/events"
         )
-        assert "No changes: sendpost-agent is installed as requested." in again.output, again.output  # type: ignore[attr-defined]
+        assert "No changes: sendpost-agent is set up as requested." in again.output, again.output  # type: ignore[attr-defined]
         assert " change  " not in again.output  # type: ignore[attr-defined]
         assert host.main_cf.read_bytes() == main_cf_before
         assert host.config.read_bytes() == config_before
@@ -425,11 +502,11 @@ def test_real_install_second_run_key_change_and_uninstall(
         assert "milter-listen: 127.0.0.1:" in host.config.read_text()
         assert host.main_cf.read_bytes() == main_cf_before
 
-        # Uninstall: Postfix's milters exactly as before, services and venv gone,
-        # state and config kept.
+        # Uninstall: main.cf exactly as before, services and venv gone, state and config
+        # kept.
         planned = host.run("--uninstall", "--dry-run")
         assert planned.returncode == 0, planned.output  # type: ignore[attr-defined]
-        assert f"would   back up main.cf and set smtpd_milters = {OTHER_MILTER}" in planned.output  # type: ignore[attr-defined]
+        assert f"would   restore {host.main_cf} from {backup}" in planned.output  # type: ignore[attr-defined]
         assert host.main_cf.read_bytes() == main_cf_before and host.prefix.is_dir()
 
         gone = host.run("--uninstall")
@@ -445,13 +522,11 @@ def test_real_install_second_run_key_change_and_uninstall(
         assert "--purge" in gone.output  # type: ignore[attr-defined]
 
         again = host.run("--uninstall")
-        assert "No changes" in again.output  # type: ignore[attr-defined]
-
-        purged = host.run("--uninstall", "--purge")
-        assert purged.returncode == 0, purged.output  # type: ignore[attr-defined]
-        assert not host.state.exists() and not host.etc.exists()
-        with pytest.raises(KeyError):
-            pwd.getpwnam(AGENT)
+        assert "No changes: sendpost-agent is not installed." in again.output  # type: ignore[attr-defined]
+        # The agent is gone, and a purge needs it: it says what is left to remove.
+        late = host.run("--uninstall", "--purge")
+        assert late.returncode == 0, late.output  # type: ignore[attr-defined]
+        assert f"rm -rf {host.state} {host.etc}; userdel {AGENT}" in late.output  # type: ignore[attr-defined]
         assert host.main_cf.read_bytes() == original_main_cf
     finally:
         remove_agent_user()
@@ -540,8 +615,13 @@ def test_no_systemd_prints_instructions_and_the_key_reaches_no_child(
             "date",
             "readlink",
             "systemctl",
+            "userdel",
+            "groupdel",
+            "dpkg-query",
+            "apt-get",
         ),
     )
+    remove_agent_user()  # so that setup runs useradd
     try:
         proc = host.install("--api-key", KEY, env={"PATH": path, "SENDPOST_API_KEY": KEY})
         out = proc.output  # type: ignore[attr-defined]
@@ -550,12 +630,19 @@ def test_no_systemd_prints_instructions_and_the_key_reaches_no_child(
         as_agent = f"setpriv --reuid={AGENT} --regid={AGENT}"
         assert f"{as_agent} --init-groups -- {run} milter" in out
         assert f"{as_agent} --groups=adm -- {run} logwatch" in out
-        assert "stub doctor" not in out  # nothing runs yet, so doctor would only fail
+        assert "verdict:" not in out  # nothing runs yet: doctor would only fail
         assert host.milters() == f"{OTHER_MILTER}, {shipped_entry()}"
-        log = children.read_text()
-        assert "postconf -c" in log and "chown" in log  # the shims did see the children
-        assert KEY not in log  # neither in any child's argv nor in its environment
         assert KEY in host.config.read_text()
+
+        purged = host.run("--uninstall", "--purge", env={"PATH": path})
+        assert purged.returncode == 0, purged.output  # type: ignore[attr-defined]
+        assert not host.state.exists() and not host.etc.exists()
+        with pytest.raises(KeyError):
+            pwd.getpwnam(AGENT)
+        log = children.read_text()
+        for child in ("postconf -c", "postfix -c", "useradd", "userdel"):
+            assert f"\n{child}" in "\n" + log, f"the shims did not see {child}"
+        assert KEY not in log  # neither in any child's argv nor in its environment
     finally:
         host.run("--uninstall", "--purge")
 
@@ -602,7 +689,7 @@ def test_systemd_host_enables_starts_runs_doctor_and_uninstalls(
     root = tmp_path / "root"
     root.mkdir()
     host = Host(root, postfix, base_env(root))
-    stub_prefix(host.prefix, doctor_exit=1)
+    stub_prefix(host.prefix)
     state = tmp_path / "systemctl"
     state.mkdir()
     fake = tmp_path / "fakebin"
@@ -618,7 +705,8 @@ def test_systemd_host_enables_starts_runs_doctor_and_uninstalls(
     )
     calls = state / "calls"
     try:
-        first = host.install("--api-key", KEY)
+        original_main_cf = host.main_cf.read_bytes()
+        first = host.install("--api-key", KEY, "--endpoint", "http://127.0.0.1:9/events")
         out = first.output  # type: ignore[attr-defined]
         made = calls.read_text().splitlines()
         assert "daemon-reload" in made
@@ -629,8 +717,9 @@ def test_systemd_host_enables_starts_runs_doctor_and_uninstalls(
         assert postfix.postconf_get("smtpd_milters") == shipped_entry()
         assert postfix.postconf_get("milter_default_action") == "tempfail"
         assert "milter_default_action = tempfail is left as it is" in out
-        assert "stub doctor: 1 check failed" in out
-        assert "doctor: a check failed" in out and "install stays in place" in out
+        # doctor ran (the fake systemctl starts no milter, so the probe fails).
+        assert "FAIL probe: " in out and "verdict: FAIL" in out
+        assert "doctor: a check failed" in out and "setup stays in place" in out
         assert "systemd is not running" not in out
 
         calls.unlink()
@@ -657,7 +746,7 @@ def test_systemd_host_enables_starts_runs_doctor_and_uninstalls(
             assert f"disable --quiet --now {unit}" in made
         assert "daemon-reload" in made
         assert postfix.postconf_get("smtpd_milters") == ""
-        assert "smtpd_milters" not in host.main_cf.read_text()
+        assert host.main_cf.read_bytes() == original_main_cf
     finally:
         host.run("--uninstall", "--purge")
 
@@ -767,25 +856,28 @@ def test_a_unix_milter_socket_outside_the_queue_directory_is_refused(host: Host)
         host.run("--uninstall", "--purge")
 
 
-def test_without_a_mail_log_a_full_install_installs_rsyslog(
+def rsyslog_installed() -> bool:
+    installed = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", "rsyslog"], capture_output=True, text=True, check=False
+    )
+    return "install ok installed" in installed.stdout
+
+
+def test_without_a_mail_log_setup_installs_rsyslog(
     tmp_path: Path, postfix_factory: PostfixFactory
 ) -> None:
-    """As README's command runs on a fresh Debian 12 (no rsyslog): the packages step
-    installs rsyslog, which writes /var/log/mail.log; installed but stopped, it says so."""
+    """As README's command runs on a fresh Debian 12 (no rsyslog): setup installs rsyslog,
+    which writes /var/log/mail.log; installed but stopped, it says so."""
     reason = syslog_writes_a_mail_log()
     if reason:
         pytest.skip(f"needs a host where syslog writes no mail log ({reason})")
     postfix = postfix_factory(smtpd_milters=OTHER_MILTER)
     postfix.postconf(maillog_file="")
-    (tmp_path / "root").mkdir()
-    host = Host(tmp_path / "root", postfix, base_env(tmp_path / "root"))  # a real venv step
+    host = stubbed_host(tmp_path, postfix)
     planned = host.run(
         "--postfix-config-dir", str(postfix.config_dir), "--dry-run", env={"SENDPOST_API_KEY": KEY}
     )
-    installed = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}", "rsyslog"], capture_output=True, text=True, check=False
-    )
-    if "install ok installed" in installed.stdout:
+    if rsyslog_installed():
         assert planned.returncode == 1
         assert "Install and start rsyslog" in planned.stderr
     else:
@@ -804,6 +896,8 @@ def test_without_a_mail_log_install_stops_and_says_how_to_fix_it(
     reason = syslog_writes_a_mail_log()
     if reason:
         pytest.skip(f"needs a host where syslog writes no mail log ({reason})")
+    if not rsyslog_installed():
+        pytest.skip("setup would install rsyslog here (see the test above)")
     postfix = postfix_factory(smtpd_milters=OTHER_MILTER)
     postfix.postconf(maillog_file="")  # main.cf as Debian ships it
     host = stubbed_host(tmp_path, postfix)
@@ -829,3 +923,118 @@ def test_without_a_mail_log_install_stops_and_says_how_to_fix_it(
         assert host.config.read_bytes() == config_before
     finally:
         host.run("--uninstall", "--purge")
+
+
+# --- setup and teardown themselves ---------------------------------------------------
+
+
+def test_setup_writes_what_postfix_conf_ships() -> None:
+    """postfix-conf/ documents the lines for a hand-made setup: setup writes the same."""
+    assert f", {MILTER_OPTIONS} }}" in shipped_entry()
+    snippet = (ROOT / "postfix-conf" / "header_checks.snippet").read_text()
+    assert HEADER_RULE in snippet.splitlines(keepends=True)
+
+
+@pytest.fixture
+def setup_host(tmp_path: Path, postfix_factory: PostfixFactory) -> Iterator[Host]:
+    """A private Postfix (relaying to the sink) with the admin's own header_checks table,
+    and a temp root for setup; purged again afterwards."""
+    admin = tmp_path / "admin_header_checks"
+    admin.write_text("/^Subject: .*viagra/ REJECT\n")
+    postfix = postfix_factory(
+        smtpd_milters=OTHER_MILTER, main_cf={"header_checks": f"regexp:{admin}"}
+    )
+    root = tmp_path / "root"
+    root.mkdir()
+    h = Host(root, postfix, base_env(root))
+    try:
+        yield h
+    finally:
+        h.agent("teardown", "--purge")
+
+
+def test_mail_the_milter_missed_still_gets_its_event(setup_host: Host) -> None:
+    """setup adds the header_checks INFO fallback after the admin's table: mail received
+    while the milter is not running (a restart, an upgrade) is logged with its UUID, and
+    logwatch's join reports it. teardown gives main.cf back byte for byte."""
+    host = setup_host
+    admin_table = host.postfix.postconf_get("header_checks")
+    original_main_cf = host.main_cf.read_bytes()
+    host.setup(env={"SENDPOST_API_KEY": KEY})
+    ours = f"regexp:{host.postfix.config_dir}/sendpost_header_checks"
+    assert host.postfix.postconf_get("header_checks") == f"{admin_table}, {ours}"
+
+    queue_id = host.postfix.send(
+        "s@example.com", ["ok@example.com"], {"X-Sendpost-Message-UUID": UUID}, "body\n"
+    )
+    host.postfix.wait_for_log(rf"{queue_id}: to=<ok@example.com>, .*status=sent")
+    replayed = host.agent(
+        "replay", str(host.postfix.maillog), "--log-timezone", "UTC", "--join-wait", "5s"
+    )
+    assert replayed.returncode == 0, replayed.output  # type: ignore[attr-defined]
+    events = [json.loads(line) for line in replayed.stdout.splitlines()]
+    assert [(e["message_id"], e["event_type"]) for e in events] == [(UUID, "delivered")]
+
+    again = host.setup()
+    assert "No changes" in again.output  # type: ignore[attr-defined]
+    host.teardown()
+    assert host.main_cf.read_bytes() == original_main_cf
+    assert not (host.postfix.config_dir / "sendpost_header_checks").exists()
+
+
+def test_teardown_after_the_admin_edited_main_cf_removes_only_ours(setup_host: Host) -> None:
+    host = setup_host
+    admin_table = host.postfix.postconf_get("header_checks")
+    host.setup(env={"SENDPOST_API_KEY": KEY})
+    host.postfix.postconf(myorigin="example.org")  # the admin's edit after setup
+    gone = host.teardown()
+    assert "restore" not in gone.output  # type: ignore[attr-defined]
+    assert host.milters() == OTHER_MILTER
+    assert host.postfix.postconf_get("header_checks") == admin_table
+    assert host.postfix.postconf_get("myorigin") == "example.org"
+
+
+@pytest.mark.parametrize(
+    ("rule", "verdict"),
+    [
+        ("/^X-Sendpost-Message-UUID:/ INFO", "ok      header_checks logs X-Sendpost-Message-UUID"),
+        ("/^X-/ WARN", "WARNING regexp:"),
+    ],
+)
+def test_no_fallback_behind_a_table_that_decides_for_the_header(
+    setup_host: Host, rule: str, verdict: str
+) -> None:
+    """In a list of header_checks tables the first that matches decides: an INFO appended
+    after a table that already matches the header would never run."""
+    host = setup_host
+    table = host.postfix.postconf_get("header_checks")
+    Path(table.partition(":")[2]).write_text(rule + "\n")
+    done = host.setup(env={"SENDPOST_API_KEY": KEY})
+    assert verdict in done.output  # type: ignore[attr-defined]
+    assert host.postfix.postconf_get("header_checks") == table
+    assert not (host.postfix.config_dir / "sendpost_header_checks").exists()
+
+
+def test_drop_ins_carry_this_hosts_directories_and_log_group(setup_host: Host) -> None:
+    """The packaged units assume /var/lib/sendpost-agent, Debian's socket directory and
+    group adm for the mail log; setup's drop-ins say what differs on this host."""
+    host = setup_host
+    host.systemd.mkdir(parents=True)
+    log = host.root / "mail.log"
+    log.write_text("")
+    os.chown(log, 0, grp.getgrnam("mail").gr_gid)
+    log.chmod(0o640)
+    out = host.setup("--log-path", str(log), env={"SENDPOST_API_KEY": KEY}).output  # type: ignore[attr-defined]
+    milter, logwatch = (host.systemd / f"{u}.d" / "sendpost-agent-setup.conf" for u in UNITS)
+    assert f"ReadWritePaths=\nReadWritePaths={host.state} {host.socket_dir}\n" in milter.read_text()
+    assert "SupplementaryGroups" not in milter.read_text()
+    text = logwatch.read_text()
+    assert f"ReadWritePaths=\nReadWritePaths={host.state}\n" in text
+    assert "SupplementaryGroups=\nSupplementaryGroups=mail\n" in text
+    assert f"--groups=mail -- {AGENT_BIN} --config {host.config} logwatch" in out
+
+    os.chown(log, 0, grp.getgrnam("adm").gr_gid)  # Debian's own: the unit's group
+    host.setup()
+    assert "SupplementaryGroups" not in logwatch.read_text()
+    host.teardown()
+    assert not any(host.systemd.iterdir())

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 UNIT_DIR = ROOT / "systemd"
 MILTER = "sendpost-agent-milter.service"
 LOGWATCH = "sendpost-agent-logwatch.service"
-INSTALLED_AGENT = "/opt/sendpost-agent/bin/sendpost-agent"
+INSTALLED_AGENT = "/usr/bin/sendpost-agent"
 CONFIG = "/etc/sendpost-agent/config.yaml"
 
 
@@ -184,3 +184,14 @@ def test_systemd_analyze_security_rates_the_units_ok(unit: str, tmp_path: Path) 
     assert match, proc.stdout + proc.stderr
     # 0 is a fully locked-down service, 10 an unprotected one; "OK" is below 4.5.
     assert float(match.group(1)) <= 2.0, proc.stdout
+
+
+@pytest.mark.parametrize("unit", [MILTER, LOGWATCH])
+def test_an_installed_package_waits_for_its_configuration(unit: str) -> None:
+    """The package enables both units on install; until `sendpost-agent setup` wrote the
+    config (API key included) systemd skips them instead of failing and restarting."""
+    assert one(unit, "ConditionPathExists") == CONFIG
+    # systemd makes the state dir (agent user, 0750) if missing, and gives it back to
+    # the agent user if root made it first.
+    assert one(unit, "StateDirectory") == "sendpost-agent"
+    assert one(unit, "StateDirectoryMode") == "0750"
