@@ -175,12 +175,15 @@ def run(config: Config) -> int:
     try:
         address = config.milter_listen
         try:
-            http_server, _ = start_http_server(address.port, address.host, metrics.registry)
+            started = start_http_server(address.port, address.host, metrics.registry)
         except OSError as exc:
             raise MilterStartError(
                 f"milter-listen {address}: cannot listen for /metrics: {exc.strerror};"
                 " choose a free port with --milter-listen"
             ) from exc
+        # prometheus-client 0.16 (Debian 12's) returns nothing: its server thread is a
+        # daemon that ends with the process. Later versions return the server to shut down.
+        http_server = started[0] if started else None
         try:
             writer.start_maintenance()
             try:
@@ -202,8 +205,9 @@ def run(config: Config) -> int:
             )
             _serve(config.milter_socket)
         finally:
-            http_server.shutdown()
-            http_server.server_close()
+            if http_server is not None:
+                http_server.shutdown()
+                http_server.server_close()
             if config.milter_socket.startswith("unix:"):
                 # libmilter leaves the socket behind; a stale one confuses Postfix's logs.
                 Path(config.milter_socket.removeprefix("unix:")).unlink(missing_ok=True)
