@@ -30,14 +30,15 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.support.host import (
     Container,
-    build_rootfs,
+    RootfsBuild,
+    control_depends,
     deb_field,
     missing_tools,
     package_names,
@@ -77,18 +78,15 @@ class Host:
     container: Container
     ingest: IngestServer
     sink: Sink
-    main_cf_before: bytes = b""
-    sent: list[str] = field(default_factory=list)  # every UUID sent, in order
+    main_cf_before: bytes = b""  # main.cf before the package came
 
-    def send(self, recipients: list[str], message_uuid: str | None = None) -> str:
-        """Send one message with a fresh (or given) UUID over SMTP to port 25; return the
-        UUID."""
-        message_uuid = message_uuid or str(uuid.uuid4())
+    def send(self, recipients: list[str]) -> str:
+        """Send one message with a fresh UUID over SMTP to port 25; return the UUID."""
+        message_uuid = str(uuid.uuid4())
         headers = {HEADER: message_uuid}
         self.container.in_netns(
             lambda: submit("127.0.0.1", 25, SENDER, recipients, headers, "hello\n")
         )
-        self.sent.append(message_uuid)
         return message_uuid
 
     def events_of(self, uuids: set[str]) -> list[tuple[str, str, str]]:
@@ -112,8 +110,12 @@ class Host:
         )
 
     def diagnostics(self) -> str:
-        mail_log = self.container.path("/var/log/mail.log")
-        tail = "\n".join(mail_log.read_text(errors="replace").splitlines()[-40:])
+        """The end of the mail log and of the units' journal, for failure messages."""
+        try:
+            log = self.container.path("/var/log/mail.log").read_text(errors="replace")
+        except OSError as exc:
+            log = str(exc)
+        tail = "\n".join(log.splitlines()[-40:])
         return (
             f"--- mail.log ---\n{tail}\n--- journal ---\n"
             f"{self.container.journal(MILTER, LOGWATCH, lines=60)}"
@@ -155,25 +157,26 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> Debs:
 
 
 @pytest.fixture(scope="session")
-def rootfs(tmp_path_factory: pytest.TempPathFactory, debs: Debs) -> Iterator[Path]:
-    """A Debian 12 root filesystem with the package's dependencies already in it, so
-    that apt installs the .deb without a network (the container has none)."""
+def rootfs_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RootfsBuild]:
+    """A Debian 12 root filesystem with the package's dependencies already in it, so that
+    apt installs the .deb without a network (the container has none). Started first: it
+    downloads while `make deb` compiles."""
     _require_tools()
     base = tmp_path_factory.mktemp("host")
-    root = base / "rootfs"
-    seconds = build_rootfs(
-        root, package_names(deb_field(debs.built, "Depends")), base / "build.log"
-    )
-    print(f"mmdebstrap built the root filesystem in {seconds:.0f}s")
-    yield root
+    depends = package_names(control_depends(ROOT / "debian" / "control"))
+    build = RootfsBuild(base / "rootfs", depends, base / "build.log")
+    yield build
+    build.cancel()
     # --one-file-system: should a mount be left under it, never delete through it.
-    subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(build.dest)], check=False)
 
 
 @pytest.fixture(scope="module")
-def host(rootfs: Path, debs: Debs) -> Iterator[Host]:
+def host(rootfs_build: RootfsBuild, debs: Debs) -> Iterator[Host]:
     """The booted host, Postfix relaying to the sink, the package installed with apt and
     `sendpost-agent setup` run against the ingest server."""
+    rootfs = rootfs_build.wait()
+    print(f"root filesystem ready {rootfs_build.seconds:.0f}s after mmdebstrap started")
     started = time.monotonic()
     with Container(rootfs, rootfs.parent / "console.log") as container:
         print(f"booted in {time.monotonic() - started:.1f}s")
@@ -221,6 +224,7 @@ def _install(host: Host, debs: Debs) -> Host:
     assert setup.returncode == 0, (
         f"setup failed:\n{setup.stdout}\n{setup.stderr}\n{host.diagnostics()}"
     )
+    assert "doctor: all checks passed" in setup.stdout, setup.stdout
     active = _states(container, "is-active")
     assert active == ["active", "active"], f"{setup.stdout}\n{host.diagnostics()}"
     return host

@@ -41,8 +41,9 @@ _T = TypeVar("_T")
 #: Debian release of the host under test (the product's target, Debian 12).
 SUITE = "bookworm"
 #: What a minimal mail server runs: systemd as PID 1, Debian's Postfix, and rsyslog so that
-#: Postfix logs to /var/log/mail.log as on a default Debian 12 install.
-BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "postfix", "rsyslog")
+#: Postfix logs to /var/log/mail.log as on a default Debian 12 install; and python3, which
+#: debian/control leaves to a substitution variable.
+BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "postfix", "rsyslog", "python3")
 #: Host tools this module runs; missing ones fail the test (never a skip).
 REQUIRED_TOOLS = ("mmdebstrap", "systemd-nspawn", "nsenter", "setpriv", "dpkg-deb")
 #: Inside the container: a clean environment, not the test runner's.
@@ -68,14 +69,24 @@ def missing_tools() -> list[str]:
 
 def package_names(depends: str) -> list[str]:
     """Package names of a Depends field: the first of each set of alternatives, without
-    version or architecture (``python3 (>= 3.11), adduser | passwd`` -> python3, adduser)."""
+    version or architecture, substitution variables left out
+    (``python3 (>= 3.11), adduser | passwd, ${misc:Depends}`` -> python3, adduser)."""
     names = []
     for item in depends.split(","):
         first = item.split("|")[0].strip()
         name = re.split(r"[\s(:]", first, maxsplit=1)[0]
-        if name:
+        if name and not name.startswith("$"):
             names.append(name)
     return names
+
+
+def control_depends(control: Path) -> str:
+    """The Depends field of the (one) binary package in a debian/control file."""
+    binary = control.read_text().split("\nPackage:", 1)[-1]
+    match = re.search(r"(?m)^Depends:(.*(?:\n[ \t].*)*)", binary)
+    if match is None:
+        raise HostError(f"{control}: the binary package has no Depends field")
+    return " ".join(match.group(1).split())
 
 
 def deb_field(deb: Path, field: str) -> str:
@@ -99,39 +110,69 @@ def rebuild_with_version(deb: Path, version: str, out: Path) -> Path:
     return out
 
 
-def build_rootfs(dest: Path, packages: Iterable[str], log: Path) -> float:
-    """Build a bookworm root filesystem with BASE_PACKAGES and ``packages`` into ``dest``
-    (must not exist yet); return the seconds it took. Output goes to ``log``.
+class RootfsBuild:
+    """mmdebstrap building a bookworm root filesystem with BASE_PACKAGES and ``packages``
+    into ``dest`` (must not exist yet), in the background: it mostly downloads, so the
+    package can be built meanwhile. Its output goes to ``log``.
 
     No recommends, no documentation or translations (faster, and nothing a test reads).
     Postfix is configured by its package as an "Internet Site", as a plain
     ``apt install postfix`` on a fresh Debian 12 does.
     """
-    wanted = sorted({*BASE_PACKAGES, *packages})
-    command = [
-        "mmdebstrap",
-        "--variant=apt",
-        "--mode=root",
-        f"--include={','.join(wanted)}",
-        "--dpkgopt=path-exclude=/usr/share/man/*",
-        "--dpkgopt=path-exclude=/usr/share/locale/*",
-        "--dpkgopt=path-exclude=/usr/share/doc/*",
-        "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-        # A known hostname: Postfix's package takes it for myhostname.
-        '--essential-hook=echo mailhost > "$1/etc/hostname"',
-        SUITE,
-        str(dest),
-    ]
-    started = time.monotonic()
-    with log.open("ab") as out:
-        proc = subprocess.run(
-            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=False
-        )
-    if proc.returncode != 0:
-        raise HostError(
-            f"mmdebstrap failed (rc={proc.returncode}); its log {log} ends:\n{_tail(log)}"
-        )
-    return time.monotonic() - started
+
+    def __init__(self, dest: Path, packages: Iterable[str], log: Path) -> None:
+        self.dest = dest
+        self.log = log
+        wanted = sorted({*BASE_PACKAGES, *packages})
+        command = [
+            "mmdebstrap",
+            "--variant=apt",
+            "--mode=root",
+            f"--include={','.join(wanted)}",
+            "--dpkgopt=path-exclude=/usr/share/man/*",
+            "--dpkgopt=path-exclude=/usr/share/locale/*",
+            "--dpkgopt=path-exclude=/usr/share/doc/*",
+            "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+            # A known hostname: Postfix's package takes it for myhostname.
+            '--essential-hook=echo mailhost > "$1/etc/hostname"',
+            SUITE,
+            str(dest),
+        ]
+        self.started = time.monotonic()
+        self.seconds: float | None = None  # from the start until wait() saw it done
+        with log.open("ab") as out:
+            self._proc = subprocess.Popen(
+                ["setpriv", "--pdeathsig=TERM", *command],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait(self, timeout: float = 900.0) -> Path:
+        """The finished root filesystem; raises HostError with the log when it failed."""
+        try:
+            code = self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            code = None
+        if code != 0:
+            raise HostError(
+                f"mmdebstrap failed (rc={code}, None: timed out after {timeout}s);"
+                f" {self.log} ends:\n{_tail(self.log)}"
+            )
+        if self.seconds is None:
+            self.seconds = time.monotonic() - self.started
+        return self.dest
+
+    def cancel(self) -> None:
+        """Stop a build still running (mmdebstrap cleans up after itself on SIGTERM)."""
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
 
 
 class Container:
