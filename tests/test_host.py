@@ -138,7 +138,8 @@ def _require_tools(*extra: str) -> None:
         )
 
 
-@pytest.fixture(scope="session")
+# Module scope: one host for the module's tests, and its 300 MB are gone right after them.
+@pytest.fixture(scope="module")
 def debs(tmp_path_factory: pytest.TempPathFactory) -> Debs:
     """`make deb` of this checkout, and the same package as a newer version."""
     _require_tools("make", "dpkg-buildpackage")
@@ -156,11 +157,11 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> Debs:
     return Debs(built[0], newer)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def rootfs_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RootfsBuild]:
     """A Debian 12 root filesystem with the package's dependencies already in it, so that
     apt installs the .deb without a network (the container has none). Started first: it
-    downloads while `make deb` compiles."""
+    builds while `make deb` compiles."""
     _require_tools()
     base = tmp_path_factory.mktemp("host")
     depends = package_names(control_depends(ROOT / "debian" / "control"))

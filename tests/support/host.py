@@ -4,8 +4,9 @@ systemd-nspawn, so the package, its units and Postfix run exactly as on a real s
 Why a booted container: what the unit tests cannot show is what systemd, dpkg/apt and
 Debian's own Postfix (chrooted smtpd, syslog to /var/log/mail.log) do with the package.
 
-- ``build_rootfs`` runs mmdebstrap once (about 2 minutes, mostly downloads); a test session
-  boots it once and changes it as it goes (a root filesystem is not worth copying).
+- ``RootfsBuild`` runs mmdebstrap in the background (1 to 2 minutes here, most of it dpkg
+  unpacking and configuring); a test module boots the result once and changes it as it
+  goes (a root filesystem is not worth copying).
 - ``Container`` boots it with ``systemd-nspawn -b --keep-unit --register=no`` (this host's
   PID 1 is not systemd, so no machined and no scope unit) and ``--private-network``: the
   container has its own loopback only, so its Postfix can listen on port 25 and the agent
@@ -112,8 +113,8 @@ def rebuild_with_version(deb: Path, version: str, out: Path) -> Path:
 
 class RootfsBuild:
     """mmdebstrap building a bookworm root filesystem with BASE_PACKAGES and ``packages``
-    into ``dest`` (must not exist yet), in the background: it mostly downloads, so the
-    package can be built meanwhile. Its output goes to ``log``.
+    into ``dest`` (must not exist yet), in the background, so that the package can be
+    built meanwhile. Its output goes to ``log``.
 
     No recommends, no documentation or translations (faster, and nothing a test reads).
     Postfix is configured by its package as an "Internet Site", as a plain
