@@ -11,6 +11,7 @@ DEB_ARCH := $(shell dpkg --print-architecture)
 RPM_ARCH := $(shell uname -m)
 # The package's date is the last commit's, so a rebuild of one commit is the same package.
 DATE := $(shell git log -1 --format=%cD 2>/dev/null || date -R)
+RPM_DATE := $(shell LC_ALL=C date -d '$(DATE)' '+%a %b %d %Y')
 STAGE := build/pkg
 
 DEB := dist/sendpost-agent_$(VERSION)_$(DEB_ARCH).deb
@@ -29,6 +30,12 @@ define stage
 		| tar -x -C $(1)
 endef
 
+# The manual page is `sendpost-agent --help` itself, so the two never disagree.
+build/sendpost-agent.1: sendpost_agent/cli.py sendpost_agent/config.py packaging/sendpost-agent.h2m
+	mkdir -p build
+	PYTHONPATH=. help2man --no-info --include packaging/sendpost-agent.h2m --output $@ \
+		--name "reports Postfix delivery events to SendPost" "/usr/bin/python3 -m sendpost_agent"
+
 $(DEB): FORCE
 	$(call stage,$(STAGE)/deb/sendpost-agent-$(VERSION))
 	printf 'sendpost-agent (%s) stable; urgency=medium\n\n  * Release %s (README.md).\n\n -- %s  %s\n' \
@@ -37,6 +44,16 @@ $(DEB): FORCE
 	cd $(STAGE)/deb/sendpost-agent-$(VERSION) && dpkg-buildpackage --build=binary -us -uc
 	mkdir -p dist
 	cp $(STAGE)/deb/sendpost-agent_$(VERSION)_$(DEB_ARCH).deb $@
+
+$(RPM): FORCE
+	$(call stage,$(STAGE)/rpm/src/sendpost-agent-$(VERSION))
+	mkdir -p $(STAGE)/rpm/SOURCES dist
+	tar -czf $(STAGE)/rpm/SOURCES/sendpost-agent-$(VERSION).tar.gz \
+		-C $(STAGE)/rpm/src sendpost-agent-$(VERSION)
+	rpmbuild -bb --define "_topdir $(CURDIR)/$(STAGE)/rpm" --define "version $(VERSION)" \
+		--define "packager $(MAINTAINER)" --define "changelog_date $(RPM_DATE)" \
+		packaging/rpm/sendpost-agent.spec
+	cp $(STAGE)/rpm/RPMS/$(RPM_ARCH)/sendpost-agent-$(VERSION)-1.$(RPM_ARCH).rpm $@
 
 FORCE:
 
