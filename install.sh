@@ -184,7 +184,8 @@ package_installed() {
         rpm -q "$1" >/dev/null 2>&1
 }
 
-# find_deb -> DEB: --package, else the newest sendpost-agent_*.deb in dist/ or beside us.
+# find_deb -> DEB: --package, else a sendpost-agent_*.deb beside us or in dist/ (the last
+# by name, if several).
 DEB=""
 find_deb() {
     DEB=$ARG_PACKAGE
@@ -204,8 +205,10 @@ fetch_deb() {
     fi
 }
 
+# A fresh host (a container) may have no package lists yet.
 apt_install() {
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }
 
 PACKAGE_CHANGED=0
@@ -412,6 +415,9 @@ install_package() {
         [[ -f $SRC_DIR/setup.py ]] || die 2 "no sendpost-agent .deb beside install.sh: name it" \
             "with --package FILE or URL"
         note "no .deb (make deb, or --package): installing this checkout into a virtualenv"
+    elif [[ -n $ARG_PACKAGE ]]; then
+        die 2 "--package needs an apt system (apt-get, dpkg); elsewhere run install.sh from a" \
+            "sendpost-agent checkout (git clone), which installs it into a virtualenv"
     elif [[ ! -f $SRC_DIR/setup.py ]]; then
         die 2 "not an apt system: run install.sh from a sendpost-agent checkout (git clone)"
     fi

@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -159,7 +160,7 @@ HOST_COMMANDS = {
 }
 HOST_ENVIRONMENT = """environment:
   SENDPOST_API_KEY   the API key (setup), instead of --api-key, which ps would show
-  SYSTEMD_DIR        where the logwatch unit's log-group drop-in goes [/etc/systemd/system]
+  SYSTEMD_DIR        where setup's unit drop-ins go [/etc/systemd/system]
   SENDPOST_SYSTEMD   auto, yes or no: is systemd running? [auto: /run/systemd/system]"""
 
 
@@ -170,13 +171,14 @@ def _host_args(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="show the output of each command")
     by_key = {key_of(f): f for f in SETTINGS}
     keys = SETUP_KEYS if name == "setup" else ("postfix-config-dir",)
+    where = "written to config.yaml" if name == "setup" else "default: config.yaml's"
     for key in keys:
         parser.add_argument(
             f"--{key}",
             dest=f"setting:{key}",
             metavar=key.split("-")[-1].upper(),
             default=argparse.SUPPRESS,
-            help=f"{by_key[key].metadata['help']} (written to config.yaml)",
+            help=f"{by_key[key].metadata['help']} ({where})",
         )
     if name == "setup":
         given = parser.add_mutually_exclusive_group()
@@ -237,6 +239,13 @@ def _run_host_command(args: argparse.Namespace) -> int:
     return main(args.command, host, request)
 
 
+def _config_after_command(parser: argparse.ArgumentParser) -> None:
+    """``--config`` also after the command name (undocumented there)."""
+    parser.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS, metavar="PATH", help=argparse.SUPPRESS
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sendpost-agent",
@@ -254,21 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, _, add_args) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         add_args(cmd)
-        cmd.add_argument(
-            "--config", type=Path, default=argparse.SUPPRESS, metavar="PATH", help=argparse.SUPPRESS
-        )
+        _config_after_command(cmd)
         _add_setting_flags(cmd)
     for name, help_text in HOST_COMMANDS.items():
         cmd = sub.add_parser(
             name,
             help=help_text,
-            description=help_text,
+            description=textwrap.fill(help_text, 88),
             epilog=HOST_ENVIRONMENT,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        cmd.add_argument(
-            "--config", type=Path, default=argparse.SUPPRESS, metavar="PATH", help=argparse.SUPPRESS
-        )
+        _config_after_command(cmd)
         _host_args(name, cmd)
     return parser
 

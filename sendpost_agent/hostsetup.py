@@ -139,11 +139,13 @@ class Steps:
     def run(self, *command: str) -> str:
         """A child process without the API key in its environment; its output is shown
         only with --verbose or when it fails."""
-        env = {k: v for k, v in os.environ.items() if k != "SENDPOST_API_KEY"}
-        env["PATH"] = os.pathsep.join([env.get("PATH", ""), "/usr/sbin", "/sbin"])
-        env.setdefault("DEBIAN_FRONTEND", "noninteractive")
         proc = subprocess.run(
-            command, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
+            command,
+            env=_child_env(),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
         if self.verbose:
             self.out.write(proc.stdout + proc.stderr)
@@ -155,14 +157,22 @@ class Steps:
         return proc.stdout
 
 
+def _child_env() -> dict[str, str]:
+    """Ours without the API key; sbin on PATH (useradd, postconf); apt-get asks nothing."""
+    env = {k: v for k, v in os.environ.items() if k != "SENDPOST_API_KEY"}
+    env["PATH"] = os.pathsep.join([env.get("PATH", ""), "/usr/sbin", "/sbin"])
+    env.setdefault("DEBIAN_FRONTEND", "noninteractive")
+    return env
+
+
 def _succeeds(*command: str) -> bool:
-    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    binary = shutil.which(command[0], path=path)
-    if binary is None:
+    """Does ``command`` exist and exit 0 (a question such as systemctl is-active)?"""
+    try:
+        result = subprocess.run(
+            command, env=_child_env(), capture_output=True, stdin=subprocess.DEVNULL, check=False
+        )
+    except OSError:
         return False
-    result = subprocess.run(
-        [binary, *command[1:]], capture_output=True, stdin=subprocess.DEVNULL, check=False
-    )
     return result.returncode == 0
 
 
@@ -285,8 +295,13 @@ class Postfix:
             return None
         return backup if backup.is_file() else None
 
+    def forget(self) -> None:
+        """main.cf changed: read its values afresh."""
+        self.conf = PostfixConfig(self.conf.config_dir)
+
     def restore(self, backup: Path) -> None:
         self.backup()
+        self.forget()
         st = self.main_cf.stat()
         _write_file(
             self.main_cf, backup.read_bytes(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
@@ -299,6 +314,7 @@ class Postfix:
             self.backup()
             args = ("-e", f"{name} = {value}") if value else ("-X", name)
             proc = self.conf.run("postconf", *args)
+            self.forget()
             if proc.returncode != 0:
                 raise PostconfError(f"postconf {' '.join(args)}: {proc.stderr.strip()}")
 
@@ -390,7 +406,10 @@ def setup_header_checks(postfix: Postfix) -> bool:
     """The INFO fallback: Postfix logs our header, so mail the milter missed (it was
     restarting) still gets its UUID. Appended to header_checks, never replacing it; in a
     list of tables the first that matches decides, so ours runs only if none before it
-    matches the header. True when main.cf changed."""
+    matches the header. (mime_header_checks and nested_header_checks default to
+    $header_checks: the header of an attached message is logged too. logwatch reads INFO
+    lines only where the milter recorded nothing, and lines that disagree give no UUID,
+    so an attachment never lends its UUID to the message.) True when main.cf changed."""
     table = header_table(postfix)
     tables = split_list(postfix.raw("header_checks"))
     if table not in tables:
@@ -499,13 +518,14 @@ def syslog_daemon_running() -> bool:
 
 
 def package_installed(name: str) -> bool:
-    return _succeeds("rpm", "-q", name) or (
-        _succeeds("dpkg-query", "-W", name)
-        and "install ok installed"
-        in subprocess.run(
-            ["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True, check=False
-        ).stdout
+    if _succeeds("rpm", "-q", name):
+        return True
+    if shutil.which("dpkg-query") is None:
+        return False
+    status = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True, check=False
     )
+    return "install ok installed" in status.stdout
 
 
 @dataclass(frozen=True)
@@ -574,16 +594,16 @@ def log_group(path: Path, steps: Steps) -> str | None:
 
 
 def _group_exists(name: str) -> bool:
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        return False
-    return True
+    return _known(grp.getgrnam, name)
 
 
 def _user_exists(name: str) -> bool:
+    return _known(pwd.getpwnam, name)
+
+
+def _known(lookup: Callable[[str], object], name: str) -> bool:
     try:
-        pwd.getpwnam(name)
+        lookup(name)
     except KeyError:
         return False
     return True
@@ -734,7 +754,7 @@ they exit non-zero; stopped with SIGTERM. Start the milter before Postfix:
   milter:    {as_agent} --init-groups -- {run} milter
   logwatch:  {as_agent} {groups} -- {run} logwatch
 
-Both log to stderr. Then check the whole path with: {host.program} doctor""",
+Both log to stderr. Then check the whole path with: {run} doctor""",
         file=out,
     )
 
@@ -786,9 +806,29 @@ def _summary(steps: Steps, done: str, nothing: str) -> None:
         print(f"Done: {steps.changes} change(s) made{done}.", file=steps.out)
 
 
-def setup(host: Host, request: Request, out: TextIO) -> int:
-    """Configure this host for the installed agent; returns the exit code."""
-    steps = Steps(out, request.dry_run, request.verbose)
+@dataclass(frozen=True)
+class Plan:
+    """What setup will make true, decided (and checked) before the first change."""
+
+    config: Config  # the flags over config.yaml as it is
+    postfix: PostfixConfig
+    current: str | None  # config.yaml's text, None when there is none yet
+    want: dict[str, str]  # managed key -> value to write ("": left out, the default)
+    socket_address: str  # milter-socket
+    mail_log: MailLog
+
+    @property
+    def queue_directory(self) -> Path:
+        return Path(self.postfix.value("queue_directory"))
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.queue_directory / SOCKET_NAME.partition("/")[0]
+
+
+def plan_setup(host: Host, request: Request) -> Plan:
+    """Read the flags, config.yaml and Postfix; raise UsageError or StepFailed on what
+    would stop setup, so that it stops before changing anything."""
     path = host.config_path
     current = path.read_text() if path.exists() else None
     flags: dict[str, object] = dict(request.settings)
@@ -810,8 +850,9 @@ def setup(host: Host, request: Request, out: TextIO) -> int:
     version = conf.value("mail_version")
     if int(version.split(".")[0] or 0) < 3:
         raise StepFailed(f"Postfix {version} is too old: the per-milter default_action needs 3.0")
-    postfix = Postfix(conf, steps, host.etc_dir / UNDO_RECORD)
     queue_directory = Path(conf.value("queue_directory"))
+    if not queue_directory.is_dir():
+        raise StepFailed(f"Postfix's queue_directory {queue_directory} does not exist")
     socket_dir = queue_directory / SOCKET_NAME.partition("/")[0]
     in_file = file_keys(current)
     # A milter-socket of config.yaml (e.g. inet:127.0.0.1:PORT) is kept; one in a
@@ -833,77 +874,58 @@ def setup(host: Host, request: Request, out: TextIO) -> int:
         "mta": config.mta,
         "endpoint": config.endpoint,
         "log-path": str(mail_log.path),
-        "state-dir": ""
-        if str(config.state_dir) == DEFAULTS["state-dir"]
-        else str(config.state_dir),
+        "state-dir": _unless_default("state-dir", str(config.state_dir)),
         "milter-socket": socket_address
-        if "milter-socket" in in_file or socket_address != DEFAULTS["milter-socket"]
-        else "",
-        "postfix-config-dir": ""
-        if str(config.postfix_config_dir) == DEFAULTS["postfix-config-dir"]
-        else str(config.postfix_config_dir),
+        if "milter-socket" in in_file
+        else _unless_default("milter-socket", socket_address),
+        "postfix-config-dir": _unless_default("postfix-config-dir", str(config.postfix_config_dir)),
     }
-    new_text = render_config(current, want)
+    return Plan(config, conf, current, want, socket_address, mail_log)
 
+
+def _unless_default(key: str, value: str) -> str:
+    return "" if value == DEFAULTS[key] else value
+
+
+def setup(host: Host, request: Request, out: TextIO) -> int:
+    """Configure this host for the installed agent; returns the exit code."""
+    steps = Steps(out, request.dry_run, request.verbose)
+    plan = plan_setup(host, request)
+    config, conf = plan.config, plan.postfix
+    postfix = Postfix(conf, steps, host.etc_dir / UNDO_RECORD)
+    version = conf.value("mail_version")
     _header(steps, f"Setting up sendpost-agent (Postfix {version}, {postfix.main_cf})")
-    if mail_log.install_rsyslog:
+    if plan.mail_log.install_rsyslog:
         tool = "apt-get" if shutil.which("apt-get") else "dnf"
         steps.note(
             f"no syslog daemon writes a mail log: installing rsyslog, which writes"
-            f" {mail_log.path} (teardown leaves it)"
+            f" {plan.mail_log.path} (teardown leaves it)"
         )
         steps.change(f"{tool} install rsyslog", lambda: install_rsyslog(steps, tool, host))
     ensure_user(steps)
-    group_of_postfix = _postfix_group(conf.value("mail_owner"))
-    if not queue_directory.is_dir():
-        raise StepFailed(f"Postfix's queue_directory {queue_directory} does not exist")
     ensure_dir(steps, config.state_dir, AGENT_USER, AGENT_USER, 0o750)
     give_state_to_agent(steps, config.state_dir)
     ensure_dir(steps, host.etc_dir, "root", AGENT_USER, 0o750)
     # Postfix (its group) connects to the socket; setgid passes the group on to it.
-    ensure_dir(steps, socket_dir, AGENT_USER, group_of_postfix, 0o2750)
+    postfix_group = _postfix_group(conf.value("mail_owner"))
+    ensure_dir(steps, plan.socket_dir, AGENT_USER, postfix_group, 0o2750)
 
-    group = log_group(mail_log.path, steps)
-    steps.ok(f"logwatch reads {mail_log.path}" + (f" through group {group}" if group else ""))
+    group = log_group(plan.mail_log.path, steps)
+    steps.ok(f"logwatch reads {plan.mail_log.path}" + (f" through group {group}" if group else ""))
     restart = {unit: request.restart for unit in UNITS}
     if host.systemd or host.systemd_dir.is_dir():
         for unit in UNITS:
-            text = drop_in_text(unit, group, [config.state_dir, socket_dir])
+            text = drop_in_text(unit, group, [config.state_dir, plan.socket_dir])
             restart[unit] |= set_drop_in(steps, host.drop_in(unit), text)
     reload_units = any(restart.values())
-
-    old = file_keys(current)
-    if current == new_text:
-        _config_perms(steps, path)
-    else:
-        changed = [k for k in MANAGED_KEYS if old.get(k, "") != want[k]]
-        restart[LOGWATCH_UNIT] = True
-        restart[MILTER_UNIT] |= not changed or bool(set(changed) - LOGWATCH_ONLY_KEYS)
-        what = (
-            "; ".join(
-                f"api-key {'changed' if old.get(k) else 'set'}"
-                if k == "api-key"
-                else f"{k} removed (default)"
-                if not want[k]
-                else f"{k}: {want[k]}"
-                for k in changed
-            )
-            or "rewritten"
-        )
-        verb = (
-            f"update {path}" if current is not None else f"write {path}, mode 0600 ({AGENT_USER})"
-        )
-        steps.change(
-            f"{verb} ({what})",
-            lambda: _write_file(path, new_text, 0o600, *_agent_ids()),
-        )
-
+    for unit in write_config(steps, host.config_path, plan):
+        restart[unit] = True
     if host.systemd:
         if reload_units:  # new units (--restart) or drop-ins
             steps.change("systemctl daemon-reload", lambda: steps.run("systemctl", "daemon-reload"))
         start_services(steps, restart)
 
-    milter = Milter(socket_address, queue_directory)
+    milter = Milter(plan.socket_address, plan.queue_directory)
     main_cf_changed = setup_milter(postfix, milter)
     main_cf_changed |= setup_header_checks(postfix)
     if main_cf_changed:
@@ -918,7 +940,30 @@ def setup(host: Host, request: Request, out: TextIO) -> int:
     if not host.systemd:
         print_manual_run(host, group, out)
         return EXIT_OK
-    return _doctor(path, socket_address, out)
+    return _doctor(host.config_path, plan.socket_address, out)
+
+
+def write_config(steps: Steps, path: Path, plan: Plan) -> list[str]:
+    """config.yaml as planned, 0600, the agent's; returns the units to restart for it."""
+    new_text = render_config(plan.current, plan.want)
+    if plan.current == new_text:
+        _config_perms(steps, path)
+        return []
+    old = file_keys(plan.current)
+    changed = [k for k in MANAGED_KEYS if old.get(k, "") != plan.want[k]]
+    what = "; ".join(map(partial(_describe_change, old, plan.want), changed)) or "rewritten"
+    verb = f"update {path}" if plan.current is not None else f"write {path}, mode 0600"
+    steps.change(f"{verb} ({what})", lambda: _write_file(path, new_text, 0o600, *_agent_ids()))
+    if changed and set(changed) <= LOGWATCH_ONLY_KEYS:
+        return [LOGWATCH_UNIT]
+    return list(UNITS)
+
+
+def _describe_change(old: Mapping[str, str], want: Mapping[str, str], key: str) -> str:
+    """One key's change, for the step's line; never the API key itself."""
+    if key == "api-key":
+        return f"api-key {'changed' if old.get(key) else 'set'}"
+    return f"{key}: {want[key]}" if want[key] else f"{key} removed (default)"
 
 
 def _agent_ids() -> tuple[int, int]:
