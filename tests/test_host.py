@@ -317,11 +317,12 @@ def test_mail_received_while_the_milter_is_stopped_keeps_its_uuid(host: Host) ->
         unseen = host.send(["unseen@example.com"])
     finally:
         container.run("systemctl", "start", MILTER)
-    mail_log = container.path("/var/log/mail.log").read_text(errors="replace")
-    assert re.search(rf"info: header {HEADER}: {unseen}", mail_log), host.diagnostics()
     want = Counter([(unseen, "delivered", "unseen@example.com")])
     host.wait_events(want, EVENT_TIMEOUT)
     assert Counter(host.events_of({unseen})) == want
+    # Read after logwatch did: the line is surely written by then.
+    mail_log = container.path("/var/log/mail.log").read_text(errors="replace")
+    assert re.search(rf"info: header {HEADER}: {unseen}", mail_log), host.diagnostics()
 
 
 def test_teardown_and_purge_restore_main_cf_and_mail_still_flows(host: Host) -> None:
