@@ -156,6 +156,43 @@ def build_message(
     return raw
 
 
+def submit(
+    host: str,
+    port: int,
+    sender: str,
+    recipients: str | Sequence[str],
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    body: str | bytes = "",
+    *,
+    timeout: float = 30.0,
+) -> str:
+    """Submit one message over SMTP to ``host:port``; return the queue ID it was given.
+
+    Raises smtplib.SMTPRecipientsRefused if any recipient is refused (nothing is sent
+    then) and smtplib.SMTPDataError if the message is refused (e.g. by a milter).
+    """
+    rcpts = [recipients] if isinstance(recipients, str) else list(recipients)
+    raw = build_message(sender, rcpts, headers, body)
+    with smtplib.SMTP(host, port, local_hostname="client.localdomain", timeout=timeout) as smtp:
+        smtp.ehlo()
+        code, resp = smtp.mail(sender)
+        if code != 250:
+            raise smtplib.SMTPSenderRefused(code, resp, sender)
+        refused: dict[str, tuple[int, bytes]] = {}
+        for rcpt in rcpts:
+            code, resp = smtp.rcpt(rcpt)
+            if code not in (250, 251):
+                refused[rcpt] = (code, resp)
+        if refused:
+            smtp.rset()
+            raise smtplib.SMTPRecipientsRefused(refused)  # type: ignore[arg-type]
+        _, resp = smtp.data(raw)
+    match = QUEUED_AS.search(resp.decode("utf-8", "replace"))
+    if not match:
+        raise PostfixError(f"no queue ID in DATA reply: {resp!r}")
+    return match.group(1)
+
+
 class PostfixInstance:
     """A private Postfix under ``root``, relaying everything to ``[127.0.0.1]:relay_port``.
 
@@ -523,33 +560,10 @@ class PostfixInstance:
         *,
         timeout: float = 30.0,
     ) -> str:
-        """Submit one message over SMTP to this instance; return its queue ID.
-
-        Raises smtplib.SMTPRecipientsRefused if any recipient is refused (nothing is
-        sent then) and smtplib.SMTPDataError if the message is refused (e.g. by a milter).
-        """
-        rcpts = [recipients] if isinstance(recipients, str) else list(recipients)
-        raw = build_message(sender, rcpts, headers, body)
-        with smtplib.SMTP(
-            "127.0.0.1", self.smtp_port, local_hostname="client.localdomain", timeout=timeout
-        ) as smtp:
-            smtp.ehlo()
-            code, resp = smtp.mail(sender)
-            if code != 250:
-                raise smtplib.SMTPSenderRefused(code, resp, sender)
-            refused: dict[str, tuple[int, bytes]] = {}
-            for rcpt in rcpts:
-                code, resp = smtp.rcpt(rcpt)
-                if code not in (250, 251):
-                    refused[rcpt] = (code, resp)
-            if refused:
-                smtp.rset()
-                raise smtplib.SMTPRecipientsRefused(refused)  # type: ignore[arg-type]
-            _, resp = smtp.data(raw)
-        match = QUEUED_AS.search(resp.decode("utf-8", "replace"))
-        if not match:
-            raise PostfixError(f"no queue ID in DATA reply: {resp!r}")
-        return match.group(1)
+        """Submit one message over SMTP to this instance; return its queue ID (see submit)."""
+        return submit(
+            "127.0.0.1", self.smtp_port, sender, recipients, headers, body, timeout=timeout
+        )
 
     def swaks(self, *args: str, timeout: float = 30.0) -> str:
         """Run ``swaks --server 127.0.0.1:PORT ARGS...``; return the queue ID it got."""

@@ -1,0 +1,366 @@
+"""The package on a real Debian 12 host, from `apt install` to `apt purge`.
+
+A Debian 12 root filesystem (mmdebstrap: systemd, Debian's Postfix, rsyslog) boots under
+systemd-nspawn with a network of its own (tests/support/host.py). In it: the .deb that
+`make deb` built is installed with apt, `sendpost-agent setup` wires it to an ingestion
+server, and real mail goes through the container's Postfix on port 25:
+
+- a remote recipient the relay accepts -> delivered; an alias to a local user that does
+  not exist -> bounced; a remote recipient the relay answers 450 -> deferred; each event
+  carries the message's X-Sendpost-Message-UUID;
+- the installed units pass `systemd-analyze verify` and keep their `systemd-analyze
+  security` exposure (milter 1.2, logwatch 1.3 when these tests were written);
+- an upgrade to a newer build while mail flows loses and duplicates no event, and mail
+  received while the milter is stopped still gets its UUID (the header_checks INFO line
+  that setup adds);
+- `teardown` and `apt purge` give main.cf back byte for byte, and mail still flows.
+
+The tests run in this order and build on each other (one host per module). The relay is
+an SMTP sink (tests/support/sink.py) and the API the ingest stand-in
+(tests/support/ingest.py), both listening inside the container's network namespace.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.host import (
+    Container,
+    RootfsBuild,
+    control_depends,
+    deb_field,
+    missing_tools,
+    package_names,
+    rebuild_with_version,
+)
+from tests.support.ingest import Event, IngestServer
+from tests.support.postfix import submit
+from tests.support.sink import Sink
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "sp-host-key-5c1e"
+SENDER = "sender@example.com"
+HEADER = "X-Sendpost-Message-UUID"
+MILTER = "sendpost-agent-milter.service"
+LOGWATCH = "sendpost-agent-logwatch.service"
+#: `systemd-analyze security` exposure of the units when these tests were written: the
+#: sandbox may get tighter, never looser.
+EXPOSURE = {MILTER: 1.2, LOGWATCH: 1.3}
+#: An alias whose target is no user of the host: local(8) bounces it.
+ALIAS = "ghost"
+MISSING_USER = "nosuchuser"
+HOSTNAME = "mailhost"  # tests/support/host.py writes it; Postfix's myhostname
+PACKAGE_DIR = "/root/packages"
+EVENT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Debs:
+    built: Path  # what `make deb` made
+    newer: Path  # the same package with a higher version: an upgrade
+
+
+@dataclass
+class Host:
+    """The booted host with its relay and API, and what the tests compare against."""
+
+    container: Container
+    ingest: IngestServer
+    sink: Sink
+    main_cf_before: bytes = b""  # main.cf before the package came
+
+    def send(self, recipients: list[str]) -> str:
+        """Send one message with a fresh UUID over SMTP to port 25; return the UUID."""
+        message_uuid = str(uuid.uuid4())
+        headers = {HEADER: message_uuid}
+        self.container.in_netns(
+            lambda: submit("127.0.0.1", 25, SENDER, recipients, headers, "hello\n")
+        )
+        return message_uuid
+
+    def events_of(self, uuids: set[str]) -> list[tuple[str, str, str]]:
+        """(message_id, event_type, recipient) of every accepted event for ``uuids``."""
+        return [_key(e) for e in self.ingest.accepted if e["message_id"] in uuids]
+
+    def wait_events(self, want: Counter[tuple[str, str, str]], timeout: float) -> None:
+        """Until every event in ``want`` arrived (each as often as counted there)."""
+        uuids = {message_id for message_id, _, _ in want}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = Counter(self.events_of(uuids))
+            if not want - got:
+                return
+            time.sleep(0.2)
+        got = Counter(self.events_of(uuids))
+        pytest.fail(
+            f"missing events {sorted(want - got)} after {timeout}s; got {sorted(got)}\n"
+            f"{self.diagnostics()}",
+            pytrace=False,
+        )
+
+    def diagnostics(self) -> str:
+        """The end of the mail log and of the units' journal, for failure messages."""
+        try:
+            log = self.container.path("/var/log/mail.log").read_text(errors="replace")
+        except OSError as exc:
+            log = str(exc)
+        tail = "\n".join(log.splitlines()[-40:])
+        return (
+            f"--- mail.log ---\n{tail}\n--- journal ---\n"
+            f"{self.container.journal(MILTER, LOGWATCH, lines=60)}"
+        )
+
+    def main_cf(self) -> bytes:
+        return self.container.path("/etc/postfix/main.cf").read_bytes()
+
+
+def _key(event: Event) -> tuple[str, str, str]:
+    return (str(event["message_id"]), str(event["event_type"]), str(event.get("recipient")))
+
+
+def _require_tools(*extra: str) -> None:
+    missing = missing_tools() + [tool for tool in extra if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(
+            f"required tools not found: {', '.join(missing)} (.ci/run installs them)",
+            pytrace=False,
+        )
+
+
+# Module scope: one host for the module's tests, and its 300 MB are gone right after them.
+@pytest.fixture(scope="module")
+def debs(tmp_path_factory: pytest.TempPathFactory) -> Debs:
+    """`make deb` of this checkout, and the same package as a newer version."""
+    _require_tools("make", "dpkg-buildpackage")
+    version = re.search(r'(?m)^version = "(.+)"$', (ROOT / "pyproject.toml").read_text())
+    assert version, "pyproject.toml has no version"
+    proc = subprocess.run(
+        ["make", "deb"], cwd=ROOT, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert proc.returncode == 0, f"make deb failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    built = sorted((ROOT / "dist").glob(f"sendpost-agent_{version.group(1)}_*.deb"))
+    assert len(built) == 1, f"make deb made {built}, want one sendpost-agent_VERSION_ARCH.deb"
+    newer_version = f"{deb_field(built[0], 'Version')}+1"
+    work = tmp_path_factory.mktemp("debs")
+    newer = rebuild_with_version(built[0], newer_version, work / f"newer_{built[0].name}")
+    return Debs(built[0], newer)
+
+
+@pytest.fixture(scope="module")
+def rootfs_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RootfsBuild]:
+    """A Debian 12 root filesystem with the package's dependencies already in it, so that
+    apt installs the .deb without a network (the container has none). Started first: it
+    builds while `make deb` compiles."""
+    _require_tools()
+    base = tmp_path_factory.mktemp("host")
+    depends = package_names(control_depends(ROOT / "debian" / "control"))
+    build = RootfsBuild(base / "rootfs", depends, base / "build.log")
+    yield build
+    build.cancel()
+    # --one-file-system: should a mount be left under it, never delete through it.
+    subprocess.run(["rm", "-rf", "--one-file-system", str(build.dest)], check=False)
+
+
+@pytest.fixture(scope="module")
+def host(rootfs_build: RootfsBuild, debs: Debs) -> Iterator[Host]:
+    """The booted host, Postfix relaying to the sink, the package installed with apt and
+    `sendpost-agent setup` run against the ingest server."""
+    rootfs = rootfs_build.wait()
+    print(f"root filesystem ready {rootfs_build.seconds:.0f}s after mmdebstrap started")
+    started = time.monotonic()
+    with Container(rootfs, rootfs.parent / "console.log") as container:
+        print(f"booted in {time.monotonic() - started:.1f}s")
+        ingest = IngestServer(KEY)
+        sink = Sink()
+        container.in_netns(ingest.start)
+        container.in_netns(sink.start)
+        try:
+            yield _install(Host(container, ingest, sink), debs)
+        finally:
+            ingest.stop()
+            sink.stop()
+
+
+def _install(host: Host, debs: Debs) -> Host:
+    container = host.container
+    # The mail server as its admin left it: everything not local goes to the relay, and an
+    # alias points at a user who left.
+    container.sh(
+        f"postconf -e 'relayhost = [127.0.0.1]:{host.sink.port}'\n"
+        f"echo '{ALIAS}: {MISSING_USER}' >> /etc/aliases\n"
+        "newaliases\n"
+        "postfix reload"
+    )
+    host.main_cf_before = host.main_cf()
+    packages = container.path(PACKAGE_DIR)
+    packages.mkdir()
+    for deb in (debs.built, debs.newer):
+        shutil.copy2(deb, packages / deb.name)
+    # No network in the container: apt finds every dependency installed already.
+    installed = container.run("apt-get", "install", "--yes", f"{PACKAGE_DIR}/{debs.built.name}")
+    # Enabled, but not started without a configuration (ConditionPathExists).
+    states = _states(container, "is-enabled") + _states(container, "is-active")
+    assert states == ["enabled", "enabled", "inactive", "inactive"], installed.stdout
+    setup = container.run(
+        "sendpost-agent",
+        "setup",
+        "--api-key-stdin",
+        "--endpoint",
+        host.ingest.url,
+        input=f"{KEY}\n",
+        check=False,
+        timeout=180,
+    )
+    assert setup.returncode == 0, (
+        f"setup failed:\n{setup.stdout}\n{setup.stderr}\n{host.diagnostics()}"
+    )
+    assert "doctor: all checks passed" in setup.stdout, setup.stdout
+    active = _states(container, "is-active")
+    assert active == ["active", "active"], f"{setup.stdout}\n{host.diagnostics()}"
+    return host
+
+
+def test_delivered_bounced_and_deferred_mail_is_reported_with_its_uuid(host: Host) -> None:
+    delivered = host.send(["ok@example.com"])
+    bounced = host.send([f"{ALIAS}@{HOSTNAME}"])
+    deferred = host.send(["defer@example.com"])
+    both = host.send(["ok2@example.com", "defer2@example.com"])
+    want = Counter(
+        [
+            (delivered, "delivered", "ok@example.com"),
+            (bounced, "bounced", f"{MISSING_USER}@{HOSTNAME}"),
+            (deferred, "deferred", "defer@example.com"),
+            (both, "delivered", "ok2@example.com"),
+            (both, "deferred", "defer2@example.com"),
+        ]
+    )
+    host.wait_events(want, EVENT_TIMEOUT)
+    assert Counter(host.events_of({delivered, bounced, deferred, both})) == want
+    # The relay got the delivered mail with the header untouched.
+    relayed = {m.parsed()[HEADER] for m in host.sink.messages}
+    assert {delivered, both} <= relayed
+
+
+@pytest.mark.parametrize("unit", [MILTER, LOGWATCH])
+def test_installed_units_verify_and_keep_their_sandbox(host: Host, unit: str) -> None:
+    path = host.container.run("systemctl", "show", "--property=FragmentPath", "--value", unit)
+    verify = host.container.run("systemd-analyze", "verify", path.stdout.strip(), check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify.stdout + verify.stderr == ""  # verify only warns about bad keys or values
+    security = host.container.run("systemd-analyze", "security", "--no-pager", unit).stdout
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", security)
+    assert match, security
+    assert float(match.group(1)) <= EXPOSURE[unit], security
+
+
+def test_upgrade_while_mail_flows_loses_and_duplicates_no_event(host: Host, debs: Debs) -> None:
+    container = host.container
+    pids_before = _main_pids(container)
+    flowing: list[str] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def mail_flow() -> None:
+        try:
+            while not stop.is_set():
+                flowing.append(host.send([f"flow{len(flowing)}@example.com"]))
+                time.sleep(0.05)
+        except BaseException as exc:  # reported below, with the upgrade's output
+            errors.append(exc)
+
+    sender = threading.Thread(target=mail_flow, name="mail-flow")
+    sender.start()
+    try:
+        time.sleep(1)  # mail is flowing before the upgrade starts
+        upgrade = container.run(
+            "apt-get", "install", "--yes", f"{PACKAGE_DIR}/{debs.newer.name}", check=False
+        )
+        time.sleep(1)  # ... and after it
+    finally:
+        stop.set()
+        sender.join(60)
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    assert not errors, f"mail stopped flowing during the upgrade: {errors[0]!r}"
+    version = container.run("dpkg-query", "-W", "-f=${Version}", "sendpost-agent").stdout
+    assert version == deb_field(debs.newer, "Version")
+    # Both services run the new build: restarted by the upgrade, and up again.
+    pids_after = _main_pids(container)
+    assert all(pids_after[u] not in (0, pids_before[u]) for u in (MILTER, LOGWATCH)), (
+        pids_before,
+        pids_after,
+    )
+
+    want = Counter((u, "delivered", f"flow{i}@example.com") for i, u in enumerate(flowing))
+    host.wait_events(want, EVENT_TIMEOUT)
+    assert Counter(host.events_of(set(flowing))) == want  # each one, once
+    assert len(flowing) > 10, flowing
+
+
+def test_mail_received_while_the_milter_is_stopped_keeps_its_uuid(host: Host) -> None:
+    """The window an upgrade opens, held open on purpose: Postfix passes the mail on
+    without the milter (default_action=accept), and Postfix's own log line of the header
+    (the INFO rule of setup) gives logwatch the UUID."""
+    container = host.container
+    container.run("systemctl", "stop", MILTER)
+    try:
+        unseen = host.send(["unseen@example.com"])
+    finally:
+        container.run("systemctl", "start", MILTER)
+    want = Counter([(unseen, "delivered", "unseen@example.com")])
+    host.wait_events(want, EVENT_TIMEOUT)
+    assert Counter(host.events_of({unseen})) == want
+    # Read after logwatch did: the line is surely written by then.
+    mail_log = container.path("/var/log/mail.log").read_text(errors="replace")
+    assert re.search(rf"info: header {HEADER}: {unseen}", mail_log), host.diagnostics()
+
+
+def test_teardown_and_purge_restore_main_cf_and_mail_still_flows(host: Host) -> None:
+    container = host.container
+    teardown = container.run("sendpost-agent", "teardown", check=False, timeout=120)
+    assert teardown.returncode == 0, teardown.stdout + teardown.stderr
+    container.run("apt-get", "purge", "--yes", "sendpost-agent", timeout=300)
+    assert host.main_cf() == host.main_cf_before
+    left = container.sh(
+        "ls -d /etc/sendpost-agent /var/lib/sendpost-agent /var/spool/postfix/sendpost-agent"
+        " 2>/dev/null || true; getent passwd sendpost-agent || true"
+    )
+    assert left == ""
+    assert _states(container, "is-active") == ["inactive", "inactive"]
+
+    mail_log = container.path("/var/log/mail.log")
+    mark = mail_log.stat().st_size
+    before = len(host.sink.messages)
+    after_purge = host.send(["after-purge@example.com"])
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while time.monotonic() < deadline and len(host.sink.messages) == before:
+        time.sleep(0.2)
+    relayed = [m.parsed()[HEADER] for m in host.sink.messages[before:]]
+    assert relayed == [after_purge], host.diagnostics()
+    # Postfix no longer looks for the milter (it would log a warning for each message).
+    with mail_log.open("rb") as log:
+        log.seek(mark)
+        assert b"milter" not in log.read().lower()
+
+
+def _states(container: Container, verb: str) -> list[str]:
+    """`systemctl is-enabled` / `is-active` of both units, in order milter, logwatch."""
+    return container.run("systemctl", verb, MILTER, LOGWATCH, check=False).stdout.split()
+
+
+def _main_pids(container: Container) -> dict[str, int]:
+    out = {}
+    for unit in (MILTER, LOGWATCH):
+        pid = container.run("systemctl", "show", "--property=MainPID", "--value", unit).stdout
+        out[unit] = int(pid.strip() or 0)
+    return out
