@@ -48,6 +48,8 @@ from tests.support.ingest import Event, IngestServer
 from tests.support.postfix import submit
 from tests.support.sink import Sink
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sp-host-key-5c1e"
 SENDER = "sender@example.com"
