@@ -46,7 +46,12 @@ BIN_DIR=${SENDPOST_BIN_DIR:-/usr/local/bin}
 SYSTEMD_DIR=${SYSTEMD_DIR:-/etc/systemd/system}
 PYTHON=${SENDPOST_PYTHON:-}
 SKIP_VENV=${SENDPOST_SKIP_VENV:-0}
-SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# The checkout install.sh lies in; none when bash reads it from a pipe (curl ... | bash -s),
+# whatever the working directory holds.
+SRC_DIR=""
+if [[ -n ${BASH_SOURCE[0]:-} ]]; then
+    SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+fi
 
 # The key is read once and never exported to child processes, never printed: setup reads
 # it on its standard input.
@@ -189,7 +194,7 @@ package_installed() {
 DEB=""
 find_deb() {
     DEB=$ARG_PACKAGE
-    [[ -n $DEB ]] && return 0
+    [[ -n $DEB || -z $SRC_DIR ]] && return 0
     local candidate
     for candidate in "$SRC_DIR"/dist/"$PACKAGE"_*.deb "$SRC_DIR"/"$PACKAGE"_*.deb; do
         [[ -f $candidate ]] && DEB=$candidate
@@ -412,13 +417,13 @@ install_package() {
             step_deb
             return
         fi
-        [[ -f $SRC_DIR/setup.py ]] || die 2 "no sendpost-agent .deb beside install.sh: name it" \
+        [[ -n $SRC_DIR && -f $SRC_DIR/setup.py ]] || die 2 "no sendpost-agent .deb beside install.sh: name it" \
             "with --package FILE or URL"
         note "no .deb (make deb, or --package): installing this checkout into a virtualenv"
     elif [[ -n $ARG_PACKAGE ]]; then
         die 2 "--package needs an apt system (apt-get, dpkg); elsewhere run install.sh from a" \
             "sendpost-agent checkout (git clone), which installs it into a virtualenv"
-    elif [[ ! -f $SRC_DIR/setup.py ]]; then
+    elif [[ -z $SRC_DIR || ! -f $SRC_DIR/setup.py ]]; then
         die 2 "not an apt system: run install.sh from a sendpost-agent checkout (git clone)"
     fi
     AGENT=$PREFIX/bin/sendpost-agent

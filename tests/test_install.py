@@ -1043,10 +1043,8 @@ def test_drop_ins_carry_this_hosts_directories_and_log_group(setup_host: Host) -
     assert not any(host.systemd.iterdir())
 
 
-def test_on_apt_systems_the_deb_is_installed_then_setup_runs(tmp_path: Path) -> None:
-    """The .deb in dist/ (make deb) or named with --package is what an apt system gets; in
-    a dry run install.sh says so and would hand over to setup. (Installing a real package
-    needs a host of its own.)"""
+def stand_in_deb(tmp_path: Path, deb: Path) -> Path:
+    """An empty package named sendpost-agent, version 9.9.9-1, written to ``deb``."""
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         pytest.skip("needs an apt system")
     package = tmp_path / "pkg"
@@ -1055,11 +1053,18 @@ def test_on_apt_systems_the_deb_is_installed_then_setup_runs(tmp_path: Path) -> 
         "Package: sendpost-agent\nVersion: 9.9.9-1\nArchitecture: all\n"
         "Maintainer: test <t@example.com>\nDescription: stand-in\n"
     )
-    checkout = tmp_path / "checkout"
-    (checkout / "dist").mkdir(parents=True)
-    shutil.copy(SCRIPT, checkout / "install.sh")
-    deb = checkout / "dist" / "sendpost-agent_9.9.9-1_all.deb"
+    deb.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["dpkg-deb", "--build", str(package), str(deb)], capture_output=True, check=True)
+    return deb
+
+
+def test_on_apt_systems_the_deb_is_installed_then_setup_runs(tmp_path: Path) -> None:
+    """The .deb in dist/ (make deb) or named with --package is what an apt system gets; in
+    a dry run install.sh says so and would hand over to setup. (Installing a real package
+    needs a host of its own.)"""
+    checkout = tmp_path / "checkout"
+    deb = stand_in_deb(tmp_path, checkout / "dist" / "sendpost-agent_9.9.9-1_all.deb")
+    shutil.copy(SCRIPT, checkout / "install.sh")
     env = base_env(tmp_path)
     for args in ([], ["--package", str(deb)]):
         proc = subprocess.run(
@@ -1074,3 +1079,36 @@ def test_on_apt_systems_the_deb_is_installed_then_setup_runs(tmp_path: Path) -> 
         assert "would   apt-get install sendpost-agent 9.9.9-1" in proc.stdout
         assert "would   run sendpost-agent setup" in proc.stdout
         assert KEY not in proc.stdout + proc.stderr
+
+
+def test_the_one_liner_installs_the_package_it_names_and_nothing_else(tmp_path: Path) -> None:
+    """`curl -sSL URL | sudo bash -s -- ...`: install.sh read from a pipe has no checkout
+    beside it, whatever the working directory holds (here another project's setup.py and
+    a .deb of ours): it installs the .deb named with --package, and without one says so."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "dist").mkdir(parents=True)
+    (elsewhere / "setup.py").write_text("raise SystemExit('another project')\n")
+    stand_in_deb(tmp_path, elsewhere / "dist" / "sendpost-agent_9.9.9-1_all.deb")
+    named = stand_in_deb(tmp_path / "named", tmp_path / "sendpost-agent_9.9.9-1_all.deb")
+
+    def one_liner(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-s", "--", "--api-key", KEY, "--mta", "postfix", "--dry-run", *args],
+            input=SCRIPT.read_text(),
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            env=base_env(tmp_path),
+            check=False,
+            timeout=60,
+        )
+
+    unnamed = one_liner()
+    assert unnamed.returncode == 2, unnamed.stdout + unnamed.stderr
+    assert "name it with --package FILE or URL" in unnamed.stderr
+    assert "unbound variable" not in unnamed.stderr
+    given = one_liner("--package", str(named))
+    assert given.returncode == 0, given.stdout + given.stderr
+    assert "would   apt-get install sendpost-agent 9.9.9-1" in given.stdout
+    assert "would   run sendpost-agent setup" in given.stdout
+    assert given.stderr == ""
