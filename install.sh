@@ -11,7 +11,8 @@
 # everything else (user, directories, config.yaml, services, Postfix, doctor; see
 # `sendpost-agent setup --help`) with the flags given here:
 #   - apt systems: the .deb (--package FILE or URL; else dist/sendpost-agent_*.deb or
-#     sendpost-agent_*.deb beside this script) with apt-get, which brings its dependencies;
+#     sendpost-agent_*.deb beside this script) with apt-get, which brings its dependencies,
+#     replacing an earlier virtualenv install (below);
 #   - elsewhere, or from a checkout without a .deb: a virtualenv in $SENDPOST_PREFIX with
 #     `pip install` of this checkout (the OS packages to build it first), a sendpost-agent
 #     link in $SENDPOST_BIN_DIR and the two units of systemd/ in $SYSTEMD_DIR.
@@ -415,6 +416,12 @@ install_package() {
         find_deb
         if [[ -n $DEB ]]; then
             step_deb
+            if venv_installed; then
+                # Its units in $SYSTEMD_DIR would shadow the package's and keep running it.
+                note "an install from a checkout is here ($PREFIX): the package replaces it"
+                remove_venv
+                PACKAGE_CHANGED=1
+            fi
             return
         fi
         [[ -n $SRC_DIR && -f $SRC_DIR/setup.py ]] || die 2 "no sendpost-agent .deb beside install.sh: name it" \
@@ -470,6 +477,17 @@ systemd_running() {
     no) return 1 ;;
     *) [[ -d /run/systemd/system ]] ;;
     esac
+}
+
+# venv_installed: the virtualenv path installed here before (its virtualenv, or a unit of
+# ours in $SYSTEMD_DIR running its command).
+venv_installed() {
+    local unit
+    [[ -f $PREFIX/pyvenv.cfg ]] && return 0
+    for unit in "${UNITS[@]}"; do
+        grep -qsF "$PREFIX/bin/sendpost-agent" "$SYSTEMD_DIR/$unit" && return 0
+    done
+    return 1
 }
 
 remove_venv() {

@@ -1112,3 +1112,37 @@ def test_the_one_liner_installs_the_package_it_names_and_nothing_else(tmp_path: 
     assert "would   apt-get install sendpost-agent 9.9.9-1" in given.stdout
     assert "would   run sendpost-agent setup" in given.stdout
     assert given.stderr == ""
+
+
+def test_the_package_replaces_an_install_from_a_checkout(tmp_path: Path) -> None:
+    """An agent installed into the virtualenv before (as install.sh did before the .deb):
+    its units in /etc/systemd/system would shadow the package's and keep running the old
+    code, so install.sh removes them, the link and the virtualenv once the .deb is in."""
+    checkout = tmp_path / "checkout"
+    stand_in_deb(tmp_path, checkout / "dist" / "sendpost-agent_9.9.9-1_all.deb")
+    shutil.copy(SCRIPT, checkout / "install.sh")
+    host = Host(tmp_path / "root", None, base_env(tmp_path / "root"))  # type: ignore[arg-type]
+    (host.prefix / "bin").mkdir(parents=True)
+    (host.prefix / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    host.systemd.mkdir(parents=True)
+    for unit in UNITS:
+        (host.systemd / unit).write_text(f"[Service]\nExecStart={host.prefix}/bin/{AGENT} x\n")
+    host.bin_dir.mkdir(parents=True)
+    (host.bin_dir / AGENT).symlink_to(host.prefix / "bin" / AGENT)
+    proc = subprocess.run(
+        ["bash", str(checkout / "install.sh"), "--api-key", KEY, "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=host.env,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for planned in (
+        "would   apt-get install sendpost-agent 9.9.9-1",
+        *(f"would   remove {host.systemd / unit}" for unit in UNITS),
+        f"would   remove {host.bin_dir / AGENT}",
+        f"would   remove the virtualenv {host.prefix}",
+        "would   run sendpost-agent setup",
+    ):
+        assert planned in proc.stdout, f"{planned!r} missing from:\n{proc.stdout}"
