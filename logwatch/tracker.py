@@ -594,7 +594,9 @@ class Tracker:
         through pickup with the same Message-ID, once per call of the filter (per
         recipient with ``SERVICE_destination_recipient_limit = 1``), and may be logged
         before this line: copies queued within join-wait before it, or until join-wait
-        after it, go on under ``uuid``."""
+        after it, go on under ``uuid``. A copy already linked by an earlier hop line of
+        this message takes this line's to/orig_to pair too (``_copies`` keeps it for the
+        join-wait): its deliveries may name this line's recipient."""
         message_id = self._message_ids.get(queue_id, _NO_MESSAGE_ID)[0]
         if message_id in _NO_MESSAGE_ID:
             self.counts["content_filter_hop_without_message_id"] += 1
@@ -615,8 +617,14 @@ class Tracker:
         self._hold(_Held(when + self._wait, 0, queue_id, record, None, uuid, message_id, linked))
         events: list[Event] = []
         for copy in copies:
-            del self._copies[copy]
-            events += self._link(copy, queue_id, uuid, record)
+            known = self.messages.get(copy)
+            if known is None:  # removed from the queue: nothing of it is left to decide
+                continue
+            if known.uuid is None:
+                events += self._link(copy, queue_id, uuid, record)
+            elif known.uuid == uuid:  # not another message's with the same Message-ID
+                self._inherit(copy, queue_id, uuid, record)
+                events += self._release(copy)
         return events
 
     def _copy(self, queue_id: str, message_id: str, when: float) -> list[Event]:
@@ -624,8 +632,8 @@ class Tracker:
         Message-ID (the oldest without a copy yet, so that one copy per recipient pairs
         off with one hop line each), else kept for the join-wait for its hop."""
         hops = [h for h in self._pipe_hops.get(message_id, ()) if h.deadline >= when]
+        self._copies[queue_id] = (message_id, when)  # for its message's later hop lines
         if not hops:
-            self._copies[queue_id] = (message_id, when)
             return []
         hop = next((h for h in hops if not h.linked), hops[0])
         for other in hops:

@@ -657,6 +657,48 @@ def test_one_copy_for_all_recipients_follows_every_hop_line(
     assert tracker.counts["content_filter_not_reinjected"] == 0
 
 
+@pytest.mark.parametrize(
+    "order",
+    [(0, 2, 3), (2, 3, 0), (0, 2, 1, 3), (2, 0, 3, 1)],
+    ids=["copy-first", "hops-first", "copy-per-recipient", "hop-per-recipient"],
+)
+def test_every_hop_line_maps_its_rewritten_recipient_back_in_every_copy(
+    tmp_path: Path, order: tuple[int, ...]
+) -> None:
+    """Recipients rewritten before the filter: each hop line's to/orig_to pair reaches the
+    copies, also those that came back before that hop line was logged."""
+    writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
+    recipients = ["alias3@example.com", "other3@example.com"]
+    writer.put("C11212384FE", uuid.UUID(U_CF), HeaderState.PRESENT, recipients=recipients)
+    writer.close()
+    hop = PIPE_HOP.format(s="01")
+    first, second = ("D19012384FE", "D29012384FE")
+    parts = [
+        [line.format(s="01").replace("D19012384FE", first) for line in PIPE_COPY[1:3]],
+        [line.format(s="01").replace("D19012384FE", second) for line in PIPE_COPY[1:3]],
+        [hop.replace("<ok3@example.com>,", "<ok3@example.com>, orig_to=<alias3@example.com>,")],
+        [hop.replace("<ok3@example.com>,", "<bounce3@example.com>, orig_to=<other3@example.com>,")],
+    ]
+    per_recipient = 1 in order  # one copy per call of the filter, else one for both
+    deliveries = [
+        PIPE_COPY[3].format(s="02"),
+        f"Dec 07 17:11:02 h postfix/smtp[4]: {second if per_recipient else first}: to=<bounce3"
+        "@example.com>, relay=127.0.0.1[127.0.0.1]:2526, delay=0.1, delays=0/0/0/0.1,"
+        " dsn=5.1.1, status=bounced (host 127.0.0.1[127.0.0.1] said: 550 5.1.1"
+        " <bounce3@example.com>: User unknown)",
+    ]
+    lines = [PIPE_COPY[0].format(s="00")]
+    for part in order:
+        lines += parts[part]
+    tracker = Tracker(MapReader(tmp_path / "map.sqlite3").get, PIPE, wait=30.0)
+    events = run([*lines, *deliveries], tracker)
+    assert brief(events, U_CF) == [
+        ("delivered", "alias3@example.com"),
+        ("bounced", "other3@example.com"),
+    ]
+    assert tracker.counts["unmatched:added_recipient"] == 0
+
+
 # --- the recipient SendPost gave Postfix ---------------------------------------------------
 
 U_ALIAS = "11111111-1111-4111-8111-000000000040"
