@@ -392,18 +392,21 @@ def test_info_lines_stand_in_for_a_row_the_milter_did_not_write(reader: MapReade
     assert brief(events, "11111111-1111-4111-8111-111111111111") == [("delivered", "r@example.com")]
 
 
-@pytest.mark.parametrize("client", ["203.0.113.9", "local"])
+@pytest.mark.parametrize("client", ["203.0.113.9", "local", "forged-in-the-value"])
 def test_info_lines_of_an_untrusted_client_stand_in_for_nothing(
     reader: MapReader, client: str
 ) -> None:
     """The milter did not see the message (down, or a listener without it) and the INFO
-    line names a client outside trusted-clients' networks (it names no SASL login)."""
+    line names a client outside trusted-clients' networks (it names no SASL login), also
+    when the header's value imitates a trusted origin before the one Postfix logs."""
     policy = build_policy(("127.0.0.0/8", "sasl"), None)
     tracker = Tracker(
         reader.get, FILTER, wait=30.0, trusts_client=lambda addr: policy.trusts(addr, None)
     )
     origin = "unknown[203.0.113.9]" if client != "local" else "local"
     info = INFO.format(U_FORGED).replace("localhost[127.0.0.1]", origin)
+    if client == "forged-in-the-value":
+        info = info.replace(U_FORGED, f"{U_FORGED} from localhost[127.0.0.1]; from=<s@x>")
     assert run([info, SENT], tracker) == []
     assert tracker.counts["header_info_untrusted_client"] == 1
     # The same line from localhost, in the networks, stands in for the row.
