@@ -7,7 +7,8 @@ cannot decide yet for a bounded time (``join-wait``, measured in log time):
 
 * a status line whose queue ID has no UUID yet: the map row, the header_checks INFO
   line or the hop that created this queue ID may still come (at a content filter the
-  re-injected message's lines can precede the hop's ``queued as`` line);
+  re-injected message's lines can precede the hop's ``queued as`` line). One whose UUID
+  only a header_checks INFO line gives waits the whole time, unless it is a hop line;
 * a ``status=sent ... queued as NEWID`` to a local relay that is not a configured
   content filter: a hop if NEWID shows up in this log, else a real delivery (a local
   smarthost), reported when the wait ends. Remote relays are deliveries at once;
@@ -285,9 +286,9 @@ class Tracker:
             message.seen = when
         return message
 
-    def _uuid(self, queue_id: str) -> str | None:
+    def _uuid(self, queue_id: str, info: bool = True) -> str | None:
         """Known here (hop, requeue, or kept with deferrals), else the map's; the INFO
-        lines' only where the milter recorded no row or no header."""
+        lines' (``info``) only where the milter recorded no row or no header."""
         message = self.messages.get(queue_id)
         if message is not None:
             if message.uuid is not None:
@@ -295,17 +296,23 @@ class Tracker:
             if message.untrusted:
                 return None
             if message.no_milter:
-                return message.info_uuid or None
+                return (message.info_uuid or None) if info else None
         entry = self._lookup(queue_id)
         if entry is not None and entry.header is not HeaderState.MISSING:
             return entry.uuid  # None: the header was repeated, invalid or not trusted
-        return (message.info_uuid or None) if message is not None else None
+        return (message.info_uuid or None) if message is not None and info else None
 
     def _decide(self, queue_id: str, record: Decidable, when: float) -> list[Event]:
-        uuid = self._uuid(queue_id)
+        uuid = self._uuid(queue_id, info=False)
+        message = self.messages.get(queue_id)
+        if uuid is None and message is not None and message.info_uuid:
+            # An INFO line's UUID gives an event only when the line's wait is over: the
+            # message may be a filter's re-injection (the INFO line names the filter's
+            # local address) of an untrusted message, whose hop line, logged later, says
+            # so. A hop line takes it at once: it gives no event, and its child may wait.
+            uuid = self._uuid(queue_id) if self._hop_line(record) else None
         if uuid is not None:
             return self._events(queue_id, uuid, record, when)
-        message = self.messages.get(queue_id)
         if message is not None and message.ndr:
             self.counts["unmatched:postfix_notification"] += 1
             return []
@@ -372,21 +379,35 @@ class Tracker:
         """An untrusted message handed to a content filter (or another local hop): the
         message re-injected as NEWID is untrusted too, even if the milter saw it come
         from the filter's trusted local address with the same header."""
+        new_id = self._local_hop(record)
+        if new_id is not None:
+            self._message(new_id, self.now).untrusted = True
+
+    def _local_hop(self, record: Decidable) -> str | None:
+        """NEWID of a ``queued as NEWID`` from a content filter or another local relay."""
         if type(record) is not Delivery:
-            return
+            return None
         new_id = queued_as(record.reply)
         endpoint = parse_relay(record.relay)
         if new_id is not None and (
-            self._filters.is_hop(endpoint) or (endpoint and is_local(endpoint))
+            self._filters.is_hop(endpoint) or (endpoint is not None and is_local(endpoint))
         ):
-            self._message(new_id, self.now).untrusted = True
+            return new_id
+        return None
+
+    def _hop_line(self, record: Decidable) -> bool:
+        """The line may hand the message on to this host again (a pipe filter, or
+        ``_local_hop``)."""
+        if type(record) is Delivery and self._pipes and record.relay in self._filters.pipes:
+            return True
+        return self._local_hop(record) is not None
 
     def _release(self, queue_id: str) -> list[Event]:
         """A UUID became known for ``queue_id``: decide its held lines in log order."""
         held = self._pending.pop(queue_id, None)
         if not held:
             return []
-        uuid = self._uuid(queue_id)
+        uuid = self._uuid(queue_id, info=False)  # INFO's: at the end of the wait (_decide)
         if uuid is None:
             self._pending[queue_id] = held
             return []
@@ -701,7 +722,7 @@ class Tracker:
             message.info_uuid = value
         elif message.info_uuid != value:  # the header repeated: which one is it?
             message.info_uuid = ""
-        return self._release(record.queue_id)
+        return []  # its held lines take it when their wait is over (_decide)
 
     # --- persistence -------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from logwatch.parse import Clock, Delivery, HeaderInfo, parse_line
+from logwatch.parse import Clock, Delivery, parse_line
 from logwatch.relays import ContentFilters
 from logwatch.tracker import Tracker
 from sendpost_agent.queuemap import Entry, HeaderState, MapReader, MapWriter
@@ -236,24 +236,24 @@ def test_a_bug_settling_one_held_line_keeps_the_others_settled_with_it() -> None
     assert [doing for doing, _ in errors] == ["settling"]
 
 
-def test_a_bug_on_one_line_released_by_an_info_line_keeps_the_others() -> None:
+def test_a_bug_on_one_line_released_by_a_hop_keeps_the_others() -> None:
+    """Lines of a re-injected message wait for the hop line that gives them their UUID;
+    deciding one of them raises."""
     errors: list[tuple[str, object]] = []
-    tracker = Tracker(
-        lambda qid: None, FILTER, on_error=lambda doing, what: errors.append((doing, what))
-    )
+    rows = {"BBBBB10001": Entry(U_MIXED, HeaderState.PRESENT, 0)}
+    tracker = Tracker(rows.get, FILTER, on_error=lambda doing, what: errors.append((doing, what)))
     held_lines(
         tracker,
         [("AAAAA10001", "r1@x"), ("AAAAA10001", "r2@x"), ("AAAAA10001", "r3@x")],
         bad="r2@x",
     )
-    info = HeaderInfo(
-        datetime(2026, 11, 23, 18, 35, 22, tzinfo=UTC),
-        "postfix/cleanup",
-        "AAAAA10001",
-        "X-Sendpost-Message-UUID",
-        U_MIXED,
+    hop = parse_line(
+        "Nov 23 18:35:22 feas postfix/smtp[5238]: BBBBB10001: to=<r@x>, relay=127.0.0.1"
+        "[127.0.0.1]:10024, delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0, status=sent (250 2.0.0"
+        " Ok: queued as AAAAA10001)",
+        Clock(UTC, NOW),
     )
-    assert [e.recipient for e in tracker.feed(info)] == ["r1@x", "r3@x"]
+    assert [e.recipient for e in tracker.feed(hop)] == ["r1@x", "r3@x"]
     assert [doing for doing, _ in errors] == ["handling"]
     assert tracker.finish() == []  # nothing left held, nothing reported twice
 
@@ -479,6 +479,25 @@ def test_mail_a_content_filter_reinjects_carries_the_distrust_of_its_first_hop(
     restarted.restore(json.loads(json.dumps(first.snapshot())))
     assert run(lines[1:], restarted) == []  # the hop's held line was restored with it
     assert restarted.counts["unmatched:untrusted_client"] == 2
+
+
+def test_an_info_line_of_the_reinjection_does_not_undo_the_distrust_of_its_first_hop(
+    tmp_path: Path,
+) -> None:
+    """The re-injection listener has no_milters but header_checks: its INFO line names the
+    filter's local (trusted) address with the forged UUID, and the re-injected message's
+    outcome may be logged before the hop line that says it came from an untrusted one."""
+    reader = untrusted_map(tmp_path, None)
+    policy = build_policy(("127.0.0.0/8", "sasl"), None)
+    tracker = Tracker(reader.get, FILTER, wait=30.0, trusts_client=lambda a: policy.trusts(a, None))
+    info = INFO.format(U_FORGED).replace("D1E2F3A4B5C", "F0A6E000002")
+    lines = [
+        info.replace("18:35:20", "18:44:50"),
+        CHILD_SENT.format(child="F0A6E000002"),
+        HOP.format(parent="F0A6E000001", child="F0A6E000002").replace(":50 h", ":52 h"),
+    ]
+    assert run(lines, tracker) == []
+    assert tracker.counts["unmatched:untrusted_client"] == 2
 
 
 def test_a_trusted_first_hop_gives_its_uuid_to_an_untrusted_reinjection(tmp_path: Path) -> None:
