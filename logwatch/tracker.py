@@ -101,6 +101,9 @@ class Message:
     aliases: dict[str, str] | None = None
     # Deferred ``to`` -> the address the events name, where they differ.
     deferred_as: dict[str, str] | None = None
+    # Its ``removed`` line came while lines of it were held: forgotten once they are
+    # decided (a queue ID may be reused; GC would take a week).
+    removed: bool = False
 
 
 @dataclass(order=True, slots=True)
@@ -191,8 +194,12 @@ class Tracker:
             return self._decide(record.queue_id, record, when)  # type: ignore[attr-defined, arg-type]
         if kind is Removed:
             queue_id = record.queue_id  # type: ignore[attr-defined]
-            if queue_id in self.messages and queue_id not in self._pending:
-                del self.messages[queue_id]
+            message = self.messages.get(queue_id)
+            if message is not None:
+                if queue_id in self._pending:
+                    message.removed = True
+                else:
+                    del self.messages[queue_id]
             if self._message_ids:
                 self._message_ids.pop(queue_id, None)
             return []
@@ -354,7 +361,10 @@ class Tracker:
         uuid = self._uuid(item.queue_id)
         if uuid is not None:
             when = item.deadline - self._wait
-            return self._events(item.queue_id, uuid, item.record, when, final=True)
+            events = self._events(item.queue_id, uuid, item.record, when, final=True)
+            self._forget_removed(item.queue_id)
+            return events
+        self._forget_removed(item.queue_id)
         entry = self._lookup(item.queue_id)
         if self._untrusted(item.queue_id):
             reason = "untrusted_client"
@@ -417,7 +427,14 @@ class Tracker:
                 events += self._events(queue_id, uuid, item.record, item.deadline - self._wait)
             except Exception as exc:
                 self._failed(exc, "handling", item.record)
+        self._forget_removed(queue_id)
         return events
+
+    def _forget_removed(self, queue_id: str) -> None:
+        """The last held line of a message whose removal was logged is decided."""
+        message = self.messages.get(queue_id)
+        if message is not None and message.removed and queue_id not in self._pending:
+            del self.messages[queue_id]
 
     def _failed(self, exc: Exception, doing: str, record: object) -> None:
         """A line met a bug: ``on_error`` counts it and the others go on. A map failure is
@@ -754,6 +771,8 @@ class Tracker:
                     saved["aliases"] = m.aliases
                 if m.deferred_as:
                     saved["deferred_as"] = m.deferred_as
+                if m.removed:
+                    saved["removed"] = True
                 messages[queue_id] = saved
         held = [
             [h.deadline, h.queue_id, record_to_json(h.record), h.hop_to, h.uuid]
@@ -794,6 +813,7 @@ class Tracker:
                 envelope=tuple(m["envelope"]) if "envelope" in m else None,
                 aliases=m.get("aliases"),
                 deferred_as=m.get("deferred_as"),
+                removed=m.get("removed", False),
             )
         for deadline, queue_id, record, hop_to, uuid, *pipe_hop in state.get("held", []):
             item = _Held(deadline, 0, queue_id, record_from_json(record), hop_to, uuid)

@@ -865,3 +865,21 @@ def test_after_a_content_filter_the_original_address_and_envelope_still_apply(
         second.restore(json.loads(json.dumps(first.snapshot())))
         again += run(HOP_LINES[cut:], second)
         assert brief(again, U_HOP) == brief(events, U_HOP), f"cut at line {cut}"
+
+
+def test_a_message_removed_while_its_lines_wait_for_their_uuid_is_forgotten_after_them(
+    reader: MapReader,
+) -> None:
+    """The milter was down: the INFO line's UUID is taken at the end of the wait, after
+    Postfix logged the removal. Nothing of the message stays (a reused queue ID would
+    find it), also across a restart in between."""
+    removed = "Nov 23 18:35:22 h postfix/qmgr[3]: D1E2F3A4B5C: removed"
+    lines = [INFO.format(U_FORGED), SENT, removed]
+    for cut in range(len(lines) + 1):
+        first = Tracker(reader.get, FILTER, wait=30.0)
+        events = run(lines[:cut], first, finish=False)
+        second = Tracker(reader.get, FILTER, wait=30.0)
+        second.restore(json.loads(json.dumps(first.snapshot())))
+        events += run(lines[cut:], second)
+        assert brief(events, U_FORGED) == [("delivered", "r@example.com")], f"cut at {cut}"
+        assert second.messages == {}, f"cut at {cut}"
