@@ -364,7 +364,6 @@ class Tracker:
             events = self._events(item.queue_id, uuid, item.record, when, final=True)
             self._forget_removed(item.queue_id)
             return events
-        self._forget_removed(item.queue_id)
         entry = self._lookup(item.queue_id)
         if self._untrusted(item.queue_id):
             reason = "untrusted_client"
@@ -373,6 +372,7 @@ class Tracker:
         else:
             reason = f"header_{entry.header.name.lower()}"
         self.counts[f"unmatched:{reason}"] += 1
+        self._forget_removed(item.queue_id)
         return []
 
     def _untrusted(self, queue_id: str) -> bool:

@@ -883,3 +883,20 @@ def test_a_message_removed_while_its_lines_wait_for_their_uuid_is_forgotten_afte
         events += run(lines[cut:], second)
         assert brief(events, U_FORGED) == [("delivered", "r@example.com")], f"cut at {cut}"
         assert second.messages == {}, f"cut at {cut}"
+
+
+def test_a_removed_reinjection_of_an_untrusted_message_is_counted_as_untrusted(
+    tmp_path: Path,
+) -> None:
+    """Postfix logs the removal before the held lines' wait ends: the count still says
+    why they gave no event, and then nothing of them is kept."""
+    tracker = Tracker(untrusted_map(tmp_path, None).get, FILTER, wait=30.0)
+    lines = [
+        HOP.format(parent="F0A6E000001", child="F0A6E000002"),
+        CHILD_SENT.format(child="F0A6E000002"),
+        "Nov 23 18:44:51 h postfix/qmgr[1]: F0A6E000002: removed",
+        "Nov 23 18:44:51 h postfix/qmgr[1]: F0A6E000001: removed",
+    ]
+    assert run(lines, tracker) == []
+    assert tracker.counts == {"unmatched:untrusted_client": 2}
+    assert tracker.messages == {}
