@@ -311,15 +311,17 @@ class Tracker:
 
     def _decide(self, queue_id: str, record: Decidable, when: float) -> list[Event]:
         uuid = self._uuid(queue_id, info=False)
+        if uuid is not None:
+            return self._events(queue_id, uuid, record, when)
         message = self.messages.get(queue_id)
-        if uuid is None and message is not None and message.info_uuid:
+        if message is not None and message.info_uuid and self._hop_line(record):
             # An INFO line's UUID gives an event only when the line's wait is over: the
             # message may be a filter's re-injection (the INFO line names the filter's
             # local address) of an untrusted message, whose hop line, logged later, says
             # so. A hop line takes it at once: it gives no event, and its child may wait.
-            uuid = self._uuid(queue_id) if self._hop_line(record) else None
-        if uuid is not None:
-            return self._events(queue_id, uuid, record, when)
+            uuid = self._uuid(queue_id)
+            if uuid is not None:
+                return self._events(queue_id, uuid, record, when)
         if message is not None and message.ndr:
             self.counts["unmatched:postfix_notification"] += 1
             return []
