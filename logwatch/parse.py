@@ -300,6 +300,9 @@ _HEADER_INFO: Final = re.compile(
     r"info: header ([^:\s]++): *((?>(?:[^ ]++| (?!from [^\s;]*+;(?: |$)))*))"
     r" from [^\s;\[]*+(?:\[([^\s;\]]*+)\])?;"
 )
+# Another origin after the first: the header's value imitated one (` from h[127.0.0.1];`)
+# before Postfix's own, so which client sent it is unknown (a sender holding one is too).
+_ORIGIN: Final = re.compile(r" from [^\s;]*+;(?: |$)")
 _UUID_HEADER: Final = "x-sendpost-message-uuid"
 
 # Whole-line shapes of nearly all lines (single spaces, `STAMP host postfix…[pid]: QID: `,
@@ -466,7 +469,8 @@ def _general(line: str, kind: int, clock: Clock) -> Record | Skipped | None:
     m = _HEADER_INFO.match(line, pos)
     if m is None or m[1].lower() != _UUID_HEADER:
         return None
-    return HeaderInfo(time, program, queue_id, m[1], m[2], m[3] or "")
+    client = "" if _ORIGIN.search(line, m.end()) else (m[3] or "")
+    return HeaderInfo(time, program, queue_id, m[1], m[2], client)
 
 
 def _iso_time(stamp: str, clock: Clock) -> datetime | None:

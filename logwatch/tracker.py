@@ -7,7 +7,8 @@ cannot decide yet for a bounded time (``join-wait``, measured in log time):
 
 * a status line whose queue ID has no UUID yet: the map row, the header_checks INFO
   line or the hop that created this queue ID may still come (at a content filter the
-  re-injected message's lines can precede the hop's ``queued as`` line);
+  re-injected message's lines can precede the hop's ``queued as`` line). One whose UUID
+  only a header_checks INFO line gives waits the whole time, unless it is a hop line;
 * a ``status=sent ... queued as NEWID`` to a local relay that is not a configured
   content filter: a hop if NEWID shows up in this log, else a real delivery (a local
   smarthost), reported when the wait ends. Remote relays are deliveries at once;
@@ -100,6 +101,9 @@ class Message:
     aliases: dict[str, str] | None = None
     # Deferred ``to`` -> the address the events name, where they differ.
     deferred_as: dict[str, str] | None = None
+    # Its ``removed`` line came while lines of it were held: forgotten once they are
+    # decided (a queue ID may be reused; GC would take a week).
+    removed: bool = False
 
 
 @dataclass(order=True, slots=True)
@@ -190,8 +194,12 @@ class Tracker:
             return self._decide(record.queue_id, record, when)  # type: ignore[attr-defined, arg-type]
         if kind is Removed:
             queue_id = record.queue_id  # type: ignore[attr-defined]
-            if queue_id in self.messages and queue_id not in self._pending:
-                del self.messages[queue_id]
+            message = self.messages.get(queue_id)
+            if message is not None:
+                if queue_id in self._pending:
+                    message.removed = True
+                else:
+                    del self.messages[queue_id]
             if self._message_ids:
                 self._message_ids.pop(queue_id, None)
             return []
@@ -285,9 +293,9 @@ class Tracker:
             message.seen = when
         return message
 
-    def _uuid(self, queue_id: str) -> str | None:
+    def _uuid(self, queue_id: str, info: bool = True) -> str | None:
         """Known here (hop, requeue, or kept with deferrals), else the map's; the INFO
-        lines' only where the milter recorded no row or no header."""
+        lines' (``info``) only where the milter recorded no row or no header."""
         message = self.messages.get(queue_id)
         if message is not None:
             if message.uuid is not None:
@@ -295,17 +303,25 @@ class Tracker:
             if message.untrusted:
                 return None
             if message.no_milter:
-                return message.info_uuid or None
+                return (message.info_uuid or None) if info else None
         entry = self._lookup(queue_id)
         if entry is not None and entry.header is not HeaderState.MISSING:
             return entry.uuid  # None: the header was repeated, invalid or not trusted
-        return (message.info_uuid or None) if message is not None else None
+        return (message.info_uuid or None) if message is not None and info else None
 
     def _decide(self, queue_id: str, record: Decidable, when: float) -> list[Event]:
-        uuid = self._uuid(queue_id)
+        uuid = self._uuid(queue_id, info=False)
         if uuid is not None:
             return self._events(queue_id, uuid, record, when)
         message = self.messages.get(queue_id)
+        if message is not None and message.info_uuid and self._hop_line(record):
+            # An INFO line's UUID gives an event only when the line's wait is over: the
+            # message may be a filter's re-injection (the INFO line names the filter's
+            # local address) of an untrusted message, whose hop line, logged later, says
+            # so. A hop line takes it at once: it gives no event, and its child may wait.
+            uuid = self._uuid(queue_id)
+            if uuid is not None:
+                return self._events(queue_id, uuid, record, when)
         if message is not None and message.ndr:
             self.counts["unmatched:postfix_notification"] += 1
             return []
@@ -347,7 +363,9 @@ class Tracker:
         uuid = self._uuid(item.queue_id)
         if uuid is not None:
             when = item.deadline - self._wait
-            return self._events(item.queue_id, uuid, item.record, when, final=True)
+            events = self._events(item.queue_id, uuid, item.record, when, final=True)
+            self._forget_removed(item.queue_id)
+            return events
         entry = self._lookup(item.queue_id)
         if self._untrusted(item.queue_id):
             reason = "untrusted_client"
@@ -356,6 +374,7 @@ class Tracker:
         else:
             reason = f"header_{entry.header.name.lower()}"
         self.counts[f"unmatched:{reason}"] += 1
+        self._forget_removed(item.queue_id)
         return []
 
     def _untrusted(self, queue_id: str) -> bool:
@@ -372,21 +391,35 @@ class Tracker:
         """An untrusted message handed to a content filter (or another local hop): the
         message re-injected as NEWID is untrusted too, even if the milter saw it come
         from the filter's trusted local address with the same header."""
+        new_id = self._local_hop(record)
+        if new_id is not None:
+            self._message(new_id, self.now).untrusted = True
+
+    def _local_hop(self, record: Decidable) -> str | None:
+        """NEWID of a ``queued as NEWID`` from a content filter or another local relay."""
         if type(record) is not Delivery:
-            return
+            return None
         new_id = queued_as(record.reply)
         endpoint = parse_relay(record.relay)
         if new_id is not None and (
-            self._filters.is_hop(endpoint) or (endpoint and is_local(endpoint))
+            self._filters.is_hop(endpoint) or (endpoint is not None and is_local(endpoint))
         ):
-            self._message(new_id, self.now).untrusted = True
+            return new_id
+        return None
+
+    def _hop_line(self, record: Decidable) -> bool:
+        """The line may hand the message on to this host again (a pipe filter, or
+        ``_local_hop``)."""
+        if type(record) is Delivery and self._pipes and record.relay in self._filters.pipes:
+            return True
+        return self._local_hop(record) is not None
 
     def _release(self, queue_id: str) -> list[Event]:
         """A UUID became known for ``queue_id``: decide its held lines in log order."""
         held = self._pending.pop(queue_id, None)
         if not held:
             return []
-        uuid = self._uuid(queue_id)
+        uuid = self._uuid(queue_id, info=False)  # INFO's: at the end of the wait (_decide)
         if uuid is None:
             self._pending[queue_id] = held
             return []
@@ -396,7 +429,14 @@ class Tracker:
                 events += self._events(queue_id, uuid, item.record, item.deadline - self._wait)
             except Exception as exc:
                 self._failed(exc, "handling", item.record)
+        self._forget_removed(queue_id)
         return events
+
+    def _forget_removed(self, queue_id: str) -> None:
+        """The last held line of a message whose removal was logged is decided."""
+        message = self.messages.get(queue_id)
+        if message is not None and message.removed and queue_id not in self._pending:
+            del self.messages[queue_id]
 
     def _failed(self, exc: Exception, doing: str, record: object) -> None:
         """A line met a bug: ``on_error`` counts it and the others go on. A map failure is
@@ -594,7 +634,9 @@ class Tracker:
         through pickup with the same Message-ID, once per call of the filter (per
         recipient with ``SERVICE_destination_recipient_limit = 1``), and may be logged
         before this line: copies queued within join-wait before it, or until join-wait
-        after it, go on under ``uuid``."""
+        after it, go on under ``uuid``. A copy already linked by an earlier hop line of
+        this message takes this line's to/orig_to pair too (``_copies`` keeps it for the
+        join-wait): its deliveries may name this line's recipient."""
         message_id = self._message_ids.get(queue_id, _NO_MESSAGE_ID)[0]
         if message_id in _NO_MESSAGE_ID:
             self.counts["content_filter_hop_without_message_id"] += 1
@@ -615,8 +657,14 @@ class Tracker:
         self._hold(_Held(when + self._wait, 0, queue_id, record, None, uuid, message_id, linked))
         events: list[Event] = []
         for copy in copies:
-            del self._copies[copy]
-            events += self._link(copy, queue_id, uuid, record)
+            known = self.messages.get(copy)
+            if known is None:  # removed from the queue: nothing of it is left to decide
+                continue
+            if known.uuid is None:
+                events += self._link(copy, queue_id, uuid, record)
+            elif known.uuid == uuid:  # not another message's with the same Message-ID
+                self._inherit(copy, queue_id, uuid, record)
+                events += self._release(copy)
         return events
 
     def _copy(self, queue_id: str, message_id: str, when: float) -> list[Event]:
@@ -624,8 +672,8 @@ class Tracker:
         Message-ID (the oldest without a copy yet, so that one copy per recipient pairs
         off with one hop line each), else kept for the join-wait for its hop."""
         hops = [h for h in self._pipe_hops.get(message_id, ()) if h.deadline >= when]
+        self._copies[queue_id] = (message_id, when)  # for its message's later hop lines
         if not hops:
-            self._copies[queue_id] = (message_id, when)
             return []
         hop = next((h for h in hops if not h.linked), hops[0])
         for other in hops:
@@ -693,7 +741,7 @@ class Tracker:
             message.info_uuid = value
         elif message.info_uuid != value:  # the header repeated: which one is it?
             message.info_uuid = ""
-        return self._release(record.queue_id)
+        return []  # its held lines take it when their wait is over (_decide)
 
     # --- persistence -------------------------------------------------------------------
 
@@ -725,6 +773,8 @@ class Tracker:
                     saved["aliases"] = m.aliases
                 if m.deferred_as:
                     saved["deferred_as"] = m.deferred_as
+                if m.removed:
+                    saved["removed"] = True
                 messages[queue_id] = saved
         held = [
             [h.deadline, h.queue_id, record_to_json(h.record), h.hop_to, h.uuid]
@@ -765,6 +815,7 @@ class Tracker:
                 envelope=tuple(m["envelope"]) if "envelope" in m else None,
                 aliases=m.get("aliases"),
                 deferred_as=m.get("deferred_as"),
+                removed=m.get("removed", False),
             )
         for deadline, queue_id, record, hop_to, uuid, *pipe_hop in state.get("held", []):
             item = _Held(deadline, 0, queue_id, record_from_json(record), hop_to, uuid)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from logwatch.parse import Clock, Delivery, HeaderInfo, parse_line
+from logwatch.parse import Clock, Delivery, parse_line
 from logwatch.relays import ContentFilters
 from logwatch.tracker import Tracker
 from sendpost_agent.queuemap import Entry, HeaderState, MapReader, MapWriter
@@ -236,24 +236,24 @@ def test_a_bug_settling_one_held_line_keeps_the_others_settled_with_it() -> None
     assert [doing for doing, _ in errors] == ["settling"]
 
 
-def test_a_bug_on_one_line_released_by_an_info_line_keeps_the_others() -> None:
+def test_a_bug_on_one_line_released_by_a_hop_keeps_the_others() -> None:
+    """Lines of a re-injected message wait for the hop line that gives them their UUID;
+    deciding one of them raises."""
     errors: list[tuple[str, object]] = []
-    tracker = Tracker(
-        lambda qid: None, FILTER, on_error=lambda doing, what: errors.append((doing, what))
-    )
+    rows = {"BBBBB10001": Entry(U_MIXED, HeaderState.PRESENT, 0)}
+    tracker = Tracker(rows.get, FILTER, on_error=lambda doing, what: errors.append((doing, what)))
     held_lines(
         tracker,
         [("AAAAA10001", "r1@x"), ("AAAAA10001", "r2@x"), ("AAAAA10001", "r3@x")],
         bad="r2@x",
     )
-    info = HeaderInfo(
-        datetime(2026, 11, 23, 18, 35, 22, tzinfo=UTC),
-        "postfix/cleanup",
-        "AAAAA10001",
-        "X-Sendpost-Message-UUID",
-        U_MIXED,
+    hop = parse_line(
+        "Nov 23 18:35:22 feas postfix/smtp[5238]: BBBBB10001: to=<r@x>, relay=127.0.0.1"
+        "[127.0.0.1]:10024, delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0, status=sent (250 2.0.0"
+        " Ok: queued as AAAAA10001)",
+        Clock(UTC, NOW),
     )
-    assert [e.recipient for e in tracker.feed(info)] == ["r1@x", "r3@x"]
+    assert [e.recipient for e in tracker.feed(hop)] == ["r1@x", "r3@x"]
     assert [doing for doing, _ in errors] == ["handling"]
     assert tracker.finish() == []  # nothing left held, nothing reported twice
 
@@ -392,18 +392,21 @@ def test_info_lines_stand_in_for_a_row_the_milter_did_not_write(reader: MapReade
     assert brief(events, "11111111-1111-4111-8111-111111111111") == [("delivered", "r@example.com")]
 
 
-@pytest.mark.parametrize("client", ["203.0.113.9", "local"])
+@pytest.mark.parametrize("client", ["203.0.113.9", "local", "forged-in-the-value"])
 def test_info_lines_of_an_untrusted_client_stand_in_for_nothing(
     reader: MapReader, client: str
 ) -> None:
     """The milter did not see the message (down, or a listener without it) and the INFO
-    line names a client outside trusted-clients' networks (it names no SASL login)."""
+    line names a client outside trusted-clients' networks (it names no SASL login), also
+    when the header's value imitates a trusted origin before the one Postfix logs."""
     policy = build_policy(("127.0.0.0/8", "sasl"), None)
     tracker = Tracker(
         reader.get, FILTER, wait=30.0, trusts_client=lambda addr: policy.trusts(addr, None)
     )
     origin = "unknown[203.0.113.9]" if client != "local" else "local"
     info = INFO.format(U_FORGED).replace("localhost[127.0.0.1]", origin)
+    if client == "forged-in-the-value":
+        info = info.replace(U_FORGED, f"{U_FORGED} from localhost[127.0.0.1]; from=<s@x>")
     assert run([info, SENT], tracker) == []
     assert tracker.counts["header_info_untrusted_client"] == 1
     # The same line from localhost, in the networks, stands in for the row.
@@ -476,6 +479,25 @@ def test_mail_a_content_filter_reinjects_carries_the_distrust_of_its_first_hop(
     restarted.restore(json.loads(json.dumps(first.snapshot())))
     assert run(lines[1:], restarted) == []  # the hop's held line was restored with it
     assert restarted.counts["unmatched:untrusted_client"] == 2
+
+
+def test_an_info_line_of_the_reinjection_does_not_undo_the_distrust_of_its_first_hop(
+    tmp_path: Path,
+) -> None:
+    """The re-injection listener has no_milters but header_checks: its INFO line names the
+    filter's local (trusted) address with the forged UUID, and the re-injected message's
+    outcome may be logged before the hop line that says it came from an untrusted one."""
+    reader = untrusted_map(tmp_path, None)
+    policy = build_policy(("127.0.0.0/8", "sasl"), None)
+    tracker = Tracker(reader.get, FILTER, wait=30.0, trusts_client=lambda a: policy.trusts(a, None))
+    info = INFO.format(U_FORGED).replace("D1E2F3A4B5C", "F0A6E000002")
+    lines = [
+        info.replace("18:35:20", "18:44:50"),
+        CHILD_SENT.format(child="F0A6E000002"),
+        HOP.format(parent="F0A6E000001", child="F0A6E000002").replace(":50 h", ":52 h"),
+    ]
+    assert run(lines, tracker) == []
+    assert tracker.counts["unmatched:untrusted_client"] == 2
 
 
 def test_a_trusted_first_hop_gives_its_uuid_to_an_untrusted_reinjection(tmp_path: Path) -> None:
@@ -657,6 +679,48 @@ def test_one_copy_for_all_recipients_follows_every_hop_line(
     assert tracker.counts["content_filter_not_reinjected"] == 0
 
 
+@pytest.mark.parametrize(
+    "order",
+    [(0, 2, 3), (2, 3, 0), (0, 2, 1, 3), (2, 0, 3, 1)],
+    ids=["copy-first", "hops-first", "copy-per-recipient", "hop-per-recipient"],
+)
+def test_every_hop_line_maps_its_rewritten_recipient_back_in_every_copy(
+    tmp_path: Path, order: tuple[int, ...]
+) -> None:
+    """Recipients rewritten before the filter: each hop line's to/orig_to pair reaches the
+    copies, also those that came back before that hop line was logged."""
+    writer = MapWriter(tmp_path / "map.sqlite3", 86400.0)
+    recipients = ["alias3@example.com", "other3@example.com"]
+    writer.put("C11212384FE", uuid.UUID(U_CF), HeaderState.PRESENT, recipients=recipients)
+    writer.close()
+    hop = PIPE_HOP.format(s="01")
+    first, second = ("D19012384FE", "D29012384FE")
+    parts = [
+        [line.format(s="01").replace("D19012384FE", first) for line in PIPE_COPY[1:3]],
+        [line.format(s="01").replace("D19012384FE", second) for line in PIPE_COPY[1:3]],
+        [hop.replace("<ok3@example.com>,", "<ok3@example.com>, orig_to=<alias3@example.com>,")],
+        [hop.replace("<ok3@example.com>,", "<bounce3@example.com>, orig_to=<other3@example.com>,")],
+    ]
+    per_recipient = 1 in order  # one copy per call of the filter, else one for both
+    deliveries = [
+        PIPE_COPY[3].format(s="02"),
+        f"Dec 07 17:11:02 h postfix/smtp[4]: {second if per_recipient else first}: to=<bounce3"
+        "@example.com>, relay=127.0.0.1[127.0.0.1]:2526, delay=0.1, delays=0/0/0/0.1,"
+        " dsn=5.1.1, status=bounced (host 127.0.0.1[127.0.0.1] said: 550 5.1.1"
+        " <bounce3@example.com>: User unknown)",
+    ]
+    lines = [PIPE_COPY[0].format(s="00")]
+    for part in order:
+        lines += parts[part]
+    tracker = Tracker(MapReader(tmp_path / "map.sqlite3").get, PIPE, wait=30.0)
+    events = run([*lines, *deliveries], tracker)
+    assert brief(events, U_CF) == [
+        ("delivered", "alias3@example.com"),
+        ("bounced", "other3@example.com"),
+    ]
+    assert tracker.counts["unmatched:added_recipient"] == 0
+
+
 # --- the recipient SendPost gave Postfix ---------------------------------------------------
 
 U_ALIAS = "11111111-1111-4111-8111-000000000040"
@@ -801,3 +865,38 @@ def test_after_a_content_filter_the_original_address_and_envelope_still_apply(
         second.restore(json.loads(json.dumps(first.snapshot())))
         again += run(HOP_LINES[cut:], second)
         assert brief(again, U_HOP) == brief(events, U_HOP), f"cut at line {cut}"
+
+
+def test_a_message_removed_while_its_lines_wait_for_their_uuid_is_forgotten_after_them(
+    reader: MapReader,
+) -> None:
+    """The milter was down: the INFO line's UUID is taken at the end of the wait, after
+    Postfix logged the removal. Nothing of the message stays (a reused queue ID would
+    find it), also across a restart in between."""
+    removed = "Nov 23 18:35:22 h postfix/qmgr[3]: D1E2F3A4B5C: removed"
+    lines = [INFO.format(U_FORGED), SENT, removed]
+    for cut in range(len(lines) + 1):
+        first = Tracker(reader.get, FILTER, wait=30.0)
+        events = run(lines[:cut], first, finish=False)
+        second = Tracker(reader.get, FILTER, wait=30.0)
+        second.restore(json.loads(json.dumps(first.snapshot())))
+        events += run(lines[cut:], second)
+        assert brief(events, U_FORGED) == [("delivered", "r@example.com")], f"cut at {cut}"
+        assert second.messages == {}, f"cut at {cut}"
+
+
+def test_a_removed_reinjection_of_an_untrusted_message_is_counted_as_untrusted(
+    tmp_path: Path,
+) -> None:
+    """Postfix logs the removal before the held lines' wait ends: the count still says
+    why they gave no event, and then nothing of them is kept."""
+    tracker = Tracker(untrusted_map(tmp_path, None).get, FILTER, wait=30.0)
+    lines = [
+        HOP.format(parent="F0A6E000001", child="F0A6E000002"),
+        CHILD_SENT.format(child="F0A6E000002"),
+        "Nov 23 18:44:51 h postfix/qmgr[1]: F0A6E000002: removed",
+        "Nov 23 18:44:51 h postfix/qmgr[1]: F0A6E000001: removed",
+    ]
+    assert run(lines, tracker) == []
+    assert tracker.counts == {"unmatched:untrusted_client": 2}
+    assert tracker.messages == {}
