@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +43,7 @@ __all__ = [
     "LogSource",
     "journal_command",
     "open_source",
+    "read_journal_batches",
     "source_name",
 ]
 
@@ -62,11 +65,13 @@ class JournalBatch:
 def journal_command(
     matches: Sequence[str],
     start: JournalPosition | None,
-    since: float | None,
+    since: str | None,
     directory: Path | None,
     follow: bool = True,
+    until: str | None = None,
 ) -> list[str]:
-    """The journalctl command line reading ``matches`` from ``start`` (or ``since``)."""
+    """The journalctl command line reading ``matches`` from ``start`` (or ``since``, in
+    journalctl's time syntax, e.g. ``@UNIXTIME``, ``2026-11-23 18:00``, ``-1h``)."""
     cmd = [
         "journalctl",
         "--output=export",
@@ -81,8 +86,46 @@ def journal_command(
     if start is not None:
         cmd.append(f"--cursor={start.cursor}")
     elif since is not None:
-        cmd.append(f"--since=@{int(since)}")
+        cmd.append(f"--since={since}")
+    if until is not None:
+        cmd.append(f"--until={until}")
     return [*cmd, *matches]
+
+
+def read_journal_batches(
+    matches: Sequence[str],
+    directory: Path | None,
+    since: str | None = None,
+    until: str | None = None,
+) -> Iterator[list[bytes]]:
+    """The matching entries as lines, oldest first, up to now (``replay --journal``).
+
+    Raises ``LogUnreadable`` when journalctl cannot run or fails (its message included).
+    """
+    cmd = journal_command(matches, None, since, directory, follow=False, until=until)
+    try:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    except OSError as exc:
+        raise LogUnreadable(
+            "the systemd journal", f"cannot run journalctl: {exc.strerror}"
+        ) from exc
+    assert proc.stdout is not None and proc.stderr is not None
+    parser = ExportParser()
+    try:
+        while data := os.read(proc.stdout.fileno(), _READ_SIZE):
+            if lines := parser.feed(data):
+                yield lines
+    finally:
+        if proc.poll() is None:  # the caller stopped early
+            proc.kill()
+        error = proc.stderr.read().decode("utf-8", "replace").strip()
+        code = proc.wait()
+    if code != 0:
+        raise LogUnreadable(
+            "the systemd journal", f"journalctl {' '.join(cmd[1:])} failed (exit {code}): {error}"
+        )
 
 
 def cursor_time(cursor: str) -> datetime | None:
@@ -178,7 +221,8 @@ class JournalReader:
     # -- the child ---------------------------------------------------------------------
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        cmd = journal_command(self.matches, self._start, self._since, self.directory)
+        since = None if self._since is None else f"@{int(self._since)}"
+        cmd = journal_command(self.matches, self._start, since, self.directory)
         self._parser.reset()
         self._resumed = self._start
         try:

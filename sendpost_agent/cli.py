@@ -53,10 +53,15 @@ def _run_status(config: Config, args: argparse.Namespace) -> int:
 
 def _run_replay(config: Config, args: argparse.Namespace) -> int:
     from logwatch.pipeline import tune_gc
-    from logwatch.replay import replay
+    from logwatch.replay import JournalSpan, replay
 
+    if not args.files and not args.journal:
+        raise ConfigError("replay: name mail log files, or --journal to read the systemd journal")
+    if not args.journal and (args.since or args.until):
+        raise ConfigError("replay: --since and --until apply to --journal only")
     tune_gc()  # process-wide: here, not in replay(), which tests call in-process
-    return replay(config, args.files, send=args.send)
+    journal = JournalSpan(args.since, args.until) if args.journal else None
+    return replay(config, args.files, send=args.send, journal=journal)
 
 
 def _run_doctor(config: Config, args: argparse.Namespace) -> int:
@@ -87,10 +92,23 @@ def _doctor_args(parser: argparse.ArgumentParser) -> None:
 def _replay_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "files",
-        nargs="+",
+        nargs="*",
         type=Path,
         metavar="FILE",
         help="mail log files, plain or .gz, oldest first",
+    )
+    parser.add_argument(
+        "--journal",
+        action="store_true",
+        help="read the systemd journal (journal-match, journal-directory) after the files",
+    )
+    parser.add_argument(
+        "--since",
+        metavar="TIME",
+        help="with --journal: from this time (journalctl's syntax: '2026-11-23 18:00', -2h)",
+    )
+    parser.add_argument(
+        "--until", metavar="TIME", help="with --journal: up to this time (journalctl's syntax)"
     )
     parser.add_argument(
         "--send",
