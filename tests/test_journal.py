@@ -23,7 +23,7 @@ from logwatch.cursor import JournalPosition, load_cursor
 from logwatch.journal import JournalReader
 from logwatch.journalexport import ExportParser
 from sendpost_agent.config import Config, load_config
-from tests.support.journal import JOURNAL_REMOTE, export, write_lines
+from tests.support.journal import export, needs_remote, write_lines
 from tests.support.maillog import (
     START,
     expected_events,
@@ -34,9 +34,6 @@ from tests.support.maillog import (
 from tests.support.postfix import free_port
 
 NEVER = float("inf")  # as _saved_at: the agent saves no cursor on its own
-needs_remote = pytest.mark.skipif(
-    not JOURNAL_REMOTE.exists(), reason="needs systemd-journal-remote (Debian package)"
-)
 
 
 def lines_of(numbers: range) -> list[str]:

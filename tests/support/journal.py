@@ -13,14 +13,20 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 JOURNAL_REMOTE = Path("/lib/systemd/systemd-journal-remote")
 BOOT_ID = "0123456789abcdef0123456789abcdef"
-_LINE = re.compile(r"(\w{3} +\d+ [\d:]+) (\S+) ([^\[:]+)\[(\d+)\]: (.*)")
+# A syslog line the way Postfix's maillog_file has it: STAMP HOST PROGRAM[PID]: MESSAGE
+JOURNAL_LINE = re.compile(r"(\w{3} +\d+ [\d:]+) (\S+) ([^\[:]+)\[(\d+)\]: (.*)")
+needs_remote = pytest.mark.skipif(
+    not JOURNAL_REMOTE.exists(), reason="needs systemd-journal-remote (Debian package)"
+)
 
 
 def entry(line: str, year: int = 2026, facility: int = 2, seq: int = 0) -> dict[str, str]:
     """The journal fields of one syslog line (``Nov 23 18:00:00 mx postfix/smtp[1]: ...``)."""
-    m = _LINE.fullmatch(line)
+    m = JOURNAL_LINE.fullmatch(line)
     if m is None:
         raise ValueError(f"not a syslog line: {line!r}")
     stamp, host, ident, pid, message = m.groups()
