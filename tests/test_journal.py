@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import struct
+import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +25,8 @@ from logwatch.cursor import JournalPosition, load_cursor
 from logwatch.journal import JournalReader
 from logwatch.journalexport import ExportParser
 from sendpost_agent.config import Config, load_config
+from tests.support.agent import LogwatchProcess
+from tests.support.ingest import IngestServer
 from tests.support.journal import export, needs_remote, write_lines
 from tests.support.maillog import (
     START,
@@ -32,6 +36,8 @@ from tests.support.maillog import (
     record_messages,
 )
 from tests.support.postfix import free_port
+
+KEY = "sp-test-key-0123456789"
 
 NEVER = float("inf")  # as _saved_at: the agent saves no cursor on its own
 
@@ -264,6 +270,51 @@ def test_every_postfix_instance_is_read_and_other_facilities_are_not(tmp_path: P
     crash(agent)
     assert set(wal_events(cfg)) == expected(range(4))
     assert lines_read == 20  # the auth facility's entry was not read
+
+
+@needs_remote
+@pytest.mark.integration
+def test_kill_9_repeatedly_while_reading_the_journal_loses_nothing(tmp_path: Path) -> None:
+    """The real logwatch process, killed -9 while entries flow, restarted each time:
+    every event arrives; duplicates only as far as the batch in flight at each kill."""
+    journal = tmp_path / "journal" / "mail.journal"
+    state = tmp_path / "state"
+    total, kills = 1500, 4
+    record_messages(state, range(total))
+    rng = random.Random(11)
+    with IngestServer(KEY) as server:
+        agent = LogwatchProcess(
+            state,
+            tmp_path / "no-mail.log",
+            server.url,
+            KEY,
+            "--log-source",
+            "journal",
+            "--journal-directory",
+            str(journal.parent),
+            "--map-retention",
+            "3650d",  # the lines are of 2026-11-23: read them on a first start
+        )
+        write_lines(journal, lines_of(range(0, 300)))
+        written = 300
+        agent.start()
+        for _ in range(kills):
+            chunk = rng.randrange(200, 400)
+            write_lines(journal, lines_of(range(written, written + chunk)), first_seq=written * 5)
+            written += chunk
+            time.sleep(rng.uniform(0.05, 1.0))
+            agent.kill()
+            agent.start()
+        write_lines(journal, lines_of(range(written, total)), first_seq=written * 5)
+        server.wait_for_events(len(expected(range(total))), timeout=90)
+        time.sleep(1.0)
+        status, health = agent.health()
+        agent.stop()
+        got = [(e["message_id"], e["event_type"], e["recipient"]) for e in server.accepted]
+    assert set(got) == expected(range(total)), "events lost or invented"
+    duplicates = sum(n - 1 for n in Counter(got).values())
+    assert duplicates <= kills * 100, f"{duplicates} duplicates for {kills} kills"
+    assert (status, health["log_source"], health["journal_gaps"]) == (200, "journal", 0)
 
 
 @needs_remote
