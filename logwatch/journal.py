@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import subprocess
@@ -92,6 +93,13 @@ def journal_command(
     return [*cmd, *matches]
 
 
+def _widen_pipe(fd: int) -> None:
+    """A 1 MiB pipe (64 KiB by default) lets journalctl write on while we parse: the two
+    run side by side instead of taking turns."""
+    with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _READ_SIZE)
+
+
 def read_journal_batches(
     matches: Sequence[str],
     directory: Path | None,
@@ -112,6 +120,7 @@ def read_journal_batches(
             "the systemd journal", f"cannot run journalctl: {exc.strerror}"
         ) from exc
     assert proc.stdout is not None and proc.stderr is not None
+    _widen_pipe(proc.stdout.fileno())
     parser = ExportParser()
     try:
         while data := os.read(proc.stdout.fileno(), _READ_SIZE):
@@ -239,6 +248,11 @@ class JournalReader:
                 f"cannot run journalctl: {exc.strerror}; install systemd's journalctl"
                 " or set log-source: file",
             ) from exc
+        transport = getattr(proc, "_transport", None)
+        if isinstance(transport, asyncio.SubprocessTransport):
+            stdout = transport.get_pipe_transport(1)
+            if stdout is not None:
+                _widen_pipe(stdout.get_extra_info("pipe").fileno())
         self._proc, self._stderr = proc, []
         self._stderr_task = asyncio.create_task(self._read_stderr(proc))
         log.debug("reading %s: %s", self.describe(), " ".join(cmd))
