@@ -865,11 +865,13 @@ def rsyslog_installed() -> bool:
     return "install ok installed" in installed.stdout
 
 
-def test_without_a_mail_log_setup_reads_the_journal(
+def test_without_a_mail_log_setup_reads_the_journal_or_installs_rsyslog(
     tmp_path: Path, postfix_factory: PostfixFactory
 ) -> None:
     """As README's command runs on a fresh Debian 12 (no rsyslog, Postfix's log only in
-    the journal): setup writes log-source: journal, and installs no rsyslog."""
+    the journal): setup writes log-source: journal and installs no rsyslog. With
+    --with-rsyslog it installs rsyslog, which writes /var/log/mail.log; installed but
+    stopped, it says so."""
     reason = syslog_writes_a_mail_log()
     if reason:
         pytest.skip(f"needs a host where syslog writes no mail log ({reason})")
@@ -884,18 +886,6 @@ def test_without_a_mail_log_setup_reads_the_journal(
     assert "log-source: journal" in planned.output  # type: ignore[attr-defined]
     assert "rsyslog" not in planned.output.replace("no syslog daemon", "")  # type: ignore[attr-defined]
 
-
-def test_without_a_mail_log_setup_with_rsyslog_installs_rsyslog(
-    tmp_path: Path, postfix_factory: PostfixFactory
-) -> None:
-    """--with-rsyslog: setup installs rsyslog, which writes /var/log/mail.log; installed
-    but stopped, it says so."""
-    reason = syslog_writes_a_mail_log()
-    if reason:
-        pytest.skip(f"needs a host where syslog writes no mail log ({reason})")
-    postfix = postfix_factory(smtpd_milters=OTHER_MILTER)
-    postfix.postconf(maillog_file="")
-    host = stubbed_host(tmp_path, postfix)
     planned = host.run(
         "--postfix-config-dir",
         str(postfix.config_dir),

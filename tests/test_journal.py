@@ -27,7 +27,7 @@ from logwatch.journalexport import ExportParser
 from sendpost_agent.config import Config, load_config
 from tests.support.agent import LogwatchProcess
 from tests.support.ingest import IngestServer
-from tests.support.journal import export, needs_remote, write_lines
+from tests.support.journal import needs_remote, write_lines
 from tests.support.maillog import (
     START,
     expected_events,
@@ -68,6 +68,14 @@ def config(tmp_path: Path, journal: Path) -> Config:
         f'postfix-config-dir: "{tmp_path}"\n'
     )
     return load_config({}, tmp_path / "config.yaml", {})
+
+
+def journal_site(tmp_path: Path, messages: int) -> tuple[Path, Config]:
+    """A journal file to write, the config reading its directory, the map of messages."""
+    journal = tmp_path / "journal" / "mail.journal"
+    cfg = config(tmp_path, journal.parent)
+    record_messages(cfg.state_dir, range(messages))
+    return journal, cfg
 
 
 def read_on(agent: Agent, save_after: int | None = None) -> None:
@@ -160,9 +168,7 @@ def test_a_line_from_the_journal_parses_with_its_zone() -> None:
 @needs_remote
 @pytest.mark.integration
 def test_follows_new_entries_and_resumes_at_the_cursor_after_a_stop(tmp_path: Path) -> None:
-    journal = tmp_path / "journal" / "mail.journal"
-    cfg = config(tmp_path, journal.parent)
-    record_messages(cfg.state_dir, range(40))
+    journal, cfg = journal_site(tmp_path, 40)
     write_lines(journal, lines_of(range(10)))
 
     async def follow() -> list[bytes]:
@@ -203,9 +209,7 @@ def test_follows_new_entries_and_resumes_at_the_cursor_after_a_stop(tmp_path: Pa
 def test_a_crash_between_cursor_saves_loses_and_repeats_nothing(tmp_path: Path) -> None:
     """Events appended to the WAL after the last cursor save are recognised when the
     journal is read again from the cursor: none lost, none written twice."""
-    journal = tmp_path / "journal" / "mail.journal"
-    cfg = config(tmp_path, journal.parent)
-    record_messages(cfg.state_dir, range(300))
+    journal, cfg = journal_site(tmp_path, 300)
     write_lines(journal, lines_of(range(100)))
     first = Agent(cfg)
     read_on(first, save_after=1)
@@ -253,9 +257,7 @@ def test_a_vacuumed_cursor_resumes_at_the_oldest_entry_and_counts_the_gap(
 @needs_remote
 @pytest.mark.integration
 def test_every_postfix_instance_is_read_and_other_facilities_are_not(tmp_path: Path) -> None:
-    journal = tmp_path / "journal" / "mail.journal"
-    cfg = config(tmp_path, journal.parent)
-    record_messages(cfg.state_dir, range(4))
+    journal, cfg = journal_site(tmp_path, 4)
     out = [line.replace("postfix/", "postfix-out/") for line in lines_of(range(2, 4))]
     write_lines(journal, lines_of(range(2)) + out)
     write_lines(
@@ -315,22 +317,3 @@ def test_kill_9_repeatedly_while_reading_the_journal_loses_nothing(tmp_path: Pat
     duplicates = sum(n - 1 for n in Counter(got).values())
     assert duplicates <= kills * 100, f"{duplicates} duplicates for {kills} kills"
     assert (status, health["log_source"], health["journal_gaps"]) == (200, "journal", 0)
-
-
-@needs_remote
-@pytest.mark.integration
-def test_export_stream_round_trips_through_a_real_journal(tmp_path: Path) -> None:
-    """The helper itself: what journalctl gives back is what was written."""
-    journal = tmp_path / "j" / "x.journal"
-    write_lines(journal, lines_of(range(1)))
-    parser = ExportParser()
-
-    async def read() -> list[bytes]:
-        reader = JournalReader(["SYSLOG_FACILITY=2"], None, directory=journal.parent)
-        try:
-            return (await asyncio.wait_for(reader.next_batch(), 10)).lines
-        finally:
-            reader.close()
-
-    assert len(asyncio.run(read())) == 5
-    assert parser.feed(export([])) == []
