@@ -24,7 +24,7 @@ from logwatch.agent import Agent
 from logwatch.cursor import JournalPosition, load_cursor
 from logwatch.journal import JournalReader
 from logwatch.journalexport import ExportParser
-from sendpost_agent.config import Config, load_config
+from sendpost_agent.config import Config, ConfigError, load_config
 from tests.support.agent import LogwatchProcess
 from tests.support.ingest import IngestServer
 from tests.support.journal import needs_remote, write_lines
@@ -317,3 +317,17 @@ def test_kill_9_repeatedly_while_reading_the_journal_loses_nothing(tmp_path: Pat
     duplicates = sum(n - 1 for n in Counter(got).values())
     assert duplicates <= kills * 100, f"{duplicates} duplicates for {kills} kills"
     assert (status, health["log_source"], health["journal_gaps"]) == (200, "journal", 0)
+
+
+@pytest.mark.unit
+def test_journal_keys_are_checked_with_the_key_named() -> None:
+    cfg = load_config(
+        {"log-source": "journal", "journal-match": "SYSLOG_IDENTIFIER=postfix/smtp + _PID=1"},
+        Path("/dev/null"),
+        {},
+    )
+    assert cfg.journal_match == ("SYSLOG_IDENTIFIER=postfix/smtp", "+", "_PID=1")
+    with pytest.raises(ConfigError, match="key 'journal-match': 'postfix' is not a journal match"):
+        load_config({"journal-match": "postfix"}, Path("/dev/null"), {})
+    with pytest.raises(ConfigError, match="key 'log-source': 'syslog' is not 'file'"):
+        load_config({"log-source": "syslog"}, Path("/dev/null"), {})
