@@ -331,3 +331,29 @@ def test_journal_keys_are_checked_with_the_key_named() -> None:
         load_config({"journal-match": "postfix"}, Path("/dev/null"), {})
     with pytest.raises(ConfigError, match="key 'log-source': 'syslog' is not 'file'"):
         load_config({"log-source": "syslog"}, Path("/dev/null"), {})
+
+
+@pytest.mark.integration
+def test_an_unreadable_journal_makes_health_say_why(tmp_path: Path) -> None:
+    """journalctl failing (here: no such directory) is reported and retried, not a crash."""
+    with (
+        IngestServer(KEY) as server,
+        LogwatchProcess(
+            tmp_path / "state",
+            tmp_path / "no-mail.log",
+            server.url,
+            KEY,
+            "--log-source",
+            "journal",
+            "--journal-directory",
+            str(tmp_path / "missing"),
+        ) as agent,
+    ):
+        deadline = time.monotonic() + 20
+        while (health := agent.health())[0] == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    status, body = health
+    assert status == 503
+    reasons = " ".join(map(str, body["reasons"]))  # type: ignore[call-overload]
+    assert "journalctl ended (exit 1: Failed to open" in reasons
+    assert "group systemd-journal or adm" in reasons
