@@ -10,6 +10,7 @@ this process, at a chosen point, as in test_agent_recovery.py).
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import random
 import struct
@@ -24,6 +25,7 @@ from logwatch.agent import Agent
 from logwatch.cursor import JournalPosition, load_cursor
 from logwatch.journal import JournalReader
 from logwatch.journalexport import ExportParser
+from logwatch.replay import JournalSpan, replay
 from sendpost_agent.config import Config, ConfigError, load_config
 from tests.support.agent import LogwatchProcess
 from tests.support.ingest import IngestServer
@@ -357,3 +359,28 @@ def test_an_unreadable_journal_makes_health_say_why(tmp_path: Path) -> None:
     reasons = " ".join(map(str, body["reasons"]))  # type: ignore[call-overload]
     assert "journalctl ended (exit 1: Failed to open" in reasons
     assert "group systemd-journal or adm" in reasons
+
+
+@needs_remote
+@pytest.mark.integration
+def test_replay_of_the_journal_gives_the_events_of_the_file(tmp_path: Path) -> None:
+    journal, cfg = journal_site(tmp_path, 30)
+    mail_log = tmp_path / "mail.log"
+    mail_log.write_text("\n".join(lines_of(range(30))) + "\n")
+    write_lines(journal, lines_of(range(30)))
+    from_file, from_journal = io.StringIO(), io.StringIO()
+    assert replay(cfg, [mail_log], out=from_file) == 0
+    assert replay(cfg, [], out=from_journal, journal=JournalSpan()) == 0
+
+    def events(out: io.StringIO) -> list[tuple[str, str, str]]:
+        docs = [json.loads(line) for line in out.getvalue().splitlines()]
+        return [(e["message_id"], e["event_type"], e["recipient"]) for e in docs]
+
+    assert events(from_journal) == events(from_file)
+    assert set(events(from_journal)) == expected(range(30))
+    first = json.loads(from_journal.getvalue().splitlines()[0])
+    assert first["timestamp"].endswith("+00:00") and "." in first["timestamp"]  # exact, zoned
+    late = JournalSpan(since="2026-11-23 18:00:15 UTC")
+    after = io.StringIO()
+    assert replay(cfg, [], out=after, journal=late) == 0
+    assert set(events(after)) == expected(range(15, 30))
