@@ -70,7 +70,11 @@ Options:
   --mta postfix              the MTA (only postfix is supported)
   --endpoint URL             ingestion URL [https://events.sendpost.io/api/v1/tpsp/custom-smtp/events]
   --log-path PATH            mail log to follow [Postfix's maillog_file, else
-                             /var/log/mail.log, else /var/log/maillog]
+                             /var/log/mail.log, else /var/log/maillog; when no syslog
+                             daemon writes one: the systemd journal]
+  --log-source file|journal  read the mail log file or the systemd journal
+  --with-rsyslog             no mail log written: install rsyslog instead of reading
+                             the journal
   --postfix-config-dir DIR   the Postfix configuration to change (postconf -c DIR)
   --package FILE|URL         the sendpost-agent .deb to install (apt systems) [a
                              sendpost-agent_*.deb in dist/ or beside install.sh]
@@ -148,7 +152,7 @@ parse_args() {
             ;;
         esac
         case $opt in
-        --api-key | --mta | --endpoint | --log-path | --postfix-config-dir | --package)
+        --api-key | --mta | --endpoint | --log-path | --log-source | --postfix-config-dir | --package)
             if [[ $1 != *=* ]]; then
                 (($# >= 2)) || usage_error "$opt needs a value"
                 value=$2
@@ -156,7 +160,7 @@ parse_args() {
             fi
             [[ -n $value && $value != --* ]] || usage_error "$opt needs a value"
             ;;
-        --uninstall | --purge | --dry-run | --verbose | --help | -h)
+        --uninstall | --purge | --dry-run | --verbose | --with-rsyslog | --help | -h)
             [[ $1 != *=* ]] || usage_error "$opt takes no value"
             ;;
         *) usage_error "unknown option: $opt" ;;
@@ -164,7 +168,8 @@ parse_args() {
         shift
         case $opt in
         --api-key) API_KEY=$value ;;
-        --mta | --endpoint | --log-path | --postfix-config-dir) SETUP_ARGS+=("$opt" "$value") ;;
+        --mta | --endpoint | --log-path | --log-source | --postfix-config-dir) SETUP_ARGS+=("$opt" "$value") ;;
+        --with-rsyslog) SETUP_ARGS+=("$opt") ;;
         --package) ARG_PACKAGE=$value ;;
         --uninstall) UNINSTALL=1 ;;
         --purge) PURGE=1 ;;

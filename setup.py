@@ -16,6 +16,7 @@ COMPILED = [
     "logwatch/relays.py",
     "logwatch/mapwindow.py",
     "logwatch/pipeline.py",
+    "logwatch/journalexport.py",
 ]
 
 setup(

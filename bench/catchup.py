@@ -1,7 +1,10 @@
 """Catch-up speed: `sendpost-agent replay` over a generated log, beside `grep -c status=`.
 
-Runs the two alternately (A B A B ...) because the machine is noisy, and prints the
+Runs them alternately (A B A B ...) because the machine is noisy, and prints the
 medians. The log and the map holding every message come from bench/genlog.py (seeded).
+``--journal`` also writes the same lines into a journal file (systemd-journal-remote,
+as tests/support/journal.py does) and times `replay --journal` on it: the catch-up
+from the systemd journal, journalctl included.
 
     python bench/catchup.py --lines 1000000 --rounds 5 --dir /tmp/sendpost-bench
 """
@@ -39,6 +42,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/sendpost-bench"))
+    parser.add_argument("--journal", action="store_true", help="time replay --journal too")
     args = parser.parse_args()
     log, state = args.dir / f"mail-{args.lines}-{args.seed}.log", args.dir / f"state-{args.seed}"
     if not log.exists():
@@ -58,9 +62,12 @@ def main() -> None:
         str(args.dir),
     ]
     grep = ["grep", "-c", "status=", str(log)]
-    times: dict[str, list[float]] = {"replay": [], "grep": []}
+    times: dict[str, list[float]] = {"replay": [], "grep": [], "journal": []}
+    journal = [*ours[:4], "--journal", "--journal-directory", str(journal_of(log)), *ours[5:]]
     for _ in range(args.rounds):
         times["replay"].append(timed(ours, env, subprocess.DEVNULL))
+        if args.journal:
+            times["journal"].append(timed(journal, env, subprocess.DEVNULL))
         # GNU grep stops at the first match when its output is /dev/null: use a pipe.
         times["grep"].append(timed(grep, env, subprocess.PIPE))
     replay, grep_s = statistics.median(times["replay"]), statistics.median(times["grep"])
@@ -68,6 +75,24 @@ def main() -> None:
     print(f"  sendpost-agent replay: {replay:.2f} s = {args.lines / replay:,.0f} lines/s")
     print(f"  grep -c status=:       {grep_s:.2f} s = {args.lines / grep_s:,.0f} lines/s")
     print(f"  replay takes {replay / grep_s:.0f}x as long as grep")
+    if args.journal:
+        from_journal = statistics.median(times["journal"])
+        print(
+            f"  replay --journal (same lines): {from_journal:.2f} s ="
+            f" {args.lines / from_journal:,.0f} lines/s, {from_journal / replay:.2f}x the file's"
+        )
+
+
+def journal_of(log: Path) -> Path:
+    """A directory holding ``log``'s lines as one journal file (made once)."""
+    directory = log.with_suffix(".journal.d")
+    if not directory.exists():
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.support.journal import write_lines
+
+        with log.open() as lines:
+            write_lines(directory / "mail.journal", [line.rstrip("\n") for line in lines])
+    return directory
 
 
 if __name__ == "__main__":

@@ -23,13 +23,15 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
-from logwatch.cursor import CursorError, Position, load_cursor, save_cursor
+from logwatch.cursor import CursorError, JournalPosition, Position, load_cursor, save_cursor
 from logwatch.events import Event
-from logwatch.follow import Batch, Follower
+from logwatch.follow import Batch
 from logwatch.health import make_app
+from logwatch.journal import JournalBatch, JournalReader, open_source, source_name
 from logwatch.logfile import LogUnreadable
 from logwatch.metrics import AgentMetrics
 from logwatch.parse import Clock
@@ -110,7 +112,7 @@ class Agent:
         self.events_by_type: Counter[str] = Counter()
         self.paused = False
         self.log_error: str | None = None
-        self._position: Position | None = None
+        self._position: Position | JournalPosition | None = None
         self._saved_at = 0.0
         self._suppress = 0  # events already in the WAL from before a crash
         self._map_checked = 0.0
@@ -131,17 +133,23 @@ class Agent:
                 config.cursor_path,
                 self.wal.pending,
             )
-        # First start: read the current log from its beginning. Only messages the milter
-        # recorded produce events, so this reports what arrived before logwatch started.
-        self.follower = Follower(
-            config.log_path, self._position, from_beginning=self._position is None
-        )
+        self.follower = open_source(config, self._position)
         self.metrics.watch(self)
 
     def _lag_bytes(self) -> int:
         with contextlib.suppress(OSError, LogUnreadable):
             return self.follower.lag_bytes()
         return 0
+
+    def _journal_figures(self) -> dict[str, Any]:
+        reader = self.follower
+        if not isinstance(reader, JournalReader):
+            return {"journal_lag_seconds": 0.0, "journal_gaps": 0, "journal_gap": None}
+        return {
+            "journal_lag_seconds": reader.lag_seconds(),
+            "journal_gaps": reader.gaps,
+            "journal_gap": reader.last_gap,
+        }
 
     def snapshot(self) -> Snapshot:
         """Everything /health, /metrics and `status` show, read at one instant."""
@@ -155,6 +163,8 @@ class Agent:
             rotations=follower.rotations,
             truncations=follower.truncations,
             lag_bytes=self._lag_bytes(),
+            log_source=self.config.log_source,
+            **self._journal_figures(),
             log_error=self.log_error,
             reading_paused=self.paused,
             events_by_type=dict(self.events_by_type),
@@ -188,7 +198,7 @@ class Agent:
             ) from exc
         log.info(
             "following %s, shipping to %s, health on http://%s/health",
-            self.config.log_path,
+            source_name(self.follower),
             self.config.endpoint,
             listen,
         )
@@ -241,7 +251,9 @@ class Agent:
             if self.wal.full():
                 await self._wait_for_room(stopping)
                 continue
-            reading = asyncio.create_task(self.follower.next_batch())
+            reading: asyncio.Task[Batch | JournalBatch] = asyncio.create_task(
+                self.follower.next_batch()
+            )
             done, _ = await asyncio.wait(
                 {reading, stopping}, timeout=IDLE_AFTER, return_when=asyncio.FIRST_COMPLETED
             )
@@ -270,7 +282,7 @@ class Agent:
             self._take(batch)
         stopping.cancel()
 
-    def _take(self, batch: Batch) -> None:
+    def _take(self, batch: Batch | JournalBatch) -> None:
         # The position moves only once the batch is processed: should processing raise,
         # no cursor may count these lines as handled.
         if time.monotonic() - self._map_checked >= MAP_CHECK_EVERY:
@@ -341,7 +353,7 @@ class Agent:
             log.error(
                 "cannot read the mail log %s: %s; fix its permissions (the agent"
                 " reads it via group adm) or log-path; retrying every %.0f s",
-                self.config.log_path,
+                source_name(self.follower),
                 message,
                 LOG_RETRY,
             )

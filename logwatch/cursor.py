@@ -30,6 +30,7 @@ __all__ = [
     "FINGERPRINT_BYTES",
     "CursorError",
     "FileId",
+    "JournalPosition",
     "Position",
     "fingerprint",
     "load_cursor",
@@ -82,6 +83,13 @@ class Position:
     saved_at: float | None = field(default=None, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class JournalPosition:
+    """The systemd journal's cursor of the last entry consumed (``log-source: journal``)."""
+
+    cursor: str
+
+
 class CursorError(Exception):
     """The cursor file cannot be used; the message names the file and the fix."""
 
@@ -90,25 +98,26 @@ class CursorError(Exception):
         self.path = path
 
 
-def save_cursor(path: Path, position: Position, state: dict[str, Any]) -> None:
+def save_cursor(path: Path, position: Position | JournalPosition, state: dict[str, Any]) -> None:
     """Replace the cursor file atomically and durably (temp file, fsync, rename, fsync dir).
 
     A crash at any point leaves either the old or the new cursor, never a torn one.
     """
-    f = position.file
-    doc = {
-        "version": _VERSION,
-        "file": {
+    doc: dict[str, Any] = {"version": _VERSION}
+    if isinstance(position, JournalPosition):
+        doc["journal"] = position.cursor
+    else:
+        f = position.file
+        doc["file"] = {
             "dev": f.dev,
             "inode": f.inode,
             "fingerprint": f.fingerprint,
             "fingerprint_len": f.fingerprint_len,
             "name": f.name,
-        },
-        "offset": position.offset,
-        "saved_at": time.time(),
-        "state": state,
-    }
+        }
+        doc["offset"] = position.offset
+    doc["saved_at"] = time.time()
+    doc["state"] = state
     data = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -129,8 +138,8 @@ def save_cursor(path: Path, position: Position, state: dict[str, Any]) -> None:
         os.close(dir_fd)
 
 
-def load_cursor(path: Path) -> tuple[Position, dict[str, Any]] | None:
-    """The saved position and state, or None when there is no cursor file yet."""
+def load_cursor(path: Path) -> tuple[Position | JournalPosition, dict[str, Any]] | None:
+    """The saved position (in a file or the journal) and state, or None when there is none."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -145,6 +154,12 @@ def load_cursor(path: Path) -> tuple[Position, dict[str, Any]] | None:
         doc = json.loads(raw)
         _expect(isinstance(doc, dict), "not a JSON object")
         _expect(doc.get("version") == _VERSION, f"unknown version {doc.get('version')!r}")
+        state = doc["state"]
+        _expect(isinstance(state, dict), "'state' is not an object")
+        if "journal" in doc:
+            cursor = _str(doc, "journal")
+            _expect(bool(cursor) and cursor.isprintable(), "'journal' is not a journal cursor")
+            return JournalPosition(cursor), state
         f = doc["file"]
         _expect(isinstance(f, dict), "'file' is not an object")
         file = FileId(
@@ -157,8 +172,6 @@ def load_cursor(path: Path) -> tuple[Position, dict[str, Any]] | None:
         _expect(file.fingerprint_len <= FINGERPRINT_BYTES, "fingerprint_len out of range")
         saved_at = doc.get("saved_at")
         _expect(saved_at is None or type(saved_at) in (int, float), "'saved_at' is not a number")
-        state = doc["state"]
-        _expect(isinstance(state, dict), "'state' is not an object")
         position = Position(file, _int(doc, "offset"), saved_at)
     except (ValueError, KeyError) as exc:
         detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)

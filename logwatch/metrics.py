@@ -102,6 +102,21 @@ class _AgentCollector(Collector):
         )
         yield _gauge("cursor_lag_bytes", "Bytes of the mail log not read yet", now.lag_bytes)
         yield _gauge(
+            "journal_lag_seconds",
+            "log-source journal: age of the last entry read while more wait (0: caught up)",
+            now.journal_lag_seconds,
+        )
+        yield _counter(
+            "journal_gaps",
+            "Saved journal cursors found vacuumed (entries in between may be lost)",
+            now.journal_gaps,
+        )
+        source = GaugeMetricFamily(
+            f"{PREFIX}_log_source", "Where the log is read (log-source)", labels=["source"]
+        )
+        source.add_metric([now.log_source], 1.0)
+        yield source
+        yield _gauge(
             "last_success_timestamp_seconds",
             "When the API last accepted a batch (0: never)",
             now.last_success or 0.0,

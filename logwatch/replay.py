@@ -7,12 +7,16 @@ import io
 import logging
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
 from logwatch.events import Event
-from logwatch.logfile import read_file_batches
+from logwatch.journal import read_journal_batches
+from logwatch.logfile import LogUnreadable, read_file_batches
 from logwatch.parse import Clock
 from logwatch.pipeline import Pipeline
 from logwatch.relays import ContentFilters
@@ -25,12 +29,20 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT = 600.0
 
 
-def replay(config: Config, files: list[Path], send: bool = False, out: TextIO = sys.stdout) -> int:
+def replay(
+    config: Config,
+    files: list[Path],
+    send: bool = False,
+    out: TextIO = sys.stdout,
+    journal: JournalSpan | None = None,
+) -> int:
     """Print one API event object per line (or ship them with ``send``); a summary of what
     gave no event goes to the log.
 
     Files are read in the order given (oldest first, like the log was written); year-less
-    timestamps take their year from the newest file's modification time.
+    timestamps take their year from the newest file's modification time. ``journal``:
+    the systemd journal's entries (``journal-match``, ``journal-directory``) in that
+    span, after the files.
     """
     if send:
         api_key = config.require_api_key("for replay --send")
@@ -38,14 +50,14 @@ def replay(config: Config, files: list[Path], send: bool = False, out: TextIO = 
             wal = Wal(Path(tmp) / "replay.wal")
             try:
                 encoded = io.StringIO()
-                status = _replay(config, files, encoded)
+                status = _replay(config, files, encoded, journal)
                 if status == 0:
                     wal.append([line.encode() for line in encoded.getvalue().splitlines()])
                     status = asyncio.run(_ship(config, api_key, wal))
             finally:
                 wal.close()
         return status
-    return _replay(config, files, out)
+    return _replay(config, files, out, journal)
 
 
 async def _ship(config: Config, api_key: Secret, wal: Wal) -> int:
@@ -80,23 +92,44 @@ async def _ship(config: Config, api_key: Secret, wal: Wal) -> int:
     return 0
 
 
-def _replay(config: Config, files: list[Path], out: TextIO) -> int:
+@dataclass(frozen=True)
+class JournalSpan:
+    """``replay --journal``: entries between ``since`` and ``until`` (journalctl's syntax)."""
+
+    since: str | None = None
+    until: str | None = None
+
+
+def _batches(
+    config: Config, files: list[Path], journal: JournalSpan | None
+) -> Iterator[list[bytes]]:
+    for path in files:
+        yield from read_file_batches(path)
+    if journal is not None:
+        yield from read_journal_batches(
+            config.journal_match, config.journal_directory, journal.since, journal.until
+        )
+
+
+def _replay(config: Config, files: list[Path], out: TextIO, journal: JournalSpan | None) -> int:
     for path in files:
         if not path.is_file():
             raise ConfigError(f"{path}: no such file to replay")
     reader = open_map(config)
     filters = ContentFilters.from_postfix(config.postfix_config_dir)
-    now = datetime.fromtimestamp(newest_mtime(files), UTC)
+    now = datetime.fromtimestamp(newest_mtime(files) if files else time.time(), UTC)
     trusts = info_line_check(config.trusted_clients, config.postfix_config_dir)
     pipeline = Pipeline(config, reader, filters, Clock(config.tzinfo, now), trusts)
     events = 0
     try:
-        for path in files:
-            for batch in read_file_batches(path):
-                events += _write(out, pipeline.process(batch))
+        for batch in _batches(config, files, journal):
+            events += _write(out, pipeline.process(batch))
         events += _write(out, pipeline.finish())
     except OSError as exc:
         log.error("cannot read %s: %s", getattr(exc, "filename", "?"), exc.strerror or exc)
+        return 1
+    except LogUnreadable as exc:
+        log.error("%s", exc)
         return 1
     except MapError as exc:
         log.error("%s; nothing after the lines replayed so far was joined", exc)

@@ -26,6 +26,10 @@ class Snapshot:
     rotations: int  # moves to a newer log file
     truncations: int  # copytruncate, truncation or overwrite in place
     lag_bytes: int  # bytes of the log not read yet
+    log_source: str  # file or journal (log-source)
+    journal_lag_seconds: float  # age of the last journal entry read while more wait
+    journal_gaps: int  # saved journal cursors found vacuumed: entries may be lost
+    journal_gap: str | None  # the last such gap
     log_error: str | None  # why the log cannot be read, while it cannot
     reading_paused: bool  # the WAL is full: reading waits for the API
     events_by_type: Mapping[str, int]

@@ -37,7 +37,11 @@ def status(config: Config, out: TextIO) -> int:
     ago = f"{now.taken_at - now.last_success:.0f} s ago" if now.last_success else "never"
     lines = [
         f"logwatch {now.version}: {'unhealthy' if problems else 'ok'}",
-        f"  log lag:        {now.lag_bytes} bytes",
+        (
+            f"  log lag:        {now.journal_lag_seconds:.1f} s (journal), {now.journal_gaps} gaps"
+            if now.log_source == "journal"
+            else f"  log lag:        {now.lag_bytes} bytes"
+        ),
         f"  log lines:      {now.lines_read} read, {now.lines_cut} cut to 1 MiB;"
         f" {now.rotations} rotations, {now.truncations} truncations",
         f"  pending events: {now.pending_events} ({now.wal_bytes} bytes in WAL)",

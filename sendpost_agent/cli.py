@@ -53,10 +53,15 @@ def _run_status(config: Config, args: argparse.Namespace) -> int:
 
 def _run_replay(config: Config, args: argparse.Namespace) -> int:
     from logwatch.pipeline import tune_gc
-    from logwatch.replay import replay
+    from logwatch.replay import JournalSpan, replay
 
+    if not args.files and not args.journal:
+        raise ConfigError("replay: name mail log files, or --journal to read the systemd journal")
+    if not args.journal and (args.since or args.until):
+        raise ConfigError("replay: --since and --until apply to --journal only")
     tune_gc()  # process-wide: here, not in replay(), which tests call in-process
-    return replay(config, args.files, send=args.send)
+    journal = JournalSpan(args.since, args.until) if args.journal else None
+    return replay(config, args.files, send=args.send, journal=journal)
 
 
 def _run_doctor(config: Config, args: argparse.Namespace) -> int:
@@ -87,10 +92,23 @@ def _doctor_args(parser: argparse.ArgumentParser) -> None:
 def _replay_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "files",
-        nargs="+",
+        nargs="*",
         type=Path,
         metavar="FILE",
         help="mail log files, plain or .gz, oldest first",
+    )
+    parser.add_argument(
+        "--journal",
+        action="store_true",
+        help="read the systemd journal (journal-match, journal-directory) after the files",
+    )
+    parser.add_argument(
+        "--since",
+        metavar="TIME",
+        help="with --journal: from this time (journalctl's syntax: '2026-11-23 18:00', -2h)",
+    )
+    parser.add_argument(
+        "--until", metavar="TIME", help="with --journal: up to this time (journalctl's syntax)"
     )
     parser.add_argument(
         "--send",
@@ -149,7 +167,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 # setup and teardown write the config file the other commands read: they take their own
 # flags (sendpost_agent/hostsetup.py), not the configuration object.
-SETUP_KEYS = ("mta", "endpoint", "log-path", "postfix-config-dir", "state-dir")
+SETUP_KEYS = ("mta", "endpoint", "log-path", "log-source", "postfix-config-dir", "state-dir")
 HOST_COMMANDS = {
     "setup": "wire the installed agent into this host: user and directories, config.yaml"
     " (0600; the key is never printed), the services, the milter and the header_checks INFO"
@@ -191,6 +209,12 @@ def _host_args(name: str, parser: argparse.ArgumentParser) -> None:
             action="store_true",
             help="restart the running services (the code or the units changed)",
         )
+        parser.add_argument(
+            "--with-rsyslog",
+            action="store_true",
+            help="when no syslog daemon writes a mail log, install rsyslog (which writes"
+            " one) instead of reading the systemd journal",
+        )
     else:
         parser.add_argument(
             "--purge", action="store_true", help="also remove state-dir, config and the user"
@@ -223,6 +247,7 @@ def _run_host_command(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         verbose=args.verbose,
         restart=getattr(args, "restart", False),
+        with_rsyslog=getattr(args, "with_rsyslog", False),
         purge=getattr(args, "purge", False),
     )
     try:

@@ -230,6 +230,32 @@ def _timezone(value: object) -> str:
     return text
 
 
+def _log_source(value: object) -> str:
+    text = _text(value).lower()
+    if text not in ("file", "journal"):
+        raise ValueError(f"{value!r} is not 'file' (log-path) or 'journal' (systemd journal)")
+    return text
+
+
+class JournalMatch(tuple[str, ...]):
+    """``journal-match`` items (journalctl matches), printed the way an operator writes them."""
+
+    def __str__(self) -> str:
+        return " ".join(self)
+
+
+def _journal_match(value: object) -> JournalMatch:
+    """journalctl matches: FIELD=VALUE (fields in capitals), ``+`` between alternatives."""
+    items = [_text(i) for i in value] if isinstance(value, list | tuple) else _text(value).split()
+    for item in items:
+        if item != "+" and not re.fullmatch(r"_{0,2}[A-Z0-9][A-Z0-9_]*=\S*", item):
+            raise ValueError(
+                f"{item!r} is not a journal match FIELD=VALUE (e.g. SYSLOG_FACILITY=2,"
+                " _SYSTEMD_UNIT=postfix@-.service) nor '+' (or)"
+            )
+    return JournalMatch(items)
+
+
 def _log_level(value: object) -> str:
     text = _text(value).upper()
     if text not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -277,6 +303,24 @@ class Config:
         "https://events.sendpost.io/api/v1/tpsp/custom-smtp/events", _url, "ingestion URL"
     )
     log_path: Path = _setting(Path("/var/log/mail.log"), _path, "the mail log to follow")
+    log_source: str = _setting(
+        "file",
+        _log_source,
+        "where Postfix's log is read: file (log-path) or journal (the systemd journal,"
+        " resumed at its cursor)",
+    )
+    journal_match: JournalMatch = _setting(
+        JournalMatch(("SYSLOG_FACILITY=2",)),
+        _journal_match,
+        "with log-source journal: the entries read (journalctl matches; '+' means or);"
+        " the default, the mail facility, holds every Postfix instance (postfix-out too)",
+    )
+    journal_directory: Path | None = _setting(
+        None,
+        _path,
+        "with log-source journal: read the journal files in this directory instead of"
+        " the system journal (journalctl --directory)",
+    )
     state_dir: Path = _setting(
         Path("/var/lib/sendpost-agent"),
         _path,

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from logwatch.journal import read_journal_batches
+from logwatch.logfile import LogUnreadable
 from sendpost_agent import __version__
 from sendpost_agent.config import Config, HostPort, Secret
 from sendpost_agent.doctor_check import Check
@@ -120,6 +122,7 @@ class LiveChecks:
         self.smtp = smtp
         self.probe_queue_id: str | None = None
         self.log_mark = 0
+        self.probe_sent_at = 0.0  # Unix time: where the journal is searched for the probe
 
     def check_probe(self) -> Check:
         """Send a probe through smtpd; the milter must record its UUID and discard it."""
@@ -176,6 +179,7 @@ class LiveChecks:
                 "name the listener with --smtp HOST:PORT",
             )
         sent_uuid = str(uuid.uuid4())
+        self.probe_sent_at = time.time()
         try:
             self.log_mark = self.config.log_path.stat().st_size
         except OSError:
@@ -309,6 +313,8 @@ class LiveChecks:
             reader.close()
 
     def check_mail_log(self) -> Check:
+        if self.config.log_source == "journal":
+            return self._check_journal()
         name = "mail-log"
         path = self.config.log_path
         maillog_file = self.postfix.value("maillog_file")
@@ -317,7 +323,8 @@ class LiveChecks:
             if maillog_file
             else "set log-path to the file syslog writes Postfix's mail facility to"
             " (e.g. /var/log/mail.log); if no syslog daemon writes one (only the journal"
-            " has Postfix's log, as on Debian 12 without rsyslog), install rsyslog"
+            " has Postfix's log, as on Debian 12 without rsyslog), set log-source: journal,"
+            " or install rsyslog"
             " (apt-get install rsyslog), which writes /var/log/mail.log, or have Postfix"
             " write its own log (maillog_file, postconf(5)) and set log-path to it"
         )
@@ -362,6 +369,62 @@ class LiveChecks:
             "pass",
             f"{path} is readable and Postfix logged the probe (queue ID {queue_id}) there",
         )
+
+    def _check_journal(self) -> Check:
+        """log-source journal: the probe's lines (or recent mail entries) in the journal."""
+        name = "mail-log"
+        config = self.config
+        what = (
+            f"the journal files in {config.journal_directory}"
+            if config.journal_directory
+            else "the systemd journal"
+        ) + f" ({config.journal_match})"
+        fix = (
+            "Postfix logs to syslog (maillog_file empty) with the mail facility; set"
+            " journal-match to its entries (e.g. SYSLOG_IDENTIFIER=postfix/smtp + ...)"
+        )
+        queue_id = self.probe_queue_id
+        since = f"@{int(self.probe_sent_at) - 1}" if queue_id else f"-{int(LOG_FRESH)}s"
+        deadline = time.monotonic() + LOG_WAIT
+        while True:
+            try:
+                lines = [
+                    line
+                    for batch in read_journal_batches(
+                        config.journal_match, config.journal_directory, since
+                    )
+                    for line in batch
+                ]
+            except LogUnreadable as exc:
+                return Check(
+                    name,
+                    "fail",
+                    f"cannot read {what}: {exc.reason}",
+                    "run the agent as a user that can read the journal (group adm or"
+                    " systemd-journal)",
+                )
+            if queue_id is None:
+                if not lines:
+                    return Check(
+                        name,
+                        "warn",
+                        f"{what} has no entry from the last hour: is it Postfix's?",
+                        fix,
+                    )
+                return Check(name, "pass", f"{what} is readable and has Postfix's recent entries")
+            if any(f" {queue_id}: ".encode() in line for line in lines):
+                return Check(
+                    name, "pass", f"Postfix logged the probe (queue ID {queue_id}) to {what}"
+                )
+            if time.monotonic() > deadline:
+                return Check(
+                    name,
+                    "fail",
+                    f"Postfix did not log the probe (queue ID {queue_id}) to {what} within"
+                    f" {LOG_WAIT:g} s",
+                    fix,
+                )
+            time.sleep(0.5)
 
     def check_endpoint(self) -> Check:
         name = "endpoint"

@@ -56,13 +56,16 @@ LOG_GROUP = "adm"  # logwatch's SupplementaryGroups
 DROP_IN = "sendpost-agent-setup.conf"
 # Keys only logwatch reads: changing them (a key rotation) leaves the milter running, as
 # mail received while it restarts would have no map row.
-LOGWATCH_ONLY_KEYS = frozenset({"api-key", "endpoint", "log-path", "postfix-config-dir"})
+LOGWATCH_ONLY_KEYS = frozenset(
+    {"api-key", "endpoint", "log-path", "log-source", "postfix-config-dir"}
+)
 # The keys setup writes; the others in config.yaml are the operator's and stay as written.
 MANAGED_KEYS = (
     "api-key",
     "mta",
     "endpoint",
     "log-path",
+    "log-source",
     "state-dir",
     "milter-socket",
     "postfix-config-dir",
@@ -531,14 +534,21 @@ def package_installed(name: str) -> bool:
 class MailLog:
     path: Path
     install_rsyslog: bool = False  # no syslog daemon writes a mail log: rsyslog will
+    journal: bool = False  # read from the systemd journal instead (log-source: journal)
 
 
-def choose_mail_log(given: Path | None, maillog_file: str) -> MailLog:
+def choose_mail_log(
+    given: Path | None, maillog_file: str, journal: bool = False, with_rsyslog: bool = False
+) -> MailLog:
     """log-path: given (flag or config.yaml), else Postfix's maillog_file, else the file
     syslog writes. Postfix logging to syslog with no syslog daemon writing a mail log
     (Debian 12 without rsyslog: only the journal has it) would leave logwatch waiting
-    for ever: rsyslog is installed, or setup stops and says how to fix it."""
+    for ever: logwatch reads the systemd journal (no second daemon, no second copy of
+    each line); with ``with_rsyslog``, or without journalctl, rsyslog is installed, or
+    setup stops and says how to fix it. ``journal``: log-source journal was asked for."""
     debian, rhel = SYSLOG_LOGS
+    if journal:
+        return MailLog(given or debian, journal=True)
     if given is not None:
         path = given
     elif maillog_file:
@@ -557,6 +567,8 @@ def choose_mail_log(given: Path | None, maillog_file: str) -> MailLog:
         f" syslog daemon runs and neither {debian} nor {rhel} exists (only the journal has"
         " Postfix's log, as on Debian 12 without rsyslog)"
     )
+    if given is None and not with_rsyslog and shutil.which("journalctl"):
+        return MailLog(debian, journal=True)
     if not package_installed("rsyslog"):
         if shutil.which("apt-get"):
             return MailLog(debian, install_rsyslog=True)
@@ -781,6 +793,7 @@ class Request:
     dry_run: bool = False
     verbose: bool = False
     restart: bool = False  # new code or units: restart the services
+    with_rsyslog: bool = False  # no mail log: install rsyslog rather than read the journal
     purge: bool = False  # teardown: also state, config and the user
 
 
@@ -864,12 +877,20 @@ def plan_setup(host: Host, request: Request) -> Plan:
             " default socket"
         )
     given_log = "log-path" in request.settings or "log-path" in in_file
-    mail_log = choose_mail_log(config.log_path if given_log else None, conf.value("maillog_file"))
+    mail_log = choose_mail_log(
+        config.log_path if given_log else None,
+        conf.value("maillog_file"),
+        journal=config.log_source == "journal",
+        with_rsyslog=request.with_rsyslog,
+    )
     want = {
         "api-key": config.api_key.reveal(),
         "mta": config.mta,
         "endpoint": config.endpoint,
-        "log-path": str(mail_log.path),
+        "log-path": _unless_default("log-path", str(mail_log.path))
+        if mail_log.journal
+        else str(mail_log.path),
+        "log-source": "journal" if mail_log.journal else "",
         "state-dir": _unless_default("state-dir", str(config.state_dir)),
         "milter-socket": socket_address
         if "milter-socket" in in_file
@@ -906,8 +927,19 @@ def setup(host: Host, request: Request, out: TextIO) -> int:
     postfix_group = _postfix_group(conf.value("mail_owner"))
     ensure_dir(steps, plan.socket_dir, AGENT_USER, postfix_group, 0o2750)
 
-    group = log_group(plan.mail_log.path, steps)
-    steps.ok(f"logwatch reads {plan.mail_log.path}" + (f" through group {group}" if group else ""))
+    if plan.mail_log.journal:
+        # journald's files carry an ACL for group adm (systemd-tmpfiles), as Debian sets up.
+        group = LOG_GROUP if _group_exists(LOG_GROUP) else None
+        steps.ok(
+            "logwatch reads Postfix's log from the systemd journal (log-source: journal),"
+            " resuming at the journal's cursor; no syslog daemon needed"
+            + (f"; through group {group}" if group else "")
+        )
+    else:
+        group = log_group(plan.mail_log.path, steps)
+        steps.ok(
+            f"logwatch reads {plan.mail_log.path}" + (f" through group {group}" if group else "")
+        )
     restart = {unit: request.restart for unit in UNITS}
     if host.systemd or host.systemd_dir.is_dir():
         for unit in UNITS:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from sendpost_agent.doctor import milter_target
 from tests.support.contentfilter import NO_MILTERS, master_cf
 from tests.support.fixtures import PostfixFactory, require_postfix_tools
 from tests.support.ingest import IngestServer
+from tests.support.journal import JOURNAL_LINE, needs_remote, write_lines
 from tests.support.milter import MilterProcess
 from tests.support.postfix import PostfixInstance, free_port
 from tests.support.sink import Sink
@@ -555,3 +557,60 @@ def test_milter_addresses_resolve_as_smtpd_sees_them(
     address: str, chroot: bool, target: str
 ) -> None:
     assert milter_target(address, Path("/var/spool/postfix"), chroot) == target
+
+
+class JournalCopy:
+    """Copies what Postfix logs into a real journal file as it comes (journald's part on
+    a host whose Postfix logs only to the journal)."""
+
+    def __init__(self, maillog: Path, journal: Path) -> None:
+        self.maillog, self.journal = maillog, journal
+        self.offset = maillog.stat().st_size
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> JournalCopy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        seq = 0
+        while not self.done.wait(0.2):
+            with self.maillog.open("rb") as log:
+                log.seek(self.offset)
+                data = log.read()
+            cut = data.rfind(b"\n") + 1
+            self.offset += cut
+            lines = [ln for ln in data[:cut].decode().splitlines() if JOURNAL_LINE.fullmatch(ln)]
+            if lines:
+                write_lines(self.journal, lines, first_seq=seq)
+                seq += len(lines)
+
+
+@needs_remote
+def test_doctor_finds_the_probe_in_the_journal(healthy: Site, tmp_path: Path) -> None:
+    """log-source journal: the mail-log check looks for the probe's lines in the journal."""
+    directory = tmp_path / "journal"
+    write_lines(directory / "old.journal", ["Nov 23 18:00:00 mx sshd[1]: hello"], facility=4)
+    with JournalCopy(healthy.postfix.maillog, directory / "mail.journal"):
+        run = healthy.doctor(
+            "--offline", "--log-source", "journal", "--journal-directory", str(directory)
+        )
+    mail_log = run.checks["mail-log"]
+    assert mail_log["status"] == "pass", run.stdout + run.stderr
+    assert "Postfix logged the probe (queue ID" in mail_log["detail"]
+    assert f"the journal files in {directory}" in mail_log["detail"]
+
+    # Postfix's lines not in the journal (another facility or no journald): it fails.
+    run = healthy.doctor(
+        "--offline", "--log-source", "journal", "--journal-directory", str(directory)
+    )
+    mail_log = run.checks["mail-log"]
+    assert mail_log["status"] == "fail"
+    assert "Postfix did not log the probe (queue ID" in mail_log["detail"]
+    assert "journal-match" in mail_log["fix"]
+    healthy.assert_probe_never_left(run)

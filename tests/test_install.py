@@ -865,11 +865,13 @@ def rsyslog_installed() -> bool:
     return "install ok installed" in installed.stdout
 
 
-def test_without_a_mail_log_setup_installs_rsyslog(
+def test_without_a_mail_log_setup_reads_the_journal_or_installs_rsyslog(
     tmp_path: Path, postfix_factory: PostfixFactory
 ) -> None:
-    """As README's command runs on a fresh Debian 12 (no rsyslog): setup installs rsyslog,
-    which writes /var/log/mail.log; installed but stopped, it says so."""
+    """As README's command runs on a fresh Debian 12 (no rsyslog, Postfix's log only in
+    the journal): setup writes log-source: journal and installs no rsyslog. With
+    --with-rsyslog it installs rsyslog, which writes /var/log/mail.log; installed but
+    stopped, it says so."""
     reason = syslog_writes_a_mail_log()
     if reason:
         pytest.skip(f"needs a host where syslog writes no mail log ({reason})")
@@ -878,6 +880,18 @@ def test_without_a_mail_log_setup_installs_rsyslog(
     host = stubbed_host(tmp_path, postfix)
     planned = host.run(
         "--postfix-config-dir", str(postfix.config_dir), "--dry-run", env={"SENDPOST_API_KEY": KEY}
+    )
+    assert planned.returncode == 0, planned.output  # type: ignore[attr-defined]
+    assert "reads Postfix's log from the systemd journal" in planned.output  # type: ignore[attr-defined]
+    assert "log-source: journal" in planned.output  # type: ignore[attr-defined]
+    assert "rsyslog" not in planned.output.replace("no syslog daemon", "")  # type: ignore[attr-defined]
+
+    planned = host.run(
+        "--postfix-config-dir",
+        str(postfix.config_dir),
+        "--with-rsyslog",
+        "--dry-run",
+        env={"SENDPOST_API_KEY": KEY},
     )
     if rsyslog_installed():
         assert planned.returncode == 1
@@ -907,7 +921,11 @@ def test_without_a_mail_log_install_stops_and_says_how_to_fix_it(
     before = snapshot(*watched)
     for dry_run in ([], ["--dry-run"]):
         refused = host.run(
-            "--postfix-config-dir", str(postfix.config_dir), *dry_run, env={"SENDPOST_API_KEY": KEY}
+            "--postfix-config-dir",
+            str(postfix.config_dir),
+            "--with-rsyslog",
+            *dry_run,
+            env={"SENDPOST_API_KEY": KEY},
         )
         assert refused.returncode == 1, refused.output  # type: ignore[attr-defined]
         assert "error: no mail log to follow: Postfix logs to syslog" in refused.stderr

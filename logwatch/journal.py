@@ -1,0 +1,357 @@
+"""Reading Postfix's log from the systemd journal, resuming at the journal's own cursor.
+
+``journalctl --output=export --follow`` runs as a child process (no Python binding: the
+journal's C library is used through the tool every journald host has). Each entry
+becomes one syslog-style line carrying the entry's exact time with its zone
+(``2026-12-07T17:59:03.209880+00:00 mx1 postfix/smtp[123]: ...``), which the pipeline
+parses like a line of the mail log file, so both sources classify exactly alike.
+
+The guarantees are the file's (logwatch/agent.py): a batch's ``end`` is the cursor of
+its last entry, saved only after its events are in the WAL; reading starts again at the
+saved cursor. journalctl is started with ``--cursor`` (not ``--after-cursor``) so that
+the saved entry itself comes first when the journal still holds it, and is skipped; when
+another entry comes first, the saved one was vacuumed (``SystemMaxUse``,
+``MaxRetentionSec``, ``journalctl --vacuum-*``): reading resumes at the oldest entry
+the journal has, and the gap is counted and logged (``gaps``, ``last_gap``).
+
+Without a saved cursor reading starts at ``since`` (Unix time): the agent passes
+``map-retention`` ago, as older lines cannot join the milter's map anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from logwatch.cursor import JournalPosition, Position
+from logwatch.follow import Follower
+from logwatch.journalexport import ExportParser
+from logwatch.logfile import LogUnreadable
+from sendpost_agent.config import Config
+
+__all__ = [
+    "JournalBatch",
+    "JournalReader",
+    "LogSource",
+    "journal_command",
+    "open_source",
+    "read_journal_batches",
+    "source_name",
+]
+
+log = logging.getLogger(__name__)
+
+# The fields a line is made of; journalctl adds __CURSOR and __REALTIME_TIMESTAMP itself.
+FIELDS = ("MESSAGE", "SYSLOG_IDENTIFIER", "_PID", "_HOSTNAME")
+_READ_SIZE = 1 << 20  # bytes per read from journalctl: a catch-up batch
+
+
+@dataclass(frozen=True, slots=True)
+class JournalBatch:
+    """Lines made of journal entries, and the cursor of the last of them."""
+
+    lines: list[bytes]
+    end: JournalPosition
+
+
+def journal_command(
+    matches: Sequence[str],
+    start: JournalPosition | None,
+    since: str | None,
+    directory: Path | None,
+    follow: bool = True,
+    until: str | None = None,
+) -> list[str]:
+    """The journalctl command line reading ``matches`` from ``start`` (or ``since``, in
+    journalctl's time syntax, e.g. ``@UNIXTIME``, ``2026-11-23 18:00``, ``-1h``)."""
+    cmd = [
+        "journalctl",
+        "--output=export",
+        f"--output-fields={','.join(FIELDS)}",
+        "--no-pager",
+        "--all",  # long and unprintable fields too: export sends them as binary
+    ]
+    if follow:
+        cmd += ["--follow", "--no-tail"]
+    if directory is not None:
+        cmd.append(f"--directory={directory}")
+    if start is not None:
+        cmd.append(f"--cursor={start.cursor}")
+    elif since is not None:
+        cmd.append(f"--since={since}")
+    if until is not None:
+        cmd.append(f"--until={until}")
+    return [*cmd, *matches]
+
+
+def _widen_pipe(fd: int) -> None:
+    """A 1 MiB pipe (64 KiB by default) lets journalctl write on while we parse: the two
+    run side by side instead of taking turns."""
+    with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _READ_SIZE)
+
+
+def read_journal_batches(
+    matches: Sequence[str],
+    directory: Path | None,
+    since: str | None = None,
+    until: str | None = None,
+) -> Iterator[list[bytes]]:
+    """The matching entries as lines, oldest first, up to now (``replay --journal``).
+
+    Raises ``LogUnreadable`` when journalctl cannot run or fails (its message included).
+    """
+    cmd = journal_command(matches, None, since, directory, follow=False, until=until)
+    try:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    except OSError as exc:
+        raise LogUnreadable(
+            "the systemd journal", f"cannot run journalctl: {exc.strerror}"
+        ) from exc
+    assert proc.stdout is not None and proc.stderr is not None
+    _widen_pipe(proc.stdout.fileno())
+    parser = ExportParser()
+    try:
+        while data := os.read(proc.stdout.fileno(), _READ_SIZE):
+            if lines := parser.feed(data):
+                yield lines
+    finally:
+        if proc.poll() is None:  # the caller stopped early
+            proc.kill()
+        error = proc.stderr.read().decode("utf-8", "replace").strip()
+        code = proc.wait()
+    if code != 0:
+        raise LogUnreadable(
+            "the systemd journal", f"journalctl {' '.join(cmd[1:])} failed (exit {code}): {error}"
+        )
+
+
+def cursor_time(cursor: str) -> datetime | None:
+    """The entry time a cursor names (its ``t=`` field, hex microseconds), for messages."""
+    for part in cursor.split(";"):
+        if part.startswith("t="):
+            with contextlib.suppress(ValueError, OverflowError):
+                return datetime.fromtimestamp(int(part[2:], 16) / 1e6, UTC)
+    return None
+
+
+class JournalReader:
+    """Follows the journal entries matching ``matches`` from ``start`` (or ``since``).
+
+    The same interface as ``Follower`` (logwatch/follow.py) for the agent; counters:
+    ``lines_read``, ``lines_cut``, ``gaps`` (cursors found vacuumed) with ``last_gap``
+    (when and what was lost). ``directory`` reads journal files there instead of the
+    system journal. ``next_batch`` is cancellation-safe; when journalctl ends, it raises
+    ``LogUnreadable`` and the next call starts it again at the last batch returned.
+    """
+
+    rotations = 0  # a journal has no rotation or truncation the reader sees
+    truncations = 0
+
+    def __init__(
+        self,
+        matches: Sequence[str],
+        start: JournalPosition | None,
+        *,
+        since: float | None = None,
+        directory: Path | None = None,
+    ) -> None:
+        self.matches = list(matches)
+        self.directory = directory
+        self._start = start
+        self._since = since
+        self._resumed = start  # the cursor journalctl was started at, until it is checked
+        self._parser = ExportParser()
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stderr: list[str] = []
+        self._stderr_task: asyncio.Task[None] | None = None
+        self._waiting = False
+        self._closed = False
+        self.lines_read = 0
+        self.gaps = 0
+        self.last_gap: str | None = None
+
+    @property
+    def lines_cut(self) -> int:
+        return self._parser.cut
+
+    def describe(self) -> str:
+        """What is read, for messages."""
+        where = f"journal files in {self.directory}" if self.directory else "the systemd journal"
+        return f"{where} ({' '.join(self.matches) or 'all entries'})"
+
+    async def next_batch(self) -> JournalBatch:
+        while True:
+            if self._closed:
+                raise RuntimeError("JournalReader is closed")
+            proc = self._proc or await self._spawn()
+            assert proc.stdout is not None
+            self._waiting = True
+            data = await proc.stdout.read(_READ_SIZE)  # nothing is taken if cancelled here
+            self._waiting = False
+            if not data:
+                await self._ended(proc)
+            lines = self._parser.feed(data)
+            if lines and self._resumed is not None:
+                lines = self._check_resume(lines)
+            if lines:
+                cursor = self._parser.cursor
+                assert cursor is not None
+                self._start = JournalPosition(cursor)
+                self.lines_read += len(lines)
+                return JournalBatch(lines, self._start)
+
+    def lag_seconds(self) -> float:
+        """Age of the last entry handed out while entries wait; 0 while caught up."""
+        if self._waiting or not self._parser.usec:
+            return 0.0
+        return max(0.0, time.time() - self._parser.usec / 1e6)
+
+    def lag_bytes(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop()
+
+    # -- the child ---------------------------------------------------------------------
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        since = None if self._since is None else f"@{int(self._since)}"
+        cmd = journal_command(self.matches, self._start, since, self.directory)
+        self._parser.reset()
+        self._resumed = self._start
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=_READ_SIZE,
+            )
+        except OSError as exc:
+            raise LogUnreadable(
+                self.describe(),
+                f"cannot run journalctl: {exc.strerror}; install systemd's journalctl"
+                " or set log-source: file",
+            ) from exc
+        transport = getattr(proc, "_transport", None)
+        if isinstance(transport, asyncio.SubprocessTransport):
+            stdout = transport.get_pipe_transport(1)
+            if stdout is not None:
+                _widen_pipe(stdout.get_extra_info("pipe").fileno())
+        self._proc, self._stderr = proc, []
+        self._stderr_task = asyncio.create_task(self._read_stderr(proc))
+        log.debug("reading %s: %s", self.describe(), " ".join(cmd))
+        return proc
+
+    async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            text = raw.decode("utf-8", "replace").strip()
+            if text:
+                log.warning("journalctl: %s", text)
+                self._stderr = [*self._stderr[-4:], text]
+
+    async def _ended(self, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if self._stderr_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stderr_task
+        why = "; ".join(self._stderr) or "no message"
+        self._proc = None
+        raise LogUnreadable(
+            self.describe(),
+            f"journalctl ended (exit {code}: {why}); make the journal readable by the"
+            " agent's user (group systemd-journal or adm)",
+        )
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        if proc is not None:
+            # Closed now, in its loop: left to the garbage collector, the transport
+            # would be closed after the loop and complain.
+            transport = getattr(proc, "_transport", None)
+            if isinstance(transport, asyncio.SubprocessTransport):
+                transport.close()
+        if self._stderr_task is not None:
+            self._stderr_task.cancel()
+
+    def _check_resume(self, lines: list[bytes]) -> list[bytes]:
+        """The first entry after a (re)start: the saved one, or the oldest kept (a gap)."""
+        resumed, self._resumed = self._resumed, None
+        assert resumed is not None
+        first = self._parser.first_cursor
+        if first == resumed.cursor:
+            return lines[1:]
+        self.gaps += 1
+        lost_from = cursor_time(resumed.cursor)
+        self.last_gap = (
+            f"the journal no longer holds the entry of the saved cursor"
+            f" ({lost_from.isoformat() if lost_from else resumed.cursor}); resumed at the"
+            f" oldest entry kept: entries between may be lost"
+        )
+        log.warning(
+            "%s: %s (vacuumed by journald: SystemMaxUse, MaxRetentionSec, or"
+            " journalctl --vacuum-*; or journal-match changed); gap %d",
+            self.describe(),
+            self.last_gap,
+            self.gaps,
+        )
+        return lines
+
+
+LogSource = Follower | JournalReader
+
+
+def open_source(config: Config, position: Position | JournalPosition | None) -> LogSource:
+    """The reader ``log-source`` names, at ``position`` (a cursor of the other kind is
+    not usable: that source starts as on a first start, with a warning)."""
+    if config.log_source == "journal":
+        if isinstance(position, Position):
+            log.warning(
+                "the cursor %s is a position in %s, but log-source is journal: reading"
+                " the journal from %s ago (map-retention) instead",
+                config.cursor_path,
+                position.file.name or "a mail log file",
+                config.map_retention,
+            )
+        start = position if isinstance(position, JournalPosition) else None
+        return JournalReader(
+            config.journal_match,
+            start,
+            since=time.time() - config.map_retention,
+            directory=config.journal_directory,
+        )
+    if isinstance(position, JournalPosition):
+        log.warning(
+            "the cursor %s is a journal cursor, but log-source is file: reading %s from"
+            " its start instead",
+            config.cursor_path,
+            config.log_path,
+        )
+    # First start: read the current log from its beginning. Only messages the milter
+    # recorded produce events, so this reports what arrived before logwatch started.
+    start_at = position if isinstance(position, Position) else None
+    return Follower(config.log_path, start_at, from_beginning=start_at is None)
+
+
+def source_name(source: LogSource) -> str:
+    """What a source reads, for messages."""
+    return source.describe() if isinstance(source, JournalReader) else str(source.log_path)

@@ -1,0 +1,386 @@
+"""logwatch reading Postfix's log from the systemd journal (``log-source: journal``).
+
+Real journal files written by systemd-journal-remote, read by the real journalctl: the
+agent follows them, resumes at the journal's cursor after a stop or a crash without
+losing or repeating an event, notices a saved cursor the journal has vacuumed, and
+reads every Postfix instance. A crash is the agent dying between two cursor saves (in
+this process, at a chosen point, as in test_agent_recovery.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+import struct
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from logwatch.agent import Agent
+from logwatch.cursor import JournalPosition, load_cursor
+from logwatch.journal import JournalReader
+from logwatch.journalexport import ExportParser
+from logwatch.replay import JournalSpan, replay
+from sendpost_agent.config import Config, ConfigError, load_config
+from tests.support.agent import LogwatchProcess
+from tests.support.ingest import IngestServer
+from tests.support.journal import needs_remote, write_lines
+from tests.support.maillog import (
+    START,
+    expected_events,
+    message,
+    queue_id,
+    record_messages,
+)
+from tests.support.postfix import free_port
+
+KEY = "sp-test-key-0123456789"
+
+NEVER = float("inf")  # as _saved_at: the agent saves no cursor on its own
+
+
+def lines_of(numbers: range) -> list[str]:
+    from datetime import timedelta
+
+    out: list[str] = []
+    for n in numbers:
+        out += message(n, START + timedelta(seconds=n), bounce=n % 7 == 0)
+    return out
+
+
+def expected(numbers: range) -> set[tuple[str, str, str]]:
+    out: set[tuple[str, str, str]] = set()
+    for n in numbers:
+        out |= expected_events(n, n % 7 == 0)
+    return out
+
+
+def config(tmp_path: Path, journal: Path) -> Config:
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    (tmp_path / "config.yaml").write_text(
+        f'api-key: "sp-test-key"\nstate-dir: "{state}"\nlog-source: journal\n'
+        f'journal-directory: "{journal}"\nlog-timezone: UTC\nmap-retention: 3650d\n'
+        f'endpoint: "http://127.0.0.1:9/events"\nlisten: "127.0.0.1:{free_port()}"\n'
+        f'postfix-config-dir: "{tmp_path}"\n'
+    )
+    return load_config({}, tmp_path / "config.yaml", {})
+
+
+def journal_site(tmp_path: Path, messages: int) -> tuple[Path, Config]:
+    """A journal file to write, the config reading its directory, the map of messages."""
+    journal = tmp_path / "journal" / "mail.journal"
+    cfg = config(tmp_path, journal.parent)
+    record_messages(cfg.state_dir, range(messages))
+    return journal, cfg
+
+
+def read_on(agent: Agent, save_after: int | None = None) -> None:
+    """Take every batch there is, saving a cursor only after batch ``save_after``."""
+
+    async def run() -> None:
+        taken = 0
+        while True:
+            try:
+                batch = await asyncio.wait_for(agent.follower.next_batch(), 2.0)
+            except TimeoutError:
+                agent.follower.close()  # in the loop that ran journalctl
+                return
+            agent._saved_at = NEVER
+            agent._take(batch)
+            taken += 1
+            if taken == save_after:
+                agent._save_cursor()
+
+    asyncio.run(run())
+
+
+def crash(agent: Agent) -> None:
+    agent.wal.close()
+    agent.follower.close()
+    agent._map.close()
+
+
+def wal_events(cfg: Config) -> Counter[tuple[str, str, str]]:
+    agent = Agent(cfg)
+    events = [json.loads(data) for _, data in agent.wal.read(0, 10**6)]
+    crash(agent)
+    return Counter((e["message_id"], e["event_type"], e["recipient"]) for e in events)
+
+
+# -- the export format ---------------------------------------------------------------
+
+
+def _entry(cursor: str, usec: int, message: bytes, ident: str = "postfix/smtp") -> bytes:
+    head = (
+        f"__CURSOR={cursor}\n__REALTIME_TIMESTAMP={usec}\n__MONOTONIC_TIMESTAMP=1\n"
+        f"_BOOT_ID=b\n_HOSTNAME=mx\nSYSLOG_IDENTIFIER={ident}\n_PID=42\n"
+    ).encode()
+    if b"\n" in message or b"\0" in message:
+        return head + b"MESSAGE\n" + struct.pack("<Q", len(message)) + message + b"\n\n"
+    return head + b"MESSAGE=" + message + b"\n\n"
+
+
+@pytest.mark.unit
+def test_an_entry_becomes_a_line_with_its_exact_time_in_any_pieces() -> None:
+    stream = _entry("c1", 1_795_453_200_123_456, b"ABCDE: removed") + _entry(
+        "c2", 1_795_453_201_000_007, b"bin\0ary\nvalue"
+    )
+    whole = ExportParser()
+    lines = whole.feed(stream)
+    assert lines == [
+        b"2026-11-23T17:00:00.123456+00:00 mx postfix/smtp[42]: ABCDE: removed",
+        b"2026-11-23T17:00:01.000007+00:00 mx postfix/smtp[42]: bin\0ary value",
+    ]
+    assert (whole.first_cursor, whole.cursor) == ("c1", "c2")
+    bytewise = ExportParser()
+    got: list[bytes] = []
+    for i in range(len(stream)):
+        got += bytewise.feed(stream[i : i + 1])
+    assert got == lines
+    assert bytewise.cursor == "c2"
+
+
+@pytest.mark.unit
+def test_a_line_from_the_journal_parses_with_its_zone() -> None:
+    from logwatch.parse import Clock, Delivery, parse_line
+
+    line = ExportParser().feed(
+        _entry(
+            "c",
+            1_795_453_200_250_000,
+            b"ABCDE12345: to=<a@example.com>, relay=mx[1.2.3.4]:25, delay=1, dsn=2.0.0,"
+            b" status=sent (250 ok)",
+        )
+    )[0]
+    record = parse_line(line.decode(), Clock(None))
+    assert type(record) is Delivery
+    assert record.time == datetime.fromisoformat("2026-11-23T17:00:00.250000+00:00")
+    assert record.time.utcoffset() is not None
+
+
+# -- real journal files ----------------------------------------------------------------
+
+
+@needs_remote
+@pytest.mark.integration
+def test_follows_new_entries_and_resumes_at_the_cursor_after_a_stop(tmp_path: Path) -> None:
+    journal, cfg = journal_site(tmp_path, 40)
+    write_lines(journal, lines_of(range(10)))
+
+    async def follow() -> list[bytes]:
+        reader = JournalReader(cfg.journal_match, None, directory=journal.parent)
+        got: list[bytes] = []
+        try:
+            while len(got) < 50:
+                got += (await asyncio.wait_for(reader.next_batch(), 10)).lines
+            # the journal grows while journalctl follows it
+            write_lines(journal, lines_of(range(10, 20)), first_seq=50)
+            while len(got) < 100:
+                got += (await asyncio.wait_for(reader.next_batch(), 10)).lines
+        finally:
+            reader.close()
+        return got
+
+    lines = asyncio.run(follow())
+    assert len(lines) == 100
+    assert lines[50].startswith(b"2026-11-23T18:00:10.000050+00:00 mx postfix/smtpd[5235]:")
+
+    first = Agent(cfg)
+    read_on(first)
+    first._save_cursor()  # a clean stop
+    crash(first)
+    write_lines(journal, lines_of(range(20, 40)), first_seq=100)
+    second = Agent(cfg)
+    read_on(second)
+    crash(second)
+    events = wal_events(cfg)
+    assert set(events) == expected(range(40))
+    assert max(events.values()) == 1, "events written twice"
+    saved = load_cursor(cfg.cursor_path)
+    assert saved is not None and isinstance(saved[0], JournalPosition)
+
+
+@needs_remote
+@pytest.mark.integration
+def test_a_crash_between_cursor_saves_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    """Events appended to the WAL after the last cursor save are recognised when the
+    journal is read again from the cursor: none lost, none written twice."""
+    journal, cfg = journal_site(tmp_path, 300)
+    write_lines(journal, lines_of(range(100)))
+    first = Agent(cfg)
+    read_on(first, save_after=1)
+    crash(first)  # the WAL holds more events than the cursor counts
+    write_lines(journal, lines_of(range(100, 300)), first_seq=500)
+    second = Agent(cfg)
+    assert second._suppress > 0
+    read_on(second)
+    crash(second)
+    events = wal_events(cfg)
+    assert set(events) == expected(range(300)), "events lost"
+    assert max(events.values()) == 1, "events written twice"
+
+
+@needs_remote
+@pytest.mark.integration
+def test_a_vacuumed_cursor_resumes_at_the_oldest_entry_and_counts_the_gap(
+    tmp_path: Path,
+) -> None:
+    """journald deletes whole old journal files (vacuum): the saved entry is gone."""
+    directory = tmp_path / "journal"
+    old, new = directory / "old.journal", directory / "new.journal"
+    cfg = config(tmp_path, directory)
+    record_messages(cfg.state_dir, range(30))
+    write_lines(old, lines_of(range(10)))
+    first = Agent(cfg)
+    read_on(first)
+    first._save_cursor()
+    crash(first)
+    write_lines(old, lines_of(range(10, 20)), first_seq=50)  # logged while stopped...
+    write_lines(new, lines_of(range(20, 30)), first_seq=100)
+    old.unlink()  # ...and vacuumed with its file
+    second = Agent(cfg)
+    read_on(second)
+    health = second.snapshot().to_health()
+    crash(second)
+    events = wal_events(cfg)
+    assert set(events) == expected(range(10)) | expected(range(20, 30))
+    assert max(events.values()) == 1
+    assert health["journal_gaps"] == 1
+    assert "no longer holds" in str(health["journal_gap"])
+    assert health["log_source"] == "journal"
+
+
+@needs_remote
+@pytest.mark.integration
+def test_every_postfix_instance_is_read_and_other_facilities_are_not(tmp_path: Path) -> None:
+    journal, cfg = journal_site(tmp_path, 4)
+    out = [line.replace("postfix/", "postfix-out/") for line in lines_of(range(2, 4))]
+    write_lines(journal, lines_of(range(2)) + out)
+    write_lines(
+        journal,
+        [f"Nov 23 18:00:09 mx sshd[77]: {queue_id(9)}: to=<x@example.com>, status=sent"],
+        first_seq=20,
+        facility=4,
+    )
+    agent = Agent(cfg)
+    read_on(agent)
+    lines_read = agent.pipeline.lines_read
+    crash(agent)
+    assert set(wal_events(cfg)) == expected(range(4))
+    assert lines_read == 20  # the auth facility's entry was not read
+
+
+@needs_remote
+@pytest.mark.integration
+def test_kill_9_repeatedly_while_reading_the_journal_loses_nothing(tmp_path: Path) -> None:
+    """The real logwatch process, killed -9 while entries flow, restarted each time:
+    every event arrives; duplicates only as far as the batch in flight at each kill."""
+    journal = tmp_path / "journal" / "mail.journal"
+    state = tmp_path / "state"
+    total, kills = 1500, 4
+    record_messages(state, range(total))
+    rng = random.Random(11)
+    with IngestServer(KEY) as server:
+        agent = LogwatchProcess(
+            state,
+            tmp_path / "no-mail.log",
+            server.url,
+            KEY,
+            "--log-source",
+            "journal",
+            "--journal-directory",
+            str(journal.parent),
+            "--map-retention",
+            "3650d",  # the lines are of 2026-11-23: read them on a first start
+        )
+        write_lines(journal, lines_of(range(0, 300)))
+        written = 300
+        agent.start()
+        for _ in range(kills):
+            chunk = rng.randrange(200, 400)
+            write_lines(journal, lines_of(range(written, written + chunk)), first_seq=written * 5)
+            written += chunk
+            time.sleep(rng.uniform(0.05, 1.0))
+            agent.kill()
+            agent.start()
+        write_lines(journal, lines_of(range(written, total)), first_seq=written * 5)
+        server.wait_for_events(len(expected(range(total))), timeout=90)
+        time.sleep(1.0)
+        status, health = agent.health()
+        agent.stop()
+        got = [(e["message_id"], e["event_type"], e["recipient"]) for e in server.accepted]
+    assert set(got) == expected(range(total)), "events lost or invented"
+    duplicates = sum(n - 1 for n in Counter(got).values())
+    assert duplicates <= kills * 100, f"{duplicates} duplicates for {kills} kills"
+    assert (status, health["log_source"], health["journal_gaps"]) == (200, "journal", 0)
+
+
+@pytest.mark.unit
+def test_journal_keys_are_checked_with_the_key_named() -> None:
+    cfg = load_config(
+        {"log-source": "journal", "journal-match": "SYSLOG_IDENTIFIER=postfix/smtp + _PID=1"},
+        Path("/dev/null"),
+        {},
+    )
+    assert cfg.journal_match == ("SYSLOG_IDENTIFIER=postfix/smtp", "+", "_PID=1")
+    with pytest.raises(ConfigError, match="key 'journal-match': 'postfix' is not a journal match"):
+        load_config({"journal-match": "postfix"}, Path("/dev/null"), {})
+    with pytest.raises(ConfigError, match="key 'log-source': 'syslog' is not 'file'"):
+        load_config({"log-source": "syslog"}, Path("/dev/null"), {})
+
+
+@pytest.mark.integration
+def test_an_unreadable_journal_makes_health_say_why(tmp_path: Path) -> None:
+    """journalctl failing (here: no such directory) is reported and retried, not a crash."""
+    with (
+        IngestServer(KEY) as server,
+        LogwatchProcess(
+            tmp_path / "state",
+            tmp_path / "no-mail.log",
+            server.url,
+            KEY,
+            "--log-source",
+            "journal",
+            "--journal-directory",
+            str(tmp_path / "missing"),
+        ) as agent,
+    ):
+        deadline = time.monotonic() + 20
+        while (health := agent.health())[0] == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    status, body = health
+    assert status == 503
+    reasons = " ".join(map(str, body["reasons"]))  # type: ignore[call-overload]
+    assert "journalctl ended (exit 1: Failed to open" in reasons
+    assert "group systemd-journal or adm" in reasons
+
+
+@needs_remote
+@pytest.mark.integration
+def test_replay_of_the_journal_gives_the_events_of_the_file(tmp_path: Path) -> None:
+    journal, cfg = journal_site(tmp_path, 30)
+    mail_log = tmp_path / "mail.log"
+    mail_log.write_text("\n".join(lines_of(range(30))) + "\n")
+    write_lines(journal, lines_of(range(30)))
+    from_file, from_journal = io.StringIO(), io.StringIO()
+    assert replay(cfg, [mail_log], out=from_file) == 0
+    assert replay(cfg, [], out=from_journal, journal=JournalSpan()) == 0
+
+    def events(out: io.StringIO) -> list[tuple[str, str, str]]:
+        docs = [json.loads(line) for line in out.getvalue().splitlines()]
+        return [(e["message_id"], e["event_type"], e["recipient"]) for e in docs]
+
+    assert events(from_journal) == events(from_file)
+    assert set(events(from_journal)) == expected(range(30))
+    first = json.loads(from_journal.getvalue().splitlines()[0])
+    assert first["timestamp"].endswith("+00:00") and "." in first["timestamp"]  # exact, zoned
+    late = JournalSpan(since="2026-11-23 18:00:15 UTC")
+    after = io.StringIO()
+    assert replay(cfg, [], out=after, journal=late) == 0
+    assert set(events(after)) == expected(range(15, 30))
