@@ -15,6 +15,14 @@ and p99 are per run, and the medians over rounds are compared with the targets: 
     .venv/bin/python bench/latency.py --rates 10,2000 --seconds 60,30 --rounds 3 --seed 1
 
 ``--profile DIR`` runs logwatch under cProfile (one .prof per run; slower).
+
+``--python A --python B`` compares two versions of logwatch in one run: each is the
+interpreter of a virtualenv with the code to measure installed (``pip install -e`` of
+another checkout, e.g. a ``git worktree`` of an older commit); every rate's round runs
+A then B, so both see the same load. Without it, this checkout's interpreter runs.
+
+    .venv/bin/python bench/latency.py --rates 10,2000 --seconds 60,30 --rounds 3 \
+        --python /tmp/old/.venv/bin/python --python .venv/bin/python
 """
 
 from __future__ import annotations
@@ -83,7 +91,7 @@ def append_at_rate(log: Path, messages: int, rate: float, seed: int) -> list[flo
 
 
 def one_run(
-    root: Path, rate: float, seconds: float, seed: int, profile: Path | None
+    root: Path, rate: float, seconds: float, seed: int, profile: Path | None, python: str
 ) -> dict[str, float]:
     state, log = root / "state", root / "mail.log"
     state.mkdir(parents=True)
@@ -91,7 +99,9 @@ def one_run(
     messages = max(1, round(rate * seconds / EVENTS_PER_MESSAGE))
     record_messages(state, range(messages))  # the milter writes rows before Postfix logs
     with IngestServer(KEY) as server:
-        agent = logwatch(state, log, server.url, profile=profile).start(timeout=60)
+        agent = logwatch(state, log, server.url, profile=profile)
+        agent.args[:1] = [python, "-P"]  # -P: its own installed code, not this checkout's
+        agent.start(timeout=60)
         assert agent.proc is not None
         cpu0, t0 = cpu_seconds(agent.proc.pid), time.monotonic()
         appended = append_at_rate(log, messages, rate, seed)
@@ -130,56 +140,96 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="work directory (default: a temporary one)")
     parser.add_argument("--profile", type=Path, help="write logwatch cProfile output here")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    parser.add_argument(
+        "--python",
+        action="append",
+        help="interpreter whose installed logwatch is measured; repeat to compare, alternating",
+    )
     args = parser.parse_args()
     rates = [float(x) for x in args.rates.split(",")]
     seconds = [float(x) for x in args.seconds.split(",")]
+    pythons: list[str] = args.python or [sys.executable]
     if len(seconds) != len(rates):
         parser.error("--seconds needs one duration per rate")
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    runs: dict[float, list[dict[str, float]]] = {rate: [] for rate in rates}
+    runs: dict[tuple[str, float], list[dict[str, float]]] = {
+        (python, rate): [] for python in pythons for rate in rates
+    }
     with tempfile.TemporaryDirectory(prefix="sendpost-latency-", dir=args.dir) as tmp:
         for r in range(args.rounds):
             for rate, duration in zip(rates, seconds, strict=True):  # A B A B ...
-                profile = args.profile / f"latency-{rate:g}-{r}.prof" if args.profile else None
-                result = one_run(
-                    Path(tmp) / f"{rate:g}-{r}", rate, duration, args.seed + r, profile
-                )
-                runs[rate].append(result)
-                print(
-                    f"  round {r + 1}, {rate:g} events/s: {result['events']} events in"
-                    f" {result['requests']} requests, p50 {result['p50_s']:.3f} s, p99"
-                    f" {result['p99_s']:.3f} s, max {result['max_s']:.3f} s, logwatch CPU"
-                    f" {result['agent_cpu_pct']:.1f}%",
-                    flush=True,
-                )
+                for v, python in enumerate(pythons):
+                    name = f"{rate:g}-{r}" + (f"-{v}" if len(pythons) > 1 else "")
+                    profile = args.profile / f"latency-{name}.prof" if args.profile else None
+                    result = one_run(
+                        Path(tmp) / name, rate, duration, args.seed + r, profile, python
+                    )
+                    runs[python, rate].append(result)
+                    print(
+                        f"  round {r + 1}, {rate:g} events/s{_label(python, pythons)}:"
+                        f" {result['events']} events in {result['requests']} requests, p50"
+                        f" {result['p50_s']:.3f} s, p99 {result['p99_s']:.3f} s, max"
+                        f" {result['max_s']:.3f} s, logwatch CPU {result['agent_cpu_pct']:.2f}%",
+                        flush=True,
+                    )
     print(f"live latency, line appended -> event received, {args.rounds} rounds (medians):")
-    summary = []
-    for rate, results in runs.items():
-        row = {k: statistics.median(x[k] for x in results) for k in results[0]}
+    summary: list[dict[str, object]] = []
+    for (python, rate), results in runs.items():
+        row: dict[str, object] = {k: statistics.median(x[k] for x in results) for k in results[0]}
+        p99 = statistics.median(x["p99_s"] for x in results)
         target = TARGETS.get(int(rate))
         if target is None:
             verdict = "no target at this rate"
-        elif row["p99_s"] <= target:
+        elif p99 <= target:
             verdict = f"target p99 <= {target} s met"
         else:
             verdict = (
-                f"target p99 <= {target} s MISSED by {row['p99_s'] - target:.3f} s"
-                f" ({100 * (row['p99_s'] - target) / target:.0f}%)"
+                f"target p99 <= {target} s MISSED by {p99 - target:.3f} s"
+                f" ({100 * (p99 - target) / target:.0f}%)"
             )
         row["target_p99_s"] = target if target is not None else float("nan")
-        row["met"] = target is None or row["p99_s"] <= target
+        row["met"] = target is None or p99 <= target
+        row["python"] = python
         summary.append(row)
         print(
-            f"  {rate:7g} events/s: p50 {row['p50_s']:.3f} s, p99 {row['p99_s']:.3f} s,"
-            f" max {row['max_s']:.3f} s; logwatch CPU {row['agent_cpu_pct']:.1f}%: {verdict}"
+            f"  {rate:7g} events/s{_label(python, pythons)}: p50 {row['p50_s']:.3f} s, p99"
+            f" {p99:.3f} s, max {row['max_s']:.3f} s; logwatch CPU"
+            f" {row['agent_cpu_pct']:.2f}%: {verdict}"
         )
+    if len(pythons) > 1:
+        first = pythons[0]
+        for python in pythons[1:]:
+            for rate in rates:
+                ratios = [
+                    b["agent_cpu_pct"] / a["agent_cpu_pct"]
+                    for a, b in zip(runs[first, rate], runs[python, rate], strict=True)
+                    if a["agent_cpu_pct"] > 0
+                ]
+                if ratios:
+                    print(
+                        f"  {rate:7g} events/s: logwatch CPU of {python} / {first}, per round:"
+                        f" {', '.join(f'{x:.2f}' for x in ratios)}"
+                        f" (median {statistics.median(ratios):.2f})"
+                    )
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"summary": summary, "rounds": {f"{k:g}": v for k, v in runs.items()}}, indent=1
+                {
+                    "summary": summary,
+                    "rounds": {
+                        f"{k:g}" if len(pythons) == 1 else f"{p} {k:g}": v
+                        for (p, k), v in runs.items()
+                    },
+                },
+                indent=1,
             )
         )
+
+
+def _label(python: str, pythons: list[str]) -> str:
+    """Which code a line is about, when several are compared."""
+    return f" [{python}]" if len(pythons) > 1 else ""
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from sendpost_agent.trust import info_line_check
 log = logging.getLogger(__name__)
 
 CURSOR_EVERY = 1.0  # seconds between cursor saves while lines flow
+GATHER = 0.1  # seconds a busy log's lines are gathered into one batch (one read per 0.1 s)
 IDLE_AFTER = 1.0  # seconds without new lines before held lines are settled by the clock
 LOG_RETRY = 5.0  # seconds between attempts to read an unreadable log
 MAP_CHECK_EVERY = 5.0  # seconds between checks that the map file is still the same
@@ -133,7 +134,7 @@ class Agent:
                 config.cursor_path,
                 self.wal.pending,
             )
-        self.follower = open_source(config, self._position)
+        self.follower = open_source(config, self._position, gather=GATHER)
         self.metrics.watch(self)
 
     def _lag_bytes(self) -> int:
@@ -313,7 +314,7 @@ class Agent:
                 self.wal.append([e.to_json().encode() for e in events])
             for event in events:
                 self.events_by_type[event.event_type.value] += 1
-            self.shipper.wake.set()
+            self.shipper.appended()
         if (force_cursor and events) or time.monotonic() - self._saved_at >= CURSOR_EVERY:
             self._save_cursor()
 

@@ -38,7 +38,17 @@ Lines come in batches, one per block read (``logwatch/logfile.py``), split and c
 ``MAX_LINE`` by ``logwatch/lines.py``. Wake-ups come from inotify (``logwatch/inotify.py``):
 the log's directory for create/move/delete, the file being read for modify, so an idle
 follower sleeps; a re-check every ``safety_interval`` seconds covers missed events;
-without inotify it polls every ``poll_interval``.
+without inotify it polls every ``poll_interval``. Inotify is listened to only while
+waiting: the events of the writes made meanwhile wait in the kernel (which merges them)
+and wake the next wait at once.
+
+Once a batch ends at the end of the live log, the next read waits for the next write's
+event instead of finding nothing. ``gather``: once reading has caught up with the end of
+the log, the next read comes at least ``gather`` seconds after it, so the lines written
+meanwhile come as one batch. A busy log written a message at a time then costs one read
+(and one round of the caller's work) per ``gather`` instead of one per write; a quiet
+log's first line after a pause is read at once, and a backlog is read block after block
+without a pause.
 
 Read errors (permission denied, I/O error, not a regular file) raise ``LogUnreadable``
 from ``next_batch`` without changing any state: calling ``next_batch`` again retries from
@@ -52,13 +62,14 @@ import contextlib
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from logwatch.cursor import FINGERPRINT_BYTES, FileId, Position
 from logwatch.inotify import DIR_EVENTS, IN_MODIFY, Inotify
 from logwatch.lines import MAX_LINE, LineSplitter
-from logwatch.logfile import GZIP_ERRORS, LogUnreadable, Source
+from logwatch.logfile import BLOCK, GZIP_ERRORS, LogUnreadable, Source
 
 __all__ = ["Batch", "Follower"]
 
@@ -95,7 +106,8 @@ class Follower:
     ``start=None`` starts at the end of the log, or at its first byte with
     ``from_beginning=True`` (ignored when ``start`` is given). ``safety_interval``: the
     re-check without events; ``poll_interval``: the wait without inotify (or with
-    ``use_inotify=False``).
+    ``use_inotify=False``); ``gather``: the least time between reads at the end of the
+    log (see the module docstring).
 
     Counters (plain ints, for metrics): ``lines_read``, ``bytes_read``, ``lines_cut``,
     ``rotations`` (moves to a newer file), ``truncations`` (copytruncate, truncation,
@@ -112,6 +124,7 @@ class Follower:
         safety_interval: float = 5.0,
         poll_interval: float = 0.25,
         use_inotify: bool = True,
+        gather: float = 0.0,
     ) -> None:
         self.log_path = Path(log_path)
         self.lines_read = 0
@@ -125,6 +138,9 @@ class Follower:
         self._safety_interval = safety_interval
         self._poll_interval = poll_interval
         self._use_inotify = use_inotify
+        self._gather = gather
+        self._next_read = 0.0  # monotonic: no read before this once caught up (``gather``)
+        self._caught_up = False  # the last batch ends at the end of the live log
         self._started = False
         self._closed = False
         self._src: Source | None = None
@@ -136,6 +152,7 @@ class Follower:
         self._file_wds: set[int] = set()
         self._warned_dir_watch = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._listening = False  # the inotify fd is registered with the loop
         self._wake = asyncio.Event()
         with contextlib.suppress(OSError, LogUnreadable):
             self._begin()  # "the end of the log" is now; on error next_batch retries and raises
@@ -154,9 +171,19 @@ class Follower:
         while True:
             if self._closed:
                 raise RuntimeError("Follower is closed")
+            if self._caught_up:  # nothing to read before the next write: wait for it
+                self._caught_up = False
+                await self._wait()
+                continue
+            delay = self._next_read - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)  # gathering the lines written meanwhile
+                continue
             self._wake.clear()  # before reading, so that an event during the read wakes us
             self.wakeups += 1
             got = self._collect()
+            if got is False or self._caught_up:
+                self._next_read = time.monotonic() + self._gather
             if isinstance(got, Batch):
                 return got
             if got:  # a big stretch without a line end: let others run, then go on
@@ -182,8 +209,7 @@ class Follower:
         self._closed = True
         self._wake.set()  # a next_batch waiting in another task raises instead of sleeping on
         if self._inotify is not None:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(self._inotify.fd)
+            self._stop_listening()
             self._inotify.close()
             self._inotify = None
         for src in [self._src, *self._queue]:
@@ -226,7 +252,9 @@ class Follower:
                 self.lines_cut = self._lines.cut
                 if lines:
                     self.lines_read += len(lines)
-                    return Batch(lines, Position(src.file_id(), src.pos - self._lines.pending))
+                    batch = Batch(lines, Position(src.file_id(), src.pos - self._lines.pending))
+                    self._caught_up = not src.final and len(data) < BLOCK and self._stays(src)
+                    return batch
                 blocks += 1
                 if blocks >= _BLOCKS_PER_TURN:
                     return True
@@ -242,6 +270,18 @@ class Follower:
                 continue
             if not self._check_rotated(src):
                 return False
+
+    def _stays(self, src: Source) -> bool:
+        """Read to its end: is the live file still the log (no rotation to act on)?
+
+        Then only a write can give more lines, and its event wakes the next wait (the
+        events of this wake-up were drained before the read). On an error the next read
+        checks again, and reports it.
+        """
+        try:
+            return not self._check_rotated(src)
+        except (OSError, LogUnreadable):
+            return False
 
     def _check_truncated(self, src: Source) -> Batch | None:
         """Before reading on: has the live file shrunk, or been rewritten in place?"""
@@ -511,6 +551,9 @@ class Follower:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._bind(loop)
+        if self._inotify is not None and not self._listening:
+            loop.add_reader(self._inotify.fd, self._on_events)
+            self._listening = True
         polling = (
             self._inotify is None
             or self._dir_wd is None
@@ -521,18 +564,24 @@ class Follower:
                 await self._wake.wait()
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Registers the inotify fd with this loop (a new loop after asyncio.run ended)."""
-        if self._inotify is not None:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(self._inotify.fd)
-            loop.add_reader(self._inotify.fd, self._on_events)
+        """Waits on this loop from now on (a new loop after asyncio.run ended)."""
+        self._stop_listening()
         self._loop = loop
         self._wake = asyncio.Event()
 
     def _on_events(self) -> None:
+        # Woken once: the events of the writes until the next wait stay in the kernel
+        # instead of waking the loop for each write while the lines are read and handled.
+        self._stop_listening()
         if self._inotify is not None:
             self._inotify.drain()
         self._wake.set()
+
+    def _stop_listening(self) -> None:
+        loop, inotify = self._loop, self._inotify
+        if self._listening and inotify is not None and loop is not None and not loop.is_closed():
+            loop.remove_reader(inotify.fd)
+        self._listening = False
 
     def _watch_dir(self) -> None:
         if self._inotify is None or self._dir_wd is not None:

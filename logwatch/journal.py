@@ -320,9 +320,12 @@ class JournalReader:
 LogSource = Follower | JournalReader
 
 
-def open_source(config: Config, position: Position | JournalPosition | None) -> LogSource:
+def open_source(
+    config: Config, position: Position | JournalPosition | None, gather: float = 0.0
+) -> LogSource:
     """The reader ``log-source`` names, at ``position`` (a cursor of the other kind is
-    not usable: that source starts as on a first start, with a warning)."""
+    not usable: that source starts as on a first start, with a warning). ``gather``: how
+    long a busy log file's lines are gathered into one batch (see ``Follower``)."""
     if config.log_source == "journal":
         if isinstance(position, Position):
             log.warning(
@@ -349,7 +352,7 @@ def open_source(config: Config, position: Position | JournalPosition | None) -> 
     # First start: read the current log from its beginning. Only messages the milter
     # recorded produce events, so this reports what arrived before logwatch started.
     start_at = position if isinstance(position, Position) else None
-    return Follower(config.log_path, start_at, from_beginning=start_at is None)
+    return Follower(config.log_path, start_at, from_beginning=start_at is None, gather=gather)
 
 
 def source_name(source: LogSource) -> str:

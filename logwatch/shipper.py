@@ -105,7 +105,8 @@ class Shipper:
         self._observe_send = observe_send
         self._session: aiohttp.ClientSession | None = None
         self._flushing = False  # stopping: send what is pending without waiting for a batch
-        self.wake = asyncio.Event()  # set when events were appended
+        self.wake = asyncio.Event()  # set by ``appended`` when the sender has work
+        self._filling = False  # waiting for a batch to fill: only a full one needs waking
         self.progress = asyncio.Event()  # set when the WAL shrank (a paused reader waits)
         # health and metrics
         self.key_rejected = False
@@ -156,25 +157,40 @@ class Shipper:
             with contextlib.suppress(asyncio.CancelledError):
                 await sender  # re-raises a crash of the send loop
 
+    def appended(self) -> None:
+        """Events were appended to the WAL: wake the sender if that gives it work.
+
+        While it waits for a batch to fill, a wake-up per append would only count again.
+        """
+        if not self._filling or self._wal.pending >= BATCH_SIZE:
+            self.wake.set()
+
     async def _loop(self) -> None:
         oldest_wait_started: float | None = None
         while True:
-            events = self._wal.read(self._wal.acked_seq, BATCH_SIZE)
-            if not events:
-                oldest_wait_started = None
-                self.wake.clear()
-                await self.wake.wait()
-                continue
-            if len(events) < BATCH_SIZE and not self._flushing:
+            # The count decides whether to wait: reading (and checking) the pending
+            # events at each append would cost more than sending them.
+            pending = self._wal.pending
+            if 0 < pending < BATCH_SIZE and not self._flushing:
                 now = time.monotonic()
                 if oldest_wait_started is None:
                     oldest_wait_started = now
                 remaining = oldest_wait_started + BATCH_WAIT - now
                 if remaining > 0:
                     self.wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), remaining)
+                    self._filling = True
+                    try:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self.wake.wait(), remaining)
+                    finally:
+                        self._filling = False
                     continue
+            events = self._wal.read(self._wal.acked_seq, BATCH_SIZE) if pending else []
+            if not events:
+                oldest_wait_started = None
+                self.wake.clear()
+                await self.wake.wait()
+                continue
             oldest_wait_started = None
             await self._deliver([seq for seq, _ in events], [raw for _, raw in events])
 
