@@ -15,10 +15,8 @@ from pathlib import Path
 import pytest
 
 from logwatch.relays import ContentFilters
-from tests.support.agent import LogwatchProcess
+from tests.support.agent import live_product
 from tests.support.fixtures import PostfixFactory
-from tests.support.ingest import IngestServer
-from tests.support.milter import MilterProcess
 from tests.support.postfix import PostfixInstance, ensure_traversable
 
 pytestmark = pytest.mark.integration
@@ -62,48 +60,33 @@ def test_pipe_filter_copies_report_their_outcomes_under_the_original_uuid(
     postfix = pipe_filter_postfix(tmp_path, postfix_factory)
     state = tmp_path / "state"
     filtered, dropped = str(uuid.uuid4()), str(uuid.uuid4())
-    with (
-        IngestServer(KEY) as server,
-        MilterProcess(state, f"unix:{postfix.queue_directory}/sendpost-agent/milter.sock"),
-    ):
-        postfix.start()
-        agent = LogwatchProcess(
-            state,
-            postfix.maillog,
-            server.url,
-            KEY,
-            "--postfix-config-dir",
-            str(postfix.config_dir),
-            "--join-wait",
-            "5s",
+    with live_product(postfix, state, KEY, "--join-wait", "5s") as (server, agent):
+        two = postfix.send(
+            SENDER,
+            ["ok@example.com", "bounce@example.com"],
+            {"X-Sendpost-Message-UUID": filtered},
+            "body\n",
         )
-        with agent:
-            two = postfix.send(
-                SENDER,
-                ["ok@example.com", "bounce@example.com"],
-                {"X-Sendpost-Message-UUID": filtered},
-                "body\n",
+        one = postfix.send(
+            SENDER, ["drop@example.com"], {"X-Sendpost-Message-UUID": dropped}, "body\n"
+        )
+        for queue_id, recipient in ((two, "ok"), (two, "bounce"), (one, "drop")):
+            postfix.wait_for_log(
+                rf"postfix/pipe\[\d+\]: {queue_id}: to=<{recipient}@example.com>,"
+                rf" relay={SERVICE}, .*status=sent \(delivered via {SERVICE} service\)"
             )
-            one = postfix.send(
-                SENDER, ["drop@example.com"], {"X-Sendpost-Message-UUID": dropped}, "body\n"
-            )
-            for queue_id, recipient in ((two, "ok"), (two, "bounce"), (one, "drop")):
-                postfix.wait_for_log(
-                    rf"postfix/pipe\[\d+\]: {queue_id}: to=<{recipient}@example.com>,"
-                    rf" relay={SERVICE}, .*status=sent \(delivered via {SERVICE} service\)"
-                )
-            # One copy per recipient came back through pickup, and reached its outcome.
-            copies = postfix.wait_for_log(r"postfix/pickup\[\d+\]: \w+: uid=65534 ", count=2)
-            assert len(copies) == 2
-            postfix.wait_for_log(r"\w+: to=<ok@example.com>, relay=127.*status=sent \(250 ")
-            postfix.wait_for_log(r"\w+: to=<bounce@example.com>, relay=127.*status=bounced")
-            server.wait_for_events(2, timeout=30)
-            deadline = time.monotonic() + 30  # the dropped copy is given up after join-wait
-            given_up = REASON.format("content_filter_not_reinjected")
-            while agent.metrics().get(given_up) != 1:
-                assert time.monotonic() < deadline, f"no {given_up}: {agent.metrics()}"
-                time.sleep(0.2)
-            metrics = agent.metrics()
+        # One copy per recipient came back through pickup, and reached its outcome.
+        copies = postfix.wait_for_log(r"postfix/pickup\[\d+\]: \w+: uid=65534 ", count=2)
+        assert len(copies) == 2
+        postfix.wait_for_log(r"\w+: to=<ok@example.com>, relay=127.*status=sent \(250 ")
+        postfix.wait_for_log(r"\w+: to=<bounce@example.com>, relay=127.*status=bounced")
+        server.wait_for_events(2, timeout=30)
+        deadline = time.monotonic() + 30  # the dropped copy is given up after join-wait
+        given_up = REASON.format("content_filter_not_reinjected")
+        while agent.metrics().get(given_up) != 1:
+            assert time.monotonic() < deadline, f"no {given_up}: {agent.metrics()}"
+            time.sleep(0.2)
+        metrics = agent.metrics()
     assert agent.proc is not None and agent.proc.returncode == 0  # stopped, events all sent
     assert metrics[REASON.format("content_filter_pipe_hop")] == 2
     got = sorted((e["message_id"], e["event_type"], e["recipient"]) for e in server.accepted)

@@ -51,11 +51,12 @@ MILTER = "{ unix:sendpost-agent/milter.sock, default_action=accept, command_time
 
 @contextmanager
 def live_product(
-    postfix: PostfixInstance, state_dir: Path, api_key: str
+    postfix: PostfixInstance, state_dir: Path, api_key: str, *logwatch_args: str
 ) -> Iterator[tuple[IngestServer, LogwatchProcess]]:
     """The whole product around ``postfix`` (made with ``smtpd_milters=MILTER``, not
     started): an ingestion server, the milter, then Postfix, then logwatch following
-    its maillog. Yields the server and logwatch (running; a test may stop it)."""
+    its maillog (with ``logwatch_args`` added). Yields the server and logwatch
+    (running; a test may stop it)."""
     postfix.queue_directory.mkdir(parents=True, exist_ok=True)
     with (
         IngestServer(api_key) as server,
@@ -69,6 +70,7 @@ def live_product(
             api_key,
             "--postfix-config-dir",
             str(postfix.config_dir),
+            *logwatch_args,
         ).start()
         try:
             yield server, agent
