@@ -142,21 +142,12 @@ def _require_tools(*extra: str) -> None:
 
 # Module scope: one host for the module's tests, and its 300 MB are gone right after them.
 @pytest.fixture(scope="module")
-def debs(tmp_path_factory: pytest.TempPathFactory) -> Debs:
+def debs(built_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Debs:
     """`make deb` of this checkout, and the same package as a newer version."""
-    _require_tools("make", "dpkg-buildpackage")
-    version = re.search(r'(?m)^version = "(.+)"$', (ROOT / "pyproject.toml").read_text())
-    assert version, "pyproject.toml has no version"
-    proc = subprocess.run(
-        ["make", "deb"], cwd=ROOT, capture_output=True, text=True, timeout=900, check=False
-    )
-    assert proc.returncode == 0, f"make deb failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    built = sorted((ROOT / "dist").glob(f"sendpost-agent_{version.group(1)}_*.deb"))
-    assert len(built) == 1, f"make deb made {built}, want one sendpost-agent_VERSION_ARCH.deb"
-    newer_version = f"{deb_field(built[0], 'Version')}+1"
+    newer_version = f"{deb_field(built_deb, 'Version')}+1"
     work = tmp_path_factory.mktemp("debs")
-    newer = rebuild_with_version(built[0], newer_version, work / f"newer_{built[0].name}")
-    return Debs(built[0], newer)
+    newer = rebuild_with_version(built_deb, newer_version, work / f"newer_{built_deb.name}")
+    return Debs(built_deb, newer)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.host import deb_field
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,13 +51,10 @@ def make(target: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def deb() -> Path:
+def deb(built_deb: Path) -> Path:
     arch = run(["dpkg", "--print-architecture"]).stdout.strip()
-    path = ROOT / "dist" / f"sendpost-agent_{VERSION}_{arch}.deb"
-    path.unlink(missing_ok=True)
-    make("deb")
-    assert path.is_file(), f"make deb did not write {path}"
-    return path
+    assert built_deb.name == f"sendpost-agent_{VERSION}_{arch}.deb", built_deb
+    return built_deb
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +72,6 @@ def deb_root(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     proc = run(["dpkg-deb", "-x", str(deb), str(root)])
     assert proc.returncode == 0, proc.stderr
     return root
-
-
-def deb_field(deb: Path, name: str) -> str:
-    return run(["dpkg-deb", "-f", str(deb), name]).stdout.strip()
 
 
 def test_deb_installs_the_agreed_layout(deb: Path, deb_root: Path) -> None:

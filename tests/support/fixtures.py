@@ -10,6 +10,9 @@ Postfix tests would report green without testing the product against Postfix.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
@@ -111,3 +114,23 @@ def postfix_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture(scope="session")
+def built_deb() -> Path:
+    """`make deb` of this checkout, once per test session (it takes about a minute):
+    dist/sendpost-agent_VERSION_ARCH.deb, made afresh."""
+    root = Path(__file__).resolve().parents[2]
+    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    for tool in ("make", "dpkg-buildpackage"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} not found (.ci/run installs it)", pytrace=False)
+    for old in (root / "dist").glob(f"sendpost-agent_{version}_*.deb"):
+        old.unlink()
+    proc = subprocess.run(
+        ["make", "-C", str(root), "deb"], capture_output=True, text=True, timeout=900, check=False
+    )
+    assert proc.returncode == 0, f"make deb failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    built = sorted((root / "dist").glob(f"sendpost-agent_{version}_*.deb"))
+    assert len(built) == 1, f"make deb made {built}, want one sendpost-agent_VERSION_ARCH.deb"
+    return built[0]
