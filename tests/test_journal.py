@@ -16,6 +16,7 @@ import random
 import struct
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -80,8 +81,11 @@ def journal_site(tmp_path: Path, messages: int) -> tuple[Path, Config]:
     return journal, cfg
 
 
-def read_on(agent: Agent, save_after: int | None = None) -> None:
-    """Take every batch there is, saving a cursor only after batch ``save_after``."""
+def read_on(
+    agent: Agent, save_after: int | None = None, then: Callable[[], None] | None = None
+) -> None:
+    """Take every batch there is, saving a cursor only after batch ``save_after`` and
+    calling ``then`` right after that save (e.g. to grow the journal being followed)."""
 
     async def run() -> None:
         taken = 0
@@ -96,6 +100,8 @@ def read_on(agent: Agent, save_after: int | None = None) -> None:
             taken += 1
             if taken == save_after:
                 agent._save_cursor()
+                if then is not None:
+                    then()
 
     asyncio.run(run())
 
@@ -212,10 +218,16 @@ def test_a_crash_between_cursor_saves_loses_and_repeats_nothing(tmp_path: Path) 
     """Events appended to the WAL after the last cursor save are recognised when the
     journal is read again from the cursor: none lost, none written twice."""
     journal, cfg = journal_site(tmp_path, 300)
-    write_lines(journal, lines_of(range(100)))
+    write_lines(journal, lines_of(range(50)))
     first = Agent(cfg)
-    read_on(first, save_after=1)
-    crash(first)  # the WAL holds more events than the cursor counts
+    # the entries written after the save arrive in later batches: the WAL then holds
+    # more events than the cursor counts, whatever size the first batch had
+    read_on(
+        first,
+        save_after=1,
+        then=lambda: write_lines(journal, lines_of(range(50, 100)), first_seq=250),
+    )
+    crash(first)
     write_lines(journal, lines_of(range(100, 300)), first_seq=500)
     second = Agent(cfg)
     assert second._suppress > 0
