@@ -29,7 +29,7 @@ from aiohttp import web
 
 from logwatch.cursor import CursorError, JournalPosition, Position, load_cursor, save_cursor
 from logwatch.events import Event
-from logwatch.follow import Batch
+from logwatch.follow import Batch, Follower
 from logwatch.health import make_app
 from logwatch.journal import JournalBatch, JournalReader, open_source, source_name
 from logwatch.logfile import LogUnreadable
@@ -37,7 +37,7 @@ from logwatch.metrics import AgentMetrics
 from logwatch.parse import Clock
 from logwatch.pipeline import Pipeline, tune_gc
 from logwatch.relays import ContentFilters
-from logwatch.shipper import Shipper
+from logwatch.shipper import BATCH_SIZE, Shipper
 from logwatch.snapshot import Snapshot
 from logwatch.wal import Wal, WalError
 from sendpost_agent import __version__
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 CURSOR_EVERY = 1.0  # seconds between cursor saves while lines flow
 GATHER = 0.1  # seconds a busy log's lines are gathered into one batch (one read per 0.1 s)
+QUIET_GATHER = 1.0  # the same while a batch of events takes longer than this to fill
 IDLE_AFTER = 1.0  # seconds without new lines before held lines are settled by the clock
 LOG_RETRY = 5.0  # seconds between attempts to read an unreadable log
 MAP_CHECK_EVERY = 5.0  # seconds between checks that the map file is still the same
@@ -117,6 +118,7 @@ class Agent:
         self._saved_at = 0.0
         self._suppress = 0  # events already in the WAL from before a crash
         self._map_checked = 0.0
+        self._noticed = 0.0  # when the lines of the last batch taken were noticed (pacing)
         if loaded is not None:
             self._position, state = loaded
             self.pipeline.tracker.restore(state.get("tracker", {}))
@@ -292,7 +294,20 @@ class Agent:
                 self._reopen_map()
         events = self.pipeline.process(batch.lines)
         self._position = batch.end
-        self._append(events)
+        self._append(events, batch.noticed)
+        self._pace(len(events), batch.noticed)
+
+    def _pace(self, events: int, noticed: float) -> None:
+        """Read a busy log every GATHER seconds, so that a full batch of events leaves
+        at once; while events come too slowly to fill a batch within QUIET_GATHER, read
+        only that often: the batch window counts from when lines were noticed, so no
+        event leaves later, and a quiet mail server wakes logwatch once a second, not
+        once per message."""
+        if not isinstance(self.follower, Follower):
+            return  # journalctl hands entries over as they come
+        rate = events / max(noticed - self._noticed, GATHER)
+        self._noticed = noticed
+        self.follower.gather = GATHER if rate * QUIET_GATHER >= BATCH_SIZE else QUIET_GATHER
 
     def _reopen_map(self) -> None:
         log.warning(
@@ -304,7 +319,9 @@ class Agent:
         self.pipeline.use_map(self._map)
         replaced.close()
 
-    def _append(self, events: list[Event], force_cursor: bool = False) -> None:
+    def _append(
+        self, events: list[Event], noticed: float | None = None, force_cursor: bool = False
+    ) -> None:
         if self._suppress and events:
             skipped = min(self._suppress, len(events))
             self._suppress -= skipped
@@ -314,7 +331,7 @@ class Agent:
                 self.wal.append([e.to_json().encode() for e in events])
             for event in events:
                 self.events_by_type[event.event_type.value] += 1
-            self.shipper.appended()
+            self.shipper.appended(time.monotonic() if noticed is None else noticed)
         if (force_cursor and events) or time.monotonic() - self._saved_at >= CURSOR_EVERY:
             self._save_cursor()
 

@@ -48,7 +48,9 @@ the log, the next read comes at least ``gather`` seconds after it, so the lines 
 meanwhile come as one batch. A busy log written a message at a time then costs one read
 (and one round of the caller's work) per ``gather`` instead of one per write; a quiet
 log's first line after a pause is read at once, and a backlog is read block after block
-without a pause.
+without a pause. The caller may change ``gather`` between batches (logwatch reads less
+often while events are few); each batch says when its lines were noticed, which a
+later read does not change.
 
 Read errors (permission denied, I/O error, not a regular file) raise ``LogUnreadable``
 from ``next_batch`` without changing any state: calling ``next_batch`` again retries from
@@ -82,10 +84,14 @@ _ROTATED_SUFFIX = re.compile(r"[.-][0-9][0-9-]*(?:\.gz)?")
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Complete lines, and the position just after the last of them (to persist once handled)."""
+    """Complete lines, and the position just after the last of them (to persist once
+    handled). ``noticed``: when the follower learned of them (monotonic: the wake-up
+    before the read, or the read itself), about when the first was written even if the
+    read came later (``gather``): the shipper's batch window counts from it."""
 
     lines: list[bytes]
     end: Position
+    noticed: float
 
 
 def _names(files: list[Source]) -> str:
@@ -138,7 +144,8 @@ class Follower:
         self._safety_interval = safety_interval
         self._poll_interval = poll_interval
         self._use_inotify = use_inotify
-        self._gather = gather
+        self.gather = gather
+        self._noticed = 0.0  # when the lines of the batch being collected were noticed
         self._next_read = 0.0  # monotonic: no read before this once caught up (``gather``)
         self._caught_up = False  # the last batch ends at the end of the live log
         self._started = False
@@ -168,28 +175,32 @@ class Follower:
 
         Cancellation-safe: lines are only taken from the file when they are returned.
         """
+        noticed: float | None = None  # the last wake-up: the lines read next came before it
         while True:
             if self._closed:
                 raise RuntimeError("Follower is closed")
             if self._caught_up:  # nothing to read before the next write: wait for it
                 self._caught_up = False
                 await self._wait()
+                noticed = time.monotonic()
                 continue
-            delay = self._next_read - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)  # gathering the lines written meanwhile
+            now = time.monotonic()
+            if self._next_read > now:
+                await asyncio.sleep(self._next_read - now)  # gathering the lines written meanwhile
                 continue
             self._wake.clear()  # before reading, so that an event during the read wakes us
             self.wakeups += 1
+            self._noticed = now if noticed is None else noticed
             got = self._collect()
             if got is False or self._caught_up:
-                self._next_read = time.monotonic() + self._gather
+                self._next_read = time.monotonic() + self.gather
             if isinstance(got, Batch):
                 return got
             if got:  # a big stretch without a line end: let others run, then go on
                 await asyncio.sleep(0)
                 continue
             await self._wait()
+            noticed = time.monotonic()
 
     def lag_bytes(self) -> int:
         """Bytes in the current file and the files queued after it not consumed yet."""
@@ -252,7 +263,8 @@ class Follower:
                 self.lines_cut = self._lines.cut
                 if lines:
                     self.lines_read += len(lines)
-                    batch = Batch(lines, Position(src.file_id(), src.pos - self._lines.pending))
+                    end = Position(src.file_id(), src.pos - self._lines.pending)
+                    batch = Batch(lines, end, self._noticed)
                     self._caught_up = not src.final and len(data) < BLOCK and self._stays(src)
                     return batch
                 blocks += 1
@@ -266,7 +278,7 @@ class Follower:
                 self._advance()
                 if last is not None:
                     self.lines_read += 1
-                    return Batch([last], end)
+                    return Batch([last], end, self._noticed)
                 continue
             if not self._check_rotated(src):
                 return False
@@ -324,7 +336,7 @@ class Follower:
         if last is None:
             return None
         self.lines_read += 1
-        return Batch([last], Position(old, read_to))
+        return Batch([last], Position(old, read_to), self._noticed)
 
     def _check_rotated(self, src: Source) -> bool:
         """At the end of the live file: has a new file with data replaced it at log_path?"""

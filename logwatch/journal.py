@@ -57,10 +57,12 @@ _READ_SIZE = 1 << 20  # bytes per read from journalctl: a catch-up batch
 
 @dataclass(frozen=True, slots=True)
 class JournalBatch:
-    """Lines made of journal entries, and the cursor of the last of them."""
+    """Lines made of journal entries, and the cursor of the last of them. ``noticed``:
+    when they were read (monotonic); journalctl hands entries over as they come."""
 
     lines: list[bytes]
     end: JournalPosition
+    noticed: float
 
 
 def journal_command(
@@ -210,7 +212,7 @@ class JournalReader:
                 assert cursor is not None
                 self._start = JournalPosition(cursor)
                 self.lines_read += len(lines)
-                return JournalBatch(lines, self._start)
+                return JournalBatch(lines, self._start, time.monotonic())
 
     def lag_seconds(self) -> float:
         """Age of the last entry handed out while entries wait; 0 while caught up."""

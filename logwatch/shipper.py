@@ -107,6 +107,7 @@ class Shipper:
         self._flushing = False  # stopping: send what is pending without waiting for a batch
         self.wake = asyncio.Event()  # set by ``appended`` when the sender has work
         self._filling = False  # waiting for a batch to fill: only a full one needs waking
+        self._window_from: float | None = None  # when the oldest unread event was noticed
         self.progress = asyncio.Event()  # set when the WAL shrank (a paused reader waits)
         # health and metrics
         self.key_rejected = False
@@ -157,25 +158,29 @@ class Shipper:
             with contextlib.suppress(asyncio.CancelledError):
                 await sender  # re-raises a crash of the send loop
 
-    def appended(self) -> None:
+    def appended(self, noticed: float) -> None:
         """Events were appended to the WAL: wake the sender if that gives it work.
 
-        While it waits for a batch to fill, a wake-up per append would only count again.
+        ``noticed`` (monotonic): when their log lines were noticed. The batch window
+        counts from the first of them, so a reader that gathers lines for a while
+        does not make them wait longer. While the sender waits for a batch to fill, a
+        wake-up per append would only count again.
         """
+        if self._window_from is None:
+            self._window_from = noticed
         if not self._filling or self._wal.pending >= BATCH_SIZE:
             self.wake.set()
 
     async def _loop(self) -> None:
-        oldest_wait_started: float | None = None
         while True:
             # The count decides whether to wait: reading (and checking) the pending
             # events at each append would cost more than sending them.
             pending = self._wal.pending
             if 0 < pending < BATCH_SIZE and not self._flushing:
                 now = time.monotonic()
-                if oldest_wait_started is None:
-                    oldest_wait_started = now
-                remaining = oldest_wait_started + BATCH_WAIT - now
+                if self._window_from is None:  # pending since a start, or after a batch
+                    self._window_from = now
+                remaining = self._window_from + BATCH_WAIT - now
                 if remaining > 0:
                     self.wake.clear()
                     self._filling = True
@@ -186,12 +191,11 @@ class Shipper:
                         self._filling = False
                     continue
             events = self._wal.read(self._wal.acked_seq, BATCH_SIZE) if pending else []
+            self._window_from = None  # events appended from now on start the next window
             if not events:
-                oldest_wait_started = None
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            oldest_wait_started = None
             await self._deliver([seq for seq, _ in events], [raw for _, raw in events])
 
     async def _deliver(self, seqs: list[int], events: list[bytes]) -> None:

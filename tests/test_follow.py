@@ -750,3 +750,25 @@ def test_several_event_loops_can_drive_one_follower(log: Path) -> None:
     b = w.write(2)
     assert once(lambda: step(2)) == b
     f.close()
+
+
+@pytest.mark.integration
+def test_a_gathered_batch_says_when_its_lines_were_noticed_not_when_they_were_read(
+    log: Path,
+) -> None:
+    """Gathering reads a quiet log's lines up to ``gather`` after a write woke the
+    follower; the batch carries the wake-up, which the shipper's window counts from."""
+    w = Writer(log)
+    w.write(1)
+
+    async def main() -> None:
+        async with Follower(log, from_beginning=True, gather=1.5) as f:
+            await take(f, 1)  # caught up: the next read comes 1.5 s after this one
+            written = time.monotonic()
+            lines = w.write(1)
+            got, batch = await take(f, 1)
+            read = time.monotonic()
+            assert got == lines
+            assert written <= batch.noticed < read - 0.5, (written, batch.noticed, read)
+
+    run(main())

@@ -8,6 +8,7 @@ far as GUARANTEES.md allows: the batch in flight at a crash).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -15,12 +16,19 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from logwatch.classify import EventType
+from logwatch.events import Event
+from logwatch.shipper import BATCH_WAIT, Shipper
+from logwatch.wal import Wal
+from sendpost_agent.config import Secret
 from tests.support.agent import LogwatchProcess
 from tests.support.ingest import IngestServer
 from tests.support.maillog import record_messages, write_messages
@@ -501,3 +509,31 @@ def test_rotations_truncations_and_cut_lines_are_counted_alike_in_metrics_health
         status.stdout
     )
     assert f"events sent:    {len(expected)}, last accepted " in status.stdout
+
+
+def test_the_batch_window_counts_from_when_the_lines_were_noticed(
+    server: IngestServer, tmp_path: Path
+) -> None:
+    """A reader that gathers lines for a while hands them over later than it noticed
+    them: the shipper's 5 s window starts when they were noticed, so events noticed a
+    window ago leave at once instead of waiting another window."""
+    wal = Wal(tmp_path / "events.wal")
+    event = Event(str(uuid.UUID(int=1)), EventType.DELIVERED, datetime.now(UTC), "a@b.c", 250, "ok")
+    shipper = Shipper(wal, server.url, Secret(KEY), tmp_path / "dead-letter.jsonl", lambda _: None)
+
+    async def main() -> float:
+        stop = asyncio.Event()
+        running = asyncio.create_task(shipper.run(stop))
+        await asyncio.sleep(0.2)  # the sender waits for work
+        wal.append([event.to_json().encode()])
+        handed = time.monotonic()
+        shipper.appended(handed - BATCH_WAIT)  # noticed a whole window before
+        while not server.accepted:
+            await asyncio.sleep(0.02)
+        stop.set()
+        await running
+        return time.monotonic() - handed
+
+    waited = asyncio.run(main())
+    assert waited < BATCH_WAIT / 2, f"the event waited {waited:.1f} s: a window counted anew"
+    wal.close()
