@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 CURSOR_EVERY = 1.0  # seconds between cursor saves while lines flow
 GATHER = 0.1  # seconds a busy log's lines are gathered into one batch (one read per 0.1 s)
-QUIET_GATHER = 1.0  # the same while a batch of events takes longer than this to fill
+QUIET_GATHER = 0.5  # the same while a batch of events takes longer than this to fill
 IDLE_AFTER = 1.0  # seconds without new lines before held lines are settled by the clock
 LOG_RETRY = 5.0  # seconds between attempts to read an unreadable log
 MAP_CHECK_EVERY = 5.0  # seconds between checks that the map file is still the same
@@ -301,8 +301,9 @@ class Agent:
         """Read a busy log every GATHER seconds, so that a full batch of events leaves
         at once; while events come too slowly to fill a batch within QUIET_GATHER, read
         only that often: the batch window counts from when lines were noticed, so no
-        event leaves later, and a quiet mail server wakes logwatch once a second, not
-        once per message."""
+        event leaves later, and a quiet mail server wakes logwatch twice a second, not
+        once per message. The cost: the first half second of a burst after a quiet
+        spell is read up to QUIET_GATHER late."""
         if not isinstance(self.follower, Follower):
             return  # journalctl hands entries over as they come
         rate = events / max(noticed - self._noticed, GATHER)

@@ -48,9 +48,9 @@ the log, the next read comes at least ``gather`` seconds after it, so the lines 
 meanwhile come as one batch. A busy log written a message at a time then costs one read
 (and one round of the caller's work) per ``gather`` instead of one per write; a quiet
 log's first line after a pause is read at once, and a backlog is read block after block
-without a pause. The caller may change ``gather`` between batches (logwatch reads less
-often while events are few); each batch says when its lines were noticed, which a
-later read does not change.
+without a pause. The caller may change ``gather`` between batches, effective for the
+next read (logwatch reads less often while events are few); each batch says when its
+lines were noticed, which a later read does not change.
 
 Read errors (permission denied, I/O error, not a regular file) raise ``LogUnreadable``
 from ``next_batch`` without changing any state: calling ``next_batch`` again retries from
@@ -146,7 +146,7 @@ class Follower:
         self._use_inotify = use_inotify
         self.gather = gather
         self._noticed = 0.0  # when the lines of the batch being collected were noticed
-        self._next_read = 0.0  # monotonic: no read before this once caught up (``gather``)
+        self._read_at = 0.0  # monotonic: the last read that caught up (``gather`` counts from it)
         self._caught_up = False  # the last batch ends at the end of the live log
         self._started = False
         self._closed = False
@@ -185,15 +185,15 @@ class Follower:
                 noticed = time.monotonic()
                 continue
             now = time.monotonic()
-            if self._next_read > now:
-                await asyncio.sleep(self._next_read - now)  # gathering the lines written meanwhile
+            if self._read_at + self.gather > now:  # gathering the lines written meanwhile
+                await asyncio.sleep(self._read_at + self.gather - now)
                 continue
             self._wake.clear()  # before reading, so that an event during the read wakes us
             self.wakeups += 1
             self._noticed = now if noticed is None else noticed
             got = self._collect()
             if got is False or self._caught_up:
-                self._next_read = time.monotonic() + self.gather
+                self._read_at = time.monotonic()
             if isinstance(got, Batch):
                 return got
             if got:  # a big stretch without a line end: let others run, then go on

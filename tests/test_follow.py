@@ -772,3 +772,20 @@ def test_a_gathered_batch_says_when_its_lines_were_noticed_not_when_they_were_re
             assert written <= batch.noticed < read - 0.5, (written, batch.noticed, read)
 
     run(main())
+
+
+@pytest.mark.integration
+def test_a_shorter_gather_applies_to_the_read_already_waiting(log: Path) -> None:
+    """logwatch shortens the gather when a burst starts: the next read must not wait
+    out the long gather that was set before it."""
+    w = Writer(log)
+    w.write(1)
+
+    async def main() -> None:
+        async with Follower(log, from_beginning=True, gather=60.0) as f:
+            await take(f, 1)  # caught up: with gather 60 the next read would be a minute away
+            f.gather = 0.1
+            lines = w.write(1)
+            assert (await take(f, 1, timeout=10.0))[0] == lines
+
+    run(main())
