@@ -118,7 +118,7 @@ class Agent:
         self._saved_at = 0.0
         self._suppress = 0  # events already in the WAL from before a crash
         self._map_checked = 0.0
-        self._noticed = 0.0  # when the lines of the last batch taken were noticed (pacing)
+        self._noticed: float | None = None  # when the last batch's lines were noticed (pacing)
         if loaded is not None:
             self._position, state = loaded
             self.pipeline.tracker.restore(state.get("tracker", {}))
@@ -306,9 +306,10 @@ class Agent:
         spell is read up to QUIET_GATHER late."""
         if not isinstance(self.follower, Follower):
             return  # journalctl hands entries over as they come
-        rate = events / max(noticed - self._noticed, GATHER)
+        if self._noticed is not None:  # the first batch after a start gives no rate
+            rate = events / max(noticed - self._noticed, GATHER)
+            self.follower.gather = GATHER if rate * QUIET_GATHER >= BATCH_SIZE else QUIET_GATHER
         self._noticed = noticed
-        self.follower.gather = GATHER if rate * QUIET_GATHER >= BATCH_SIZE else QUIET_GATHER
 
     def _reopen_map(self) -> None:
         log.warning(
