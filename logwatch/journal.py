@@ -16,9 +16,10 @@ the journal has, and the gap is counted and logged (``gaps``, ``last_gap``).
 
 Following, journalctl gets ``--merge``: ``--follow`` alone implies ``--boot`` (this
 boot only), which would skip entries of an earlier boot logged after the saved cursor
-(a reboot), and, where a sandboxed unit sees another boot ID than journald stamped (a
-container: ProtectProc, ProtectKernelTunables and ProtectControlGroups mount a /proc
-showing the host's), every entry. ``--merge`` also opens other machines' journals
+(a reboot), and, where a sandboxed unit sees another boot ID than journald stamped,
+every entry: in a systemd-nspawn container, the logwatch unit's own mounts
+(ProtectProc, ProtectKernelTunables, ProtectControlGroups) lose the boot ID nspawn
+mounts over /proc's, and show the host's. ``--merge`` also opens other machines' journals
 (systemd-journal-remote, linked container journals), so each match gets this machine's
 ``_MACHINE_ID``.
 
