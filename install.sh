@@ -71,8 +71,10 @@ Options:
   --endpoint URL             ingestion URL [https://events.sendpost.io/api/v1/tpsp/custom-smtp/events]
   --log-path PATH            mail log to follow [Postfix's maillog_file, else
                              /var/log/mail.log, else /var/log/maillog; when no syslog
-                             daemon writes one, rsyslog is installed to write it]
-  --log-source file|journal  read the mail log file or the systemd journal [file]
+                             daemon writes one: the systemd journal]
+  --log-source file|journal  read the mail log file or the systemd journal
+  --with-rsyslog             no mail log written: install rsyslog instead of reading
+                             the journal
   --postfix-config-dir DIR   the Postfix configuration to change (postconf -c DIR)
   --package FILE|URL         the sendpost-agent .deb to install (apt systems) [a
                              sendpost-agent_*.deb in dist/ or beside install.sh]
@@ -158,7 +160,7 @@ parse_args() {
             fi
             [[ -n $value && $value != --* ]] || usage_error "$opt needs a value"
             ;;
-        --uninstall | --purge | --dry-run | --verbose | --help | -h)
+        --uninstall | --purge | --dry-run | --verbose | --with-rsyslog | --help | -h)
             [[ $1 != *=* ]] || usage_error "$opt takes no value"
             ;;
         *) usage_error "unknown option: $opt" ;;
@@ -167,6 +169,7 @@ parse_args() {
         case $opt in
         --api-key) API_KEY=$value ;;
         --mta | --endpoint | --log-path | --log-source | --postfix-config-dir) SETUP_ARGS+=("$opt" "$value") ;;
+        --with-rsyslog) SETUP_ARGS+=("$opt") ;;
         --package) ARG_PACKAGE=$value ;;
         --uninstall) UNINSTALL=1 ;;
         --purge) PURGE=1 ;;

@@ -136,7 +136,9 @@ class Agent:
                 config.cursor_path,
                 self.wal.pending,
             )
-        self.follower = open_source(config, self._position, gather=GATHER)
+        self.follower = open_source(
+            config, self._position, gather=GATHER, last_line=self.pipeline.tracker.now
+        )
         self.metrics.watch(self)
 
     def _lag_bytes(self) -> int:

@@ -14,8 +14,20 @@ another entry comes first, the saved one was vacuumed (``SystemMaxUse``,
 ``MaxRetentionSec``, ``journalctl --vacuum-*``): reading resumes at the oldest entry
 the journal has, and the gap is counted and logged (``gaps``, ``last_gap``).
 
+Following, journalctl gets ``--merge``: ``--follow`` alone implies ``--boot`` (this
+boot only), which would skip entries of an earlier boot logged after the saved cursor
+(a reboot), and, where a sandboxed unit sees another boot ID than journald stamped,
+every entry: in a systemd-nspawn container, the logwatch unit's own mounts
+(ProtectProc, ProtectKernelTunables, ProtectControlGroups) lose the boot ID nspawn
+mounts over /proc's, and show the host's. ``--merge`` also opens other machines' journals
+(systemd-journal-remote, linked container journals), so each match gets this machine's
+``_MACHINE_ID``.
+
 Without a saved cursor reading starts at ``since`` (Unix time): the agent passes
-``map-retention`` ago, as older lines cannot join the milter's map anyway.
+``map-retention`` ago, as older lines cannot join the milter's map anyway. After the
+file source (a cursor in a mail log file), it starts at the last line read from the
+file (its time, to the microsecond where the file has it, as Debian 12's
+rsyslog writes), so that what was shipped from the file is not shipped again.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -53,6 +66,7 @@ log = logging.getLogger(__name__)
 # The fields a line is made of; journalctl adds __CURSOR and __REALTIME_TIMESTAMP itself.
 FIELDS = ("MESSAGE", "SYSLOG_IDENTIFIER", "_PID", "_HOSTNAME")
 _READ_SIZE = 1 << 20  # bytes per read from journalctl: a catch-up batch
+MACHINE_ID = Path("/etc/machine-id")  # what journald stamps as _MACHINE_ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +86,11 @@ def journal_command(
     directory: Path | None,
     follow: bool = True,
     until: str | None = None,
+    machine: str | None = None,
 ) -> list[str]:
     """The journalctl command line reading ``matches`` from ``start`` (or ``since``, in
-    journalctl's time syntax, e.g. ``@UNIXTIME``, ``2026-11-23 18:00``, ``-1h``)."""
+    journalctl's time syntax, e.g. ``@UNIXTIME``, ``2026-11-23 18:00``, ``-1h``).
+    Following, all boots are read (``--merge``), of ``machine`` only when given."""
     cmd = [
         "journalctl",
         "--output=export",
@@ -83,7 +99,9 @@ def journal_command(
         "--all",  # long and unprintable fields too: export sends them as binary
     ]
     if follow:
-        cmd += ["--follow", "--no-tail"]
+        cmd += ["--follow", "--no-tail", "--merge"]
+        if machine is not None:
+            matches = of_machine(matches, machine)
     if directory is not None:
         cmd.append(f"--directory={directory}")
     if start is not None:
@@ -93,6 +111,46 @@ def journal_command(
     if until is not None:
         cmd.append(f"--until={until}")
     return [*cmd, *matches]
+
+
+def of_machine(matches: Sequence[str], machine: str) -> list[str]:
+    """``matches`` narrowed to the entries of ``machine``: its ``_MACHINE_ID`` joins
+    every alternative (journalctl ands different fields, ``+`` ors alternatives)."""
+    groups: list[list[str]] = [[]]
+    for item in matches:
+        if item == "+":
+            groups.append([])
+        else:
+            groups[-1].append(item)
+    out: list[str] = []
+    for group in groups:
+        out += [*(["+"] if out else []), *group, f"_MACHINE_ID={machine}"]
+    return out
+
+
+def this_machine(path: Path = MACHINE_ID) -> str | None:
+    """This host's machine ID (the one journald stamps), None when it cannot be read:
+    then every journal is read, as journalctl --merge does."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return text if re.fullmatch(r"[0-9a-f]{32}", text) else None
+
+
+def switch_start(position: Position, last_line: float, oldest: float) -> float:
+    """Where the journal is read from after the file source's ``position``: the time of
+    the last line read from the file (``last_line``, Unix time; capped by when that
+    cursor was saved, should the line's time be wrong), not before ``oldest``.
+
+    A syslog daemon stamps a line when journald hands it over, after journald stored
+    it, and in journald's order: the entries before that time are the lines the file
+    had up to there. A file stamped to the second only gives that second again."""
+    if not last_line:  # no line was read from the file: nothing to skip
+        return oldest
+    if position.saved_at is not None:
+        last_line = min(last_line, position.saved_at)
+    return max(oldest, last_line)
 
 
 def _widen_pipe(fd: int) -> None:
@@ -232,8 +290,9 @@ class JournalReader:
     # -- the child ---------------------------------------------------------------------
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        since = None if self._since is None else f"@{int(self._since)}"
-        cmd = journal_command(self.matches, self._start, since, self.directory)
+        since = None if self._since is None else f"@{self._since:.6f}"
+        machine = None if self.directory is not None else this_machine()
+        cmd = journal_command(self.matches, self._start, since, self.directory, machine=machine)
         self._parser.reset()
         self._resumed = self._start
         try:
@@ -323,26 +382,29 @@ LogSource = Follower | JournalReader
 
 
 def open_source(
-    config: Config, position: Position | JournalPosition | None, gather: float = 0.0
+    config: Config,
+    position: Position | JournalPosition | None,
+    gather: float = 0.0,
+    last_line: float = 0.0,
 ) -> LogSource:
-    """The reader ``log-source`` names, at ``position`` (a cursor of the other kind is
-    not usable: that source starts as on a first start, with a warning). ``gather``: how
-    long a busy log file's lines are gathered into one batch (see ``Follower``)."""
+    """The reader ``log-source`` names, at ``position``. ``gather``: how long a busy log
+    file's lines are gathered into one batch (see ``Follower``). A cursor of the other
+    kind: the journal is read from ``last_line`` on (the time of the last line read
+    from the file), the file from its start, with a warning."""
     if config.log_source == "journal":
+        since = time.time() - config.map_retention
         if isinstance(position, Position):
+            since = switch_start(position, last_line, since)
             log.warning(
                 "the cursor %s is a position in %s, but log-source is journal: reading"
-                " the journal from %s ago (map-retention) instead",
+                " the journal from %s on (the last line read from the file)",
                 config.cursor_path,
                 position.file.name or "a mail log file",
-                config.map_retention,
+                datetime.fromtimestamp(since, UTC).isoformat(),
             )
         start = position if isinstance(position, JournalPosition) else None
         return JournalReader(
-            config.journal_match,
-            start,
-            since=time.time() - config.map_retention,
-            directory=config.journal_directory,
+            config.journal_match, start, since=since, directory=config.journal_directory
         )
     if isinstance(position, JournalPosition):
         log.warning(

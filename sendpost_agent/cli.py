@@ -209,6 +209,12 @@ def _host_args(name: str, parser: argparse.ArgumentParser) -> None:
             action="store_true",
             help="restart the running services (the code or the units changed)",
         )
+        parser.add_argument(
+            "--with-rsyslog",
+            action="store_true",
+            help="when no syslog daemon writes a mail log, install rsyslog (which writes"
+            " one) instead of reading the systemd journal",
+        )
     else:
         parser.add_argument(
             "--purge", action="store_true", help="also remove state-dir, config and the user"
@@ -241,6 +247,7 @@ def _run_host_command(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         verbose=args.verbose,
         restart=getattr(args, "restart", False),
+        with_rsyslog=getattr(args, "with_rsyslog", False),
         purge=getattr(args, "purge", False),
     )
     try:

@@ -537,13 +537,15 @@ class MailLog:
     journal: bool = False  # read from the systemd journal instead (log-source: journal)
 
 
-def choose_mail_log(given: Path | None, maillog_file: str, journal: bool = False) -> MailLog:
+def choose_mail_log(
+    given: Path | None, maillog_file: str, journal: bool = False, with_rsyslog: bool = False
+) -> MailLog:
     """log-path: given (flag or config.yaml), else Postfix's maillog_file, else the file
     syslog writes. Postfix logging to syslog with no syslog daemon writing a mail log
     (Debian 12 without rsyslog: only the journal has it) would leave logwatch waiting
-    for ever: rsyslog is installed, or setup stops and says how to fix it. ``journal``:
-    log-source journal was asked for (not chosen by itself: the journal source is not yet
-    proven under the logwatch unit's sandbox on a booted host)."""
+    for ever: logwatch reads the systemd journal (no second daemon, no second copy of
+    each line); with ``with_rsyslog``, or without journalctl, rsyslog is installed, or
+    setup stops and says how to fix it. ``journal``: log-source journal was asked for."""
     debian, rhel = SYSLOG_LOGS
     if journal:
         return MailLog(given or debian, journal=True)
@@ -565,6 +567,8 @@ def choose_mail_log(given: Path | None, maillog_file: str, journal: bool = False
         f" syslog daemon runs and neither {debian} nor {rhel} exists (only the journal has"
         " Postfix's log, as on Debian 12 without rsyslog)"
     )
+    if given is None and not with_rsyslog and shutil.which("journalctl"):
+        return MailLog(debian, journal=True)
     if not package_installed("rsyslog"):
         if shutil.which("apt-get"):
             return MailLog(debian, install_rsyslog=True)
@@ -789,6 +793,7 @@ class Request:
     dry_run: bool = False
     verbose: bool = False
     restart: bool = False  # new code or units: restart the services
+    with_rsyslog: bool = False  # no mail log: install rsyslog rather than read the journal
     purge: bool = False  # teardown: also state, config and the user
 
 
@@ -876,6 +881,7 @@ def plan_setup(host: Host, request: Request) -> Plan:
         config.log_path if given_log else None,
         conf.value("maillog_file"),
         journal=config.log_source == "journal",
+        with_rsyslog=request.with_rsyslog,
     )
     want = {
         "api-key": config.api_key.reveal(),

@@ -13,6 +13,10 @@ server, and real mail goes through the container's Postfix on port 25:
 - an upgrade to a newer build while mail flows loses and duplicates no event, and mail
   received while the milter is stopped still gets its UUID (the header_checks INFO line
   that setup adds);
+- with rsyslog removed (no syslog daemon, no mail log file: Debian 12 as installed),
+  `setup` run again picks the systemd journal (log-source: journal), and the sandboxed
+  logwatch reads it: delivered and bounced mail is reported with its UUID, and nothing
+  shipped from the file before is shipped again;
 - `teardown` and `apt purge` give main.cf back byte for byte, and mail still flows.
 
 The tests run in this order and build on each other (one host per module). The relay is
@@ -34,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.host import (
     Container,
@@ -111,15 +116,17 @@ class Host:
             pytrace=False,
         )
 
+    def postfix_log(self, since: str | None = None) -> str:
+        """Postfix's log (the mail facility) in the journal, since ``since`` (Unix time)."""
+        span = [f"--since=@{since}"] if since else ["--lines=40"]
+        return self.container.run(
+            "journalctl", "--no-pager", "--output=short-precise", *span, "SYSLOG_FACILITY=2"
+        ).stdout
+
     def diagnostics(self) -> str:
-        """The end of the mail log and of the units' journal, for failure messages."""
-        try:
-            log = self.container.path("/var/log/mail.log").read_text(errors="replace")
-        except OSError as exc:
-            log = str(exc)
-        tail = "\n".join(log.splitlines()[-40:])
+        """The end of Postfix's log and of the units' journal, for failure messages."""
         return (
-            f"--- mail.log ---\n{tail}\n--- journal ---\n"
+            f"--- Postfix's log ---\n{self.postfix_log()}\n--- journal ---\n"
             f"{self.container.journal(MILTER, LOGWATCH, lines=60)}"
         )
 
@@ -319,6 +326,51 @@ def test_mail_received_while_the_milter_is_stopped_keeps_its_uuid(host: Host) ->
     assert re.search(rf"info: header {HEADER}: {unseen}", mail_log), host.diagnostics()
 
 
+def test_without_rsyslog_setup_picks_the_journal_and_mail_is_reported_once(host: Host) -> None:
+    """Debian 12 as installed: no syslog daemon, Postfix's log only in the journal.
+    rsyslog is removed (its mail.log with it) and `setup` run again: it picks log-source
+    journal by itself, and the sandboxed logwatch (user sendpost-agent, group adm) reads
+    the journal with journalctl. What logwatch shipped from the file before is not
+    shipped again; the tests after this one run without rsyslog too."""
+    container = host.container
+    config = "/etc/sendpost-agent/config.yaml"
+    # config.yaml names no log-path, as setup wrote it on a host that never had rsyslog.
+    container.sh(
+        "apt-get remove --purge --yes rsyslog\n"
+        "rm -f /var/log/mail.log*\n"
+        f"sed -i '/^log-path:/d' {config}"
+    )
+    setup = container.run("sendpost-agent", "setup", check=False, timeout=180)
+    assert setup.returncode == 0, (
+        f"setup failed:\n{setup.stdout}\n{setup.stderr}\n{host.diagnostics()}"
+    )
+    assert "reads Postfix's log from the systemd journal" in setup.stdout, setup.stdout
+    assert "PASS mail-log: Postfix logged the probe" in setup.stdout, setup.stdout
+    assert "doctor: all checks passed" in setup.stdout, setup.stdout
+    settings = yaml.safe_load(container.path(config).read_text())
+    assert settings["log-source"] == "journal", settings
+    assert "log-path" not in settings, settings
+    assert _states(container, "is-active") == ["active", "active"], host.diagnostics()
+
+    delivered = host.send(["journal-ok@example.com"])
+    bounced = host.send([f"{ALIAS}@{HOSTNAME}"])
+    want = Counter(
+        [
+            (delivered, "delivered", "journal-ok@example.com"),
+            (bounced, "bounced", f"{ALIAS}@{HOSTNAME}"),
+        ]
+    )
+    host.wait_events(want, EVENT_TIMEOUT)
+    assert Counter(host.events_of({delivered, bounced})) == want
+    # Nothing logwatch shipped from the file before is shipped again from the journal.
+    shipped = Counter(
+        _key(e) for e in host.ingest.accepted if e["event_type"] in ("delivered", "bounced")
+    )
+    assert [key for key, n in shipped.items() if n > 1] == []
+    assert not container.path("/var/log/mail.log").exists()  # only the journal has it
+    assert "journal" in container.run("sendpost-agent", "status").stdout
+
+
 def test_teardown_and_purge_restore_main_cf_and_mail_still_flows(host: Host) -> None:
     container = host.container
     teardown = container.run("sendpost-agent", "teardown", check=False, timeout=120)
@@ -332,8 +384,7 @@ def test_teardown_and_purge_restore_main_cf_and_mail_still_flows(host: Host) -> 
     assert left == ""
     assert _states(container, "is-active") == ["inactive", "inactive"]
 
-    mail_log = container.path("/var/log/mail.log")
-    mark = mail_log.stat().st_size
+    mark = container.sh("date +%s.%N").strip()
     before = len(host.sink.messages)
     after_purge = host.send(["after-purge@example.com"])
     deadline = time.monotonic() + EVENT_TIMEOUT
@@ -341,10 +392,13 @@ def test_teardown_and_purge_restore_main_cf_and_mail_still_flows(host: Host) -> 
         time.sleep(0.2)
     relayed = [m.parsed()[HEADER] for m in host.sink.messages[before:]]
     assert relayed == [after_purge], host.diagnostics()
-    # Postfix no longer looks for the milter (it would log a warning for each message).
-    with mail_log.open("rb") as log:
-        log.seek(mark)
-        assert b"milter" not in log.read().lower()
+    # Postfix no longer looks for the milter (it would log a warning for each message),
+    # read once smtp(8) logged the delivery, after smtpd's and cleanup's lines.
+    delivered = "to=<after-purge@example.com>"
+    while delivered not in (logged := host.postfix_log(since=mark)):
+        assert time.monotonic() < deadline, host.diagnostics()
+        time.sleep(0.2)
+    assert "milter" not in logged.lower()
 
 
 def _states(container: Container, verb: str) -> list[str]:

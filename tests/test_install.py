@@ -869,8 +869,8 @@ def test_without_a_mail_log_setup_reads_the_journal_or_installs_rsyslog(
     tmp_path: Path, postfix_factory: PostfixFactory
 ) -> None:
     """As README's command runs on a fresh Debian 12 (no rsyslog, Postfix's log only in
-    the journal): with --log-source journal setup writes log-source: journal and installs
-    no rsyslog; without, it installs rsyslog, which writes /var/log/mail.log; installed but
+    the journal): setup writes log-source: journal and installs no rsyslog. With
+    --with-rsyslog it installs rsyslog, which writes /var/log/mail.log; installed but
     stopped, it says so."""
     reason = syslog_writes_a_mail_log()
     if reason:
@@ -879,12 +879,7 @@ def test_without_a_mail_log_setup_reads_the_journal_or_installs_rsyslog(
     postfix.postconf(maillog_file="")
     host = stubbed_host(tmp_path, postfix)
     planned = host.run(
-        "--postfix-config-dir",
-        str(postfix.config_dir),
-        "--log-source",
-        "journal",
-        "--dry-run",
-        env={"SENDPOST_API_KEY": KEY},
+        "--postfix-config-dir", str(postfix.config_dir), "--dry-run", env={"SENDPOST_API_KEY": KEY}
     )
     assert planned.returncode == 0, planned.output  # type: ignore[attr-defined]
     assert "reads Postfix's log from the systemd journal" in planned.output  # type: ignore[attr-defined]
@@ -894,6 +889,7 @@ def test_without_a_mail_log_setup_reads_the_journal_or_installs_rsyslog(
     planned = host.run(
         "--postfix-config-dir",
         str(postfix.config_dir),
+        "--with-rsyslog",
         "--dry-run",
         env={"SENDPOST_API_KEY": KEY},
     )
@@ -927,6 +923,7 @@ def test_without_a_mail_log_install_stops_and_says_how_to_fix_it(
         refused = host.run(
             "--postfix-config-dir",
             str(postfix.config_dir),
+            "--with-rsyslog",
             *dry_run,
             env={"SENDPOST_API_KEY": KEY},
         )

@@ -17,20 +17,20 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from logwatch.agent import Agent
 from logwatch.cursor import JournalPosition, load_cursor
-from logwatch.journal import JournalReader
+from logwatch.journal import JournalReader, of_machine, read_journal_batches
 from logwatch.journalexport import ExportParser
 from logwatch.replay import JournalSpan, replay
 from sendpost_agent.config import Config, ConfigError, load_config
 from tests.support.agent import LogwatchProcess
 from tests.support.ingest import IngestServer
-from tests.support.journal import needs_remote, write_lines
+from tests.support.journal import entry, needs_remote, write_journal, write_lines
 from tests.support.maillog import (
     START,
     expected_events,
@@ -41,13 +41,12 @@ from tests.support.maillog import (
 from tests.support.postfix import free_port
 
 KEY = "sp-test-key-0123456789"
+OTHER_BOOT = "fedcba9876543210fedcba9876543210"  # the boot after a reboot
 
 NEVER = float("inf")  # as _saved_at: the agent saves no cursor on its own
 
 
 def lines_of(numbers: range) -> list[str]:
-    from datetime import timedelta
-
     out: list[str] = []
     for n in numbers:
         out += message(n, START + timedelta(seconds=n), bounce=n % 7 == 0)
@@ -61,12 +60,13 @@ def expected(numbers: range) -> set[tuple[str, str, str]]:
     return out
 
 
-def config(tmp_path: Path, journal: Path) -> Config:
+def config(tmp_path: Path, journal: Path, source: str = "journal") -> Config:
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
     (tmp_path / "config.yaml").write_text(
-        f'api-key: "sp-test-key"\nstate-dir: "{state}"\nlog-source: journal\n'
+        f'api-key: "sp-test-key"\nstate-dir: "{state}"\nlog-source: {source}\n'
         f'journal-directory: "{journal}"\nlog-timezone: UTC\nmap-retention: 3650d\n'
+        f'log-path: "{tmp_path / "mail.log"}"\n'
         f'endpoint: "http://127.0.0.1:9/events"\nlisten: "127.0.0.1:{free_port()}"\n'
         f'postfix-config-dir: "{tmp_path}"\n'
     )
@@ -104,6 +104,18 @@ def read_on(
                     then()
 
     asyncio.run(run())
+
+
+def catch_up(cfg: Config, clean_stop: bool = True) -> dict[str, object]:
+    """A logwatch that reads every entry there is, then stops (its cursor saved, as on
+    SIGTERM) or crashes; its /health before it stopped."""
+    agent = Agent(cfg)
+    read_on(agent)
+    if clean_stop:
+        agent._save_cursor()
+    health = agent.snapshot().to_health()
+    crash(agent)
+    return health
 
 
 def crash(agent: Agent) -> None:
@@ -197,14 +209,9 @@ def test_follows_new_entries_and_resumes_at_the_cursor_after_a_stop(tmp_path: Pa
     assert len(lines) == 100
     assert lines[50].startswith(b"2026-11-23T18:00:10.000050+00:00 mx postfix/smtpd[5235]:")
 
-    first = Agent(cfg)
-    read_on(first)
-    first._save_cursor()  # a clean stop
-    crash(first)
+    catch_up(cfg)
     write_lines(journal, lines_of(range(20, 40)), first_seq=100)
-    second = Agent(cfg)
-    read_on(second)
-    crash(second)
+    catch_up(cfg, clean_stop=False)
     events = wal_events(cfg)
     assert set(events) == expected(range(40))
     assert max(events.values()) == 1, "events written twice"
@@ -249,23 +256,94 @@ def test_a_vacuumed_cursor_resumes_at_the_oldest_entry_and_counts_the_gap(
     cfg = config(tmp_path, directory)
     record_messages(cfg.state_dir, range(30))
     write_lines(old, lines_of(range(10)))
-    first = Agent(cfg)
-    read_on(first)
-    first._save_cursor()
-    crash(first)
+    catch_up(cfg)
     write_lines(old, lines_of(range(10, 20)), first_seq=50)  # logged while stopped...
     write_lines(new, lines_of(range(20, 30)), first_seq=100)
     old.unlink()  # ...and vacuumed with its file
-    second = Agent(cfg)
-    read_on(second)
-    health = second.snapshot().to_health()
-    crash(second)
+    health = catch_up(cfg, clean_stop=False)
     events = wal_events(cfg)
     assert set(events) == expected(range(10)) | expected(range(20, 30))
     assert max(events.values()) == 1
     assert health["journal_gaps"] == 1
     assert "no longer holds" in str(health["journal_gap"])
     assert health["log_source"] == "journal"
+
+
+@needs_remote
+@pytest.mark.integration
+def test_after_a_reboot_the_earlier_boots_entries_after_the_cursor_are_read(
+    tmp_path: Path,
+) -> None:
+    """journalctl --follow reads only the current boot unless told otherwise: the
+    entries logged between the last cursor save and the shutdown would be lost, and
+    the saved cursor taken for vacuumed."""
+    journal, cfg = journal_site(tmp_path, 30)
+    write_lines(journal, lines_of(range(10)))
+    catch_up(cfg)
+    write_lines(journal, lines_of(range(10, 20)), first_seq=50)  # before the shutdown
+    write_lines(journal, lines_of(range(20, 30)), first_seq=100, boot=OTHER_BOOT)
+    health = catch_up(cfg, clean_stop=False)
+    events = wal_events(cfg)
+    assert set(events) == expected(range(30)), "events lost"
+    assert max(events.values()) == 1
+    assert health["journal_gaps"] == 0
+
+
+def rsyslog_line(fields: dict[str, str]) -> str:
+    """A journal entry as Debian 12's rsyslog writes it to mail.log: stamped to the
+    microsecond when journald passed it on (100 us after journald stored it)."""
+    usec = int(fields["__REALTIME_TIMESTAMP"]) + 100
+    when = datetime.fromtimestamp(usec // 10**6, UTC) + timedelta(microseconds=usec % 10**6)
+    return (
+        f"{when.isoformat()} {fields['_HOSTNAME']} {fields['SYSLOG_IDENTIFIER']}"
+        f"[{fields['_PID']}]: {fields['MESSAGE']}"
+    )
+
+
+@needs_remote
+@pytest.mark.integration
+def test_after_the_file_source_the_journal_repeats_and_loses_nothing(tmp_path: Path) -> None:
+    """log-source changed from file to journal (setup on a host whose syslog daemon was
+    removed): the journal is read from the last line read from the file on."""
+    directory = tmp_path / "journal"
+    journal = directory / "mail.journal"
+    file_cfg = config(tmp_path, directory, source="file")
+    record_messages(file_cfg.state_dir, range(20))
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)
+    entries = [
+        entry(line, year=base.year, seq=n * 10 + i)
+        for n in range(20)
+        for i, line in enumerate(message(n, base + timedelta(seconds=n), bounce=n % 7 == 0))
+    ]
+    write_journal(journal, entries)
+    half = len(entries) // 2  # messages 0-9: in the file, shipped from it
+    file_cfg.log_path.write_text("".join(rsyslog_line(e) + "\n" for e in entries[:half]))
+    catch_up(file_cfg)  # stopped cleanly: setup restarts logwatch
+    assert set(wal_events(file_cfg)) == expected(range(10))
+    catch_up(config(tmp_path, directory), clean_stop=False)
+    events = wal_events(file_cfg)
+    assert set(events) == expected(range(20)), "events lost"
+    assert max(events.values()) == 1, "events shipped from the file shipped again"
+
+
+@needs_remote
+@pytest.mark.integration
+def test_only_this_machines_entries_are_read_whatever_the_match(tmp_path: Path) -> None:
+    """Following reads every journal on the host (journalctl --merge), those of other
+    machines too (systemd-journal-remote, containers' linked journals): each
+    alternative of journal-match is narrowed to this machine's _MACHINE_ID."""
+    directory = tmp_path / "journal"
+    here, other = "1" * 32, "2" * 32
+    sshd = f"Nov 23 18:00:09 mx sshd[77]: {queue_id(9)}: to=<x@example.com>, status=sent"
+    for machine in (here, other):
+        write_lines(directory / f"{machine}.journal", lines_of(range(2)), machine=machine)
+        write_lines(
+            directory / f"{machine}.journal", [sshd], first_seq=20, facility=4, machine=machine
+        )
+    match = of_machine(["SYSLOG_FACILITY=2", "+", "SYSLOG_IDENTIFIER=sshd"], here)
+    lines = [line for batch in read_journal_batches(match, directory) for line in batch]
+    assert len(lines) == 11  # this machine's 10 mail entries and its sshd entry
+    assert lines == sorted(set(lines), key=lines.index)  # none twice
 
 
 @needs_remote

@@ -24,17 +24,25 @@ needs_remote = pytest.mark.skipif(
 )
 
 
-def entry(line: str, year: int = 2026, facility: int = 2, seq: int = 0) -> dict[str, str]:
-    """The journal fields of one syslog line (``Nov 23 18:00:00 mx postfix/smtp[1]: ...``)."""
+def entry(
+    line: str,
+    year: int = 2026,
+    facility: int = 2,
+    seq: int = 0,
+    boot: str = BOOT_ID,
+    machine: str | None = None,
+) -> dict[str, str]:
+    """The journal fields of one syslog line (``Nov 23 18:00:00 mx postfix/smtp[1]: ...``),
+    logged during ``boot`` (journald stamps each entry with its boot and machine ID)."""
     m = JOURNAL_LINE.fullmatch(line)
     if m is None:
         raise ValueError(f"not a syslog line: {line!r}")
     stamp, host, ident, pid, message = m.groups()
     when = datetime.strptime(f"{year} {stamp}", "%Y %b %d %H:%M:%S").replace(tzinfo=UTC)
-    return {
+    fields = {
         "__REALTIME_TIMESTAMP": str(int(when.timestamp()) * 1_000_000 + seq % 1_000_000),
         "__MONOTONIC_TIMESTAMP": str(seq + 1),
-        "_BOOT_ID": BOOT_ID,
+        "_BOOT_ID": boot,
         "_HOSTNAME": host,
         "SYSLOG_FACILITY": str(facility),
         "SYSLOG_IDENTIFIER": ident,
@@ -42,6 +50,9 @@ def entry(line: str, year: int = 2026, facility: int = 2, seq: int = 0) -> dict[
         "PRIORITY": "6",
         "MESSAGE": message,
     }
+    if machine is not None:
+        fields["_MACHINE_ID"] = machine
+    return fields
 
 
 def export(entries: list[dict[str, str]]) -> bytes:
@@ -60,8 +71,19 @@ def write_journal(path: Path, entries: list[dict[str, str]]) -> None:
     )
 
 
-def write_lines(path: Path, lines: list[str], first_seq: int = 0, facility: int = 2) -> None:
+def write_lines(
+    path: Path,
+    lines: list[str],
+    first_seq: int = 0,
+    facility: int = 2,
+    boot: str = BOOT_ID,
+    machine: str | None = None,
+) -> None:
     """Append mail log lines as journal entries (times to the microsecond by ``seq``)."""
     write_journal(
-        path, [entry(line, facility=facility, seq=first_seq + i) for i, line in enumerate(lines)]
+        path,
+        [
+            entry(line, facility=facility, seq=first_seq + i, boot=boot, machine=machine)
+            for i, line in enumerate(lines)
+        ],
     )
