@@ -118,7 +118,8 @@ class Agent:
         self._saved_at = 0.0
         self._suppress = 0  # events already in the WAL from before a crash
         self._map_checked = 0.0
-        self._noticed: float | None = None  # when the last batch's lines were noticed (pacing)
+        self._paced_from: float | None = None  # pacing: since when events are counted
+        self._paced_events = 0
         if loaded is not None:
             self._position, state = loaded
             self.pipeline.tracker.restore(state.get("tracker", {}))
@@ -308,10 +309,16 @@ class Agent:
         spell is read up to QUIET_GATHER late."""
         if not isinstance(self.follower, Follower):
             return  # journalctl hands entries over as they come
-        if self._noticed is not None:  # the first batch after a start gives no rate
-            rate = events / max(noticed - self._noticed, GATHER)
-            self.follower.gather = GATHER if rate * QUIET_GATHER >= BATCH_SIZE else QUIET_GATHER
-        self._noticed = noticed
+        # The rate over QUIET_GATHER at least: one read can end in several batches
+        # (a block each), and a short last one says nothing about the rate.
+        if self._paced_from is None:
+            self._paced_from = noticed
+        self._paced_events += events
+        elapsed = noticed - self._paced_from
+        if elapsed >= QUIET_GATHER:
+            busy = self._paced_events >= BATCH_SIZE * elapsed / QUIET_GATHER
+            self.follower.gather = GATHER if busy else QUIET_GATHER
+            self._paced_from, self._paced_events = noticed, 0
 
     def _reopen_map(self) -> None:
         log.warning(
