@@ -37,7 +37,7 @@ from logwatch.metrics import AgentMetrics
 from logwatch.parse import Clock
 from logwatch.pipeline import Pipeline, tune_gc
 from logwatch.relays import ContentFilters
-from logwatch.shipper import BATCH_SIZE, Shipper
+from logwatch.shipper import BATCH_SIZE, BATCH_WAIT, Shipper
 from logwatch.snapshot import Snapshot
 from logwatch.wal import Wal, WalError
 from sendpost_agent import __version__
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 CURSOR_EVERY = 1.0  # seconds between cursor saves while lines flow
 GATHER = 0.1  # seconds a busy log's lines are gathered into one batch (one read per 0.1 s)
-QUIET_GATHER = 0.5  # the same while a batch of events takes longer than this to fill
+QUIET_GATHER = 0.5  # the same while events are too few to fill a batch within its window
 IDLE_AFTER = 1.0  # seconds without new lines before held lines are settled by the clock
 LOG_RETRY = 5.0  # seconds between attempts to read an unreadable log
 MAP_CHECK_EVERY = 5.0  # seconds between checks that the map file is still the same
@@ -301,12 +301,13 @@ class Agent:
         self._pace(len(events), batch.noticed)
 
     def _pace(self, events: int, noticed: float) -> None:
-        """Read a busy log every GATHER seconds, so that a full batch of events leaves
-        at once; while events come too slowly to fill a batch within QUIET_GATHER, read
-        only that often: the batch window counts from when lines were noticed, so no
-        event leaves later, and a quiet mail server wakes logwatch twice a second, not
-        once per message. The cost: the first half second of a burst after a quiet
-        spell is read up to QUIET_GATHER late."""
+        """Read a log every GATHER seconds while its events can fill a batch (100)
+        within the batch window (5 s): a full batch then leaves at once. Below that
+        rate (20 events a second) every batch leaves by its window, which counts from
+        when its first line was noticed, so reading only every QUIET_GATHER seconds
+        delays no event, and a quiet mail server wakes logwatch twice a second instead
+        of once per message. The cost: the first second of a burst after a quiet spell
+        is read up to QUIET_GATHER late."""
         if not isinstance(self.follower, Follower):
             return  # journalctl hands entries over as they come
         # The rate over QUIET_GATHER at least: one read can end in several batches
@@ -316,7 +317,7 @@ class Agent:
         self._paced_events += events
         elapsed = noticed - self._paced_from
         if elapsed >= QUIET_GATHER:
-            busy = self._paced_events >= BATCH_SIZE * elapsed / QUIET_GATHER
+            busy = self._paced_events >= BATCH_SIZE * elapsed / BATCH_WAIT
             self.follower.gather = GATHER if busy else QUIET_GATHER
             self._paced_from, self._paced_events = noticed, 0
 

@@ -146,6 +146,10 @@ class Follower:
         self._use_inotify = use_inotify
         self.gather = gather
         self._noticed = 0.0  # when the lines of the batch being collected were noticed
+        # The last wake-up since a batch was returned: the lines read next were written
+        # before it. Kept here, as a wait may be cancelled (logwatch's idle check) and
+        # the read come in the next call.
+        self._woken: float | None = None
         self._read_at = 0.0  # monotonic: the last read that caught up (``gather`` counts from it)
         self._caught_up = False  # the last batch ends at the end of the live log
         self._started = False
@@ -175,14 +179,13 @@ class Follower:
 
         Cancellation-safe: lines are only taken from the file when they are returned.
         """
-        noticed: float | None = None  # the last wake-up: the lines read next came before it
         while True:
             if self._closed:
                 raise RuntimeError("Follower is closed")
             if self._caught_up:  # nothing to read before the next write: wait for it
                 self._caught_up = False
                 await self._wait()
-                noticed = time.monotonic()
+                self._woken = time.monotonic()
                 continue
             now = time.monotonic()
             if self._read_at + self.gather > now:  # gathering the lines written meanwhile
@@ -190,17 +193,18 @@ class Follower:
                 continue
             self._wake.clear()  # before reading, so that an event during the read wakes us
             self.wakeups += 1
-            self._noticed = now if noticed is None else noticed
+            self._noticed = now if self._woken is None else self._woken
             got = self._collect()
             if got is False or self._caught_up:
                 self._read_at = time.monotonic()
             if isinstance(got, Batch):
+                self._woken = None
                 return got
             if got:  # a big stretch without a line end: let others run, then go on
                 await asyncio.sleep(0)
                 continue
             await self._wait()
-            noticed = time.monotonic()
+            self._woken = time.monotonic()
 
     def lag_bytes(self) -> int:
         """Bytes in the current file and the files queued after it not consumed yet."""

@@ -191,7 +191,8 @@ class Shipper:
                         self._filling = False
                     continue
             events = self._wal.read(self._wal.acked_seq, BATCH_SIZE) if pending else []
-            self._window_from = None  # events appended from now on start the next window
+            if pending <= BATCH_SIZE:  # all taken: events appended from now on start anew
+                self._window_from = None  # (those left over keep theirs: it is earlier)
             if not events:
                 self.wake.clear()
                 await self.wake.wait()

@@ -515,25 +515,41 @@ def test_the_batch_window_counts_from_when_the_lines_were_noticed(
     server: IngestServer, tmp_path: Path
 ) -> None:
     """A reader that gathers lines for a while hands them over later than it noticed
-    them: the shipper's 5 s window starts when they were noticed, so events noticed a
-    window ago leave at once instead of waiting another window."""
+    them: the shipper's 5 s window starts when they were noticed. 150 events noticed a
+    window ago leave at once, the 50 after the first full batch too, so an event
+    appended half a window later is not sent with them."""
     wal = Wal(tmp_path / "events.wal")
-    event = Event(str(uuid.UUID(int=1)), EventType.DELIVERED, datetime.now(UTC), "a@b.c", 250, "ok")
     shipper = Shipper(wal, server.url, Secret(KEY), tmp_path / "dead-letter.jsonl", lambda _: None)
 
-    async def main() -> float:
+    def event(n: int) -> bytes:
+        when = datetime.now(UTC)
+        return (
+            Event(str(uuid.UUID(int=n)), EventType.DELIVERED, when, "a@b.c", 250, "ok")
+            .to_json()
+            .encode()
+        )
+
+    async def main() -> None:
         stop = asyncio.Event()
         running = asyncio.create_task(shipper.run(stop))
         await asyncio.sleep(0.2)  # the sender waits for work
-        wal.append([event.to_json().encode()])
-        handed = time.monotonic()
-        shipper.appended(handed - BATCH_WAIT)  # noticed a whole window before
-        while not server.accepted:
-            await asyncio.sleep(0.02)
+        wal.append([event(n) for n in range(150)])
+        shipper.appended(time.monotonic() - BATCH_WAIT)  # noticed a whole window before
+        await asyncio.sleep(BATCH_WAIT / 2)
+        wal.append([event(150)])
+        shipper.appended(time.monotonic())
+        while len(server.accepted) < 151:
+            await asyncio.sleep(0.05)
         stop.set()
         await running
-        return time.monotonic() - handed
 
-    waited = asyncio.run(main())
-    assert waited < BATCH_WAIT / 2, f"the event waited {waited:.1f} s: a window counted anew"
+    asyncio.run(main())
     wal.close()
+    batches = [
+        [e["message_id"] for e in json.loads(r.body)["events"]]
+        for r in server.requests
+        if r.status == 200 and r.body is not None
+    ]
+    late = str(uuid.UUID(int=150))
+    assert [len(b) for b in batches] == [100, 50, 1], batches
+    assert batches[-1] == [late], "a window counted anew kept early events for the late one"
