@@ -163,6 +163,32 @@ def _migrate(conn: sqlite3.Connection) -> None:
     log.info("queue map upgraded to schema version %d; older rows keep no recipients", version)
 
 
+# One map row as put_many takes it: queue ID, UUID bytes, HeaderState, received_at,
+# recipients one a line.
+Row = tuple[str, bytes | None, int, int, str | None]
+_INSERT = (
+    "INSERT OR REPLACE INTO queuemap"
+    " (queue_id, uuid, header, received_at, recipients) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def row(
+    queue_id: str,
+    message_uuid: uuid.UUID | None,
+    header: HeaderState,
+    now: float | None = None,
+    recipients: Collection[str] = (),
+) -> Row:
+    """A message's row, stamped now (or at ``now``), for MapWriter.put_many."""
+    return (
+        queue_id,
+        message_uuid.bytes if message_uuid is not None else None,
+        int(header),
+        int(time.time() if now is None else now),
+        "\n".join(recipients) if recipients else None,
+    )
+
+
 class MapWriter:
     """The milter's handle: thread-safe ``put`` plus a background maintenance thread."""
 
@@ -205,19 +231,26 @@ class MapWriter:
     ) -> None:
         """Record a message; replaces any older row with the same (reused) queue ID.
         ``recipients``: the envelope's, as address_key gives them (none: unknown)."""
-        received = int(time.time() if now is None else now)
-        blob = message_uuid.bytes if message_uuid is not None else None
-        envelope = "\n".join(recipients) if recipients else None
+        self.put_many([row(queue_id, message_uuid, header, now, recipients)])
+
+    def put_many(self, rows: list[Row]) -> None:
+        """Record several messages in one commit (``row`` makes each), in their order."""
         with self._lock:
             if self._impatient_until and time.monotonic() >= self._impatient_until:
                 self._impatient_until = 0.0
                 self._conn.execute(f"PRAGMA busy_timeout={int(WRITER_BUSY_TIMEOUT * 1000)}")
             try:
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO queuemap"
-                    " (queue_id, uuid, header, received_at, recipients) VALUES (?, ?, ?, ?, ?)",
-                    (queue_id, blob, int(header), received, envelope),
-                )
+                if len(rows) == 1:
+                    self._conn.execute(_INSERT, rows[0])
+                else:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._conn.executemany(_INSERT, rows)
+                        self._conn.execute("COMMIT")
+                    except BaseException:
+                        if self._conn.in_transaction:  # SQLite may have rolled back itself
+                            self._conn.execute("ROLLBACK")
+                        raise
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorname.startswith("SQLITE_BUSY") and not self._impatient_until:
                     self._impatient_until = time.monotonic() + IMPATIENT_FOR

@@ -272,6 +272,7 @@ def test_map_write_failure_still_accepts_and_is_counted(tmp_path: Path) -> None:
             run_miltertest(
                 proc, tmp_path, lua_message("B0B0B0B0B0", [("X-Sendpost-Message-UUID", CANON)])
             )
+            proc.settled()  # the row's commit was tried (after the answer) while locked
         finally:
             conn.rollback()
             conn.close()
