@@ -167,9 +167,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
 # recipients one a line.
 Row = tuple[str, bytes | None, int, int, str | None]
 _INSERT = (
-    "INSERT OR REPLACE INTO queuemap"
-    " (queue_id, uuid, header, received_at, recipients) VALUES (?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO queuemap (queue_id, uuid, header, received_at, recipients) VALUES "
 )
+_ROW_VALUES = "(?,?,?,?,?)"
+ROWS_PER_INSERT = 199  # 995 parameters: below SQLite's limit before 3.32 (999)
 
 
 def row(
@@ -234,23 +235,20 @@ class MapWriter:
         self.put_many([row(queue_id, message_uuid, header, now, recipients)])
 
     def put_many(self, rows: list[Row]) -> None:
-        """Record several messages in one commit (``row`` makes each), in their order."""
+        """Record several messages (``row`` makes each), in their order, in one statement
+        per ROWS_PER_INSERT: executemany would step once per row, handing the GIL to the
+        milter's other threads and back at each."""
         with self._lock:
             if self._impatient_until and time.monotonic() >= self._impatient_until:
                 self._impatient_until = 0.0
                 self._conn.execute(f"PRAGMA busy_timeout={int(WRITER_BUSY_TIMEOUT * 1000)}")
             try:
-                if len(rows) == 1:
-                    self._conn.execute(_INSERT, rows[0])
-                else:
-                    self._conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        self._conn.executemany(_INSERT, rows)
-                        self._conn.execute("COMMIT")
-                    except BaseException:
-                        if self._conn.in_transaction:  # SQLite may have rolled back itself
-                            self._conn.execute("ROLLBACK")
-                        raise
+                for start in range(0, len(rows), ROWS_PER_INSERT):
+                    chunk = rows[start : start + ROWS_PER_INSERT]
+                    self._conn.execute(
+                        _INSERT + ",".join([_ROW_VALUES] * len(chunk)),
+                        [value for r in chunk for value in r],
+                    )
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorname.startswith("SQLITE_BUSY") and not self._impatient_until:
                     self._impatient_until = time.monotonic() + IMPATIENT_FOR

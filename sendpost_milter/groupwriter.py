@@ -1,19 +1,22 @@
-"""Map rows committed in groups by a thread of their own, after the message's answer.
+"""Map rows committed in groups when mail is busy, one by one when it is quiet.
 
 A commit per message was the largest part of the milter's cost above the least a
 pymilter milter can do (an SQLite transaction: locks on the -shm file, WAL frames
-written; docs/PERFORMANCE.md). End-of-message now only queues its row, and this thread
-commits whatever has queued ``GROUP_WINDOW`` after the first row of a group: at
-hundreds of messages a second one commit carries many rows, and the answer never waits
-for the disk or for a lock on the map.
+written; docs/PERFORMANCE.md). So there is at most one commit per ``GROUP_WINDOW``:
+
+* a message that comes when no row is waiting and the last commit is at least
+  ``GROUP_WINDOW`` old has its row committed at once, before its answer, as always;
+* any other message's row is queued and committed, after its answer, with every row
+  queued until then, by this module's thread ``GROUP_WINDOW`` after the last commit.
+  At hundreds of messages a second one commit carries many rows.
 
 What that costs, bounded (docs/GUARANTEES.md):
 
-* a row is visible to logwatch about ``GROUP_WINDOW`` after the answer (plus its
-  commit), well within logwatch's join-wait: a status line read before its row waits
-  for it like any line whose row is not known yet;
+* a queued row is visible to logwatch within ``GROUP_WINDOW`` after the answer (plus
+  its commit), well within logwatch's join-wait: a status line read before its row
+  waits for it like any line whose row is not known yet;
 * a crash of the milter (kill -9, out of memory) loses the rows not committed yet:
-  those of the messages answered within the last ``GROUP_WINDOW`` (plus the commit in
+  those of the messages answered within the last ``GROUP_WINDOW`` (plus a commit in
   progress). The header_checks INFO rule, where setup installs it, gives logwatch their
   UUID anyway; ``sendpost_milter_map_rows_pending`` shows how many are at stake;
 * a stop (SIGTERM, systemctl stop) commits every queued row before the process exits.
@@ -34,7 +37,7 @@ GROUP_WINDOW: Final = 0.02  # seconds from a group's first row to its commit
 
 
 class GroupWriter:
-    """Queue rows from any thread (``put``); one thread commits them in order."""
+    """``put`` from any thread; rows are committed in the order they were put."""
 
     def __init__(
         self, writer: MapWriter, metrics: MilterMetrics, window: float = GROUP_WINDOW
@@ -43,23 +46,35 @@ class GroupWriter:
         self._writer = writer
         self._metrics = metrics
         self._window = window
-        self._rows: list[Row] = []
-        self._committing = 0  # rows taken from _rows, commit not finished
-        self._lock = threading.Lock()
-        self._queued = threading.Event()  # set by a group's first row
+        self._lock = threading.Lock()  # guards the four below
+        self._rows: list[Row] = []  # queued for the writer thread
+        self._committing = 0  # rows in the commit running (one at a time)
+        self._next_commit = 0.0  # monotonic time before which rows are queued
+        self._queued = threading.Event()  # rows wait for the writer thread
         self._closing = threading.Event()
         # Read when /metrics is scraped: nothing to count per message.
-        metrics.map_rows_pending.set_function(lambda: len(self._rows) + self._committing)
+        metrics.map_rows_pending.set_function(self._pending)
         self._thread = threading.Thread(target=self._run, name="queuemap-writer")
         self._thread.start()
 
     def put(self, row: Row) -> None:
-        """Queue a row; only the first of a group wakes the writer (one wake-up a group)."""
+        """Commit the row now if mail is quiet, else queue it for the writer thread."""
         with self._lock:
-            self._rows.append(row)
-            if len(self._rows) > 1:
-                return
-        self._queued.set()
+            quiet = not self._rows and not self._committing
+            at_once = quiet and time.monotonic() >= self._next_commit
+            if at_once:
+                self._committing = 1
+            else:
+                self._rows.append(row)
+                if len(self._rows) > 1:
+                    return  # the writer thread was woken by the group's first row
+        if not at_once:
+            self._queued.set()
+            return
+        try:
+            self._commit([row])
+        finally:
+            self._committed()
 
     def close(self) -> None:
         """Commit every queued row and stop; call it after the last ``put``."""
@@ -67,18 +82,37 @@ class GroupWriter:
         self._queued.set()
         self._thread.join()
 
+    def _pending(self) -> int:
+        return len(self._rows) + self._committing
+
     def _run(self) -> None:
         closing = self._closing
-        while not closing.is_set() or self._rows:
+        while True:
             self._queued.wait()
-            closing.wait(self._window)  # gather the group; a stop commits at once
             with self._lock:
+                delay = self._next_commit - time.monotonic()
+            if delay > 0 and not closing.is_set():
+                closing.wait(delay)  # gather the group; a stop commits at once
+            with self._lock:
+                self._queued.clear()
+                if self._committing:
+                    continue  # a put commits its row; it wakes us when done
                 rows, self._rows = self._rows, []
                 self._committing = len(rows)
-                self._queued.clear()
+                if not rows and closing.is_set():
+                    return
             if rows:
-                self._commit(rows)
+                try:
+                    self._commit(rows)
+                finally:
+                    self._committed()
+
+    def _committed(self) -> None:
+        with self._lock:
             self._committing = 0
+            self._next_commit = time.monotonic() + self._window
+            if self._rows or self._closing.is_set():
+                self._queued.set()
 
     def _commit(self, rows: list[Row]) -> None:
         """Failures cost the group's rows, counted and logged; the thread goes on."""
