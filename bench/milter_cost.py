@@ -7,7 +7,8 @@ inet); the ratio is the median of each round's rate over that round's rate witho
 milter (medians of the rates are shown too). Also reported: the client-side latency of one
 message (DATA to the 250 reply), the milter's CPU and context switches per message
 (all its threads, /proc, while the clients send), the whole machine's CPU per message
-(/proc/stat, without time stolen by other guests) and our map-write histogram.
+(/proc/stat, without time stolen by other guests) and the mean time of one of our map
+commits (a group of rows under load).
 
 ``--reference`` adds three milters that do nothing but answer (bench/reference/):
 the least a pymilter milter for our job can do (``ref-pymilter``: DATA answered,
@@ -320,7 +321,7 @@ def main() -> None:
                 if mode != "none"
                 else ""
             )
-            + (f"  map write {row['map_write_mean_ms']:.3f} ms" if mode in OURS else "")
+            + (f"  map commit {row['map_write_mean_ms']:.3f} ms" if mode in OURS else "")
         )
     if FLOOR in results:
         floor = results[FLOOR]
