@@ -235,6 +235,9 @@ def one_round(
         "map_write_mean_ms": 1000
         * metrics.get("sendpost_milter_map_write_seconds_sum", 0)
         / max(1.0, metrics.get("sendpost_milter_map_write_seconds_count", 0)),
+        # Map rows per commit (grouped under load; 0 without our milter's metrics).
+        "rows_per_commit": metrics.get("sendpost_milter_messages_total", 0)
+        / max(1.0, metrics.get("sendpost_milter_map_write_seconds_count", 0)),
     }
 
 
@@ -321,7 +324,11 @@ def main() -> None:
                 if mode != "none"
                 else ""
             )
-            + (f"  map commit {row['map_write_mean_ms']:.3f} ms" if mode in OURS else "")
+            + (
+                f"  map commit {row['map_write_mean_ms']:.3f} ms, {row['rows_per_commit']:.1f} rows"
+                if mode in OURS
+                else ""
+            )
         )
     if FLOOR in results:
         floor = results[FLOOR]
