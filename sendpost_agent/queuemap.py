@@ -242,15 +242,22 @@ class MapWriter:
             if self._impatient_until and time.monotonic() >= self._impatient_until:
                 self._impatient_until = 0.0
                 self._conn.execute(f"PRAGMA busy_timeout={int(WRITER_BUSY_TIMEOUT * 1000)}")
+            chunks = [rows[i : i + ROWS_PER_INSERT] for i in range(0, len(rows), ROWS_PER_INSERT)]
             try:
-                for start in range(0, len(rows), ROWS_PER_INSERT):
-                    chunk = rows[start : start + ROWS_PER_INSERT]
+                if len(chunks) > 1:  # all or none, as one statement is
+                    self._conn.execute("BEGIN IMMEDIATE")
+                for chunk in chunks:
                     self._conn.execute(
                         _INSERT + ",".join([_ROW_VALUES] * len(chunk)),
                         [value for r in chunk for value in r],
                     )
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorname.startswith("SQLITE_BUSY") and not self._impatient_until:
+                if len(chunks) > 1:
+                    self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                busy = exc.sqlite_errorname.startswith("SQLITE_BUSY")
+                if busy and not self._impatient_until:
                     self._impatient_until = time.monotonic() + IMPATIENT_FOR
                     self._conn.execute("PRAGMA busy_timeout=0")
                 raise

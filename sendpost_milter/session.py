@@ -272,5 +272,5 @@ class Callbacks:
                 " Fix: keep 'i' in Postfix's milter_end_of_data_macros"
             )
             return
-        # Committed by the writer's thread after the answer (sendpost_milter.groupwriter).
+        # Committed now when mail is quiet, else with others after the answer (groupwriter).
         self._writer.put(row(queue_id, message_uuid, state, recipients=dict.fromkeys(recipients)))
