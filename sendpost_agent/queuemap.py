@@ -3,8 +3,10 @@
 This module is the whole contract between the two processes:
 
 * the milter (``sendpost_milter``) is the only writer. At end-of-message it records one
-  row per message, also when the header is missing or invalid (then with no UUID), so
-  that a reused short queue ID never inherits an older message's UUID. The row also
+  row per message (committed at once when mail is quiet, else with the others of up to
+  20 ms: ``sendpost_milter.groupwriter``), also when the header is missing or invalid
+  (then with no UUID), so that a reused short queue ID never inherits an older
+  message's UUID. The row also
   holds the envelope recipients (RCPT TO): the addresses SendPost gave Postfix, which
   the events name, as opposed to those Postfix rewrote or added (aliases, always_bcc);
 * the log watcher (``logwatch``) only reads, and tells "this message has no UUID" (a row
