@@ -7,12 +7,19 @@ inet); the ratio is the median of each round's rate over that round's rate witho
 milter (medians of the rates are shown too). Also reported: the client-side latency of one
 message (DATA to the 250 reply), the milter's CPU and context switches per message
 (all its threads, /proc, while the clients send), the whole machine's CPU per message
-(/proc/stat, without time stolen by other guests) and our map-write histogram.
+(/proc/stat, without time stolen by other guests) and the mean time of one of our map
+commits (a group of rows under load).
 
-``--reference`` adds two milters that do nothing but negotiate what ours does and
-answer ACCEPT (bench/reference/): one on libmilter in C, the floor any pymilter milter
-pays, and one in a single Python thread without libmilter. They show how much of the
-cost is ours and how much the protocol layer's.
+``--reference`` adds three milters that do nothing but answer (bench/reference/):
+the least a pymilter milter for our job can do (``ref-pymilter``: DATA answered,
+headers without reply, ACCEPT at end-of-message, all else negotiated away), the floor
+our target is set against (ours / ref-pymilter, the median of each round's ratio); one
+on libmilter in C, the floor any libmilter milter pays; and one in a single Python
+thread without libmilter. They show how much of the cost is ours and how much the
+protocol layer's.
+
+``--baseline PYTHON`` adds our milter as installed for another interpreter (another
+checkout's venv), run alternately with this one: before/after of a change in one run.
 
     python bench/milter_cost.py --messages 2000 --rounds 5 --reference      (as root)
 """
@@ -48,7 +55,8 @@ from tests.support.sink import Sink
 MILTER = "{ %s, default_action=accept, command_timeout=5s }"
 REFERENCE = Path(__file__).resolve().parent / "reference"
 OURS = ("unix", "inet")
-REFERENCES = ("ref-libmilter", "ref-single")
+REFERENCES = ("ref-pymilter", "ref-libmilter", "ref-single")
+FLOOR = "ref-pymilter"  # the target: ours / FLOOR, per round
 Metrics = Callable[[], dict[str, float]]
 Running = tuple[int, Metrics]  # a milter's pid and how to read its /metrics
 
@@ -148,8 +156,11 @@ def reference_milter(argv: list[str], sock: Path) -> Iterator[Running]:
 
 
 @contextmanager
-def our_milter(root: Path, socket: str) -> Iterator[Running]:
-    milter = MilterProcess(root / "state", socket).start()
+def our_milter(root: Path, socket: str, python: str | None = None) -> Iterator[Running]:
+    milter = MilterProcess(root / "state", socket)
+    if python is not None:
+        milter.args[:1] = [python, "-P"]  # -P: its own installed code, not this checkout's
+    milter.start()
     try:
         assert milter.proc is not None
         yield milter.proc.pid, milter.metrics
@@ -163,7 +174,13 @@ def no_milter() -> Iterator[Running]:
 
 
 def one_round(
-    root: Path, mode: str, messages: int, clients: int, sink_port: int, c_reference: Path | None
+    root: Path,
+    mode: str,
+    messages: int,
+    clients: int,
+    sink_port: int,
+    c_reference: Path | None,
+    baseline: str | None,
 ) -> dict[str, float]:
     postfix = PostfixInstance(root / "pf", sink_port, smtp_probe=False)
     start: Callable[[], AbstractContextManager[Running]] = no_milter
@@ -175,8 +192,13 @@ def one_round(
         postfix.postconf(smtpd_milters=MILTER % entry)
         if mode in OURS:
             start = partial(our_milter, root, address)
+        elif mode == "baseline":
+            start = partial(our_milter, root, address, baseline)
         elif mode == "ref-libmilter":
             start = partial(reference_milter, [str(c_reference)], sock)
+        elif mode == FLOOR:
+            script = str(REFERENCE / "minimal_pymilter.py")
+            start = partial(reference_milter, [sys.executable, script], sock)
         else:
             script = str(REFERENCE / "noop_singlethread.py")
             start = partial(reference_milter, [sys.executable, script], sock)
@@ -213,6 +235,9 @@ def one_round(
         "map_write_mean_ms": 1000
         * metrics.get("sendpost_milter_map_write_seconds_sum", 0)
         / max(1.0, metrics.get("sendpost_milter_map_write_seconds_count", 0)),
+        # Map rows per commit (grouped under load; 0 without our milter's metrics).
+        "rows_per_commit": metrics.get("sendpost_milter_messages_total", 0)
+        / max(1.0, metrics.get("sendpost_milter_map_write_seconds_count", 0)),
     }
 
 
@@ -226,13 +251,23 @@ def main() -> None:
         action="store_true",
         help="also run the no-op reference milters of bench/reference/",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="PYTHON",
+        help="also run our milter as installed for this interpreter (unix socket)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     parser.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_sink:
         serve_sink()
         return
-    modes = ["none", *OURS, *(REFERENCES if args.reference else ())]
+    modes = [
+        "none",
+        *OURS,
+        *(["baseline"] if args.baseline else []),
+        *(REFERENCES if args.reference else ()),
+    ]
     results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     sink, sink_port = start_sink()
     with tempfile.TemporaryDirectory(prefix="milter-cost-") as work:
@@ -243,7 +278,13 @@ def main() -> None:
                     with tempfile.TemporaryDirectory(prefix=f"milter-cost-{mode}-{r}-") as tmp:
                         Path(tmp).chmod(0o755)
                         x = one_round(
-                            Path(tmp), mode, args.messages, args.clients, sink_port, c_reference
+                            Path(tmp),
+                            mode,
+                            args.messages,
+                            args.clients,
+                            sink_port,
+                            c_reference,
+                            args.baseline,
                         )
                     results[mode].append(x)
                     # Per round too: medians alone hide a round the machine's noise spoiled.
@@ -283,8 +324,24 @@ def main() -> None:
                 if mode != "none"
                 else ""
             )
-            + (f"  map write {row['map_write_mean_ms']:.3f} ms" if mode in OURS else "")
+            + (
+                f"  map commit {row['map_write_mean_ms']:.3f} ms, {row['rows_per_commit']:.1f} rows"
+                if mode in OURS
+                else ""
+            )
         )
+    if FLOOR in results:
+        floor = results[FLOOR]
+        for mode in [m for m in modes if m in (*OURS, "baseline")]:
+            ratios = sorted(
+                x["rate"] / f["rate"] for x, f in zip(results[mode], floor, strict=True)
+            )
+            summary[mode][f"ratio_to_{FLOOR}"] = statistics.median(ratios)
+            print(
+                f"  {mode} / {FLOOR}: {statistics.median(ratios):.3f} (median of rounds;"
+                f" rounds {', '.join(f'{r:.2f}' for r in ratios)}), milter CPU"
+                f" {summary[mode]['cpu_us']:.0f} against {summary[FLOOR]['cpu_us']:.0f} us/msg"
+            )
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "rounds": results}, indent=1))
 

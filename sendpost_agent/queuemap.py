@@ -3,8 +3,10 @@
 This module is the whole contract between the two processes:
 
 * the milter (``sendpost_milter``) is the only writer. At end-of-message it records one
-  row per message, also when the header is missing or invalid (then with no UUID), so
-  that a reused short queue ID never inherits an older message's UUID. The row also
+  row per message (committed at once when mail is quiet, else with the others of up to
+  20 ms: ``sendpost_milter.groupwriter``), also when the header is missing or invalid
+  (then with no UUID), so that a reused short queue ID never inherits an older
+  message's UUID. The row also
   holds the envelope recipients (RCPT TO): the addresses SendPost gave Postfix, which
   the events name, as opposed to those Postfix rewrote or added (aliases, always_bcc);
 * the log watcher (``logwatch``) only reads, and tells "this message has no UUID" (a row
@@ -163,6 +165,33 @@ def _migrate(conn: sqlite3.Connection) -> None:
     log.info("queue map upgraded to schema version %d; older rows keep no recipients", version)
 
 
+# One map row as put_many takes it: queue ID, UUID bytes, HeaderState, received_at,
+# recipients one a line.
+Row = tuple[str, bytes | None, int, int, str | None]
+_INSERT = (
+    "INSERT OR REPLACE INTO queuemap (queue_id, uuid, header, received_at, recipients) VALUES "
+)
+_ROW_VALUES = "(?,?,?,?,?)"
+ROWS_PER_INSERT = 199  # 995 parameters: below SQLite's limit before 3.32 (999)
+
+
+def row(
+    queue_id: str,
+    message_uuid: uuid.UUID | None,
+    header: HeaderState,
+    now: float | None = None,
+    recipients: Collection[str] = (),
+) -> Row:
+    """A message's row, stamped now (or at ``now``), for MapWriter.put_many."""
+    return (
+        queue_id,
+        message_uuid.bytes if message_uuid is not None else None,
+        int(header),
+        int(time.time() if now is None else now),
+        "\n".join(recipients) if recipients else None,
+    )
+
+
 class MapWriter:
     """The milter's handle: thread-safe ``put`` plus a background maintenance thread."""
 
@@ -205,21 +234,32 @@ class MapWriter:
     ) -> None:
         """Record a message; replaces any older row with the same (reused) queue ID.
         ``recipients``: the envelope's, as address_key gives them (none: unknown)."""
-        received = int(time.time() if now is None else now)
-        blob = message_uuid.bytes if message_uuid is not None else None
-        envelope = "\n".join(recipients) if recipients else None
+        self.put_many([row(queue_id, message_uuid, header, now, recipients)])
+
+    def put_many(self, rows: list[Row]) -> None:
+        """Record several messages (``row`` makes each), in their order, in one statement
+        per ROWS_PER_INSERT: executemany would step once per row, handing the GIL to the
+        milter's other threads and back at each."""
         with self._lock:
             if self._impatient_until and time.monotonic() >= self._impatient_until:
                 self._impatient_until = 0.0
                 self._conn.execute(f"PRAGMA busy_timeout={int(WRITER_BUSY_TIMEOUT * 1000)}")
+            chunks = [rows[i : i + ROWS_PER_INSERT] for i in range(0, len(rows), ROWS_PER_INSERT)]
             try:
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO queuemap"
-                    " (queue_id, uuid, header, received_at, recipients) VALUES (?, ?, ?, ?, ?)",
-                    (queue_id, blob, int(header), received, envelope),
-                )
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorname.startswith("SQLITE_BUSY") and not self._impatient_until:
+                if len(chunks) > 1:  # all or none, as one statement is
+                    self._conn.execute("BEGIN IMMEDIATE")
+                for chunk in chunks:
+                    self._conn.execute(
+                        _INSERT + ",".join([_ROW_VALUES] * len(chunk)),
+                        [value for r in chunk for value in r],
+                    )
+                if len(chunks) > 1:
+                    self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                busy = exc.sqlite_errorname.startswith("SQLITE_BUSY")
+                if busy and not self._impatient_until:
                     self._impatient_until = time.monotonic() + IMPATIENT_FOR
                     self._conn.execute("PRAGMA busy_timeout=0")
                 raise

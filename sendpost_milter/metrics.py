@@ -55,8 +55,13 @@ class MilterMetrics:
         )
         self.map_write_seconds = Histogram(
             f"{PREFIX}_map_write_seconds",
-            "Time to commit one queue map row",
+            "Time to commit one group of queue map rows",
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0),
+            registry=reg,
+        )
+        self.map_rows_pending = Gauge(
+            f"{PREFIX}_map_rows_pending",
+            "Messages answered whose map row is not committed yet (a crash would lose them)",
             registry=reg,
         )
         Gauge(f"{PREFIX}_build_info", "Agent version", ["version"], registry=reg).labels(

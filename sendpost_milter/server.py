@@ -26,6 +26,7 @@ from sendpost_agent.postconf import PostfixConfig
 from sendpost_agent.probe import DamagedKey, load_key
 from sendpost_agent.queuemap import MapWriter
 from sendpost_agent.trust import Policy, load_policy, unevaluable_warning
+from sendpost_milter.groupwriter import GroupWriter
 from sendpost_milter.metrics import MilterMetrics
 from sendpost_milter.session import Callbacks
 
@@ -218,14 +219,18 @@ def run(config: Config) -> int:
                 )
                 probe_key = None
             policy = _trust_policy(config)
-            _register(Callbacks(writer, metrics, probe_key, policy), config.milter_socket)
-            log.info(
-                "milter listening on %s, metrics on http://%s/metrics, map %s",
-                config.milter_socket,
-                address,
-                config.map_path,
-            )
-            _serve(config.milter_socket)
+            rows = GroupWriter(writer, metrics)
+            try:
+                _register(Callbacks(rows, metrics, probe_key, policy), config.milter_socket)
+                log.info(
+                    "milter listening on %s, metrics on http://%s/metrics, map %s",
+                    config.milter_socket,
+                    address,
+                    config.map_path,
+                )
+                _serve(config.milter_socket)
+            finally:
+                rows.close()  # libmilter has stopped: every answered message's row is queued
         finally:
             if http is not None:
                 http[0].shutdown()

@@ -24,8 +24,9 @@ import milter as libmilter
 
 from sendpost_agent.header import HEADER_NAME, classify
 from sendpost_agent.probe import PROBE_HEADER, is_probe
-from sendpost_agent.queuemap import HeaderState, MapWriter, address_key
+from sendpost_agent.queuemap import HeaderState, address_key, row
 from sendpost_agent.trust import Policy
+from sendpost_milter.groupwriter import GroupWriter
 from sendpost_milter.metrics import MilterMetrics
 
 log = logging.getLogger("sendpost_milter")
@@ -94,7 +95,7 @@ class Callbacks:
     """
 
     def __init__(
-        self, writer: MapWriter, metrics: MilterMetrics, probe_key: bytes | None, policy: Policy
+        self, writer: GroupWriter, metrics: MilterMetrics, probe_key: bytes | None, policy: Policy
     ) -> None:
         self._writer = writer
         self._metrics = metrics
@@ -271,13 +272,5 @@ class Callbacks:
                 " Fix: keep 'i' in Postfix's milter_end_of_data_macros"
             )
             return
-        started = time.perf_counter()
-        try:
-            self._writer.put(queue_id, message_uuid, state, recipients=dict.fromkeys(recipients))
-        except Exception as exc:
-            metrics.map_write_errors.inc()
-            log.error(
-                "queue ID %s: cannot write the queue map %s: %s", queue_id, self._writer.path, exc
-            )
-            return
-        metrics.map_write_seconds.observe(time.perf_counter() - started)
+        # Committed now when mail is quiet, else with others after the answer (groupwriter).
+        self._writer.put(row(queue_id, message_uuid, state, recipients=dict.fromkeys(recipients)))

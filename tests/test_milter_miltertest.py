@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 
 from sendpost_agent.miltersocket import connect, libmilter_address
 from sendpost_agent.probe import load_key, make_token
-from sendpost_agent.queuemap import HeaderState
+from sendpost_agent.queuemap import HeaderState, MapReader
 from tests.support.milter import MilterProcess
 from tests.support.postfix import free_port
 
@@ -272,6 +273,7 @@ def test_map_write_failure_still_accepts_and_is_counted(tmp_path: Path) -> None:
             run_miltertest(
                 proc, tmp_path, lua_message("B0B0B0B0B0", [("X-Sendpost-Message-UUID", CANON)])
             )
+            proc.settled()  # the row's commit was tried (after the answer) while locked
         finally:
             conn.rollback()
             conn.close()
@@ -295,6 +297,47 @@ def test_sigterm_stops_cleanly_and_a_restart_serves_at_once(tmp_path: Path, kind
         assert second.entry("C1C1C1C1C1").uuid == CANON  # type: ignore[union-attr]
         assert second.entry("C2C2C2C2C2").uuid == OTHER  # type: ignore[union-attr]
         assert "cannot" not in second.log()
+
+
+def burst(prefix: str, count: int) -> list[str]:
+    """Messages on one connection back to back, faster than one per group window: most
+    rows are queued after their answer, not committed before it."""
+    return [
+        lua_message(f"{prefix}{i:05d}", [("X-Sendpost-Message-UUID", CANON)]) for i in range(count)
+    ]
+
+
+def map_ids(state_dir: Path) -> set[str]:
+    """The queue IDs a reader (logwatch) sees in the map right now."""
+    reader = MapReader(state_dir / "queuemap.sqlite3")
+    try:
+        return {queue_id for _, queue_id, _ in reader.scan(0, 1_000_000)}
+    finally:
+        reader.close()
+
+
+def test_a_burst_is_committed_without_more_mail_or_a_stop(tmp_path: Path) -> None:
+    """Rows queued after their answer reach the map by themselves: no later message and
+    no stop is needed for logwatch to see them (within the group window; here a deadline
+    for a loaded machine)."""
+    with MilterProcess(tmp_path / "state", f"unix:{tmp_path}/sock/m.sock") as proc:
+        run_miltertest(proc, tmp_path, *burst("B1", 200))
+        wanted = {f"B1{i:05d}" for i in range(200)}
+        deadline = time.monotonic() + 10
+        while not wanted <= (seen := map_ids(proc.state_dir)):
+            assert time.monotonic() < deadline, f"{len(wanted - seen)} rows never committed"
+            time.sleep(0.01)
+        assert counter(proc, "sendpost_milter_map_rows_pending") == 0
+
+
+def test_sigterm_right_after_a_burst_commits_every_row(tmp_path: Path) -> None:
+    """Stopping the milter (systemctl stop sends SIGTERM) loses no answered message's row:
+    the rows still queued are committed before it exits."""
+    proc = MilterProcess(tmp_path / "state", f"unix:{tmp_path}/sock/m.sock").start()
+    run_miltertest(proc, tmp_path, *burst("B2", 300))
+    assert proc.stop() == 0
+    assert map_ids(tmp_path / "state") == {f"B2{i:05d}" for i in range(300)}
+    assert "cannot write" not in proc.log()
 
 
 def start_milter_command(tmp_path: Path, milter_socket: str) -> subprocess.CompletedProcess[str]:

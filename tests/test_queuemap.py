@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 
 from sendpost_agent.queuemap import (
+    ROWS_PER_INSERT,
     WRITER_BUSY_TIMEOUT,
     Entry,
     HeaderState,
     MapError,
     MapReader,
     MapWriter,
+    row,
 )
 
 DAY = 86400.0
@@ -271,6 +273,22 @@ def test_kill_9_of_the_writer_leaves_a_consistent_map(path: Path) -> None:
         reader = MapReader(path)
         assert all(reader.get(qid) is not None for qid in acknowledged)
         reader.close()
+
+
+@pytest.mark.unit
+def test_a_group_of_rows_is_written_whole_and_in_order(path: Path) -> None:
+    """More rows than one INSERT takes: all there, numbered in the order given (logwatch
+    reads rows in that order), a reused queue ID's later row winning."""
+    writer = MapWriter(path, DAY)
+    ids = [f"G{i:05d}" for i in range(2 * ROWS_PER_INSERT + 7)]
+    writer.put_many([row(q, U1, HeaderState.PRESENT, now=7) for q in ids])
+    writer.put_many([row(ids[0], U1, HeaderState.PRESENT), row(ids[0], U2, HeaderState.PRESENT)])
+    reader = MapReader(path)
+    scanned = [queue_id for _, queue_id, _ in reader.scan(0, 10_000)]
+    assert scanned == [*ids[1:], ids[0]]
+    assert reader.get(ids[0]).uuid == str(U2)  # type: ignore[union-attr]
+    reader.close()
+    writer.close()
 
 
 @pytest.mark.unit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from sendpost_agent.miltersocket import connect
@@ -55,7 +56,28 @@ class MilterProcess(AgentProcess):
         super().start(timeout)
         return self
 
+    def settled(self, timeout: float = 10.0) -> None:
+        """Wait until every answered message's row is committed (rows are committed in
+        groups after the answer, sendpost_milter.groupwriter). A deadline for a loaded
+        machine, not a speed bound: the bound is in docs/GUARANTEES.md."""
+        deadline = time.monotonic() + timeout
+        while self._serving() and self.metrics().get("sendpost_milter_map_rows_pending", 0.0) > 0:
+            assert time.monotonic() < deadline, f"map rows still pending after {timeout}s"
+            time.sleep(0.005)
+
+    def _serving(self) -> bool:
+        """Neither exited nor stopped (SIGSTOP, a hung milter): else nothing will commit."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat[stat.rindex(")") + 2] != "T"
+
     def entry(self, queue_id: str) -> Entry | None:
+        """The row of ``queue_id`` once every answered message's row is committed."""
+        self.settled()
         reader = MapReader(self.state_dir / "queuemap.sqlite3")
         try:
             return reader.get(queue_id)
