@@ -323,6 +323,8 @@ _COMMON_REMOVED = re.compile(_COMMON_HEAD + r"removed\Z")
 _MESSAGE_ID: Final = "message-id="
 _MESSAGE_ID_MARKER: Final = ": " + _MESSAGE_ID
 _COMMON_MESSAGE_ID = re.compile(_COMMON_HEAD + _MESSAGE_ID + r"(.*+)")
+_INFO_HEADER: Final = "info: header "
+_COMMON_INFO_HEAD = re.compile(_COMMON_HEAD + r"(?=info: header )")
 
 (
     _STATUS_LINE,
@@ -335,9 +337,10 @@ _COMMON_MESSAGE_ID = re.compile(_COMMON_HEAD + _MESSAGE_ID + r"(.*+)")
 ) = range(7)
 
 
+# What a line parse_line takes holds (and the only lines it takes): a marker anywhere, or
+# one of the fixed line ends; cleanup's message-id lines only when they are asked for.
+_MARKERS: Final = ("status=", " notification: ", _INFO_HEADER, ": uid=")
 _LINE_ENDS: Final = ("(queue active)", ": removed")
-_RARE_MARKERS: Final = (" notification: ", "info: header ", ": uid=")
-_RARE_BYTES: Final = tuple(marker.encode() for marker in _RARE_MARKERS)
 
 
 def parse_block(
@@ -346,23 +349,45 @@ def parse_block(
     """``parse_line`` over every line (undecoded, without its newline), in order, without
     the None results.
 
-    Most lines cannot matter. They are decoded and rejected by the substring tests
-    parse_line starts with inside one comprehension, so they cost no call (decoded: a
-    substring test on bytes costs twice as much); the rare markers are tested per line
-    only when the whole block holds one of them. cleanup's ``message-id=`` lines (one per
-    message) only with ``message_ids``: only a pipe content filter's hop needs them.
+    Most lines cannot matter: they never reach per-line code. The block is decoded once
+    and searched in C for each marker (``candidates``); only the lines holding one are cut
+    out and parsed. cleanup's ``message-id=`` lines (one per message) only with
+    ``message_ids``: only a pipe content filter's hop needs them.
     """
-    block = b"\n".join(lines)
-    rare = any(marker in block for marker in _RARE_BYTES)
-    text = [
-        line
-        for raw in lines
-        if "status=" in (line := raw.decode("utf-8", "replace"))
-        or line.endswith(_LINE_ENDS)
-        or (rare and any(marker in line for marker in _RARE_MARKERS))
-        or (message_ids and _MESSAGE_ID_MARKER in line)
+    return [
+        record
+        for line in candidates(lines, message_ids)
+        if (record := parse_line(line, clock)) is not None
     ]
-    return [record for line in text if (record := parse_line(line, clock)) is not None]
+
+
+def candidates(lines: list[bytes], message_ids: bool = False) -> list[str]:
+    """The lines that may give parse_line a result, decoded, in log order.
+
+    Each line is decoded as if alone (``\n`` is never part of a UTF-8 sequence, so an
+    invalid one ends at the line's end, replaced as it would be there).
+    """
+    text = b"\n".join(lines).decode("utf-8", "replace")
+    size = len(text)
+    ends: dict[int, int] = {}  # start -> end of each line found
+    markers = _MARKERS + ((_MESSAGE_ID_MARKER,) if message_ids else ())
+    for marker in markers:
+        i = text.find(marker)
+        while i >= 0:
+            end = text.find("\n", i)
+            if end < 0:
+                end = size
+            ends[text.rfind("\n", 0, i) + 1] = end
+            i = text.find(marker, end)
+    for marker in _LINE_ENDS:
+        length = len(marker)
+        i = text.find(marker)
+        while i >= 0:
+            end = i + length
+            if end == size or text[end] == "\n":
+                ends[text.rfind("\n", 0, i) + 1] = end
+            i = text.find(marker, i + 1)
+    return [text[start : ends[start]] for start in sorted(ends)]
 
 
 def parse_line(line: str, clock: Clock) -> Record | Skipped | None:
@@ -399,8 +424,15 @@ def parse_line(line: str, clock: Clock) -> Record | Skipped | None:
         return _new(Delivery, (time, program, queue_id, rcpt, orig_to, relay, dsn, status, reply))
     if " notification: " in line:
         return _general(line, _NOTIFICATION_LINE, clock)
-    if "info: header " in line:
-        return _general(line, _HEADER_LINE, clock)
+    if _INFO_HEADER in line:
+        m = _COMMON_INFO_HEAD.match(line)
+        if m is None:
+            return _general(line, _HEADER_LINE, clock)
+        stamp, iso, program, queue_id = m.groups()
+        time = clock.syslog_time(stamp) if stamp is not None else _iso_time(iso, clock)
+        if time is None:
+            return _BAD_TIME
+        return _header_info(line, m.end(), time, program, queue_id)
     if ": uid=" in line:
         return _general(line, _PICKUP_LINE, clock)
     if _MESSAGE_ID_MARKER in line:
@@ -444,7 +476,7 @@ def _general(line: str, kind: int, clock: Clock) -> Record | Skipped | None:
         return _NO_QUEUE_ID if kind == _STATUS_LINE else None
     queue_id = qid[1]
     pos = qid.end()
-    if kind == _STATUS_LINE and line.startswith("info: header ", pos):
+    if kind == _STATUS_LINE and line.startswith(_INFO_HEADER, pos):
         kind = _HEADER_LINE  # `status=` in the sender or helo logged after the header
     elif kind == _STATUS_LINE and line.startswith(_MESSAGE_ID, pos):
         kind = _MESSAGE_ID_LINE  # `status=` in the Message-ID
@@ -466,11 +498,18 @@ def _general(line: str, kind: int, clock: Clock) -> Record | Skipped | None:
         if not line.startswith(_MESSAGE_ID, pos):
             return None
         return MessageId(time, program, queue_id, line[pos + len(_MESSAGE_ID) :])
+    return _header_info(line, pos, time, program, queue_id)
+
+
+def _header_info(
+    line: str, pos: int, time: datetime, program: str, queue_id: str
+) -> HeaderInfo | None:
+    """The part after `QID: ` of a header_checks INFO line; only our header's."""
     m = _HEADER_INFO.match(line, pos)
     if m is None or m[1].lower() != _UUID_HEADER:
         return None
     client = "" if _ORIGIN.search(line, m.end()) else (m[3] or "")
-    return HeaderInfo(time, program, queue_id, m[1], m[2], client)
+    return _new(HeaderInfo, (time, program, queue_id, m[1], m[2], client))
 
 
 def _iso_time(stamp: str, clock: Clock) -> datetime | None:
