@@ -398,7 +398,7 @@ def parse_line(line: str, clock: Clock) -> Record | Skipped | None:
         if m is None:
             return _general(line, _ACTIVE_LINE, clock)
         stamp, iso, program, queue_id, sender, nrcpt = m.groups()
-        time = clock.syslog_time(stamp) if stamp is not None else _iso_time(iso, clock)
+        time = _common_time(stamp, iso, clock)
         if time is None:
             return _BAD_TIME
         return _new(QueueActive, (time, program, queue_id, sender, int(nrcpt)))
@@ -407,7 +407,7 @@ def parse_line(line: str, clock: Clock) -> Record | Skipped | None:
         if m is None:
             return _general(line, _REMOVED_LINE, clock)
         stamp, iso, program, queue_id = m.groups()
-        time = clock.syslog_time(stamp) if stamp is not None else _iso_time(iso, clock)
+        time = _common_time(stamp, iso, clock)
         if time is None:
             return _BAD_TIME
         return _new(Removed, (time, program, queue_id))
@@ -416,7 +416,7 @@ def parse_line(line: str, clock: Clock) -> Record | Skipped | None:
         if m is None:
             return _general(line, _STATUS_LINE, clock)
         stamp, iso, program, queue_id, rcpt, orig_to, relay, dsn, status, reply, rest = m.groups()
-        time = clock.syslog_time(stamp) if stamp is not None else _iso_time(iso, clock)
+        time = _common_time(stamp, iso, clock)
         if time is None:
             return _BAD_TIME
         if reply is None:
@@ -429,7 +429,7 @@ def parse_line(line: str, clock: Clock) -> Record | Skipped | None:
         if m is None:
             return _general(line, _HEADER_LINE, clock)
         stamp, iso, program, queue_id = m.groups()
-        time = clock.syslog_time(stamp) if stamp is not None else _iso_time(iso, clock)
+        time = _common_time(stamp, iso, clock)
         if time is None:
             return _BAD_TIME
         return _header_info(line, m.end(), time, program, queue_id)
@@ -440,7 +440,7 @@ def parse_line(line: str, clock: Clock) -> Record | Skipped | None:
         if m is None:
             return _general(line, _MESSAGE_ID_LINE, clock)
         stamp, iso, program, queue_id, message_id = m.groups()
-        time = clock.syslog_time(stamp) if stamp is not None else _iso_time(iso, clock)
+        time = _common_time(stamp, iso, clock)
         if time is None:
             return _BAD_TIME
         return _new(MessageId, (time, program, queue_id, message_id))
@@ -510,6 +510,14 @@ def _header_info(
         return None
     client = "" if _ORIGIN.search(line, m.end()) else (m[3] or "")
     return _new(HeaderInfo, (time, program, queue_id, m[1], m[2], client))
+
+
+def _common_time(stamp: str | None, iso: str | None, clock: Clock) -> datetime | None:
+    """The time of a line a whole-line regex matched: its syslog stamp, else its ISO one."""
+    if stamp is not None:
+        return clock.syslog_time(stamp)
+    assert iso is not None  # the regex matched one of the two
+    return _iso_time(iso, clock)
 
 
 def _iso_time(stamp: str, clock: Clock) -> datetime | None:
