@@ -160,7 +160,7 @@ class Clock:
     ``tz=None`` means the system's local zone, applied per instant (DST-correct).
     """
 
-    __slots__ = ("_cache", "_fold", "_last", "_month", "_now", "_tz", "_year")
+    __slots__ = ("_cache", "_fold", "_last", "_minutes", "_month", "_now", "_tz", "_year")
 
     def __init__(self, tz: tzinfo | None = None, now: datetime | None = None) -> None:
         self._tz = tz
@@ -170,6 +170,10 @@ class Clock:
         self._last: datetime | None = None  # newest wall time in the repeated hour
         self._fold = False  # in the hour repeated when DST ends, second time round
         self._cache: dict[str, datetime] = {}
+        # Whether each wall minute is in a repeated hour: asking the zone cost about as
+        # much as the rest of a second's lines. Zones change offset on whole minutes (all
+        # of them since 1972, and a syslog stamp's year is this year or next to it).
+        self._minutes: dict[tuple[int, int, int, int, int], bool] = {}
 
     def syslog_time(self, stamp: str) -> datetime | None:
         """``Nov 23 18:35:21`` (also ``Nov  3``, ``Mar 7``, ``May 01``) -> aware datetime."""
@@ -202,7 +206,14 @@ class Clock:
             if year != self._year:
                 self._cache.clear()
             self._year, self._month = year, month
-        if self._ambiguous(wall):  # the hour repeated when DST ends: never cached
+        minute_of = (year, month, day, hour, minute)
+        ambiguous = self._minutes.get(minute_of)
+        if ambiguous is None:
+            ambiguous = self._ambiguous(wall)
+            if len(self._minutes) >= _CACHE_MAX:
+                self._minutes.clear()
+            self._minutes[minute_of] = ambiguous
+        if ambiguous:  # the hour repeated when DST ends: never cached
             return self.localize(self._second_time_round(wall))
         self._fold = False
         if len(self._cache) >= _CACHE_MAX:
