@@ -292,7 +292,7 @@ _ADDRESS = r"<([^>]*+(?>(?:>(?![,\s]|$)[^>]*+)*))>|([^,]*+)"
 _TO: Final = re.compile(rf"to=(?:{_ADDRESS})")
 _ORIG_TO: Final = re.compile(rf",? *+orig_to=(?:{_ADDRESS})")
 # Postfix puts a space before every key; a literal prefix also makes the search fast.
-_STATUS: Final = re.compile(r" status=([^\s,(]*+) *+(\()?")
+_STATUS: Final = re.compile(r" status=([^\s,(]*+) *+")
 _RELAY: Final = re.compile(r" relay=([^,]*+)")
 _DSN: Final = re.compile(r" dsn=([^,]*+)")
 _EXPIRED: Final = re.compile(
@@ -327,7 +327,7 @@ _COMMON_HEAD = (
 )
 _COMMON_DELIVERY = re.compile(
     _COMMON_HEAD + r"to=<([^>]*+)>, (?:orig_to=<([^>]*+)>, )?relay=([^,]*+), "
-    r"(?:[a-z_]++=[^,]*+, ){0,8}?dsn=([^,]*+), status=([^\s,(]++) *+(?:\((.*)\)|\((.*))?"
+    r"(?:[a-z_]++=[^,]*+, ){0,8}?dsn=([^,]*+), status=([^\s,(]++) *+"
 )
 _COMMON_ACTIVE = re.compile(_COMMON_HEAD + _ACTIVE_TAIL)
 _COMMON_REMOVED = re.compile(_COMMON_HEAD + r"removed\Z")
@@ -426,12 +426,11 @@ def parse_line(line: str, clock: Clock) -> Record | Skipped | None:
         m = _COMMON_DELIVERY.match(line)
         if m is None:
             return _general(line, _STATUS_LINE, clock)
-        stamp, iso, program, queue_id, rcpt, orig_to, relay, dsn, status, reply, rest = m.groups()
+        stamp, iso, program, queue_id, rcpt, orig_to, relay, dsn, status = m.groups()
         time = _common_time(stamp, iso, clock)
         if time is None:
             return _BAD_TIME
-        if reply is None:
-            reply = rest
+        reply = _reply(line, m.end())
         return _new(Delivery, (time, program, queue_id, rcpt, orig_to, relay, dsn, status, reply))
     if " notification: " in line:
         return _general(line, _NOTIFICATION_LINE, clock)
@@ -543,6 +542,16 @@ def _iso_time(stamp: str, clock: Clock) -> datetime | None:
     return time
 
 
+def _reply(line: str, pos: int) -> str | None:
+    """The reply in parentheses that open at ``pos``: up to the line's last ``)`` (replies
+    hold parentheses too), else to its end; None without one. Cut out here, not by the
+    regex: its group for it took as long as the rest of the status after `dsn=`."""
+    if not line.startswith("(", pos):
+        return None
+    close = line.rfind(")", pos + 1)
+    return line[pos + 1 : close] if close >= 0 else line[pos + 1 :]
+
+
 def _status(
     line: str, pos: int, time: datetime, program: str, queue_id: str
 ) -> Delivery | Expired | Skipped:
@@ -562,11 +571,7 @@ def _status(
         keys_end = st.start()
         relay = _RELAY.search(line, pos, keys_end)
         dsn = _DSN.search(line, pos, keys_end)
-        reply = None
-        if st[2] is not None:
-            start = st.end()
-            close = line.rfind(")", start)
-            reply = line[start:close] if close >= 0 else line[start:]
+        reply = _reply(line, st.end())
         return Delivery(
             time,
             program,
