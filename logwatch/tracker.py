@@ -220,7 +220,7 @@ class Tracker:
         if kind is MessageId:
             return self._message_id(record, when) if self._pipes else []  # type: ignore[arg-type]
         if isinstance(record, Notification):
-            message = self._message(record.new_queue_id, record.time.timestamp())
+            message = self._message(record.new_queue_id, self._epoch(record.time))
             message.ndr = message.no_milter = True
             return []
         if isinstance(record, Pickup):
@@ -238,6 +238,11 @@ class Tracker:
                 self.now = self._when
                 self._forget_old()
         return self._when
+
+    def _epoch(self, time: datetime) -> float:
+        """``time`` in epoch seconds without moving ``now`` (for the kinds that do not):
+        the last timed record's when it is the same datetime, as it mostly is."""
+        return self._when if time is self._time else time.timestamp()
 
     def _forget_old(self) -> None:
         """At each new second of log, not per batch: what is remembered (and so which
@@ -608,7 +613,7 @@ class Tracker:
     def _pickup(self, record: Pickup) -> list[Event]:
         """A local submission, or ``postsuper -r`` re-queueing ``orig_id`` under a new ID:
         the message goes on there with its UUID and remembered deferrals."""
-        message = self._message(record.queue_id, record.time.timestamp())
+        message = self._message(record.queue_id, self._epoch(record.time))
         message.no_milter = True
         if record.orig_id is None:
             return []
@@ -741,7 +746,7 @@ class Tracker:
                 self.counts["header_info_invalid"] += 1
                 return []
             value = str(parsed)
-        message = self._message(record.queue_id, record.time.timestamp())
+        message = self._message(record.queue_id, self._epoch(record.time))
         if self._trusts_client is not None and not self._trusts_client(record.client):
             # As a repeated header: this message's INFO lines give no UUID at all.
             self.counts["header_info_untrusted_client"] += 1
