@@ -4,7 +4,9 @@ Runs them alternately (A B A B ...) because the machine is noisy, and prints the
 medians. The log and the map holding every message come from bench/genlog.py (seeded).
 ``--journal`` also writes the same lines into a journal file (systemd-journal-remote,
 as tests/support/journal.py does) and times `replay --journal` on it: the catch-up
-from the systemd journal, journalctl included.
+from the systemd journal, journalctl included. ``--info``: a log correlated by
+header_checks INFO lines instead, without a map (each status line then waits join-wait
+for its UUID, as on a host whose milter did not see the mail).
 
     python bench/catchup.py --lines 1000000 --rounds 5 --dir /tmp/sendpost-bench
 """
@@ -19,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from genlog import generate  # type: ignore[import-not-found]
+from genlog import INFO_CLIENTS, generate  # type: ignore[import-not-found]
 
 
 def build() -> str:
@@ -43,10 +45,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/sendpost-bench"))
     parser.add_argument("--journal", action="store_true", help="time replay --journal too")
+    parser.add_argument(
+        "--info", action="store_true", help="header_checks INFO lines instead of a map"
+    )
     args = parser.parse_args()
-    log, state = args.dir / f"mail-{args.lines}-{args.seed}.log", args.dir / f"state-{args.seed}"
+    name = "info" if args.info else "mail"
+    log = args.dir / f"{name}-{args.lines}-{args.seed}.log"
+    state = args.dir / f"state-{name}-{args.seed}" if args.info else args.dir / f"state-{args.seed}"
     if not log.exists():
-        generate(args.lines, args.seed, log, state)
+        generate(args.lines, args.seed, log, state, info=args.info)
+    state.mkdir(parents=True, exist_ok=True)  # without a map with --info
     env = {**os.environ, "SENDPOST_CONFIG": "/dev/null"}
     ours = [
         sys.executable,
@@ -60,6 +68,7 @@ def main() -> None:
         "UTC",
         "--postfix-config-dir",
         str(args.dir),
+        *(["--trusted-clients", INFO_CLIENTS] if args.info else []),
     ]
     grep = ["grep", "-c", "status=", str(log)]
     times: dict[str, list[float]] = {"replay": [], "grep": [], "journal": []}

@@ -4,6 +4,9 @@ Line shapes are those of real Postfix 3.7 (tests/data/postfix-samples): per mess
 smtpd connect/client/disconnect lines, cleanup's message-id, qmgr's queue active and
 removed, TLS chatter, and one status line per recipient; some recipients are deferred
 and retried, some bounce, some expire. About 20% of all lines are status lines.
+``--info`` instead: no map, and cleanup's header_checks INFO line with each message's
+X-Sendpost-Message-UUID (postfix-conf/header_checks.snippet), the fallback that correlates
+without the milter; its clients are INFO_CLIENTS (replay ``--trusted-clients``).
 
     python bench/genlog.py --lines 1000000 --seed 1 --out /tmp/bench/mail.log \
         --state-dir /tmp/bench/state
@@ -20,6 +23,7 @@ from pathlib import Path
 from sendpost_agent.queuemap import HeaderState, MapWriter
 
 START = datetime(2026, 11, 23, 0, 0, 0, tzinfo=UTC)
+INFO_CLIENTS = "198.51.100.0/24"  # every message's SMTP client (the INFO line names it)
 RELAYS = [
     "gmail-smtp-in.l.google.com[142.250.102.27]:25",
     "mx1.hotmail.com[52.101.40.2]:25",
@@ -69,10 +73,17 @@ def status(relay: str, rcpt: str, dsn: str, state: str, reply: str, delay: float
     )
 
 
-def message(log: Log, n: int, when: float, qid: str) -> list[str]:
-    """Logs one message; returns its envelope recipients (the milter's row holds them)."""
+def message_uuid(n: int) -> uuid.UUID:
+    """The UUID of the ``n``th message (in its map row, or in its INFO line)."""
+    return uuid.UUID(int=(1 << 120) + n)
+
+
+def message(log: Log, n: int, when: float, qid: str, info: bool = False) -> list[str]:
+    """Logs one message (with its header_checks INFO line if ``info``); returns its
+    envelope recipients (the milter's row holds them)."""
     rng = log.rng
-    client = f"mail{n % 50}.sendpost.io[198.51.100.{n % 250}]"
+    helo = f"mail{n % 50}.sendpost.io"
+    client = f"{helo}[198.51.100.{n % 250}]"
     log.add(when, "smtpd", f"connect from {client}")
     log.add(
         when,
@@ -83,6 +94,14 @@ def message(log: Log, n: int, when: float, qid: str) -> list[str]:
     log.add(when, "smtpd", f"{qid}: client={client}")
     log.add(when, "cleanup", f"{qid}: message-id=<{uuid.UUID(int=n)}@sendpost.io>")
     rcpts = rng.choice((1, 1, 1, 2, 3))
+    if info:
+        log.add(
+            when,
+            "cleanup",
+            f"{qid}: info: header X-Sendpost-Message-UUID: {message_uuid(n)} from {client};"
+            f" from=<bounces+{n}@sendpost.io> to=<user{n}.0@example.com> proto=ESMTP"
+            f" helo=<{helo}>",
+        )
     size = rng.randrange(2000, 90000)
     log.add(
         when,
@@ -146,18 +165,21 @@ def message(log: Log, n: int, when: float, qid: str) -> list[str]:
     return [f"user{n}.{r}@example.com" for r in range(rcpts)]
 
 
-def generate(lines: int, seed: int, out: Path, state_dir: Path | None) -> int:
+def generate(lines: int, seed: int, out: Path, state_dir: Path | None, info: bool = False) -> int:
+    """``info``: header_checks INFO lines in the log, and no map (``state_dir`` unused)."""
     rng = random.Random(seed)
     log = Log(rng)
-    writer = MapWriter(state_dir / "queuemap.sqlite3", 7 * 86400.0) if state_dir else None
+    writer = None
+    if state_dir is not None and not info:
+        writer = MapWriter(state_dir / "queuemap.sqlite3", 7 * 86400.0)
     n = 0
     while len(log.lines) < lines:
         qid = f"{rng.getrandbits(40):010X}"
-        recipients = message(log, n, n * 0.05, qid)
+        recipients = message(log, n, n * 0.05, qid, info)
         if writer is not None:
             writer.put(
                 qid,
-                uuid.UUID(int=(1 << 120) + n),
+                message_uuid(n),
                 HeaderState.PRESENT,
                 now=START.timestamp() + n * 0.05,
                 recipients=recipients,
@@ -178,8 +200,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--state-dir", type=Path, help="also write the milter's map here")
+    parser.add_argument(
+        "--info", action="store_true", help="header_checks INFO lines instead of a map"
+    )
     args = parser.parse_args()
-    messages = generate(args.lines, args.seed, args.out, args.state_dir)
+    messages = generate(args.lines, args.seed, args.out, args.state_dir, args.info)
     print(f"{args.out}: {args.lines} lines, {messages} messages")
 
 

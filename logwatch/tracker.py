@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -62,6 +63,10 @@ Decidable = Delivery | Expired
 _HEADER_LOWER: Final = HEADER_NAME.lower()
 _NO_MESSAGE_ID: Final = ("", "<>")  # cleanup logs `message-id=<>` for mail without one
 _UNKNOWN: Final[tuple[str, ...]] = ()  # an inherited envelope nobody recorded
+# A value already in the form parse_uuid gives (str of uuid.UUID): taken as it is. Building
+# the UUID object and its text cost more than the rest of an INFO line's handling.
+_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_NIL_UUID: Final = "00000000-0000-0000-0000-000000000000"  # parse_uuid refuses it
 log = logging.getLogger(__name__)
 
 
@@ -106,16 +111,18 @@ class Message:
     removed: bool = False
 
 
-@dataclass(order=True, slots=True)
+# Compared by identity (each held item is one object): a dataclass's generated __eq__ and
+# __lt__ are interpreted Python, which the heap called about 20 times per held line.
+@dataclass(eq=False, slots=True)
 class _Held:
     deadline: float
-    seq: int
-    queue_id: str = field(compare=False)
-    record: Decidable = field(compare=False)
-    hop_to: str | None = field(default=None, compare=False)  # presumed hop's NEWID
-    uuid: str | None = field(default=None, compare=False)
-    message_id: str | None = field(default=None, compare=False)  # a pipe filter hop's
-    linked: bool = field(default=False, compare=False)  # a copy of its message came back
+    seq: int  # the order of lines held at the same deadline
+    queue_id: str
+    record: Decidable
+    hop_to: str | None = None  # presumed hop's NEWID
+    uuid: str | None = None
+    message_id: str | None = None  # a pipe filter hop's
+    linked: bool = False  # a copy of its message came back
 
 
 class Tracker:
@@ -143,7 +150,8 @@ class Tracker:
         self.messages: dict[str, Message] = {}
         self._pending: dict[str, list[_Held]] = {}  # queue ID -> its undecided lines
         self._hops: dict[str, list[_Held]] = {}  # presumed hop NEWID -> held deliveries
-        self._queue: list[_Held] = []  # all held items by deadline
+        # All held items by (deadline, seq): tuples, which the heap compares in C.
+        self._queue: list[tuple[float, int, _Held]] = []
         self._seq = 0
         self._recent: dict[str, float] = {}  # queue IDs queued recently (presumed hops)
         # Pipe content filters (``_pipe_hop``): every message's Message-ID until it leaves
@@ -181,7 +189,7 @@ class Tracker:
                 or (kind is MessageId and self._pipes)
             )
             when = self._advance(record.time) if timed else 0.0  # type: ignore[attr-defined]
-            if self._queue and self._queue[0].deadline <= self.now:
+            if self._queue and self._queue[0][0] <= self.now:
                 events = self._settle_due(self.now)
             events += self._take(record, kind, when)
         except Exception as exc:
@@ -212,7 +220,7 @@ class Tracker:
         if kind is MessageId:
             return self._message_id(record, when) if self._pipes else []  # type: ignore[arg-type]
         if isinstance(record, Notification):
-            message = self._message(record.new_queue_id, record.time.timestamp())
+            message = self._message(record.new_queue_id, self._epoch(record.time))
             message.ndr = message.no_milter = True
             return []
         if isinstance(record, Pickup):
@@ -231,6 +239,11 @@ class Tracker:
                 self._forget_old()
         return self._when
 
+    def _epoch(self, time: datetime) -> float:
+        """``time`` in epoch seconds without moving ``now`` (for the kinds that do not):
+        the last timed record's when it is the same datetime, as it mostly is."""
+        return self._when if time is self._time else time.timestamp()
+
     def _forget_old(self) -> None:
         """At each new second of log, not per batch: what is remembered (and so which
         `queued as` is a hop) depends on the lines alone, as after a crash's re-read."""
@@ -246,8 +259,8 @@ class Tracker:
 
     def _settle_due(self, limit: float) -> list[Event]:
         events: list[Event] = []
-        while self._queue and self._queue[0].deadline <= limit:
-            item = heapq.heappop(self._queue)
+        while self._queue and self._queue[0][0] <= limit:
+            item = heapq.heappop(self._queue)[2]
             try:
                 events += self._settle(item)
             except Exception as exc:
@@ -333,7 +346,7 @@ class Tracker:
     def _hold(self, item: _Held) -> None:
         self._seq += 1
         item.seq = self._seq
-        heapq.heappush(self._queue, item)
+        heapq.heappush(self._queue, (item.deadline, item.seq, item))
         if item.message_id is not None:
             self._pipe_hops.setdefault(item.message_id, []).append(item)
         elif item.hop_to is not None:
@@ -600,7 +613,7 @@ class Tracker:
     def _pickup(self, record: Pickup) -> list[Event]:
         """A local submission, or ``postsuper -r`` re-queueing ``orig_id`` under a new ID:
         the message goes on there with its UUID and remembered deferrals."""
-        message = self._message(record.queue_id, record.time.timestamp())
+        message = self._message(record.queue_id, self._epoch(record.time))
         message.no_milter = True
         if record.orig_id is None:
             return []
@@ -726,17 +739,19 @@ class Tracker:
         """The header_checks INFO fallback (see ``Message.info_uuid``)."""
         if record.name.lower() != _HEADER_LOWER:
             return []
-        parsed = parse_uuid(record.value)
-        if parsed is None:
-            self.counts["header_info_invalid"] += 1
-            return []
-        message = self._message(record.queue_id, record.time.timestamp())
+        value = record.value
+        if _CANONICAL_UUID.fullmatch(value) is None or value == _NIL_UUID:
+            parsed = parse_uuid(value)
+            if parsed is None:
+                self.counts["header_info_invalid"] += 1
+                return []
+            value = str(parsed)
+        message = self._message(record.queue_id, self._epoch(record.time))
         if self._trusts_client is not None and not self._trusts_client(record.client):
             # As a repeated header: this message's INFO lines give no UUID at all.
             self.counts["header_info_untrusted_client"] += 1
             message.info_uuid = ""
             return []
-        value = str(parsed)
         if message.info_uuid is None:
             message.info_uuid = value
         elif message.info_uuid != value:  # the header repeated: which one is it?
@@ -779,7 +794,7 @@ class Tracker:
         held = [
             [h.deadline, h.queue_id, record_to_json(h.record), h.hop_to, h.uuid]
             + ([h.message_id, h.linked] if h.message_id is not None else [])
-            for h in sorted(self._queue)
+            for _, _, h in sorted(self._queue)
             if self._live(h)
         ]
         return {

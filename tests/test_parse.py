@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import time
@@ -22,6 +23,7 @@ from logwatch.parse import (
     QueueActive,
     Removed,
     Skipped,
+    candidates,
     parse_block,
     parse_line,
 )
@@ -683,7 +685,7 @@ def test_fast_shapes_parse_like_the_general_parser(monkeypatch: pytest.MonkeyPat
     common = sum(isinstance(rec, Delivery | QueueActive | Removed | MessageId) for rec in fast)
     assert taken > 0.85 * common  # the shortcut is really used
     never = re.compile(r"(?!)")
-    for name in shortcuts:
+    for name in (*shortcuts, "_COMMON_INFO_HEAD"):
         monkeypatch.setattr(parse, name, never)
     general = [parse_line(line, Clock(UTC, NOW)) for line in lines]
     assert [(line, rec) for line, rec in zip(lines, fast, strict=True)] == list(
@@ -782,6 +784,55 @@ def test_parse_block_gives_what_parse_line_gives_line_by_line(name: str) -> None
     expected = [r for line in common if (r := parse_line(line, clock)) is not None]
     block = parse_block([line.encode() for line in common], Clock(UTC, NOW), message_ids=True)
     assert block == expected
+
+
+def every_real_line() -> list[str]:
+    """Every log line of the samples: the three maillogs, the wild lines and the 459 wild
+    status lines."""
+    lines = [
+        line
+        for name in ("maillog.functional", "maillog.content-filter", "maillog.pipe-filter")
+        for line in sample_lines(name)
+    ]
+    lines += [line for line in sample_lines("wild/lines.log") if not line.startswith("#")]
+    lines += [json.loads(row)["line"] for row in sample_lines("wild/status-lines.jsonl")]
+    return lines
+
+
+def parser_takes(lines: list[str], message_ids: bool) -> list[str]:
+    """The lines parse_line gives anything for (message-id lines only if asked)."""
+    out = []
+    for line in lines:
+        record = parse_line(line, Clock(UTC, NOW))
+        if record is not None and (message_ids or not isinstance(record, MessageId)):
+            out.append(line)
+    return out
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 7, 64, 100_000])
+@pytest.mark.parametrize("message_ids", [False, True])
+def test_the_block_prefilter_hands_on_every_line_the_parser_takes(
+    block_size: int, message_ids: bool
+) -> None:
+    """Lines are picked out of the whole block by searching it for markers: none that
+    parse_line takes (a record or a counted skip) may be left out, whichever block it
+    falls in (first, last, alone), and each comes decoded as it would be alone, in order."""
+    marker_twice = SENT.replace("ok1@", "status=ok1@")
+    lines = [line.encode() for line in every_real_line()]
+    lines += [
+        marker_twice.encode(),
+        SENT.encode().replace(b"ok1@", b"ok\xff\xe2\x821@"),  # invalid UTF-8, cut sequence
+        b"\xf0\x9f noise",
+        b"",
+        HEAD.replace("smtp", "qmgr").encode() + b"removed",  # `: removed` at the very end
+    ]
+    taken = parser_takes([raw.decode("utf-8", "replace") for raw in lines], message_ids)
+    assert len(taken) > 1000 and marker_twice in taken
+    handed_on: list[str] = []
+    for start in range(0, len(lines), block_size):
+        handed_on += candidates(lines[start : start + block_size], message_ids)
+    assert parser_takes(handed_on, message_ids) == taken
+    assert len(handed_on) < 0.8 * len(lines)  # most lines are never cut out of the block
 
 
 def test_parse_block_decodes_invalid_utf8_like_the_follower_promises() -> None:

@@ -900,3 +900,30 @@ def test_a_removed_reinjection_of_an_untrusted_message_is_counted_as_untrusted(
     assert run(lines, tracker) == []
     assert tracker.counts == {"unmatched:untrusted_client": 2}
     assert tracker.messages == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "reported"),
+    [
+        ("aaaaaaaa-0000-4000-8000-00000000000a", "aaaaaaaa-0000-4000-8000-00000000000a"),
+        ("<AAAAAAAA-0000-4000-8000-00000000000A>", "aaaaaaaa-0000-4000-8000-00000000000a"),
+        ("00000000-0000-0000-0000-000000000000", None),  # the nil UUID is no message's
+    ],
+)
+def test_an_info_lines_uuid_is_reported_in_its_canonical_form(
+    value: str, reported: str | None
+) -> None:
+    """A canonical value is taken as it is (no UUID object built); any other form gives
+    the same text through parse_uuid, and the nil UUID none at all."""
+    lines = [
+        "Nov 23 18:40:00 feas postfix/cleanup[1]: 9F0A120C0F1: info: header"
+        f" X-Sendpost-Message-UUID: {value} from localhost[127.0.0.1];"
+        " from=<s@example.com> to=<r@example.com> proto=ESMTP helo=<vm>",
+        "Nov 23 18:40:01 feas postfix/smtp[2]: 9F0A120C0F1: to=<r@example.com>,"
+        " relay=mx.example.com[192.0.2.1]:25, delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0,"
+        " status=sent (250 ok)",
+    ]
+    tracker = Tracker(lambda _: None, FILTER)
+    events = run(lines, tracker)
+    assert [e["message_id"] for e in events] == ([reported] if reported else [])
+    assert tracker.counts["header_info_invalid"] == (0 if reported else 1)
