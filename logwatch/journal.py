@@ -313,7 +313,9 @@ class JournalReader:
         if isinstance(transport, asyncio.SubprocessTransport):
             stdout = transport.get_pipe_transport(1)
             if stdout is not None:
-                _widen_pipe(stdout.get_extra_info("pipe").fileno())
+                # journalctl may have ended already (no journal): its pipe is then closed
+                with contextlib.suppress(ValueError):
+                    _widen_pipe(stdout.get_extra_info("pipe").fileno())
         self._proc, self._stderr = proc, []
         self._stderr_task = asyncio.create_task(self._read_stderr(proc))
         log.debug("reading %s: %s", self.describe(), " ".join(cmd))
