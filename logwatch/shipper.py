@@ -17,7 +17,7 @@ import logging
 import os
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 100  # the API's batch limit (product description)
 BATCH_WAIT = 5.0  # seconds an event may wait for its batch to fill
+_MAX_NOTICED = 1024  # appends whose noticed time is kept apart (an outage merges the newest)
 BACKOFF_CAP = 60.0
 KEY_REJECTED_RETRY = 300.0  # a wrong key is not fixed by hammering the API
 REQUEST_TIMEOUT = 30.0
@@ -107,7 +108,9 @@ class Shipper:
         self._flushing = False  # stopping: send what is pending without waiting for a batch
         self.wake = asyncio.Event()  # set by ``appended`` when the sender has work
         self._filling = False  # waiting for a batch to fill: only a full one needs waking
-        self._window_from: float | None = None  # when the oldest unread event was noticed
+        # (last WAL seq of an append, when its lines were noticed), oldest first: the
+        # batch window of the oldest unsent event counts from its append's entry.
+        self._noticed: deque[tuple[int, float]] = deque()
         self.progress = asyncio.Event()  # set when the WAL shrank (a paused reader waits)
         # health and metrics
         self.key_rejected = False
@@ -166,8 +169,11 @@ class Shipper:
         does not make them wait longer. While the sender waits for a batch to fill, a
         wake-up per append would only count again.
         """
-        if self._window_from is None:
-            self._window_from = noticed
+        entries = self._noticed
+        if len(entries) < _MAX_NOTICED:
+            entries.append((self._wal.last_seq, noticed))
+        else:  # a long outage: the newest range grows, keeping its earlier time
+            entries[-1] = (self._wal.last_seq, entries[-1][1])
         if not self._filling or self._wal.pending >= BATCH_SIZE:
             self.wake.set()
 
@@ -178,9 +184,7 @@ class Shipper:
             pending = self._wal.pending
             if 0 < pending < BATCH_SIZE and not self._flushing:
                 now = time.monotonic()
-                if self._window_from is None:  # pending since a start, or after a batch
-                    self._window_from = now
-                remaining = self._window_from + BATCH_WAIT - now
+                remaining = self._window_start(now) + BATCH_WAIT - now
                 if remaining > 0:
                     self.wake.clear()
                     self._filling = True
@@ -191,13 +195,21 @@ class Shipper:
                         self._filling = False
                     continue
             events = self._wal.read(self._wal.acked_seq, BATCH_SIZE) if pending else []
-            if pending <= BATCH_SIZE:  # all taken: events appended from now on start anew
-                self._window_from = None  # (those left over keep theirs: it is earlier)
             if not events:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
             await self._deliver([seq for seq, _ in events], [raw for _, raw in events])
+
+    def _window_start(self, now: float) -> float:
+        """When the oldest unsent event's line was noticed (events pending since a
+        start: when this was first asked, as their lines' time is not known)."""
+        entries, acked = self._noticed, self._wal.acked_seq
+        while entries and entries[0][0] <= acked:
+            entries.popleft()
+        if not entries:
+            entries.append((self._wal.last_seq, now))
+        return entries[0][1]
 
     async def _deliver(self, seqs: list[int], events: list[bytes]) -> None:
         """Send one batch until it is accepted or its bad events are set aside; ack it."""

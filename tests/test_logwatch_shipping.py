@@ -553,3 +553,33 @@ def test_the_batch_window_counts_from_when_the_lines_were_noticed(
     late = str(uuid.UUID(int=150))
     assert [len(b) for b in batches] == [100, 50, 1], batches
     assert batches[-1] == [late], "a window counted anew kept early events for the late one"
+
+
+def test_events_pending_at_a_start_leave_within_one_window(
+    server: IngestServer, tmp_path: Path
+) -> None:
+    """Events left in the WAL by the last run have no noticed time: their window starts
+    when the sender first sees them, and ends (it is not counted anew at each look)."""
+    wal = Wal(tmp_path / "events.wal")
+    when = datetime.now(UTC)
+    wal.append(
+        [
+            Event(str(uuid.UUID(int=7)), EventType.DELIVERED, when, "a@b.c", 250, "ok")
+            .to_json()
+            .encode()
+        ]
+    )
+    shipper = Shipper(wal, server.url, Secret(KEY), tmp_path / "dead-letter.jsonl", lambda _: None)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(shipper.run(stop))
+        async with asyncio.timeout(4 * BATCH_WAIT):
+            while not server.accepted:
+                await asyncio.sleep(0.05)
+        stop.set()
+        await running
+
+    asyncio.run(main())
+    wal.close()
+    assert [e["message_id"] for e in server.accepted] == [str(uuid.UUID(int=7))]
