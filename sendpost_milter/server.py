@@ -34,6 +34,8 @@ log = logging.getLogger("sendpost_milter")
 MILTER_NAME = "sendpost-agent"
 # Seconds libmilter waits on a silent MTA connection before dropping it.
 MTA_IO_TIMEOUT = 600
+# Seconds a stop waits for messages past RCPT TO to end (libmilter's stop does not).
+STOP_GRACE = 2.0
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
@@ -220,8 +222,9 @@ def run(config: Config) -> int:
                 probe_key = None
             policy = _trust_policy(config)
             rows = GroupWriter(writer, metrics)
+            callbacks = Callbacks(rows, metrics, probe_key, policy)
             try:
-                _register(Callbacks(rows, metrics, probe_key, policy), config.milter_socket)
+                _register(callbacks, config.milter_socket)
                 log.info(
                     "milter listening on %s, metrics on http://%s/metrics, map %s",
                     config.milter_socket,
@@ -229,6 +232,15 @@ def run(config: Config) -> int:
                     config.map_path,
                 )
                 _serve(config.milter_socket)
+                cut = callbacks.wait_idle(STOP_GRACE)
+                if cut:
+                    metrics.errors.inc(cut)
+                    log.error(
+                        "stopping with %d messages past RCPT TO after waiting %.0f s:"
+                        " their map rows are not written, so they give no events",
+                        cut,
+                        STOP_GRACE,
+                    )
             finally:
                 rows.close()  # libmilter has stopped: every answered message's row is queued
         finally:

@@ -17,6 +17,7 @@ TEMPFAIL.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Final, Protocol
 
@@ -102,6 +103,23 @@ class Callbacks:
         self._probe_key = probe_key
         self._policy = policy
         self._untrusted_logged: dict[str, float] = {}  # client address -> last warning
+        # Messages between their first RCPT TO and their end: a stop waits for them.
+        self._open = 0
+        self._idle = threading.Condition()
+
+    def wait_idle(self, timeout: float) -> int:
+        """Wait until no message is between RCPT TO and its end (libmilter's stop does
+        not wait for open connections), at most ``timeout`` seconds; returns how many
+        are still open."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._open <= 0, timeout)
+            return self._open
+
+    def _opened(self, count: int) -> None:
+        with self._idle:
+            self._open += count
+            if self._open <= 0:
+                self._idle.notify_all()
 
     def negotiate(self, ctx: Context, opts: list[int]) -> int:
         """Ask for ``EOM_MACROS`` at end-of-message and skip every step we can.
@@ -152,7 +170,10 @@ class Callbacks:
         """
         try:
             address = recipient.decode("utf-8", "surrogateescape")
-            _session(ctx).recipients.append(address_key(address))
+            recipients = _session(ctx).recipients
+            if not recipients:
+                self._opened(1)
+            recipients.append(address_key(address))
         except Exception:
             self._internal_error("a recipient")
         return NOREPLY
@@ -180,6 +201,8 @@ class Callbacks:
             values, session.values = session.values, []
             probe, session.probe = session.probe, None
             recipients, session.recipients = session.recipients, []
+            if recipients:
+                self._opened(-1)
             queue_id = ctx.getsymval("i")
             # Our own probe is proven by its key, whoever the client is.
             ours = probe is not None and is_probe(self._probe_key, probe)
@@ -199,6 +222,8 @@ class Callbacks:
             session = _session(ctx)
             session.values = []
             session.probe = None
+            if session.recipients:
+                self._opened(-1)
             session.recipients = []
         except Exception:
             self._internal_error("abort")
