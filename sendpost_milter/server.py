@@ -34,7 +34,8 @@ log = logging.getLogger("sendpost_milter")
 MILTER_NAME = "sendpost-agent"
 # Seconds libmilter waits on a silent MTA connection before dropping it.
 MTA_IO_TIMEOUT = 600
-# Seconds a stop waits for messages past RCPT TO to end (libmilter's stop does not).
+# Seconds a stop waits for end-of-message callbacks running to put their rows
+# (libmilter's stop does not wait for them).
 STOP_GRACE = 2.0
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
@@ -232,14 +233,14 @@ def run(config: Config) -> int:
                     config.map_path,
                 )
                 _serve(config.milter_socket)
-                cut = callbacks.wait_idle(STOP_GRACE)
+                cut = callbacks.wait_ended(STOP_GRACE)
                 if cut:
-                    metrics.errors.inc(cut)
+                    metrics.map_write_errors.inc(cut)
                     log.error(
-                        "stopping with %d messages past RCPT TO after waiting %.0f s:"
-                        " their map rows are not written, so they give no events",
+                        "stopping with %d messages between RCPT TO and end-of-message: the"
+                        " MTA handles them per its milter_default_action, and their map rows"
+                        " are not written, so they give no events",
                         cut,
-                        STOP_GRACE,
                     )
             finally:
                 rows.close()  # libmilter has stopped: every answered message's row is queued

@@ -103,23 +103,25 @@ class Callbacks:
         self._probe_key = probe_key
         self._policy = policy
         self._untrusted_logged: dict[str, float] = {}  # client address -> last warning
-        # Messages between their first RCPT TO and their end: a stop waits for them.
-        self._open = 0
-        self._idle = threading.Condition()
+        # What a stop has to wait for or report (libmilter's stop waits for neither).
+        self._open = 0  # messages past their first RCPT TO, not ended
+        self._ending = 0  # end-of-message callbacks running: their rows are being put
+        self._ended = threading.Condition()
 
-    def wait_idle(self, timeout: float) -> int:
-        """Wait until no message is between RCPT TO and its end (libmilter's stop does
-        not wait for open connections), at most ``timeout`` seconds; returns how many
-        are still open."""
-        with self._idle:
-            self._idle.wait_for(lambda: self._open <= 0, timeout)
+    def wait_ended(self, timeout: float) -> int:
+        """After libmilter stopped: wait (at most ``timeout`` seconds) for the
+        end-of-message callbacks running, whose rows are being put; returns how many
+        messages are left open, which libmilter will not read further."""
+        with self._ended:
+            self._ended.wait_for(lambda: self._ending <= 0, timeout)
             return self._open
 
-    def _opened(self, count: int) -> None:
-        with self._idle:
+    def _opened(self, count: int, ending: int = 0) -> None:
+        with self._ended:
             self._open += count
-            if self._open <= 0:
-                self._idle.notify_all()
+            self._ending += ending
+            if self._ending <= 0:
+                self._ended.notify_all()
 
     def negotiate(self, ctx: Context, opts: list[int]) -> int:
         """Ask for ``EOM_MACROS`` at end-of-message and skip every step we can.
@@ -195,14 +197,14 @@ class Callbacks:
         return NOREPLY
 
     def eom(self, ctx: Context) -> int:
-        queue_id = None
+        self._opened(0, ending=1)  # a stop waits for this message's row to be put
+        ended = 0
         try:
             session = _session(ctx)
             values, session.values = session.values, []
             probe, session.probe = session.probe, None
             recipients, session.recipients = session.recipients, []
-            if recipients:
-                self._opened(-1)
+            ended = -1 if recipients else 0
             queue_id = ctx.getsymval("i")
             # Our own probe is proven by its key, whoever the client is.
             ours = probe is not None and is_probe(self._probe_key, probe)
@@ -214,6 +216,8 @@ class Callbacks:
                 return DISCARD
         except Exception:
             self._internal_error("end-of-message")
+        finally:
+            self._opened(ended, ending=-1)
         return ACCEPT
 
     def abort(self, ctx: Context) -> int:
