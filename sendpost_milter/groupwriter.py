@@ -7,19 +7,21 @@ written; docs/PERFORMANCE.md). So there is at most one commit per ``GROUP_WINDOW
 * a message that comes when no row is waiting and the last commit is at least
   ``GROUP_WINDOW`` old has its row committed at once, before its answer, as always;
 * any other message's row is queued and committed, after its answer, with every row
-  queued until then, by this module's thread ``GROUP_WINDOW`` after the last commit.
-  At hundreds of messages a second one commit carries many rows.
+  queued until then, by this module's thread ``GROUP_WINDOW`` after the last commit
+  ended. At hundreds of messages a second one commit carries many rows.
 
 What that costs, bounded (docs/GUARANTEES.md):
 
-* a queued row is visible to logwatch within ``GROUP_WINDOW`` after the answer (plus
-  its commit), well within logwatch's join-wait: a status line read before its row
-  waits for it like any line whose row is not known yet;
+* a queued row is visible to logwatch within the commit in progress plus
+  ``GROUP_WINDOW`` after the answer, plus its own commit (up to ``WRITER_PATIENCE``
+  more while another writer locks the map), well within logwatch's join-wait: a status
+  line read before its row waits for it like any line whose row is not known yet;
 * a crash of the milter (kill -9, out of memory) loses the rows not committed yet:
-  those of the messages answered within the last ``GROUP_WINDOW`` (plus a commit in
-  progress). The header_checks INFO rule, where setup installs it, gives logwatch their
-  UUID anyway; ``sendpost_milter_map_rows_pending`` shows how many are at stake;
-* a stop (SIGTERM, systemctl stop) commits every queued row before the process exits.
+  those answered since the last commit that completed. The header_checks INFO rule,
+  where setup installs it, gives logwatch their UUID anyway;
+  ``sendpost_milter_map_rows_pending`` shows how many are at stake;
+* a stop (SIGTERM, systemctl stop) commits every queued row before the process exits;
+  a row put after that is committed at once.
 """
 
 from __future__ import annotations

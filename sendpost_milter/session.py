@@ -106,7 +106,7 @@ class Callbacks:
         # What a stop has to wait for or report (libmilter's stop waits for neither).
         self._open = 0  # messages past their first RCPT TO, not ended
         self._ending = 0  # end-of-message callbacks running: their rows are being put
-        self._ended = threading.Condition()
+        self._ended = threading.Condition(threading.Lock())
 
     def wait_ended(self, timeout: float) -> int:
         """After libmilter stopped: wait (at most ``timeout`` seconds) for the
