@@ -172,5 +172,5 @@ class GroupWriter:
             self.path,
             exc,
             len(rows),
-            ", ".join(r[0] for r in rows[:10]) + (", ..." if len(rows) > 10 else ""),
+            ", ".join(str(r[0]) for r in rows[:10]) + (", ..." if len(rows) > 10 else ""),
         )
