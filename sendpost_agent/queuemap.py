@@ -188,8 +188,20 @@ def row(
         message_uuid.bytes if message_uuid is not None else None,
         int(header),
         int(time.time() if now is None else now),
-        "\n".join(recipients) if recipients else None,
+        _storable("\n".join(recipients)) if recipients else None,
     )
+
+
+def _storable(text: str) -> str:
+    """Envelope text as SQLite can store it: bytes that were not UTF-8 (kept as surrogates)
+    become U+FFFD, as logwatch decodes log lines, so the two still match; else SQLite
+    refuses the whole statement, every row of a group with it."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def is_busy(exc: BaseException) -> bool:
+    """The map was locked by another writer (ProgrammingError and others have no name)."""
+    return (getattr(exc, "sqlite_errorname", None) or "").startswith("SQLITE_BUSY")
 
 
 class MapWriter:
@@ -258,7 +270,7 @@ class MapWriter:
             except sqlite3.Error as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
-                busy = exc.sqlite_errorname.startswith("SQLITE_BUSY")
+                busy = is_busy(exc)
                 if busy and not self._impatient_until:
                     self._impatient_until = time.monotonic() + IMPATIENT_FOR
                     self._conn.execute("PRAGMA busy_timeout=0")

@@ -7,19 +7,21 @@ written; docs/PERFORMANCE.md). So there is at most one commit per ``GROUP_WINDOW
 * a message that comes when no row is waiting and the last commit is at least
   ``GROUP_WINDOW`` old has its row committed at once, before its answer, as always;
 * any other message's row is queued and committed, after its answer, with every row
-  queued until then, by this module's thread ``GROUP_WINDOW`` after the last commit.
-  At hundreds of messages a second one commit carries many rows.
+  queued until then, by this module's thread ``GROUP_WINDOW`` after the last commit
+  ended. At hundreds of messages a second one commit carries many rows.
 
 What that costs, bounded (docs/GUARANTEES.md):
 
-* a queued row is visible to logwatch within ``GROUP_WINDOW`` after the answer (plus
-  its commit), well within logwatch's join-wait: a status line read before its row
-  waits for it like any line whose row is not known yet;
+* a queued row is visible to logwatch within the commit in progress plus
+  ``GROUP_WINDOW`` after the answer, plus its own commit (up to ``WRITER_PATIENCE``
+  more while another writer locks the map), well within logwatch's join-wait: a status
+  line read before its row waits for it like any line whose row is not known yet;
 * a crash of the milter (kill -9, out of memory) loses the rows not committed yet:
-  those of the messages answered within the last ``GROUP_WINDOW`` (plus a commit in
-  progress). The header_checks INFO rule, where setup installs it, gives logwatch their
-  UUID anyway; ``sendpost_milter_map_rows_pending`` shows how many are at stake;
-* a stop (SIGTERM, systemctl stop) commits every queued row before the process exits.
+  those answered since the last commit that completed. The header_checks INFO rule,
+  where setup installs it, gives logwatch their UUID anyway;
+  ``sendpost_milter_map_rows_pending`` shows how many are at stake;
+* a stop (SIGTERM, systemctl stop) commits every queued row before the process exits;
+  a row put after that is committed at once.
 """
 
 from __future__ import annotations
@@ -29,11 +31,15 @@ import threading
 import time
 from typing import Final
 
-from sendpost_agent.queuemap import MapWriter, Row
+from sendpost_agent.queuemap import MapWriter, Row, is_busy
 from sendpost_milter.metrics import MilterMetrics
 
 log = logging.getLogger("sendpost_milter")
-GROUP_WINDOW: Final = 0.02  # seconds from a group's first row to its commit
+GROUP_WINDOW: Final = 0.02  # seconds from one commit to the next, at the least
+# Seconds the writer thread tries a locked map again (a quiet put, before its answer,
+# does not: see MapWriter), and how often.
+WRITER_PATIENCE: Final = 2.0
+BUSY_RETRY_EVERY: Final = 0.05
 
 
 class GroupWriter:
@@ -46,10 +52,11 @@ class GroupWriter:
         self._writer = writer
         self._metrics = metrics
         self._window = window
-        self._lock = threading.Lock()  # guards the four below
+        self._lock = threading.Lock()  # guards the five below
         self._rows: list[Row] = []  # queued for the writer thread
-        self._committing = 0  # rows in the commit running (one at a time)
+        self._committing = 0  # rows in the commits running
         self._next_commit = 0.0  # monotonic time before which rows are queued
+        self._stopped = False  # the writer thread has ended: put commits its row itself
         self._queued = threading.Event()  # rows wait for the writer thread
         self._closing = threading.Event()
         # Read when /metrics is scraped: nothing to count per message.
@@ -58,36 +65,51 @@ class GroupWriter:
         self._thread.start()
 
     def put(self, row: Row) -> None:
-        """Commit the row now if mail is quiet, else queue it for the writer thread."""
+        """Commit the row now if mail is quiet (or the writer thread has ended, as when
+        a message ends after a stop), else queue it for the writer thread."""
         with self._lock:
-            quiet = not self._rows and not self._committing
-            at_once = quiet and time.monotonic() >= self._next_commit
-            if at_once:
-                self._committing = 1
+            if self._stopped:
+                rows, self._rows = [*self._rows, row], []
+            elif not self._rows and not self._committing and time.monotonic() >= self._next_commit:
+                rows = [row]
             else:
                 self._rows.append(row)
                 if len(self._rows) > 1:
                     return  # the writer thread was woken by the group's first row
-        if not at_once:
+                rows = []
+            self._committing += len(rows)
+        if not rows:
             self._queued.set()
             return
         try:
-            self._commit([row])
+            self._commit(rows, patience=0.0)
         finally:
-            self._committed()
+            self._committed(len(rows))
 
     def close(self) -> None:
-        """Commit every queued row and stop; call it after the last ``put``."""
+        """Commit every queued row and stop the thread; a later ``put`` commits at once."""
         self._closing.set()
         self._queued.set()
         self._thread.join()
 
     def _pending(self) -> int:
-        return len(self._rows) + self._committing
+        with self._lock:  # never 0 between taking a group and counting it as committing
+            return len(self._rows) + self._committing
 
     def _run(self) -> None:
+        try:
+            while self._step():
+                pass
+        finally:
+            with self._lock:
+                self._stopped = True
+
+    def _step(self) -> bool:
+        """Commit one group; False once closing with nothing queued. An unexpected error
+        is counted and logged, and the thread goes on: a dead thread would lose every
+        later row silently."""
         closing = self._closing
-        while True:
+        try:
             self._queued.wait()
             with self._lock:
                 delay = self._next_commit - time.monotonic()
@@ -96,38 +118,59 @@ class GroupWriter:
             with self._lock:
                 self._queued.clear()
                 if self._committing:
-                    continue  # a put commits its row; it wakes us when done
+                    return True  # a put commits its row; it wakes us when done
                 rows, self._rows = self._rows, []
-                self._committing = len(rows)
                 if not rows and closing.is_set():
-                    return
-            if rows:
-                try:
-                    self._commit(rows)
-                finally:
-                    self._committed()
+                    self._stopped = True  # under the lock: no put queues a row after this
+                    return False
+                self._committing += len(rows)
+            try:
+                self._commit(rows, patience=WRITER_PATIENCE)
+            finally:
+                self._committed(len(rows))
+        except Exception:
+            self._metrics.errors.inc()
+            log.exception("internal error in the queue map writer %s; it goes on", self.path)
+        return True
 
-    def _committed(self) -> None:
+    def _committed(self, count: int) -> None:
         with self._lock:
-            self._committing = 0
+            self._committing -= count
             self._next_commit = time.monotonic() + self._window
             if self._rows or self._closing.is_set():
                 self._queued.set()
 
-    def _commit(self, rows: list[Row]) -> None:
-        """Failures cost the group's rows, counted and logged; the thread goes on."""
+    def _commit(self, rows: list[Row], patience: float) -> None:
+        """Failures cost the rows at fault, counted and logged; the thread goes on.
+
+        A locked map is tried again for ``patience`` seconds (the writer thread's rows
+        are answered already: waiting delays no mail). Any other failure of a group is
+        retried row by row, so that one bad row costs only itself."""
         metrics = self._metrics
         started = time.perf_counter()
-        try:
-            self._writer.put_many(rows)
-        except Exception as exc:
-            metrics.map_write_errors.inc(len(rows))
-            log.error(
-                "cannot write the queue map %s: %s; %d rows lost (queue IDs %s)",
-                self.path,
-                exc,
-                len(rows),
-                ", ".join(r[0] for r in rows[:10]) + (", ..." if len(rows) > 10 else ""),
-            )
-            return
+        give_up = time.monotonic() + patience
+        while True:
+            try:
+                self._writer.put_many(rows)
+                break
+            except Exception as exc:
+                if is_busy(exc) and time.monotonic() < give_up:
+                    time.sleep(BUSY_RETRY_EVERY)
+                elif len(rows) > 1 and not is_busy(exc):
+                    for one in rows:
+                        self._commit([one], patience)
+                    return
+                else:
+                    self._lost(rows, exc)
+                    return
         metrics.map_write_seconds.observe(time.perf_counter() - started)
+
+    def _lost(self, rows: list[Row], exc: Exception) -> None:
+        self._metrics.map_write_errors.inc(len(rows))
+        log.error(
+            "cannot write the queue map %s: %s; %d rows lost (queue IDs %s)",
+            self.path,
+            exc,
+            len(rows),
+            ", ".join(str(r[0]) for r in rows[:10]) + (", ..." if len(rows) > 10 else ""),
+        )

@@ -34,6 +34,9 @@ log = logging.getLogger("sendpost_milter")
 MILTER_NAME = "sendpost-agent"
 # Seconds libmilter waits on a silent MTA connection before dropping it.
 MTA_IO_TIMEOUT = 600
+# Seconds a stop waits for end-of-message callbacks running to put their rows
+# (libmilter's stop does not wait for them).
+STOP_GRACE = 2.0
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
@@ -220,8 +223,9 @@ def run(config: Config) -> int:
                 probe_key = None
             policy = _trust_policy(config)
             rows = GroupWriter(writer, metrics)
+            callbacks = Callbacks(rows, metrics, probe_key, policy)
             try:
-                _register(Callbacks(rows, metrics, probe_key, policy), config.milter_socket)
+                _register(callbacks, config.milter_socket)
                 log.info(
                     "milter listening on %s, metrics on http://%s/metrics, map %s",
                     config.milter_socket,
@@ -229,6 +233,15 @@ def run(config: Config) -> int:
                     config.map_path,
                 )
                 _serve(config.milter_socket)
+                cut = callbacks.wait_ended(STOP_GRACE)
+                if cut:
+                    metrics.map_write_errors.inc(cut)
+                    log.error(
+                        "stopping with %d messages between RCPT TO and end-of-message: the"
+                        " MTA handles them per its milter_default_action, and their map rows"
+                        " are not written, so they give no events",
+                        cut,
+                    )
             finally:
                 rows.close()  # libmilter has stopped: every answered message's row is queued
         finally:

@@ -17,6 +17,7 @@ TEMPFAIL.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Final, Protocol
 
@@ -102,6 +103,25 @@ class Callbacks:
         self._probe_key = probe_key
         self._policy = policy
         self._untrusted_logged: dict[str, float] = {}  # client address -> last warning
+        # What a stop has to wait for or report (libmilter's stop waits for neither).
+        self._open = 0  # messages past their first RCPT TO, not ended
+        self._ending = 0  # end-of-message callbacks running: their rows are being put
+        self._ended = threading.Condition(threading.Lock())
+
+    def wait_ended(self, timeout: float) -> int:
+        """After libmilter stopped: wait (at most ``timeout`` seconds) for the
+        end-of-message callbacks running, whose rows are being put; returns how many
+        messages are left open, which libmilter will not read further."""
+        with self._ended:
+            self._ended.wait_for(lambda: self._ending <= 0, timeout)
+            return self._open
+
+    def _opened(self, count: int, ending: int = 0) -> None:
+        with self._ended:
+            self._open += count
+            self._ending += ending
+            if self._ending <= 0:
+                self._ended.notify_all()
 
     def negotiate(self, ctx: Context, opts: list[int]) -> int:
         """Ask for ``EOM_MACROS`` at end-of-message and skip every step we can.
@@ -152,7 +172,10 @@ class Callbacks:
         """
         try:
             address = recipient.decode("utf-8", "surrogateescape")
-            _session(ctx).recipients.append(address_key(address))
+            recipients = _session(ctx).recipients
+            if not recipients:
+                self._opened(1)
+            recipients.append(address_key(address))
         except Exception:
             self._internal_error("a recipient")
         return NOREPLY
@@ -174,12 +197,14 @@ class Callbacks:
         return NOREPLY
 
     def eom(self, ctx: Context) -> int:
-        queue_id = None
+        self._opened(0, ending=1)  # a stop waits for this message's row to be put
+        ended = 0
         try:
             session = _session(ctx)
             values, session.values = session.values, []
             probe, session.probe = session.probe, None
             recipients, session.recipients = session.recipients, []
+            ended = -1 if recipients else 0
             queue_id = ctx.getsymval("i")
             # Our own probe is proven by its key, whoever the client is.
             ours = probe is not None and is_probe(self._probe_key, probe)
@@ -191,6 +216,8 @@ class Callbacks:
                 return DISCARD
         except Exception:
             self._internal_error("end-of-message")
+        finally:
+            self._opened(ended, ending=-1)
         return ACCEPT
 
     def abort(self, ctx: Context) -> int:
@@ -199,6 +226,8 @@ class Callbacks:
             session = _session(ctx)
             session.values = []
             session.probe = None
+            if session.recipients:
+                self._opened(-1)
             session.recipients = []
         except Exception:
             self._internal_error("abort")

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -82,6 +83,69 @@ def test_a_failed_group_is_counted_and_logged_and_later_rows_are_written(
     assert reader.get("AFTER") is not None
     assert reader.get("LOCKED1") is None and reader.get("LOCKED2") is None
     assert "cannot write the queue map" in caplog.text and "LOCKED1" in caplog.text
+    reader.close()
+    writer.close()
+
+
+def test_a_bad_row_costs_only_itself_not_its_group(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row SQLite refuses (here text it cannot encode) in a group: the group is tried
+    row by row, the other rows are written and only the bad one is counted and logged."""
+    writer = MapWriter(path, DAY)
+    metrics = MilterMetrics()
+    rows = GroupWriter(writer, metrics, window=HOUR)
+    rows.put(row("FIRST", None, HeaderState.MISSING))  # committed at once: the rest queue
+    rows.put(row("GOOD1", None, HeaderState.MISSING))
+    rows.put(("BAD", None, int(HeaderState.MISSING), 0, "\udcff@x"))
+    rows.put(row("GOOD2", None, HeaderState.MISSING))
+    rows.close()
+    reader = MapReader(path)
+    assert [q for q in ("FIRST", "GOOD1", "BAD", "GOOD2") if reader.get(q)] == [
+        "FIRST",
+        "GOOD1",
+        "GOOD2",
+    ]
+    assert metrics.registry.get_sample_value("sendpost_milter_map_write_errors_total") == 1
+    assert "1 rows lost (queue IDs BAD)" in caplog.text
+    reader.close()
+    writer.close()
+
+
+def test_a_row_put_after_a_stop_is_committed(path: Path) -> None:
+    """A message that ends after the stop (libmilter does not wait for open connections)
+    still has its row written, not left in a queue no thread reads."""
+    writer = MapWriter(path, DAY)
+    metrics = MilterMetrics()
+    rows = GroupWriter(writer, metrics, window=HOUR)
+    rows.put(row("BEFORE", None, HeaderState.MISSING))
+    rows.close()
+    rows.put(row("LATE", None, HeaderState.MISSING))
+    reader = MapReader(path)
+    assert reader.get("LATE") is not None
+    assert pending(metrics) == 0
+    reader.close()
+    writer.close()
+
+
+def test_the_writer_thread_waits_out_a_short_lock(path: Path) -> None:
+    """Rows already answered wait for a map locked for a moment (a backup, a sqlite3
+    shell) instead of being dropped: no message waits for that."""
+    writer = MapWriter(path, DAY)
+    metrics = MilterMetrics()
+    rows = GroupWriter(writer, metrics, window=HOUR)
+    rows.put(row("BEFORE", None, HeaderState.MISSING))
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    rows.put(row("WAITED", None, HeaderState.MISSING))  # queued: the group window is open
+    release = threading.Timer(0.3, holder.execute, ("ROLLBACK",))
+    release.start()
+    rows.close()  # commits the queued row now, while the lock is held
+    release.join()
+    holder.close()
+    reader = MapReader(path)
+    assert reader.get("WAITED") is not None
+    assert metrics.registry.get_sample_value("sendpost_milter_map_write_errors_total") == 0
     reader.close()
     writer.close()
 

@@ -340,6 +340,46 @@ def test_sigterm_right_after_a_burst_commits_every_row(tmp_path: Path) -> None:
     assert "cannot write" not in proc.log()
 
 
+def test_a_message_open_at_sigterm_is_logged_as_not_recorded(tmp_path: Path) -> None:
+    """SIGTERM while a message is between RCPT TO and end-of-message: libmilter reads no
+    more of it, so its row cannot be written; the stop says so (the MTA handles the
+    message per its milter_default_action) instead of losing it silently."""
+    proc = MilterProcess(tmp_path / "state", f"unix:{tmp_path}/sock/m.sock").start()
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    message = lua_message("OPEN0OPEN0", [("X-Sendpost-Message-UUID", CANON)])
+    before_eom, eom = message.split("\nmt.macro(", 1)
+    pause = (
+        f"io.open({lua_quote(str(ready))}, 'w'):close()\n"
+        f"while io.open({lua_quote(str(go))}) == nil do mt.sleep(0.01) end\n"
+    )
+    script = tmp_path / "open.lua"
+    script.write_text(
+        "\n".join(
+            [
+                "function check(rc, what) if rc ~= nil then error(what .. ' failed') end end",
+                'SMFIC_EOM = string.byte("E")',
+                f'conn = mt.connect("{libmilter_address(proc.socket)}")',
+                "if conn == nil then error('cannot connect') end",
+                before_eom,
+                pause + "mt.macro(" + eom,
+            ]
+        )
+    )
+    client = subprocess.Popen(
+        ["miltertest", "-s", str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert client.poll() is None, client.communicate()[0]
+        assert time.monotonic() < deadline, "miltertest never reached end-of-message"
+        time.sleep(0.01)
+    assert proc.stop() == 0
+    go.touch()
+    client.communicate(timeout=60)
+    assert "stopping with 1 messages between RCPT TO and end-of-message" in proc.log()
+    assert "milter stopped" in proc.log()
+
+
 def start_milter_command(tmp_path: Path, milter_socket: str) -> subprocess.CompletedProcess[str]:
     """`sendpost-agent milter` as an operator runs it, for a start that must fail."""
     return subprocess.run(
