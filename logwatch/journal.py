@@ -115,7 +115,9 @@ def journal_command(
 
 def of_machine(matches: Sequence[str], machine: str) -> list[str]:
     """``matches`` narrowed to the entries of ``machine``: its ``_MACHINE_ID`` joins
-    every alternative (journalctl ands different fields, ``+`` ors alternatives)."""
+    every alternative (journalctl ands different fields, ``+`` ors alternatives). An
+    empty alternative (a stray ``+``) is left out: with the ID alone it would match
+    every entry of this machine."""
     groups: list[list[str]] = [[]]
     for item in matches:
         if item == "+":
@@ -123,7 +125,7 @@ def of_machine(matches: Sequence[str], machine: str) -> list[str]:
         else:
             groups[-1].append(item)
     out: list[str] = []
-    for group in groups:
+    for group in [g for g in groups if g] or [[]]:
         out += [*(["+"] if out else []), *group, f"_MACHINE_ID={machine}"]
     return out
 

@@ -425,6 +425,30 @@ def test_journal_keys_are_checked_with_the_key_named() -> None:
         load_config({"log-source": "syslog"}, Path("/dev/null"), {})
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "match", ["+ SYSLOG_FACILITY=2", "SYSLOG_FACILITY=2 +", "SYSLOG_FACILITY=2 + + _PID=1", "+"]
+)
+def test_a_stray_plus_in_journal_match_is_refused_with_the_fix(match: str) -> None:
+    """journalctl refuses a '+' without a match on both sides; so does the config, before
+    logwatch narrows each alternative to this machine and an empty one reads everything."""
+    with pytest.raises(ConfigError, match=r"key 'journal-match': .*remove the stray '\+'"):
+        load_config({"journal-match": match}, Path("/dev/null"), {})
+
+
+@pytest.mark.unit
+def test_an_empty_alternative_is_not_narrowed_to_every_entry_of_the_machine() -> None:
+    assert of_machine(["SYSLOG_FACILITY=2", "+"], "m") == ["SYSLOG_FACILITY=2", "_MACHINE_ID=m"]
+    assert of_machine(["+", "A=1", "+", "+", "B=2"], "m") == [
+        "A=1",
+        "_MACHINE_ID=m",
+        "+",
+        "B=2",
+        "_MACHINE_ID=m",
+    ]
+    assert of_machine([], "m") == ["_MACHINE_ID=m"]
+
+
 @pytest.mark.integration
 def test_an_unreadable_journal_makes_health_say_why(tmp_path: Path) -> None:
     """journalctl failing (here: no such directory) is reported and retried, not a crash."""
