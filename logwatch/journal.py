@@ -147,7 +147,9 @@ def switch_start(position: Position, last_line: float, oldest: float) -> float:
 
     A syslog daemon stamps a line when journald hands it over, after journald stored
     it, and in journald's order: the entries before that time are the lines the file
-    had up to there. A file stamped to the second only gives that second again."""
+    had up to there, but for those journald stored in the instant between storing the
+    last line and its stamp (missed: docs/GUARANTEES.md). A file stamped to the second
+    only gives that second again."""
     if not last_line:  # no line was read from the file: nothing to skip
         return oldest
     if position.saved_at is not None:
