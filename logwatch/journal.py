@@ -25,9 +25,10 @@ mounts over /proc's, and show the host's. ``--merge`` also opens other machines'
 
 Without a saved cursor reading starts at ``since`` (Unix time): the agent passes
 ``map-retention`` ago, as older lines cannot join the milter's map anyway. After the
-file source (a cursor in a mail log file), it starts at the last line read from the
-file (its time, to the microsecond where the file has it, as Debian 12's
-rsyslog writes), so that what was shipped from the file is not shipped again.
+file source (a cursor in a mail log file), it starts after the last line read from the
+file, found in the journal by its text, else at its time (to the microsecond where the
+file has it, as Debian 12's rsyslog writes), so that what was shipped from the file is
+not shipped again.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from logwatch.cursor import JournalPosition, Position
+from logwatch.cursor import FINGERPRINT_BYTES, JournalPosition, Position
 from logwatch.follow import Follower
 from logwatch.journalexport import ExportParser
 from logwatch.logfile import LogUnreadable
@@ -67,6 +68,9 @@ log = logging.getLogger(__name__)
 FIELDS = ("MESSAGE", "SYSLOG_IDENTIFIER", "_PID", "_HOSTNAME")
 _READ_SIZE = 1 << 20  # bytes per read from journalctl: a catch-up batch
 MACHINE_ID = Path("/etc/machine-id")  # what journald stamps as _MACHINE_ID
+# After the file source the journal is searched for the file's last line from this long
+# before its time: journald stored it before the syslog daemon stamped it.
+SWITCH_BACK = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +119,9 @@ def journal_command(
 
 def of_machine(matches: Sequence[str], machine: str) -> list[str]:
     """``matches`` narrowed to the entries of ``machine``: its ``_MACHINE_ID`` joins
-    every alternative (journalctl ands different fields, ``+`` ors alternatives)."""
+    every alternative (journalctl ands different fields, ``+`` ors alternatives). An
+    empty alternative (a stray ``+``) is left out: with the ID alone it would match
+    every entry of this machine."""
     groups: list[list[str]] = [[]]
     for item in matches:
         if item == "+":
@@ -123,7 +129,7 @@ def of_machine(matches: Sequence[str], machine: str) -> list[str]:
         else:
             groups[-1].append(item)
     out: list[str] = []
-    for group in groups:
+    for group in [g for g in groups if g] or [[]]:
         out += [*(["+"] if out else []), *group, f"_MACHINE_ID={machine}"]
     return out
 
@@ -145,12 +151,44 @@ def switch_start(position: Position, last_line: float, oldest: float) -> float:
 
     A syslog daemon stamps a line when journald hands it over, after journald stored
     it, and in journald's order: the entries before that time are the lines the file
-    had up to there. A file stamped to the second only gives that second again."""
+    had up to there, but for those journald stored in the instant between storing the
+    last line and its stamp. So the line itself is looked for first (``after`` of
+    ``JournalReader``); this time is where it is not found. A file stamped to the second
+    only gives that second again."""
     if not last_line:  # no line was read from the file: nothing to skip
         return oldest
     if position.saved_at is not None:
         last_line = min(last_line, position.saved_at)
     return max(oldest, last_line)
+
+
+def last_file_line(path: Path, position: Position) -> bytes | None:
+    """The last line read from the file (the one ending at ``position``) without its
+    time, when the file is still the one the cursor names and stamps in RFC 3339 (as
+    journal lines are); None otherwise: then only the time tells where to start."""
+    try:
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            if not position.file.matches(st.st_dev, st.st_ino, f.read(FINGERPRINT_BYTES)):
+                return None
+            start = max(0, position.offset - _READ_SIZE)
+            f.seek(start)
+            block = f.read(position.offset - start)
+    except OSError:
+        return None
+    if len(block) != position.offset - start or not block.endswith(b"\n"):
+        return None
+    stamp, _, rest = block[:-1].rpartition(b"\n")[2].partition(b" ")
+    return rest if rest and _line_time(stamp) is not None else None
+
+
+def _line_time(stamp: bytes) -> float | None:
+    """Unix time of a line's RFC 3339 stamp with its zone; None for any other."""
+    try:
+        when = datetime.fromisoformat(stamp.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
 
 
 def _widen_pipe(fd: int) -> None:
@@ -214,6 +252,8 @@ class JournalReader:
     (when and what was lost). ``directory`` reads journal files there instead of the
     system journal. ``next_batch`` is cancellation-safe; when journalctl ends, it raises
     ``LogUnreadable`` and the next call starts it again at the last batch returned.
+    ``after``: (the file source's last line without its time, that time): entries up to
+    and including that line are skipped, or, not found, those before that time.
     """
 
     rotations = 0  # a journal has no rotation or truncation the reader sees
@@ -226,8 +266,10 @@ class JournalReader:
         *,
         since: float | None = None,
         directory: Path | None = None,
+        after: tuple[bytes, float] | None = None,
     ) -> None:
         self.matches = list(matches)
+        self._after = after
         self.directory = directory
         self._start = start
         self._since = since
@@ -265,6 +307,8 @@ class JournalReader:
             lines = self._parser.feed(data)
             if lines and self._resumed is not None:
                 lines = self._check_resume(lines)
+            if lines and self._after is not None:
+                lines = self._skip_file_lines(lines, *self._after)
             if lines:
                 cursor = self._parser.cursor
                 assert cursor is not None
@@ -356,6 +400,21 @@ class JournalReader:
         if self._stderr_task is not None:
             self._stderr_task.cancel()
 
+    def _skip_file_lines(self, lines: list[bytes], last: bytes, at: float) -> list[bytes]:
+        """The lines after the file source's ``last`` line (or from its time ``at``)."""
+        for n, line in enumerate(lines):
+            stamp, _, rest = line.partition(b" ")
+            found = rest == last
+            if found or (_line_time(stamp) or at) >= at:
+                self._after = None
+                # Handed out or not, the entries up to here are done: a restart of
+                # journalctl goes on after them.
+                cursor = self._parser.cursor
+                assert cursor is not None
+                self._start = JournalPosition(cursor)
+                return lines[n + 1 :] if found else lines[n:]
+        return []
+
     def _check_resume(self, lines: list[bytes]) -> list[bytes]:
         """The first entry after a (re)start: the saved one, or the oldest kept (a gap)."""
         resumed, self._resumed = self._resumed, None
@@ -395,18 +454,28 @@ def open_source(
     from the file), the file from its start, with a warning."""
     if config.log_source == "journal":
         since = time.time() - config.map_retention
+        after = None
         if isinstance(position, Position):
             since = switch_start(position, last_line, since)
+            last = last_file_line(config.log_path, position) if last_line else None
             log.warning(
                 "the cursor %s is a position in %s, but log-source is journal: reading"
-                " the journal from %s on (the last line read from the file)",
+                " the journal after the last line read from the file (%s%s)",
                 config.cursor_path,
                 position.file.name or "a mail log file",
                 datetime.fromtimestamp(since, UTC).isoformat(),
+                "" if last is None else ", the line found in the file",
             )
+            if last is not None:
+                after = (last, since)
+                since -= SWITCH_BACK
         start = position if isinstance(position, JournalPosition) else None
         return JournalReader(
-            config.journal_match, start, since=since, directory=config.journal_directory
+            config.journal_match,
+            start,
+            since=since,
+            directory=config.journal_directory,
+            after=after,
         )
     if isinstance(position, JournalPosition):
         log.warning(

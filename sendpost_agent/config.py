@@ -245,10 +245,18 @@ class JournalMatch(tuple[str, ...]):
 
 
 def _journal_match(value: object) -> JournalMatch:
-    """journalctl matches: FIELD=VALUE (fields in capitals), ``+`` between alternatives."""
+    """journalctl matches: FIELD=VALUE (fields in capitals), ``+`` between alternatives.
+    A ``+`` with no match on one side is refused, as journalctl refuses it: logwatch
+    adds this machine's ID to each alternative, and an empty one would read everything."""
     items = [_text(i) for i in value] if isinstance(value, list | tuple) else _text(value).split()
-    for item in items:
-        if item != "+" and not re.fullmatch(r"_{0,2}[A-Z0-9][A-Z0-9_]*=\S*", item):
+    for n, item in enumerate(items):
+        if item == "+":
+            if n in (0, len(items) - 1) or items[n - 1] == "+":
+                raise ValueError(
+                    f"'+' (or) stands between two matches, as in 'SYSLOG_FACILITY=2 +"
+                    f" SYSLOG_IDENTIFIER=postfix/smtp'; remove the stray '+' of {' '.join(items)!r}"
+                )
+        elif not re.fullmatch(r"_{0,2}[A-Z0-9][A-Z0-9_]*=\S*", item):
             raise ValueError(
                 f"{item!r} is not a journal match FIELD=VALUE (e.g. SYSLOG_FACILITY=2,"
                 " _SYSTEMD_UNIT=postfix@-.service) nor '+' (or)"

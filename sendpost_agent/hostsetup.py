@@ -538,37 +538,38 @@ class MailLog:
 
 
 def choose_mail_log(
-    given: Path | None, maillog_file: str, journal: bool = False, with_rsyslog: bool = False
+    given: Path | None,
+    maillog_file: str,
+    journal: bool = False,
+    with_rsyslog: bool = False,
+    written: Path | None = None,
 ) -> MailLog:
-    """log-path: given (flag or config.yaml), else Postfix's maillog_file, else the file
-    syslog writes. Postfix logging to syslog with no syslog daemon writing a mail log
-    (Debian 12 without rsyslog: only the journal has it) would leave logwatch waiting
-    for ever: logwatch reads the systemd journal (no second daemon, no second copy of
-    each line); with ``with_rsyslog``, or without journalctl, rsyslog is installed, or
-    setup stops and says how to fix it. ``journal``: log-source journal was asked for."""
+    """log-path: given (the operator's), else the syslog file an earlier setup wrote
+    (``written``), else Postfix's maillog_file, else the file syslog writes. Postfix
+    logging to syslog with no syslog daemon running (Debian 12 without rsyslog: only the
+    journal has its log; a mail log file left by a removed rsyslog grows no more) would
+    leave logwatch waiting for ever: logwatch reads the systemd journal (no second
+    daemon, no second copy of each line) unless a log was given; with ``with_rsyslog``,
+    or without journalctl, rsyslog is installed, or setup stops and says how to fix it.
+    ``journal``: log-source journal was asked for."""
     debian, rhel = SYSLOG_LOGS
     if journal:
-        return MailLog(given or debian, journal=True)
-    if given is not None:
-        path = given
-    elif maillog_file:
-        path = Path(maillog_file)
-    else:
-        path = rhel if rhel.exists() and not debian.exists() else debian
-    if (
-        maillog_file
-        or path not in SYSLOG_LOGS
-        or any(p.exists() for p in SYSLOG_LOGS)
-        or syslog_daemon_running()
-    ):
+        return MailLog(given or written or debian, journal=True)
+    path = given or written
+    if path is None:
+        default = rhel if rhel.exists() and not debian.exists() else debian
+        path = Path(maillog_file) if maillog_file else default
+    if maillog_file or path not in SYSLOG_LOGS or syslog_daemon_running():
         return MailLog(path)
     why = (
         "no mail log to follow: Postfix logs to syslog (maillog_file is empty), but no"
-        f" syslog daemon runs and neither {debian} nor {rhel} exists (only the journal has"
-        " Postfix's log, as on Debian 12 without rsyslog)"
+        f" syslog daemon runs to write {debian} or {rhel} (only the journal has Postfix's"
+        " log, as on Debian 12 without rsyslog)"
     )
     if given is None and not with_rsyslog and shutil.which("journalctl"):
         return MailLog(debian, journal=True)
+    if not with_rsyslog and any(p.exists() for p in SYSLOG_LOGS):
+        return MailLog(path)  # the operator's, or no journal: a daemon unknown here?
     if not package_installed("rsyslog"):
         if shutil.which("apt-get"):
             return MailLog(debian, install_rsyslog=True)
@@ -876,12 +877,27 @@ def plan_setup(host: Host, request: Request) -> Plan:
             " queue directory; use inet:127.0.0.1:PORT, or remove milter-socket for the"
             " default socket"
         )
-    given_log = "log-path" in request.settings or "log-path" in in_file
+    # The operator's log-path (this command line's, or one setup would not write) is
+    # followed as given; a syslog file an earlier setup wrote is only where syslog wrote,
+    # and gives way to the journal once no syslog daemon runs (rsyslog removed).
+    named = "log-path" in request.settings or "log-path" in in_file
+    given, written = (config.log_path if named else None), None
+    if given in SYSLOG_LOGS and "log-path" not in request.settings:
+        given, written = None, given
+    journal = config.log_source == "journal"
+    if request.with_rsyslog:
+        if "log-source" in request.settings and journal:
+            raise UsageError(
+                "--with-rsyslog (read the file rsyslog writes) and --log-source journal"
+                " exclude each other: give one of them"
+            )
+        journal = False  # over a log-source: journal of config.yaml: asked for just now
     mail_log = choose_mail_log(
-        config.log_path if given_log else None,
+        given,
         conf.value("maillog_file"),
-        journal=config.log_source == "journal",
+        journal=journal,
         with_rsyslog=request.with_rsyslog,
+        written=written,
     )
     want = {
         "api-key": config.api_key.reveal(),

@@ -13,7 +13,7 @@ server, and real mail goes through the container's Postfix on port 25:
 - an upgrade to a newer build while mail flows loses and duplicates no event, and mail
   received while the milter is stopped still gets its UUID (the header_checks INFO line
   that setup adds);
-- with rsyslog removed (no syslog daemon, no mail log file: Debian 12 as installed),
+- with rsyslog removed (no syslog daemon; its mail log left behind grows no more),
   `setup` run again picks the systemd journal (log-source: journal), and the sandboxed
   logwatch reads it: delivered and bounced mail is reported with its UUID, and nothing
   shipped from the file before is shipped again;
@@ -327,19 +327,17 @@ def test_mail_received_while_the_milter_is_stopped_keeps_its_uuid(host: Host) ->
 
 
 def test_without_rsyslog_setup_picks_the_journal_and_mail_is_reported_once(host: Host) -> None:
-    """Debian 12 as installed: no syslog daemon, Postfix's log only in the journal.
-    rsyslog is removed (its mail.log with it) and `setup` run again: it picks log-source
-    journal by itself, and the sandboxed logwatch (user sendpost-agent, group adm) reads
-    the journal with journalctl. What logwatch shipped from the file before is not
-    shipped again; the tests after this one run without rsyslog too."""
+    """rsyslog is removed (apt-get remove: its mail.log is left behind, and grows no
+    more) and `setup` run again, config.yaml as setup wrote it with rsyslog (log-path:
+    /var/log/mail.log): it picks log-source journal by itself, as on Debian 12 as
+    installed, and the sandboxed logwatch (user sendpost-agent, group adm) reads the
+    journal with journalctl. What logwatch shipped from the file before is not shipped
+    again; the tests after this one run without rsyslog too."""
     container = host.container
     config = "/etc/sendpost-agent/config.yaml"
-    # config.yaml names no log-path, as setup wrote it on a host that never had rsyslog.
-    container.sh(
-        "apt-get remove --purge --yes rsyslog\n"
-        "rm -f /var/log/mail.log*\n"
-        f"sed -i '/^log-path:/d' {config}"
-    )
+    assert yaml.safe_load(container.path(config).read_text())["log-path"] == "/var/log/mail.log"
+    container.run("apt-get", "remove", "--yes", "rsyslog", timeout=300)
+    stale = container.path("/var/log/mail.log").read_bytes()
     setup = container.run("sendpost-agent", "setup", check=False, timeout=180)
     assert setup.returncode == 0, (
         f"setup failed:\n{setup.stdout}\n{setup.stderr}\n{host.diagnostics()}"
@@ -367,7 +365,7 @@ def test_without_rsyslog_setup_picks_the_journal_and_mail_is_reported_once(host:
         _key(e) for e in host.ingest.accepted if e["event_type"] in ("delivered", "bounced")
     )
     assert [key for key, n in shipped.items() if n > 1] == []
-    assert not container.path("/var/log/mail.log").exists()  # only the journal has it
+    assert container.path("/var/log/mail.log").read_bytes() == stale  # only the journal has it
     assert "journal" in container.run("sendpost-agent", "status").stdout
 
 

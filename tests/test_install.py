@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sendpost_agent.hostsetup import HEADER_RULE, MILTER_OPTIONS
 from sendpost_agent.queuemap import MapReader
@@ -893,8 +894,29 @@ def test_without_a_mail_log_setup_reads_the_journal_or_installs_rsyslog(
         "--dry-run",
         env={"SENDPOST_API_KEY": KEY},
     )
+    assert_rsyslog_planned(planned)
+    # --with-rsyslog on a host set up for the journal: rsyslog, not the journal kept.
+    try:
+        host.install("--api-key", KEY)
+        assert yaml.safe_load(host.config.read_text())["log-source"] == "journal"
+        planned = host.run("--with-rsyslog", "--dry-run")
+        assert_rsyslog_planned(planned)
+        if planned.returncode == 0:
+            assert "log-source removed (default)" in planned.output  # type: ignore[attr-defined]
+        both = host.run("--with-rsyslog", "--log-source", "journal", "--dry-run")
+        assert both.returncode == 2
+        assert (
+            "--with-rsyslog (read the file rsyslog writes) and --log-source journal" in both.stderr
+        )
+    finally:
+        host.run("--uninstall", "--purge")
+
+
+def assert_rsyslog_planned(planned: subprocess.CompletedProcess[str]) -> None:
+    """setup --with-rsyslog where no syslog daemon runs: rsyslog installed, or when it is
+    installed but stopped, setup says so and changes nothing."""
     if rsyslog_installed():
-        assert planned.returncode == 1
+        assert planned.returncode == 1, planned.output  # type: ignore[attr-defined]
         assert "Install and start rsyslog" in planned.stderr
     else:
         assert planned.returncode == 0, planned.output  # type: ignore[attr-defined]
@@ -907,8 +929,10 @@ def test_without_a_mail_log_install_stops_and_says_how_to_fix_it(
 ) -> None:
     """Debian 12 without rsyslog: Postfix logs only to the journal (maillog_file empty, no
     /var/log/mail.log, no syslog daemon), so logwatch would wait for ever. install.sh
-    changes nothing and says how to fix it; so does the rerun of an install made before
-    (log-path: /var/log/mail.log). A log named with --log-path is taken as it is."""
+    --with-rsyslog changes nothing and says how to fix it; so does a rerun naming
+    --log-path /var/log/mail.log. A rerun of an install made while rsyslog ran (setup
+    wrote log-path: /var/log/mail.log) switches to the journal, as README says. A log
+    named with --log-path is taken as it is."""
     reason = syslog_writes_a_mail_log()
     if reason:
         pytest.skip(f"needs a host where syslog writes no mail log ({reason})")
@@ -937,10 +961,15 @@ def test_without_a_mail_log_install_stops_and_says_how_to_fix_it(
         assert f'log-path: "{postfix.maillog}"' in host.config.read_text()
         set_config_key(host, "log-path", "/var/log/mail.log")
         config_before = host.config.read_bytes()
-        rerun = host.run()
+        rerun = host.run("--log-path", "/var/log/mail.log")
         assert rerun.returncode == 1
         assert "no mail log to follow" in rerun.stderr
         assert host.config.read_bytes() == config_before
+        rerun = host.run()
+        assert rerun.returncode == 0, rerun.output  # type: ignore[attr-defined]
+        assert "reads Postfix's log from the systemd journal" in rerun.output  # type: ignore[attr-defined]
+        settings = yaml.safe_load(host.config.read_text())
+        assert (settings["log-source"], "log-path" in settings) == ("journal", False)
     finally:
         host.run("--uninstall", "--purge")
 

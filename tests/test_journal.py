@@ -302,24 +302,34 @@ def rsyslog_line(fields: dict[str, str]) -> str:
 
 @needs_remote
 @pytest.mark.integration
-def test_after_the_file_source_the_journal_repeats_and_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["plain", "racing", "file removed"])
+def test_after_the_file_source_the_journal_repeats_and_loses_nothing(
+    tmp_path: Path, case: str
+) -> None:
     """log-source changed from file to journal (setup on a host whose syslog daemon was
-    removed): the journal is read from the last line read from the file on."""
+    removed): the journal is read after the last line read from the file. Racing: the
+    next message's entries were stored by journald after that line but before rsyslog
+    stamped it (and were not in the file yet): they are read too. With the file removed
+    (rsyslog purged with its log) the journal is read from that line's time."""
+    racing = case == "racing"
     directory = tmp_path / "journal"
     journal = directory / "mail.journal"
     file_cfg = config(tmp_path, directory, source="file")
     record_messages(file_cfg.state_dir, range(20))
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)
+    at = [min(n, 9) if racing and n == 10 else n for n in range(20)]  # whole seconds
     entries = [
         entry(line, year=base.year, seq=n * 10 + i)
         for n in range(20)
-        for i, line in enumerate(message(n, base + timedelta(seconds=n), bounce=n % 7 == 0))
+        for i, line in enumerate(message(n, base + timedelta(seconds=at[n]), bounce=n % 7 == 0))
     ]
     write_journal(journal, entries)
     half = len(entries) // 2  # messages 0-9: in the file, shipped from it
     file_cfg.log_path.write_text("".join(rsyslog_line(e) + "\n" for e in entries[:half]))
     catch_up(file_cfg)  # stopped cleanly: setup restarts logwatch
     assert set(wal_events(file_cfg)) == expected(range(10))
+    if case == "file removed":
+        file_cfg.log_path.unlink()
     catch_up(config(tmp_path, directory), clean_stop=False)
     events = wal_events(file_cfg)
     assert set(events) == expected(range(20)), "events lost"
@@ -423,6 +433,30 @@ def test_journal_keys_are_checked_with_the_key_named() -> None:
         load_config({"journal-match": "postfix"}, Path("/dev/null"), {})
     with pytest.raises(ConfigError, match="key 'log-source': 'syslog' is not 'file'"):
         load_config({"log-source": "syslog"}, Path("/dev/null"), {})
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "match", ["+ SYSLOG_FACILITY=2", "SYSLOG_FACILITY=2 +", "SYSLOG_FACILITY=2 + + _PID=1", "+"]
+)
+def test_a_stray_plus_in_journal_match_is_refused_with_the_fix(match: str) -> None:
+    """journalctl refuses a '+' without a match on both sides; so does the config, before
+    logwatch narrows each alternative to this machine and an empty one reads everything."""
+    with pytest.raises(ConfigError, match=r"key 'journal-match': .*remove the stray '\+'"):
+        load_config({"journal-match": match}, Path("/dev/null"), {})
+
+
+@pytest.mark.unit
+def test_an_empty_alternative_is_not_narrowed_to_every_entry_of_the_machine() -> None:
+    assert of_machine(["SYSLOG_FACILITY=2", "+"], "m") == ["SYSLOG_FACILITY=2", "_MACHINE_ID=m"]
+    assert of_machine(["+", "A=1", "+", "+", "B=2"], "m") == [
+        "A=1",
+        "_MACHINE_ID=m",
+        "+",
+        "B=2",
+        "_MACHINE_ID=m",
+    ]
+    assert of_machine([], "m") == ["_MACHINE_ID=m"]
 
 
 @pytest.mark.integration
