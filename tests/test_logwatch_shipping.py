@@ -583,3 +583,44 @@ def test_events_pending_at_a_start_leave_within_one_window(
     asyncio.run(main())
     wal.close()
     assert [e["message_id"] for e in server.accepted] == [str(uuid.UUID(int=7))]
+
+
+def test_events_after_a_full_batch_keep_their_own_window_not_an_older_one(
+    server: IngestServer, tmp_path: Path
+) -> None:
+    """100 events noticed a window ago leave at once; 50 noticed just now, left over
+    after them, wait their own window (more may join them), not the older one."""
+    wal = Wal(tmp_path / "events.wal")
+    shipper = Shipper(wal, server.url, Secret(KEY), tmp_path / "dead-letter.jsonl", lambda _: None)
+
+    def events(numbers: range) -> list[bytes]:
+        when = datetime.now(UTC)
+        return [
+            Event(str(uuid.UUID(int=n)), EventType.DELIVERED, when, "a@b.c", 250, "ok")
+            .to_json()
+            .encode()
+            for n in numbers
+        ]
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(shipper.run(stop))
+        await asyncio.sleep(0.2)  # the sender waits for work
+        wal.append(events(range(100)))
+        shipper.appended(time.monotonic() - BATCH_WAIT)
+        wal.append(events(range(100, 150)))
+        shipper.appended(time.monotonic())
+        await asyncio.sleep(BATCH_WAIT / 2)
+        wal.append(events(range(150, 151)))
+        shipper.appended(time.monotonic())
+        while len(server.accepted) < 151:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await running
+
+    asyncio.run(main())
+    wal.close()
+    sizes = [
+        len(json.loads(r.body)["events"]) for r in server.requests if r.status == 200 and r.body
+    ]
+    assert sizes == [100, 51], sizes
