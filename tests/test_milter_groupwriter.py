@@ -116,6 +116,28 @@ def test_a_bad_row_costs_only_itself_not_its_group(
     writer.close()
 
 
+def test_the_bad_rows_of_a_group_are_logged_in_one_line(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Several rows SQLite refuses in one group: the rest are written, and the lost ones
+    are counted and named in one line, not one line each."""
+    writer = MapWriter(path, DAY)
+    metrics = MilterMetrics()
+    rows = GroupWriter(writer, metrics, window=HOUR)
+    rows.put(row("FIRST", None, HeaderState.MISSING))  # committed at once: the rest queue
+    for queue_id in ("BAD1", "GOOD", "BAD2"):
+        recipients = "a@x" if queue_id == "GOOD" else "\udcff@x"
+        rows.put((queue_id, None, int(HeaderState.MISSING), 0, recipients))
+    rows.close()
+    reader = MapReader(path)
+    assert [q for q in ("FIRST", "BAD1", "GOOD", "BAD2") if reader.get(q)] == ["FIRST", "GOOD"]
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 1 and "2 rows lost (queue IDs BAD1, BAD2)" in lines[0], lines
+    assert metrics.registry.get_sample_value("sendpost_milter_map_write_errors_total") == 2
+    reader.close()
+    writer.close()
+
+
 @contextlib.contextmanager
 def read_only(path: Path) -> Iterator[None]:
     """The file cannot be written, even by root (immutable), as on a read-only mount."""
