@@ -267,11 +267,13 @@ class MapWriter:
                     )
                 if len(chunks) > 1:
                     self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except Exception as exc:
+                # Any error, also a row's own (OverflowError, UnicodeEncodeError), ends
+                # the group's transaction: left open it would hold the write lock and
+                # take every later put into it, never committed.
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
-                busy = is_busy(exc)
-                if busy and not self._impatient_until:
+                if is_busy(exc) and not self._impatient_until:
                     self._impatient_until = time.monotonic() + IMPATIENT_FOR
                     self._conn.execute("PRAGMA busy_timeout=0")
                 raise

@@ -27,6 +27,7 @@ What that costs, bounded (docs/GUARANTEES.md):
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from typing import Final
@@ -40,6 +41,19 @@ GROUP_WINDOW: Final = 0.02  # seconds from one commit to the next, at the least
 # does not: see MapWriter), and how often.
 WRITER_PATIENCE: Final = 2.0
 BUSY_RETRY_EVERY: Final = 0.05
+# Errors caused by one row (a value SQLite refuses or cannot bind): the rest of its
+# group is written without it. OperationalError and DatabaseError (a full disk, an I/O
+# error, a read-only or corrupt map) are not among them: every row would fail alike.
+ROW_ERRORS: Final = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    UnicodeEncodeError,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
 
 
 class GroupWriter:
@@ -141,29 +155,57 @@ class GroupWriter:
                 self._queued.set()
 
     def _commit(self, rows: list[Row], patience: float) -> None:
-        """Failures cost the rows at fault, counted and logged; the thread goes on.
+        """Failures cost the rows at fault, counted and logged in one line; the thread
+        goes on.
 
         A locked map is tried again for ``patience`` seconds (the writer thread's rows
-        are answered already: waiting delays no mail). Any other failure of a group is
-        retried row by row, so that one bad row costs only itself."""
-        metrics = self._metrics
+        are answered already: waiting delays no mail), once for the whole group, row by
+        row retries included. A group refused for one of its rows (ROW_ERRORS) is tried
+        again row by row, so that one bad row costs only itself; any other failure (a
+        full disk, a read-only or corrupt map) would fail every row alike, so the group
+        is lost at once rather than written and logged row by row."""
         started = time.perf_counter()
         give_up = time.monotonic() + patience
+        try:
+            self._put_many(rows, give_up)
+        except Exception as exc:
+            if len(rows) == 1 or not isinstance(exc, ROW_ERRORS):
+                self._lost(rows, exc)
+                return
+            lost, cause = self._put_one_by_one(rows, give_up)
+            if lost:
+                self._lost(lost, cause or exc)
+            if len(lost) == len(rows):
+                return
+        self._metrics.map_write_seconds.observe(time.perf_counter() - started)
+
+    def _put_one_by_one(
+        self, rows: list[Row], give_up: float
+    ) -> tuple[list[Row], Exception | None]:
+        """The rows not written, and the first error: after one not caused by its row,
+        the rest are not tried (they would fail alike)."""
+        lost: list[Row] = []
+        cause: Exception | None = None
+        for i, one in enumerate(rows):
+            try:
+                self._put_many([one], give_up)
+            except Exception as exc:
+                cause = cause or exc
+                if not isinstance(exc, ROW_ERRORS):
+                    return [*lost, *rows[i:]], cause
+                lost.append(one)
+        return lost, cause
+
+    def _put_many(self, rows: list[Row], give_up: float) -> None:
+        """Write the rows, trying a locked map again until ``give_up`` (monotonic)."""
         while True:
             try:
                 self._writer.put_many(rows)
-                break
+                return
             except Exception as exc:
-                if is_busy(exc) and time.monotonic() < give_up:
-                    time.sleep(BUSY_RETRY_EVERY)
-                elif len(rows) > 1 and not is_busy(exc):
-                    for one in rows:
-                        self._commit([one], patience)
-                    return
-                else:
-                    self._lost(rows, exc)
-                    return
-        metrics.map_write_seconds.observe(time.perf_counter() - started)
+                if not is_busy(exc) or time.monotonic() >= give_up:
+                    raise
+                time.sleep(BUSY_RETRY_EVERY)
 
     def _lost(self, rows: list[Row], exc: Exception) -> None:
         self._metrics.map_write_errors.inc(len(rows))

@@ -4,6 +4,9 @@ real threads and processes)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import signal
 import sqlite3
 import subprocess
@@ -12,6 +15,7 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -110,6 +114,66 @@ def test_a_bad_row_costs_only_itself_not_its_group(
     assert "1 rows lost (queue IDs BAD)" in caplog.text
     reader.close()
     writer.close()
+
+
+def test_the_bad_rows_of_a_group_are_logged_in_one_line(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Several rows SQLite refuses in one group: the rest are written, and the lost ones
+    are counted and named in one line, not one line each."""
+    writer = MapWriter(path, DAY)
+    metrics = MilterMetrics()
+    rows = GroupWriter(writer, metrics, window=HOUR)
+    rows.put(row("FIRST", None, HeaderState.MISSING))  # committed at once: the rest queue
+    for queue_id in ("BAD1", "GOOD", "BAD2"):
+        recipients = "a@x" if queue_id == "GOOD" else "\udcff@x"
+        rows.put((queue_id, None, int(HeaderState.MISSING), 0, recipients))
+    rows.close()
+    reader = MapReader(path)
+    assert [q for q in ("FIRST", "BAD1", "GOOD", "BAD2") if reader.get(q)] == ["FIRST", "GOOD"]
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 1 and "2 rows lost (queue IDs BAD1, BAD2)" in lines[0], lines
+    assert metrics.registry.get_sample_value("sendpost_milter_map_write_errors_total") == 2
+    reader.close()
+    writer.close()
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """The file cannot be written, even by root (immutable), as on a read-only mount."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+    else:
+        path.chmod(0o444)
+    try:
+        yield
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        else:
+            path.chmod(0o644)
+
+
+def test_a_map_that_cannot_be_written_costs_one_line_per_group_not_per_row(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only map (so a full disk, an I/O error, a corrupt map: no fault of a row)
+    fails every row alike: the group is counted and logged once, as one line naming its
+    queue IDs, not tried and logged again row by row."""
+    MapWriter(path, DAY).close()
+    with read_only(path):
+        writer = MapWriter(path, DAY)
+        metrics = MilterMetrics()
+        rows = GroupWriter(writer, metrics, window=HOUR)
+        rows.put(row("R0", None, HeaderState.MISSING))  # committed at once: the rest queue
+        for i in range(1, 6):
+            rows.put(row(f"R{i}", None, HeaderState.MISSING))
+        rows.close()
+        writer.close()
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 2, lines
+    assert "readonly" in lines[1] and "5 rows lost (queue IDs R1, R2, R3, R4, R5)" in lines[1]
+    assert metrics.registry.get_sample_value("sendpost_milter_map_write_errors_total") == 6
 
 
 def test_a_row_put_after_a_stop_is_committed(path: Path) -> None:

@@ -292,6 +292,24 @@ def test_a_group_of_rows_is_written_whole_and_in_order(path: Path) -> None:
 
 
 @pytest.mark.unit
+def test_a_bad_row_in_a_large_group_leaves_no_transaction_open(path: Path) -> None:
+    """A group of more than one INSERT is one transaction; a row Python cannot bind (an
+    integer too large for SQLite) ends it, rolled back: the lock is not kept and the next
+    put is committed, as another process sees."""
+    writer = MapWriter(path, DAY)
+    rows = [row(f"L{i:04d}", U1, HeaderState.PRESENT, now=7) for i in range(ROWS_PER_INSERT + 5)]
+    rows[ROWS_PER_INSERT + 2] = ("HUGE", None, int(HeaderState.MISSING), 2**63, None)
+    with pytest.raises(OverflowError):
+        writer.put_many(rows)
+    writer.put("AFTER", U2, HeaderState.PRESENT)
+    reader = MapReader(path)
+    assert reader.get("AFTER") is not None
+    assert reader.get("L0000") is None  # all or none: the group's other rows are not there
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.unit
 def test_a_recipient_that_is_not_utf8_is_stored_as_logwatch_reads_it(path: Path) -> None:
     """RCPT TO bytes that are not UTF-8 (the milter keeps them as surrogates) are stored
     with U+FFFD, as logwatch decodes the log line naming them, and cost no other row of
