@@ -566,8 +566,14 @@ def choose_mail_log(
         f" syslog daemon runs to write {debian} or {rhel} (only the journal has Postfix's"
         " log, as on Debian 12 without rsyslog)"
     )
-    if given is None and not with_rsyslog and shutil.which("journalctl"):
-        return MailLog(debian, journal=True)
+    # Not while rsyslog is installed: a rerun while it restarts would switch for good.
+    if (
+        given is None
+        and not with_rsyslog
+        and shutil.which("journalctl")
+        and not package_installed("rsyslog")
+    ):
+        return MailLog(path, journal=True)
     if not with_rsyslog and any(p.exists() for p in SYSLOG_LOGS):
         return MailLog(path)  # the operator's, or no journal: a daemon unknown here?
     if not package_installed("rsyslog"):
