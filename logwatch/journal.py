@@ -191,6 +191,12 @@ def _line_time(stamp: bytes) -> float | None:
     return when.timestamp() if when.tzinfo is not None else None
 
 
+def _without_host(rest: bytes) -> bytes:
+    """A line after its time without its host: rsyslog writes the short host name by
+    default, journald's _HOSTNAME may be the full one (mail.example.com)."""
+    return rest.partition(b" ")[2]
+
+
 def _widen_pipe(fd: int) -> None:
     """A 1 MiB pipe (64 KiB by default) lets journalctl write on while we parse: the two
     run side by side instead of taking turns."""
@@ -270,6 +276,7 @@ class JournalReader:
     ) -> None:
         self.matches = list(matches)
         self._after = after
+        self._held: list[bytes] = []  # entries scanned for ``after``'s line
         self.directory = directory
         self._start = start
         self._since = since
@@ -338,6 +345,7 @@ class JournalReader:
         machine = None if self.directory is not None else this_machine()
         cmd = journal_command(self.matches, self._start, since, self.directory, machine=machine)
         self._parser.reset()
+        self._held = []  # journalctl starts again before them
         self._resumed = self._start
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -401,19 +409,38 @@ class JournalReader:
             self._stderr_task.cancel()
 
     def _skip_file_lines(self, lines: list[bytes], last: bytes, at: float) -> list[bytes]:
-        """The lines after the file source's ``last`` line (or from its time ``at``)."""
-        for n, line in enumerate(lines):
-            stamp, _, rest = line.partition(b" ")
-            found = rest == last
-            if found or (_line_time(stamp) or at) >= at:
-                self._after = None
-                # Handed out or not, the entries up to here are done: a restart of
-                # journalctl goes on after them.
-                cursor = self._parser.cursor
-                assert cursor is not None
-                self._start = JournalPosition(cursor)
-                return lines[n + 1 :] if found else lines[n:]
-        return []
+        """The entries after the LAST copy of the file source's ``last`` line among those
+        up to the first at or after its time ``at`` (or, not found, from that one on).
+        The same text recurs (an smtpd's identical ``disconnect from`` lines): the first
+        copy would read again what the file had after it. Entries are held until that
+        first entry at or after ``at`` comes: ``SWITCH_BACK`` seconds of them at most."""
+        held = self._held + lines
+        times = (_line_time(line.partition(b" ")[0]) or at for line in held)
+        n = next((i for i, when in enumerate(times) if when >= at), None)
+        if n is None:
+            self._held = held
+            return []
+        text = _without_host(last)
+        found = [
+            i
+            for i, line in enumerate(held[: n + 1])
+            if _without_host(line.partition(b" ")[2]) == text
+        ]
+        self._after, self._held = None, []
+        # Handed out or not, the entries up to here are done: a restart of journalctl
+        # goes on after them.
+        cursor = self._parser.cursor
+        assert cursor is not None
+        self._start = JournalPosition(cursor)
+        if found:
+            return held[found[-1] + 1 :]
+        log.info(
+            "%s: the last line read from the file is not in the journal: reading from its"
+            " time (%s)",
+            self.describe(),
+            datetime.fromtimestamp(at, UTC).isoformat(),
+        )
+        return held[n:]
 
     def _check_resume(self, lines: list[bytes]) -> list[bytes]:
         """The first entry after a (re)start: the saved one, or the oldest kept (a gap)."""
@@ -451,7 +478,7 @@ def open_source(
     """The reader ``log-source`` names, at ``position``. ``gather``: how long a busy log
     file's lines are gathered into one batch (see ``Follower``). A cursor of the other
     kind: the journal is read from ``last_line`` on (the time of the last line read
-    from the file), the file from its start, with a warning."""
+    from the file), the file from its end, with a warning."""
     if config.log_source == "journal":
         since = time.time() - config.map_retention
         after = None
@@ -478,12 +505,15 @@ def open_source(
             after=after,
         )
     if isinstance(position, JournalPosition):
+        # From its start, the file would send again every event within map-retention.
         log.warning(
             "the cursor %s is a journal cursor, but log-source is file: reading %s from"
-            " its start instead",
+            " its end; lines logged between the journal's last entry read and now are"
+            " not reported",
             config.cursor_path,
             config.log_path,
         )
+        return Follower(config.log_path, None, gather=gather)
     # First start: read the current log from its beginning. Only messages the milter
     # recorded produce events, so this reports what arrived before logwatch started.
     start_at = position if isinstance(position, Position) else None

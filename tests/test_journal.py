@@ -37,6 +37,7 @@ from tests.support.maillog import (
     message,
     queue_id,
     record_messages,
+    stamp,
 )
 from tests.support.postfix import free_port
 
@@ -300,6 +301,15 @@ def rsyslog_line(fields: dict[str, str]) -> str:
     )
 
 
+def read_the_journal_after_the_file(tmp_path: Path, directory: Path, file_cfg: Config) -> None:
+    """logwatch switched to the journal reads it all (and crashes): messages 0-19, the
+    first 10 shipped from the file, give each event once."""
+    catch_up(config(tmp_path, directory), clean_stop=False)
+    events = wal_events(file_cfg)
+    assert set(events) == expected(range(20)), "events lost"
+    assert max(events.values()) == 1, "events shipped from the file shipped again"
+
+
 @needs_remote
 @pytest.mark.integration
 @pytest.mark.parametrize("case", ["plain", "racing", "file removed"])
@@ -330,10 +340,69 @@ def test_after_the_file_source_the_journal_repeats_and_loses_nothing(
     assert set(wal_events(file_cfg)) == expected(range(10))
     if case == "file removed":
         file_cfg.log_path.unlink()
-    catch_up(config(tmp_path, directory), clean_stop=False)
-    events = wal_events(file_cfg)
-    assert set(events) == expected(range(20)), "events lost"
-    assert max(events.values()) == 1, "events shipped from the file shipped again"
+    read_the_journal_after_the_file(tmp_path, directory, file_cfg)
+
+
+DISCONNECT = "postfix/smtpd[5235]: disconnect from localhost[127.0.0.1] ehlo=1 commands=5"
+
+
+@needs_remote
+@pytest.mark.integration
+@pytest.mark.parametrize("journal_host", ["mx", "mx.example.com"])
+def test_after_the_file_source_a_repeated_last_line_repeats_and_loses_nothing(
+    tmp_path: Path, journal_host: str
+) -> None:
+    """The file's last line, an smtpd's ``disconnect from`` line, is logged the same for
+    every connection: the journal is read after its last copy before that line's time,
+    not after an earlier one (which would ship the message between twice). rsyslog
+    writes the short host name, journald's _HOSTNAME may be the full one: the line is
+    found all the same, so the next message's entries journald stored before rsyslog
+    stamped that line are read too."""
+    directory = tmp_path / "journal"
+    journal = directory / "mail.journal"
+    file_cfg = config(tmp_path, directory, source="file")
+    record_messages(file_cfg.state_dir, range(20))
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)
+    entries: list[dict[str, str]] = []
+    for n in range(20):
+        when = base + timedelta(seconds=min(n, 9))  # message 10 races the last file line
+        entries += [
+            entry(line, year=base.year, seq=n * 10 + i)
+            for i, line in enumerate(message(n, when, bounce=n % 7 == 0))
+        ]
+        if n in (8, 9):
+            entries.append(entry(f"{stamp(when)} mx {DISCONNECT}", year=base.year, seq=n * 10 + 9))
+    file_lines = "".join(rsyslog_line(e) + "\n" for e in entries[: 10 * 5 + 2])
+    assert file_lines.splitlines()[-1].endswith(DISCONNECT)
+    for e in entries:
+        e["_HOSTNAME"] = journal_host
+    write_journal(journal, entries)
+    file_cfg.log_path.write_text(file_lines)
+    catch_up(file_cfg)
+    assert set(wal_events(file_cfg)) == expected(range(10))
+    read_the_journal_after_the_file(tmp_path, directory, file_cfg)
+
+
+@needs_remote
+@pytest.mark.integration
+def test_back_to_the_file_after_the_journal_ships_no_line_of_the_file_again(
+    tmp_path: Path,
+) -> None:
+    """log-source file over a journal cursor (setup --with-rsyslog on a host set up for
+    the journal): the file is read from its end, not its start, so the events the
+    journal shipped (in the file too, rsyslog wrote them) are not shipped again."""
+    journal, cfg = journal_site(tmp_path, 10)
+    write_lines(journal, lines_of(range(10)))
+    catch_up(cfg)
+    saved = load_cursor(cfg.cursor_path)
+    assert saved is not None and isinstance(saved[0], JournalPosition)
+    assert set(wal_events(cfg)) == expected(range(10))
+    file_cfg = config(tmp_path, journal.parent, source="file")
+    file_cfg.log_path.write_text("".join(line + "\n" for line in lines_of(range(10))))
+    catch_up(file_cfg)
+    events = wal_events(cfg)
+    assert set(events) == expected(range(10))
+    assert max(events.values()) == 1, "events the journal shipped shipped again from the file"
 
 
 @needs_remote
