@@ -549,8 +549,7 @@ def choose_mail_log(
     logging to syslog with no syslog daemon running (Debian 12 without rsyslog: only the
     journal has its log; a mail log file left by a removed rsyslog grows no more) would
     leave logwatch waiting for ever: logwatch reads the systemd journal (no second
-    daemon, no second copy of each line) unless a log was given or the rsyslog package
-    is installed (stopped, maybe restarting: no switch for good); with ``with_rsyslog``,
+    daemon, no second copy of each line) unless a log was given; with ``with_rsyslog``,
     or without journalctl, rsyslog is installed, or setup stops and says how to fix it.
     ``journal``: log-source journal was asked for."""
     debian, rhel = SYSLOG_LOGS
@@ -567,12 +566,7 @@ def choose_mail_log(
         f" syslog daemon runs to write {debian} or {rhel} (only the journal has Postfix's"
         " log, as on Debian 12 without rsyslog)"
     )
-    if (
-        given is None
-        and not with_rsyslog
-        and shutil.which("journalctl")
-        and not package_installed("rsyslog")
-    ):
+    if given is None and not with_rsyslog and shutil.which("journalctl"):
         return MailLog(path, journal=True)
     if not with_rsyslog and any(p.exists() for p in SYSLOG_LOGS):
         return MailLog(path)  # the operator's, or no journal: a daemon unknown here?
