@@ -119,6 +119,23 @@ def catch_up(cfg: Config, clean_stop: bool = True) -> dict[str, object]:
     return health
 
 
+def journal_agent(
+    state: Path, server: IngestServer, directory: Path, *flags: str
+) -> LogwatchProcess:
+    """The real logwatch process reading journal files in ``directory``."""
+    return LogwatchProcess(
+        state,
+        state.parent / "no-mail.log",
+        server.url,
+        KEY,
+        "--log-source",
+        "journal",
+        "--journal-directory",
+        str(directory),
+        *flags,
+    )
+
+
 def crash(agent: Agent) -> None:
     agent.wal.close()
     agent.follower.close()
@@ -456,15 +473,10 @@ def test_kill_9_repeatedly_while_reading_the_journal_loses_nothing(tmp_path: Pat
     record_messages(state, range(total))
     rng = random.Random(11)
     with IngestServer(KEY) as server:
-        agent = LogwatchProcess(
+        agent = journal_agent(
             state,
-            tmp_path / "no-mail.log",
-            server.url,
-            KEY,
-            "--log-source",
-            "journal",
-            "--journal-directory",
-            str(journal.parent),
+            server,
+            journal.parent,
             "--map-retention",
             "3650d",  # the lines are of 2026-11-23: read them on a first start
         )
@@ -533,16 +545,7 @@ def test_an_unreadable_journal_makes_health_say_why(tmp_path: Path) -> None:
     """journalctl failing (here: no such directory) is reported and retried, not a crash."""
     with (
         IngestServer(KEY) as server,
-        LogwatchProcess(
-            tmp_path / "state",
-            tmp_path / "no-mail.log",
-            server.url,
-            KEY,
-            "--log-source",
-            "journal",
-            "--journal-directory",
-            str(tmp_path / "missing"),
-        ) as agent,
+        journal_agent(tmp_path / "state", server, tmp_path / "missing") as agent,
     ):
         deadline = time.monotonic() + 20
         while (health := agent.health())[0] == 200 and time.monotonic() < deadline:

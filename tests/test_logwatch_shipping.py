@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -511,6 +511,49 @@ def test_rotations_truncations_and_cut_lines_are_counted_alike_in_metrics_health
     assert f"events sent:    {len(expected)}, last accepted " in status.stdout
 
 
+def encoded_events(numbers: range) -> list[bytes]:
+    """Delivered events for UUIDs ``numbers``, as the agent appends them to the WAL."""
+    when = datetime.now(UTC)
+    return [
+        Event(str(uuid.UUID(int=n)), EventType.DELIVERED, when, "a@b.c", 250, "ok")
+        .to_json()
+        .encode()
+        for n in numbers
+    ]
+
+
+def ship_in_process(
+    server: IngestServer,
+    tmp_path: Path,
+    feed: Callable[[Wal, Shipper], Awaitable[None]],
+    events: int,
+    pending: range = range(0),
+) -> list[int]:
+    """Run a Shipper on a WAL holding ``pending`` events while ``feed`` appends more,
+    until the server took ``events``; return the accepted batches' sizes."""
+    wal = Wal(tmp_path / "events.wal")
+    if pending:
+        wal.append(encoded_events(pending))
+    shipper = Shipper(wal, server.url, Secret(KEY), tmp_path / "dead-letter.jsonl", lambda _: None)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(shipper.run(stop))
+        await asyncio.sleep(0.2)  # the sender waits for work
+        await feed(wal, shipper)
+        async with asyncio.timeout(4 * BATCH_WAIT):
+            while len(server.accepted) < events:
+                await asyncio.sleep(0.05)
+        stop.set()
+        await running
+
+    asyncio.run(main())
+    wal.close()
+    return [
+        len(json.loads(r.body)["events"]) for r in server.requests if r.status == 200 and r.body
+    ]
+
+
 def test_the_batch_window_counts_from_when_the_lines_were_noticed(
     server: IngestServer, tmp_path: Path
 ) -> None:
@@ -518,41 +561,18 @@ def test_the_batch_window_counts_from_when_the_lines_were_noticed(
     them: the shipper's 5 s window starts when they were noticed. 150 events noticed a
     window ago leave at once, the 50 after the first full batch too, so an event
     appended half a window later is not sent with them."""
-    wal = Wal(tmp_path / "events.wal")
-    shipper = Shipper(wal, server.url, Secret(KEY), tmp_path / "dead-letter.jsonl", lambda _: None)
 
-    def event(n: int) -> bytes:
-        when = datetime.now(UTC)
-        return (
-            Event(str(uuid.UUID(int=n)), EventType.DELIVERED, when, "a@b.c", 250, "ok")
-            .to_json()
-            .encode()
-        )
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        running = asyncio.create_task(shipper.run(stop))
-        await asyncio.sleep(0.2)  # the sender waits for work
-        wal.append([event(n) for n in range(150)])
+    async def feed(wal: Wal, shipper: Shipper) -> None:
+        wal.append(encoded_events(range(150)))
         shipper.appended(time.monotonic() - BATCH_WAIT)  # noticed a whole window before
         await asyncio.sleep(BATCH_WAIT / 2)
-        wal.append([event(150)])
+        wal.append(encoded_events(range(150, 151)))
         shipper.appended(time.monotonic())
-        while len(server.accepted) < 151:
-            await asyncio.sleep(0.05)
-        stop.set()
-        await running
 
-    asyncio.run(main())
-    wal.close()
-    batches = [
-        [e["message_id"] for e in json.loads(r.body)["events"]]
-        for r in server.requests
-        if r.status == 200 and r.body is not None
-    ]
+    sizes = ship_in_process(server, tmp_path, feed, 151)
+    assert sizes == [100, 50, 1], sizes
     late = str(uuid.UUID(int=150))
-    assert [len(b) for b in batches] == [100, 50, 1], batches
-    assert batches[-1] == [late], "a window counted anew kept early events for the late one"
+    assert server.accepted[-1]["message_id"] == late, "a window counted anew kept early events"
 
 
 def test_events_pending_at_a_start_leave_within_one_window(
@@ -560,28 +580,11 @@ def test_events_pending_at_a_start_leave_within_one_window(
 ) -> None:
     """Events left in the WAL by the last run have no noticed time: their window starts
     when the sender first sees them, and ends (it is not counted anew at each look)."""
-    wal = Wal(tmp_path / "events.wal")
-    when = datetime.now(UTC)
-    wal.append(
-        [
-            Event(str(uuid.UUID(int=7)), EventType.DELIVERED, when, "a@b.c", 250, "ok")
-            .to_json()
-            .encode()
-        ]
-    )
-    shipper = Shipper(wal, server.url, Secret(KEY), tmp_path / "dead-letter.jsonl", lambda _: None)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        running = asyncio.create_task(shipper.run(stop))
-        async with asyncio.timeout(4 * BATCH_WAIT):
-            while not server.accepted:
-                await asyncio.sleep(0.05)
-        stop.set()
-        await running
+    async def feed(wal: Wal, shipper: Shipper) -> None:
+        return None  # nothing new: only what the last run left
 
-    asyncio.run(main())
-    wal.close()
+    ship_in_process(server, tmp_path, feed, 1, pending=range(7, 8))
     assert [e["message_id"] for e in server.accepted] == [str(uuid.UUID(int=7))]
 
 
@@ -590,37 +593,15 @@ def test_events_after_a_full_batch_keep_their_own_window_not_an_older_one(
 ) -> None:
     """100 events noticed a window ago leave at once; 50 noticed just now, left over
     after them, wait their own window (more may join them), not the older one."""
-    wal = Wal(tmp_path / "events.wal")
-    shipper = Shipper(wal, server.url, Secret(KEY), tmp_path / "dead-letter.jsonl", lambda _: None)
 
-    def events(numbers: range) -> list[bytes]:
-        when = datetime.now(UTC)
-        return [
-            Event(str(uuid.UUID(int=n)), EventType.DELIVERED, when, "a@b.c", 250, "ok")
-            .to_json()
-            .encode()
-            for n in numbers
-        ]
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        running = asyncio.create_task(shipper.run(stop))
-        await asyncio.sleep(0.2)  # the sender waits for work
-        wal.append(events(range(100)))
+    async def feed(wal: Wal, shipper: Shipper) -> None:
+        wal.append(encoded_events(range(100)))
         shipper.appended(time.monotonic() - BATCH_WAIT)
-        wal.append(events(range(100, 150)))
+        wal.append(encoded_events(range(100, 150)))
         shipper.appended(time.monotonic())
         await asyncio.sleep(BATCH_WAIT / 2)
-        wal.append(events(range(150, 151)))
+        wal.append(encoded_events(range(150, 151)))
         shipper.appended(time.monotonic())
-        while len(server.accepted) < 151:
-            await asyncio.sleep(0.05)
-        stop.set()
-        await running
 
-    asyncio.run(main())
-    wal.close()
-    sizes = [
-        len(json.loads(r.body)["events"]) for r in server.requests if r.status == 200 and r.body
-    ]
+    sizes = ship_in_process(server, tmp_path, feed, 151)
     assert sizes == [100, 51], sizes
