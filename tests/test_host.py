@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import threading
 import time
 import uuid
@@ -40,14 +39,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.fixtures import take_early_rootfs
 from tests.support.host import (
     Container,
     RootfsBuild,
-    control_depends,
     deb_field,
     missing_tools,
-    package_names,
     rebuild_with_version,
+    remove_rootfs,
 )
 from tests.support.ingest import Event, IngestServer
 from tests.support.postfix import submit
@@ -158,18 +157,14 @@ def debs(built_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Debs:
 
 
 @pytest.fixture(scope="module")
-def rootfs_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RootfsBuild]:
+def rootfs_build() -> Iterator[RootfsBuild]:
     """A Debian 12 root filesystem with the package's dependencies already in it, so that
-    apt installs the .deb without a network (the container has none). Started first: it
-    builds while `make deb` compiles."""
+    apt installs the .deb without a network (the container has none). Started when the
+    tests were collected (tests/support/fixtures.py), so it built while others ran."""
     _require_tools()
-    base = tmp_path_factory.mktemp("host")
-    depends = package_names(control_depends(ROOT / "debian" / "control"))
-    build = RootfsBuild(base / "rootfs", depends, base / "build.log")
+    build = take_early_rootfs(ROOT / "debian" / "control")
     yield build
-    build.cancel()
-    # --one-file-system: should a mount be left under it, never delete through it.
-    subprocess.run(["rm", "-rf", "--one-file-system", str(build.dest)], check=False)
+    remove_rootfs(build)
 
 
 @pytest.fixture(scope="module")

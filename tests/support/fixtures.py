@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,10 +20,13 @@ from typing import Protocol
 
 import pytest
 
+from tests.support.host import RootfsBuild, missing_tools, package_rootfs, remove_rootfs
 from tests.support.postfix import PostfixInstance, find_binary
 from tests.support.sink import Sink
 
 REQUIRED_BINARIES = ("postfix", "postconf", "postqueue", "swaks")
+ROOT = Path(__file__).resolve().parents[2]
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 def require_postfix_tools() -> None:
@@ -116,21 +120,86 @@ def postfix_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
         raise errors[0]
 
 
+class DebBuild:
+    """`make deb` of this checkout in the background (about 40 s): it builds in a staged
+    copy (Makefile), so the tests running meanwhile see no file change but dist/."""
+
+    def __init__(self) -> None:
+        self.missing = [tool for tool in ("make", "dpkg-buildpackage") if not shutil.which(tool)]
+        self._proc: subprocess.Popen[bytes] | None = None
+        if self.missing:
+            return
+        for old in (ROOT / "dist").glob(f"sendpost-agent_{VERSION}_*.deb"):
+            old.unlink()
+        fd, log = tempfile.mkstemp(prefix="sendpost-make-deb-", suffix=".log")
+        self._log = Path(log)
+        with os.fdopen(fd, "wb") as out:  # make keeps its own copy
+            self._proc = subprocess.Popen(
+                ["setpriv", "--pdeathsig=TERM", "make", "-C", str(ROOT), "deb"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait(self) -> Path:
+        """dist/sendpost-agent_VERSION_ARCH.deb, or the test fails with make's output."""
+        if self._proc is None:
+            pytest.fail(f"{', '.join(self.missing)} not found (.ci/run installs it)", pytrace=False)
+        code = self._proc.wait(900)
+        output = self._log.read_text(errors="replace")
+        self._log.unlink()
+        assert code == 0, f"make deb failed:\n{output[-6000:]}"
+        built = sorted((ROOT / "dist").glob(f"sendpost-agent_{VERSION}_*.deb"))
+        assert len(built) == 1, f"make deb made {built}, want one sendpost-agent_VERSION_ARCH.deb"
+        return built[0]
+
+    def cancel(self) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait()
+            self._log.unlink(missing_ok=True)
+
+
+# The slow builds, started as soon as the tests are known (pytest_collection_finish) and
+# taken by the fixtures of the first test that needs them.
+_early: dict[str, DebBuild | RootfsBuild] = {}
+_DEB_TESTS = {"test_host.py", "test_packages.py"}
+_ROOTFS_TESTS = {"test_host.py"}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The .deb (about 40 s) and the booted host's root filesystem (a minute or two of
+    downloads and dpkg) build in the background while the tests before theirs run,
+    instead of adding their time to the run."""
+    if session.config.option.collectonly:
+        return
+    files = {item.path.name for item in session.items}
+    if files & _DEB_TESTS:
+        _early["deb"] = DebBuild()
+    if files & _ROOTFS_TESTS and not missing_tools():
+        _early["rootfs"] = package_rootfs(ROOT / "debian" / "control")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A build no test took (deselected, or the run stopped early) is stopped and removed."""
+    for build in _early.values():
+        if isinstance(build, RootfsBuild):
+            remove_rootfs(build)
+        else:
+            build.cancel()
+    _early.clear()
+
+
+def take_early_rootfs(control: Path) -> RootfsBuild:
+    """The root filesystem build started at collection, or one started now."""
+    build = _early.pop("rootfs", None)
+    return build if isinstance(build, RootfsBuild) else package_rootfs(control)
+
+
 @pytest.fixture(scope="session")
 def built_deb() -> Path:
-    """`make deb` of this checkout, once per test session (it takes about a minute):
-    dist/sendpost-agent_VERSION_ARCH.deb, made afresh."""
-    root = Path(__file__).resolve().parents[2]
-    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
-    for tool in ("make", "dpkg-buildpackage"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} not found (.ci/run installs it)", pytrace=False)
-    for old in (root / "dist").glob(f"sendpost-agent_{version}_*.deb"):
-        old.unlink()
-    proc = subprocess.run(
-        ["make", "-C", str(root), "deb"], capture_output=True, text=True, timeout=900, check=False
-    )
-    assert proc.returncode == 0, f"make deb failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
-    built = sorted((root / "dist").glob(f"sendpost-agent_{version}_*.deb"))
-    assert len(built) == 1, f"make deb made {built}, want one sendpost-agent_VERSION_ARCH.deb"
-    return built[0]
+    """`make deb` of this checkout, once per test session, made afresh:
+    dist/sendpost-agent_VERSION_ARCH.deb (started at collection, see above)."""
+    build = _early.pop("deb", None)
+    return (build if isinstance(build, DebBuild) else DebBuild()).wait()

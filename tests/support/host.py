@@ -31,6 +31,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -174,6 +175,21 @@ class RootfsBuild:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+
+
+def package_rootfs(control: Path) -> RootfsBuild:
+    """A RootfsBuild, started now in a new directory under $TMPDIR, with BASE_PACKAGES
+    and the Depends of the binary package in ``control`` (debian/control)."""
+    base = Path(tempfile.mkdtemp(prefix="sendpost-host-"))
+    depends = package_names(control_depends(control))
+    return RootfsBuild(base / "rootfs", depends, base / "build.log")
+
+
+def remove_rootfs(build: RootfsBuild) -> None:
+    """Stop the build if it runs and delete its directory (300 MB once built)."""
+    build.cancel()
+    # --one-file-system: should a mount be left under it, never delete through it.
+    subprocess.run(["rm", "-rf", "--one-file-system", str(build.dest.parent)], check=False)
 
 
 class Container:
