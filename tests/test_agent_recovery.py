@@ -21,9 +21,17 @@ from pathlib import Path
 import pytest
 
 from logwatch.agent import Agent
+from logwatch.cursor import load_cursor
 from sendpost_agent.config import Config, load_config
+from sendpost_agent.queuemap import HeaderState, MapWriter
 from tests.support.ingest import IngestServer
-from tests.support.maillog import queue_id, record_messages, write_messages
+from tests.support.maillog import (
+    BOUNCE_EVERY,
+    expected_events,
+    queue_id,
+    record_messages,
+    write_messages,
+)
 from tests.support.postfix import free_port
 
 pytestmark = pytest.mark.integration
@@ -32,14 +40,14 @@ NEVER = float("inf")  # as _saved_at: the agent saves no cursor on its own
 KEY = "sp-test-key"
 
 
-def config(tmp_path: Path, endpoint: str = "http://127.0.0.1:9/events") -> Config:
+def config(tmp_path: Path, endpoint: str = "http://127.0.0.1:9/events", more: str = "") -> Config:
     state, log = tmp_path / "state", tmp_path / "mail.log"
     state.mkdir(exist_ok=True)
     log.touch()
     (tmp_path / "config.yaml").write_text(
         f'api-key: "{KEY}"\nlog-path: "{log}"\nstate-dir: "{state}"\n'
         f'endpoint: "{endpoint}"\nlisten: "127.0.0.1:{free_port()}"\n'
-        f'postfix-config-dir: "{tmp_path}"\n'
+        f'postfix-config-dir: "{tmp_path}"\n{more}'
     )
     return load_config({}, tmp_path / "config.yaml", {})
 
@@ -102,21 +110,28 @@ def test_two_crashes_in_a_row_write_no_event_twice(tmp_path: Path) -> None:
     assert max(events.values()) == 1, "events written twice"
 
 
-def run_until_sent(agent: Agent, server: IngestServer, events: int) -> None:
-    """The agent as it runs, until the API has ``events`` events; then stopped (SIGTERM:
-    what is pending is sent first)."""
+Sent = tuple[str, str, str]
+
+
+def run_until_sent(agent: Agent, server: IngestServer, expected: set[Sent]) -> Counter[Sent]:
+    """The agent as it runs until the API has every expected event (30 s at most), then
+    stopped as by SIGTERM (what is pending is sent first): every event the API got."""
+
+    def sent() -> Counter[Sent]:
+        return Counter((e["message_id"], e["event_type"], e["recipient"]) for e in server.accepted)
 
     async def run() -> None:
         stop = asyncio.Event()
         running = asyncio.create_task(agent.run(stop))
         for _ in range(600):
-            if len(server.accepted) >= events or running.done():
+            if expected <= set(sent()) or running.done():
                 break
             await asyncio.sleep(0.05)
         stop.set()
         assert await running == 0
 
     asyncio.run(run())
+    return sent()
 
 
 def test_a_line_read_before_its_map_row_and_a_crash_send_every_event_once(
@@ -138,10 +153,72 @@ def test_a_line_read_before_its_map_row_and_a_crash_send_every_event_once(
         expected |= write_messages(cfg.log_path, range(2, 3))
         read_on(first)  # message 2's events written after the cursor, message 1's held
         crash(first)
-        run_until_sent(Agent(cfg), server, len(expected))
-        sent = Counter((e["message_id"], e["event_type"], e["recipient"]) for e in server.accepted)
+        sent = run_until_sent(Agent(cfg), server, expected)
     assert set(sent) == expected, "events lost"
     assert max(sent.values()) == 1, "events sent twice"
+
+
+def test_events_the_re_read_cannot_give_again_are_awaited_only_for_join_wait(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Message 1's map row lost its header between the crash and the restart: re-read, its
+    lines give no event, so the WAL's events of it are never recognised. They are awaited
+    until join-wait of log time past them, then the cursor moves on again."""
+    cfg = config(tmp_path)
+    record_messages(cfg.state_dir, range(0, 3))
+    write_messages(cfg.log_path, range(0, 1))
+    first = Agent(cfg)
+    read_on(first, save_after_first=True)
+    write_messages(cfg.log_path, range(1, 2))
+    read_on(first)  # message 1's events written after the cursor
+    crash(first)
+    writer = MapWriter(cfg.map_path, 86400.0)
+    writer.put(queue_id(1), None, HeaderState.MISSING)  # its row replaced
+    writer.close()
+    write_messages(cfg.log_path, range(2, 3))
+    second = Agent(cfg)
+    read_on(second)
+    second._save_cursor()
+    saved = load_cursor(cfg.cursor_path)
+    assert saved is not None and saved[1]["wal_seq"] == 2, "a cursor saved while awaiting"
+    record_messages(cfg.state_dir, range(40, 41))
+    write_messages(cfg.log_path, range(40, 41))  # 39 s after message 1: join-wait is over
+    read_on(second)
+    assert "2 events written before the unclean stop were not produced again" in caplog.text
+    second._save_cursor()
+    saved = load_cursor(cfg.cursor_path)
+    assert saved is not None and saved[1]["wal_seq"] == second.wal.last_seq == 8
+    crash(second)
+    events = wal_events(cfg)
+    assert set(events) == {
+        (message_id, recipient)
+        for n in (0, 1, 2, 40)
+        for message_id, _, recipient in expected_events(n, n % BOUNCE_EVERY == 0)
+    }
+    assert max(events.values()) == 1, "events written twice"
+
+
+def test_a_wal_full_of_delivered_events_kept_for_recognising_does_not_stop_reading(
+    tmp_path: Path,
+) -> None:
+    """After a crash the WAL is full: the API takes its events, but they are kept (the
+    re-read is to recognise them). Reading must resume: they are let go (the re-read then
+    sends them again, as GUARANTEES.md says)."""
+    with IngestServer(KEY) as server:
+        cfg = config(tmp_path, server.url, "wal-max-size: 64KB\n")
+        record_messages(cfg.state_dir, range(0, 203))
+        expected = write_messages(cfg.log_path, range(0, 1))
+        first = Agent(cfg)
+        read_on(first, save_after_first=True)
+        expected |= write_messages(cfg.log_path, range(1, 201))
+        read_on(first)  # 400 events after the cursor: more than 64 kB
+        assert first.wal.full()
+        crash(first)
+        expected |= write_messages(cfg.log_path, range(201, 203))  # read after the restart
+        sent = run_until_sent(Agent(cfg), server, expected)
+    assert set(sent) == expected, "reading did not resume"
+    again = {event for event, times in sent.items() if times > 1}
+    assert again <= set().union(*(expected_events(n, n % BOUNCE_EVERY == 0) for n in range(1, 201)))
 
 
 def test_a_crash_after_a_held_line_was_settled_loses_nothing(tmp_path: Path) -> None:
