@@ -4,13 +4,24 @@ Order of durability, which makes a kill -9 at any instant lose nothing:
 
 1. a batch of log lines becomes events, which are appended to the WAL;
 2. about once a second the WAL is fsynced, then the cursor is saved: the log position
-   after that batch, the tracker's state and the WAL's event count at that point;
-3. the shipper removes events from the WAL only after the API answered 2xx.
+   after that batch, the tracker's state and the WAL's last seq at that point
+   (``wal_seq``); the WAL may then drop the delivered events up to it (``keep_after``);
+3. the shipper removes events from the WAL only after the API answered 2xx, and
+   never one after the cursor's ``wal_seq``.
 
-After a crash the log is read again from the cursor; the pipeline is deterministic, so
-the first events it produces are the ones already appended to the WAL after the cursor
-was saved (``WAL count - cursor count`` of them): they are recognised by number and not
-appended twice. At most the batch in flight at the crash is sent twice.
+After a crash the log is read again from the cursor. The events the WAL holds after
+the cursor's ``wal_seq``, delivered or not, came from those lines: they are remembered
+(``recognise.Remembered``) and each event the re-read produces that is byte for byte one
+of them takes its place instead of being appended again. By bytes, not by position: a
+line read before the milter committed its map row gave its event after join-wait,
+re-read it gives it at once, so the order can differ. The remembered events are dropped
+once all are recognised, or once the log's time (while the log is quiet: the clock's
+estimate of it, as for settling held lines) is join-wait past the newest of them: every
+line they could come from is decided then, and what is left changed its text (a map row
+or the config changed) and is not awaited, lest it swallow a new event. Until then no
+cursor is saved: the last one and the WAL after its ``wal_seq`` describe the re-read
+exactly, also after a second crash. At most the batch in flight at the crash is sent
+twice.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from logwatch.logfile import LogUnreadable
 from logwatch.metrics import AgentMetrics
 from logwatch.parse import Clock
 from logwatch.pipeline import Pipeline, tune_gc
+from logwatch.recognise import Remembered
 from logwatch.relays import ContentFilters
 from logwatch.shipper import BATCH_SIZE, BATCH_WAIT, Shipper
 from logwatch.snapshot import Snapshot
@@ -87,8 +99,11 @@ class Agent:
             loaded = load_cursor(config.cursor_path)
         except CursorError as exc:
             raise AgentStartError(str(exc)) from exc
+        # The WAL keeps the events written after the cursor, delivered or not: the re-read
+        # recognises them. None: no cursor, the log is read from its start anyway.
+        wal_seq = None if loaded is None else int(loaded[1].get("wal_seq", 0))
         try:
-            self.wal = Wal(config.wal_path, config.wal_max_size)
+            self.wal = Wal(config.wal_path, config.wal_max_size, keep_after=wal_seq)
         except WalError as exc:
             raise AgentStartError(str(exc)) from exc
         self.metrics = AgentMetrics()
@@ -116,19 +131,20 @@ class Agent:
         self.log_error: str | None = None
         self._position: Position | JournalPosition | None = None
         self._saved_at = 0.0
-        self._suppress = 0  # events already in the WAL from before a crash
+        self._remembered: Remembered | None = None  # events in the WAL from before a crash
         self._map_checked = 0.0
         self._paced_from: float | None = None  # pacing: since when events are counted
         self._paced_events = 0
         if loaded is not None:
             self._position, state = loaded
             self.pipeline.tracker.restore(state.get("tracker", {}))
-            self._suppress = max(0, self.wal.last_seq - int(state.get("wal_seq", 0)))
-            if self._suppress:
+            assert wal_seq is not None
+            if written := self.wal.kept(wal_seq):
+                self._remembered = Remembered(written, config.join_wait)
                 log.info(
-                    "resuming after an unclean stop: the first %d events re-read are"
-                    " already in the WAL",
-                    self._suppress,
+                    "resuming after an unclean stop: %d events in the WAL came from lines"
+                    " after the cursor; read again, they are recognised and not queued twice",
+                    len(written),
                 )
         elif self.wal.pending:
             log.warning(
@@ -252,7 +268,9 @@ class Agent:
     async def _read(self, stop: asyncio.Event) -> None:
         stopping = asyncio.create_task(stop.wait())
         last_line = time.monotonic()
-        idle_settled = not self.pipeline.tracker.holding  # held lines restored: settle them
+        # Held lines restored: settle them. Events remembered: the clock's estimate of the
+        # log's time lets them go while the log is quiet, as it settles held lines.
+        idle_settled = not self.pipeline.tracker.holding and self._remembered is None
         while not stop.is_set():
             if self.wal.full():
                 await self._wait_for_room(stopping)
@@ -271,8 +289,8 @@ class Agent:
                     # The log is quiet: let held lines' waits end by the wall clock.
                     tracker = self.pipeline.tracker
                     now = tracker.now + (time.monotonic() - last_line)
-                    self._append(tracker.tick(now), force_cursor=True)
-                    idle_settled = not tracker.holding
+                    self._append(tracker.tick(now), force_cursor=True, log_time=now)
+                    idle_settled = not tracker.holding and self._remembered is None
                 continue
             try:
                 batch = reading.result()
@@ -332,34 +350,68 @@ class Agent:
         replaced.close()
 
     def _append(
-        self, events: list[Event], noticed: float | None = None, force_cursor: bool = False
+        self,
+        events: list[Event],
+        noticed: float | None = None,
+        force_cursor: bool = False,
+        log_time: float | None = None,
     ) -> None:
-        if self._suppress and events:
-            skipped = min(self._suppress, len(events))
-            self._suppress -= skipped
-            events = events[skipped:]
+        """``log_time``: how far the log's lines are decided (default: the tracker's time)."""
+        data = [e.to_json().encode() for e in events]
+        if self._remembered is not None:
+            done = self.pipeline.tracker.now if log_time is None else log_time
+            events, data = self._recognise(events, data, done)
         if events:
             with _writing(self.config.wal_path, "append events"):
-                self.wal.append([e.to_json().encode() for e in events])
+                self.wal.append(data)
             for event in events:
                 self.events_by_type[event.event_type.value] += 1
             self.shipper.appended(time.monotonic() if noticed is None else noticed)
         if (force_cursor and events) or time.monotonic() - self._saved_at >= CURSOR_EVERY:
             self._save_cursor()
 
-    def _save_cursor(self) -> None:
-        if self._position is None:
+    def _recognise(
+        self, events: list[Event], data: list[bytes], log_time: float
+    ) -> tuple[list[Event], list[bytes]]:
+        """The events not already in the WAL; forgets the remembered ones once done."""
+        remembered = self._remembered
+        assert remembered is not None
+        fresh = [i for i, one in enumerate(data) if not remembered.take(one)]
+        if len(fresh) < len(data):
+            events, data = [events[i] for i in fresh], [data[i] for i in fresh]
+        if remembered.done(log_time):
+            self._forget_remembered("the log was read past the lines they came from")
+        return events, data
+
+    def _forget_remembered(self, why: str) -> None:
+        remembered, self._remembered = self._remembered, None
+        if remembered is None:
             return
-        # Events still to be recognised after a crash belong to lines after this position.
-        state = {
-            "tracker": self.pipeline.tracker.snapshot(),
-            "wal_seq": self.wal.last_seq - self._suppress,
-        }
+        if remembered.left:
+            log.warning(
+                "%d events written before the unclean stop were not produced again by"
+                " the re-read (%s; a map row or the configuration changed meanwhile?):"
+                " no longer awaited, an event re-read later is sent, even if it is one",
+                remembered.left,
+                why,
+            )
+        else:
+            log.info("every event written before the unclean stop was recognised")
+
+    def _save_cursor(self) -> None:
+        # While events are remembered the last cursor stands: with the WAL after its
+        # wal_seq it describes the re-read exactly, however the remembered ones mix with
+        # the new ones (a cursor here could not tell which are still to come).
+        if self._position is None or self._remembered is not None:
+            return
+        wal_seq = self.wal.last_seq
+        state = {"tracker": self.pipeline.tracker.snapshot(), "wal_seq": wal_seq}
         with _writing(self.config.wal_path, "sync"):
             self.wal.sync()  # the cursor may only count events that are on disk
         with _writing(self.config.cursor_path, "save the position"):
             save_cursor(self.config.cursor_path, self._position, state)
         self._saved_at = time.monotonic()
+        self.wal.keep_after(wal_seq)  # only now: a crash before it re-reads from the last
 
     async def _wait_for_room(self, stopping: asyncio.Task[bool]) -> None:
         if not self.paused:
@@ -369,10 +421,16 @@ class Agent:
                 self.wal.size_bytes,
             )
             self.paused = True
-        self.shipper.progress.clear()
-        progress = asyncio.create_task(self.shipper.progress.wait())
-        await asyncio.wait({progress, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        progress.cancel()
+            self._save_cursor()  # every event counted: delivered, all may leave the WAL
+        if self._remembered is not None and not self.wal.pending:
+            # Only delivered events kept for recognising fill it: reading must go on.
+            self._forget_remembered("the WAL is full")
+            self._save_cursor()
+        if self.wal.full():
+            self.shipper.progress.clear()
+            progress = asyncio.create_task(self.shipper.progress.wait())
+            await asyncio.wait({progress, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            progress.cancel()
         if not self.wal.full():
             log.info("the WAL has room again: reading the log")
             self.paused = False

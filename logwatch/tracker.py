@@ -174,10 +174,10 @@ class Tracker:
         its time, then those it completes (maybe none).
 
         Settling here, not once per batch, makes the events' order depend on the lines
-        alone, never on how they were split into batches: after a crash logwatch
-        recognises the events it already wrote by their number in that order. The clock
-        settling held lines while the log is quiet puts them at the same place: before
-        the next line. A bug met on the record costs it only (``_failed``).
+        alone, never on how they were split into batches: however reading is timed (a
+        re-read after a crash too), the API gets them in one order. The clock settling
+        held lines while the log is quiet puts them at the same place: before the next
+        line. A bug met on the record costs it only (``_failed``).
         """
         events: list[Event] = []
         try:

@@ -4,6 +4,12 @@ Events enter it before the log cursor moves past their lines and leave it only a
 2xx, so a crash or an API outage loses none. Each event gets a sequence number (seq) 1,
 2, 3... that keeps counting across restarts, compactions and truncations.
 
+Delivered events also stay while they are newer than ``keep_after``: the logwatch agent
+passes the ``wal_seq`` of each cursor it saved (about once a second), so the file keeps
+the events written after the last cursor, delivered or not (about a second of them).
+After a crash the agent reads them (``kept``) to recognise them by their bytes when the
+log is read again from that cursor. ``Wal(path)`` without it keeps no delivered event.
+
 ``pending.wal`` is records back to back, each a 26-byte little-endian header + payload::
 
     magic    4s   b"SPWL"
@@ -27,19 +33,27 @@ only when everything in it is acked: ``last_seq`` on open is the larger of N and
 WAL's last seq. Without the ack file, everything in the WAL is pending.
 
 Space is reclaimed always AFTER the ack file is durable, so a crash in between only
-leaves acked records, which the next open skips and reclaims:
+leaves acked records, which the next open skips and reclaims. A record may go once all
+its events are acked and not newer than ``keep_after`` (droppable):
 
-* everything acked: ``pending.wal`` is truncated to empty;
-* the acked prefix is at least as big as the unacked tail (and not tiny): the tail is
+* every record droppable: ``pending.wal`` is truncated to empty;
+* the droppable prefix is at least as big as the rest (and not tiny): the rest is
   copied to ``pending.wal.tmp``, fsynced and renamed over ``pending.wal``, then the dir
   is fsynced. Copying at most as much as is freed keeps the cost per event constant
   while a backlog drains. A crash leaves the old file (and a stale temp file, deleted
-  on open) or the new one; both hold every unacked event.
+  on open) or the new one; both hold every unacked and every kept event.
+
+``full`` counts the whole file, kept events too: the agent saves its cursor (moving
+``keep_after`` to the last seq) when it finds the WAL full, so that the acks can then
+empty it as before.
 
 Power loss (not kill -9) can lose appends made after the last ``sync``. ``last_seq`` then
-falls back to the newest seq still on disk or acked, and the lost seqs are issued again:
-the agent's cursor counts events by seq, so numbering the re-read events as the lost
-ones were numbered is what lets it recognise them. Nothing durable refers to a lost seq.
+falls back to the newest seq still on disk or acked, and the lost seqs are issued again,
+so that the records stay one unbroken chain of seqs. Nothing durable refers to a lost
+seq: the agent's cursor names only synced ones. Should acked events be lost (the ack
+file was synced, the appends were not), every record left is acked and is dropped,
+kept or not: a new append could not continue the chain after them. The agent then
+recognises none of them: their events are sent again.
 """
 
 from __future__ import annotations
@@ -78,7 +92,10 @@ class WalError(Exception):
 class Wal:
     """Events not yet accepted by the API, on disk, with a small in-memory index."""
 
-    def __init__(self, path: Path, cap_bytes: int = 100 * 1024 * 1024) -> None:
+    def __init__(
+        self, path: Path, cap_bytes: int = 100 * 1024 * 1024, keep_after: int | None = None
+    ) -> None:
+        """``keep_after``: see ``keep_after()``; None keeps no acked event."""
         self.path = path
         self.cap_bytes = cap_bytes
         self.torn_records = 0
@@ -118,6 +135,8 @@ class Wal:
             acked = wal_first - 1
         self.acked_seq: int = acked
         self.last_seq: int = max(acked, wal_last)
+        # Acked events lost by a power loss: the file cannot be continued, keep nothing.
+        self._keep_after = keep_after if acked <= wal_last else None
         self._reclaim()
 
     @property
@@ -162,7 +181,20 @@ class Wal:
 
     def read(self, after_seq: int, max_events: int) -> list[tuple[int, bytes]]:
         """Unacked events after ``after_seq``, oldest first; one pread for the whole span."""
-        start = max(after_seq, self.acked_seq) + 1
+        return self._read(max(after_seq, self.acked_seq) + 1, max_events)
+
+    def kept(self, after_seq: int) -> list[bytes]:
+        """Every event after ``after_seq`` still in the file, acked or not, oldest first."""
+        return [data for _, data in self._read(after_seq + 1, self.last_seq - after_seq)]
+
+    def keep_after(self, seq: int) -> None:
+        """Acked events up to ``seq`` may go; acked events after it stay until the next
+        call (the agent's cursor counts events up to ``seq`` as written for good)."""
+        self._keep_after = seq
+        self._reclaim()
+
+    def _read(self, start: int, max_events: int) -> list[tuple[int, bytes]]:
+        """Events from seq ``start`` on still in the file, oldest first."""
         i = self._locate(start)
         n = len(self._firsts)
         if i == n or max_events <= 0:
@@ -294,13 +326,17 @@ class Wal:
             os.ftruncate(self._fd, offset)
 
     def _reclaim(self) -> None:
-        """Drop what is acked: truncate when nothing is left, compact when worth it.
+        """Drop what is acked and not kept: truncate when nothing is left, compact when
+        worth it.
 
         A failure is only logged: the ack stands (``ack`` raises only for the ack file),
         the index still matches the file, and the next ack tries again.
         """
         n = len(self._firsts)
-        k = self._locate(self.acked_seq + 1)
+        droppable = self.acked_seq
+        if self._keep_after is not None:
+            droppable = min(droppable, self._keep_after)
+        k = self._locate(droppable + 1)
         try:
             if n and k == n:
                 os.ftruncate(self._fd, 0)

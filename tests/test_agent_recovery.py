@@ -1,8 +1,9 @@
 """logwatch recovering from what happens around it.
 
-After a kill -9 it reads the log again from its cursor and recognises, by their number,
+After a kill -9 it reads the log again from its cursor and recognises, by their bytes,
 the events it had already written to the WAL: none may be lost or written twice, however
-the lines fall into batches and however many crashes follow each other. When the milter
+the lines fall into batches, however the events' order differs from before the crash and
+however many crashes follow each other. When the milter
 replaces the map file (it sets a corrupt one aside), logwatch joins against the new one.
 
 The agent runs in this process so that each crash comes at a chosen point: between
@@ -20,23 +21,33 @@ from pathlib import Path
 import pytest
 
 from logwatch.agent import Agent
+from logwatch.cursor import load_cursor
 from sendpost_agent.config import Config, load_config
-from tests.support.maillog import queue_id, record_messages, write_messages
+from sendpost_agent.queuemap import HeaderState, MapWriter
+from tests.support.ingest import IngestServer
+from tests.support.maillog import (
+    BOUNCE_EVERY,
+    expected_events,
+    queue_id,
+    record_messages,
+    write_messages,
+)
 from tests.support.postfix import free_port
 
 pytestmark = pytest.mark.integration
 
 NEVER = float("inf")  # as _saved_at: the agent saves no cursor on its own
+KEY = "sp-test-key"
 
 
-def config(tmp_path: Path) -> Config:
+def config(tmp_path: Path, endpoint: str = "http://127.0.0.1:9/events", more: str = "") -> Config:
     state, log = tmp_path / "state", tmp_path / "mail.log"
     state.mkdir(exist_ok=True)
     log.touch()
     (tmp_path / "config.yaml").write_text(
-        f'api-key: "sp-test-key"\nlog-path: "{log}"\nstate-dir: "{state}"\n'
-        f'endpoint: "http://127.0.0.1:9/events"\nlisten: "127.0.0.1:{free_port()}"\n'
-        f'postfix-config-dir: "{tmp_path}"\n'
+        f'api-key: "{KEY}"\nlog-path: "{log}"\nstate-dir: "{state}"\n'
+        f'endpoint: "{endpoint}"\nlisten: "127.0.0.1:{free_port()}"\n'
+        f'postfix-config-dir: "{tmp_path}"\n{more}'
     )
     return load_config({}, tmp_path / "config.yaml", {})
 
@@ -74,8 +85,8 @@ def wal_events(cfg: Config) -> Counter[tuple[str, str]]:
 
 
 def test_two_crashes_in_a_row_write_no_event_twice(tmp_path: Path) -> None:
-    """The second start saves a cursor while it still skips re-read events: that cursor
-    must not count them as written by lines before it."""
+    """The third start crashes while it still recognises re-read events (asked to save
+    a cursor meanwhile): the fourth must recognise the same ones."""
     cfg = config(tmp_path)
     total = 600
     record_messages(cfg.state_dir, range(total))
@@ -89,7 +100,7 @@ def test_two_crashes_in_a_row_write_no_event_twice(tmp_path: Path) -> None:
     crash(second)
     third = Agent(cfg)
     read_on(third, batches=1, save_after_first=True)  # more batches than one to re-read
-    assert third._suppress > 0
+    assert third._remembered is not None
     crash(third)
     fourth = Agent(cfg)
     read_on(fourth)
@@ -97,6 +108,117 @@ def test_two_crashes_in_a_row_write_no_event_twice(tmp_path: Path) -> None:
     events = wal_events(cfg)
     assert len(events) == 2 * total, "events lost"
     assert max(events.values()) == 1, "events written twice"
+
+
+Sent = tuple[str, str, str]
+
+
+def run_until_sent(agent: Agent, server: IngestServer, expected: set[Sent]) -> Counter[Sent]:
+    """The agent as it runs until the API has every expected event (30 s at most), then
+    stopped as by SIGTERM (what is pending is sent first): every event the API got."""
+
+    def sent() -> Counter[Sent]:
+        return Counter((e["message_id"], e["event_type"], e["recipient"]) for e in server.accepted)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(agent.run(stop))
+        for _ in range(600):
+            if expected <= set(sent()) or running.done():
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        assert await running == 0
+
+    asyncio.run(run())
+    return sent()
+
+
+def test_a_line_read_before_its_map_row_and_a_crash_send_every_event_once(
+    tmp_path: Path,
+) -> None:
+    """The milter may commit a message's row just after Postfix logged its delivery:
+    logwatch holds such a line for join-wait and gives its events late, after those of
+    later lines. Read again after a crash, the row is there: its events come first. The
+    events the WAL holds are recognised by their text, not by their place."""
+    with IngestServer(KEY) as server:
+        cfg = config(tmp_path, server.url)
+        record_messages(cfg.state_dir, range(0, 1))
+        expected = write_messages(cfg.log_path, range(0, 1))
+        first = Agent(cfg)
+        read_on(first, save_after_first=True)  # message 0 written and counted
+        expected |= write_messages(cfg.log_path, range(1, 2))
+        read_on(first)  # message 1 has no row yet: its lines are held
+        record_messages(cfg.state_dir, range(1, 3))  # the milter commits message 1's row
+        expected |= write_messages(cfg.log_path, range(2, 3))
+        read_on(first)  # message 2's events written after the cursor, message 1's held
+        crash(first)
+        sent = run_until_sent(Agent(cfg), server, expected)
+    assert set(sent) == expected, "events lost"
+    assert max(sent.values()) == 1, "events sent twice"
+
+
+def test_events_the_re_read_cannot_give_again_are_awaited_only_for_join_wait(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Message 1's map row lost its header between the crash and the restart: re-read, its
+    lines give no event, so the WAL's events of it are never recognised. They are awaited
+    until join-wait of log time past them, then the cursor moves on again."""
+    cfg = config(tmp_path)
+    record_messages(cfg.state_dir, range(0, 3))
+    write_messages(cfg.log_path, range(0, 1))
+    first = Agent(cfg)
+    read_on(first, save_after_first=True)
+    write_messages(cfg.log_path, range(1, 2))
+    read_on(first)  # message 1's events written after the cursor
+    crash(first)
+    writer = MapWriter(cfg.map_path, 86400.0)
+    writer.put(queue_id(1), None, HeaderState.MISSING)  # its row replaced
+    writer.close()
+    write_messages(cfg.log_path, range(2, 3))
+    second = Agent(cfg)
+    read_on(second)
+    second._save_cursor()
+    saved = load_cursor(cfg.cursor_path)
+    assert saved is not None and saved[1]["wal_seq"] == 2, "a cursor saved while awaiting"
+    record_messages(cfg.state_dir, range(40, 41))
+    write_messages(cfg.log_path, range(40, 41))  # 39 s after message 1: join-wait is over
+    read_on(second)
+    assert "2 events written before the unclean stop were not produced again" in caplog.text
+    second._save_cursor()
+    saved = load_cursor(cfg.cursor_path)
+    assert saved is not None and saved[1]["wal_seq"] == second.wal.last_seq == 8
+    crash(second)
+    events = wal_events(cfg)
+    assert set(events) == {
+        (message_id, recipient)
+        for n in (0, 1, 2, 40)
+        for message_id, _, recipient in expected_events(n, n % BOUNCE_EVERY == 0)
+    }
+    assert max(events.values()) == 1, "events written twice"
+
+
+def test_a_wal_full_of_delivered_events_kept_for_recognising_does_not_stop_reading(
+    tmp_path: Path,
+) -> None:
+    """After a crash the WAL is full: the API takes its events, but they are kept (the
+    re-read is to recognise them). Reading must resume: they are let go (the re-read then
+    sends them again, as GUARANTEES.md says)."""
+    with IngestServer(KEY) as server:
+        cfg = config(tmp_path, server.url, "wal-max-size: 64KB\n")
+        record_messages(cfg.state_dir, range(0, 203))
+        expected = write_messages(cfg.log_path, range(0, 1))
+        first = Agent(cfg)
+        read_on(first, save_after_first=True)
+        expected |= write_messages(cfg.log_path, range(1, 201))
+        read_on(first)  # 400 events after the cursor: more than 64 kB
+        assert first.wal.full()
+        crash(first)
+        expected |= write_messages(cfg.log_path, range(201, 203))  # read after the restart
+        sent = run_until_sent(Agent(cfg), server, expected)
+    assert set(sent) == expected, "reading did not resume"
+    again = {event for event, times in sent.items() if times > 1}
+    assert again <= set().union(*(expected_events(n, n % BOUNCE_EVERY == 0) for n in range(1, 201)))
 
 
 def test_a_crash_after_a_held_line_was_settled_loses_nothing(tmp_path: Path) -> None:

@@ -129,10 +129,10 @@ class BrokenMap(MapReader):
 def test_events_come_in_the_same_order_however_the_lines_are_batched(
     pipe: Pipeline, tmp_path: Path
 ) -> None:
-    """After a crash logwatch re-reads lines in other batches than before and recognises
-    the events already in its WAL by their number: their order may depend on the lines
-    only. A local relay's `queued as` is held (a hop or a delivery?) until 30 s of log
-    time pass, and must come out at the same place every time."""
+    """However reading is timed (after a crash logwatch re-reads lines in other batches
+    than before), the events come in one order, which depends on the lines only. A local
+    relay's `queued as` is held (a hop or a delivery?) until 30 s of log time pass, and
+    must come out at the same place every time."""
     held, other = UUIDS
     lines = [
         f"Nov 23 18:35:20 feas postfix/smtp[5238]: {held}: to=<held@example.com>,"

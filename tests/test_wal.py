@@ -143,6 +143,67 @@ def test_compaction_keeps_unacked_events_and_frees_space(path: Path) -> None:
 
 
 @pytest.mark.unit
+def test_delivered_events_after_keep_after_stay_until_it_moves(path: Path) -> None:
+    """The agent's cursor counts events up to its wal_seq: those after it stay readable
+    after a crash, delivered or not, so that the re-read can recognise them."""
+    wal = Wal(path, keep_after=3)
+    add(wal, 5)
+    add(wal, 5)
+    wal.ack(10)
+    assert wal.pending == 0 and wal.read(0, 100) == []
+    assert wal.kept(3) == [ev(s) for s in range(4, 11)]
+    wal.close()  # as a crash would leave it: the cursor still at seq 3
+    wal = Wal(path, keep_after=3)
+    assert (wal.last_seq, wal.acked_seq) == (10, 10)
+    assert wal.kept(3) == [ev(s) for s in range(4, 11)]
+    assert wal.kept(7) == [ev(s) for s in range(8, 11)]
+    wal.keep_after(10)  # the next cursor counts them all: the WAL empties, as without it
+    assert wal.size_bytes == path.stat().st_size == 0
+    assert add(wal, 1) == 11
+    wal.close()
+    wal = Wal(path, keep_after=10)
+    assert wal.kept(10) == [ev(11)] and wal.read(0, 100) == [(11, ev(11))]
+    wal.close()
+
+
+@pytest.mark.unit
+def test_compaction_keeps_the_kept_events_too(path: Path) -> None:
+    wal = Wal(path, cap_bytes=100_000, keep_after=0)
+    for _ in range(20):
+        add(wal, 10)
+    record = wal.size_bytes // 20
+    wal.ack(200)
+    assert wal.size_bytes == 20 * record  # all acked, all kept
+    wal.keep_after(155)  # middle of the record 151-160, which must stay
+    assert wal.size_bytes == path.stat().st_size == 5 * record
+    assert wal.kept(155) == [ev(s) for s in range(156, 201)]
+    assert (wal.pending, wal.last_seq) == (0, 200)
+    wal.close()
+
+
+@pytest.mark.unit
+def test_kept_events_cut_off_from_their_acked_seqs_are_dropped(path: Path) -> None:
+    """A power loss lost appends that were acked already (the ack file is synced, the WAL
+    only at cursor saves): the records left cannot be continued, as the next seq follows
+    the acked one. They are dropped, kept or not (the re-read then sends them again)."""
+    wal = Wal(path, keep_after=0)
+    add(wal, 5)
+    first_record = wal.size_bytes
+    add(wal, 5)
+    wal.ack(10)
+    wal.close()
+    with path.open("r+b") as f:
+        f.truncate(first_record)
+    wal = Wal(path, keep_after=0)
+    assert (wal.last_seq, wal.acked_seq, wal.size_bytes, wal.kept(0)) == (10, 10, 0, [])
+    assert add(wal, 1) == 11
+    wal.close()
+    wal = Wal(path, keep_after=0)
+    assert (wal.last_seq, wal.torn_records, wal.read(0, 100)) == (11, 0, [(11, ev(11))])
+    wal.close()
+
+
+@pytest.mark.unit
 def test_full_at_the_cap_and_appends_still_accepted(path: Path) -> None:
     wal = Wal(path, cap_bytes=10_000)
     while not wal.full():
