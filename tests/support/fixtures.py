@@ -164,8 +164,6 @@ class DebBuild:
 # The slow builds, started as soon as the tests are known (pytest_collection_finish) and
 # taken by the fixtures of the first test that needs them.
 _early: dict[str, DebBuild | RootfsBuild] = {}
-_DEB_TESTS = {"test_host.py", "test_packages.py"}
-_ROOTFS_TESTS = {"test_host.py"}
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -174,10 +172,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     instead of adding their time to the run."""
     if session.config.option.collectonly:
         return
-    files = {item.path.name for item in session.items}
-    if files & _DEB_TESTS:
+    needed = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if "built_deb" in needed:
         _early["deb"] = DebBuild()
-    if files & _ROOTFS_TESTS and not missing_tools():
+    if "rootfs_build" in needed and not missing_tools():
         _early["rootfs"] = package_rootfs(ROOT / "debian" / "control")
 
 
