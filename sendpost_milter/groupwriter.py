@@ -22,9 +22,10 @@ What that costs, bounded (docs/GUARANTEES.md):
   ``sendpost_milter_map_rows_pending`` shows how many are at stake;
 * a stop (SIGTERM, systemctl stop) commits every queued row before the process exits;
   a row put after that is committed at once;
-* memory: should the map stay locked or slow while mail comes, the rows waiting take at
-  most ``MAX_QUEUED_BYTES``; past that the oldest are dropped, counted and logged. No
-  message waits for the map instead (a put that committed itself would hold its message).
+* memory: should the map stay locked or slow while mail comes, the rows queued take at
+  most ``MAX_QUEUED_BYTES`` (and the group being committed at most as much again); past
+  that the oldest are dropped, counted and logged. No message waits for the map
+  instead (a put that committed itself would hold its message).
 """
 
 from __future__ import annotations
