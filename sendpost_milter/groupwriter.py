@@ -21,7 +21,11 @@ What that costs, bounded (docs/GUARANTEES.md):
   where setup installs it, gives logwatch their UUID anyway;
   ``sendpost_milter_map_rows_pending`` shows how many are at stake;
 * a stop (SIGTERM, systemctl stop) commits every queued row before the process exits;
-  a row put after that is committed at once.
+  a row put after that is committed at once;
+* memory: should the map stay locked or slow while mail comes, the rows queued take at
+  most ``MAX_QUEUED_BYTES`` (and the group being committed at most as much again); past
+  that the oldest are dropped, counted and logged. No message waits for the map
+  instead (a put that committed itself would hold its message).
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ GROUP_WINDOW: Final = 0.02  # seconds from one commit to the next, at the least
 # does not: see MapWriter), and how often.
 WRITER_PATIENCE: Final = 2.0
 BUSY_RETRY_EVERY: Final = 0.05
+# Memory the queued rows may take (estimated: ROW_BYTES plus the recipients' text), about
+# 60,000 messages of one recipient, minutes of mail at hundreds a second; a drop leaves
+# DROP_TO of it, so that drops and their log lines come in chunks, not one per message.
+MAX_QUEUED_BYTES: Final = 16 * 1024 * 1024
+ROW_BYTES: Final = 250
+DROP_TO: Final = 0.75
 # Errors caused by one row (a value SQLite refuses or cannot bind): the rest of its
 # group is written without it. OperationalError and DatabaseError (a full disk, an I/O
 # error, a read-only or corrupt map) are not among them: every row would fail alike.
@@ -60,14 +70,20 @@ class GroupWriter:
     """``put`` from any thread; rows are committed in the order they were put."""
 
     def __init__(
-        self, writer: MapWriter, metrics: MilterMetrics, window: float = GROUP_WINDOW
+        self,
+        writer: MapWriter,
+        metrics: MilterMetrics,
+        window: float = GROUP_WINDOW,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
     ) -> None:
         self.path = writer.path
         self._writer = writer
         self._metrics = metrics
         self._window = window
-        self._lock = threading.Lock()  # guards the five below
+        self._max_queued_bytes = max_queued_bytes
+        self._lock = threading.Lock()  # guards the six below
         self._rows: list[Row] = []  # queued for the writer thread
+        self._queued_bytes = 0  # their estimated memory
         self._committing = 0  # rows in the commits running
         self._next_commit = 0.0  # monotonic time before which rows are queued
         self._stopped = False  # the writer thread has ended: put commits its row itself
@@ -81,24 +97,46 @@ class GroupWriter:
     def put(self, row: Row) -> None:
         """Commit the row now if mail is quiet (or the writer thread has ended, as when
         a message ends after a stop), else queue it for the writer thread."""
+        dropped: list[Row] = []
         with self._lock:
             if self._stopped:
                 rows, self._rows = [*self._rows, row], []
+                self._queued_bytes = 0
             elif not self._rows and not self._committing and time.monotonic() >= self._next_commit:
                 rows = [row]
             else:
                 self._rows.append(row)
-                if len(self._rows) > 1:
+                self._queued_bytes += ROW_BYTES + len(row[4] or "")
+                if self._queued_bytes > self._max_queued_bytes:
+                    dropped = self._drop_oldest()
+                elif len(self._rows) > 1:
                     return  # the writer thread was woken by the group's first row
                 rows = []
             self._committing += len(rows)
+        if dropped:
+            limit = f"{self._max_queued_bytes / 2**20:g} MiB"
+            self._lost(dropped, f"locked or slow, the rows waiting reached {limit}, oldest dropped")
         if not rows:
-            self._queued.set()
+            if not self._queued.is_set():  # set already while the writer gathers a group
+                self._queued.set()
             return
         try:
             self._commit(rows, patience=0.0)
         finally:
             self._committed(len(rows))
+
+    def _drop_oldest(self) -> list[Row]:
+        """Under the lock: take the oldest queued rows out until DROP_TO of the bound is
+        left (the newest row always stays: its message is still in the MTA's hands)."""
+        target = self._max_queued_bytes * DROP_TO
+        count, freed = 0, 0
+        while self._queued_bytes - freed > target and count < len(self._rows) - 1:
+            freed += ROW_BYTES + len(self._rows[count][4] or "")
+            count += 1
+        dropped = self._rows[:count]
+        del self._rows[:count]
+        self._queued_bytes -= freed
+        return dropped
 
     def close(self) -> None:
         """Commit every queued row and stop the thread; a later ``put`` commits at once."""
@@ -130,13 +168,17 @@ class GroupWriter:
             if delay > 0 and not closing.is_set():
                 closing.wait(delay)  # gather the group; a stop commits at once
             with self._lock:
-                self._queued.clear()
                 if self._committing:
+                    self._queued.clear()
                     return True  # a put commits its row; it wakes us when done
                 rows, self._rows = self._rows, []
-                if not rows and closing.is_set():
-                    self._stopped = True  # under the lock: no put queues a row after this
-                    return False
+                self._queued_bytes = 0
+                if not rows:
+                    if closing.is_set():
+                        self._stopped = True  # under the lock: no put queues a row after this
+                        return False
+                    self._queued.clear()  # idle until a put queues the next group's first row
+                    return True
                 self._committing += len(rows)
             try:
                 self._commit(rows, patience=WRITER_PATIENCE)
@@ -151,7 +193,7 @@ class GroupWriter:
         with self._lock:
             self._committing -= count
             self._next_commit = time.monotonic() + self._window
-            if self._rows or self._closing.is_set():
+            if (self._rows or self._closing.is_set()) and not self._queued.is_set():
                 self._queued.set()
 
     def _commit(self, rows: list[Row], patience: float) -> None:
@@ -207,12 +249,12 @@ class GroupWriter:
                     raise
                 time.sleep(BUSY_RETRY_EVERY)
 
-    def _lost(self, rows: list[Row], exc: Exception) -> None:
+    def _lost(self, rows: list[Row], cause: Exception | str) -> None:
         self._metrics.map_write_errors.inc(len(rows))
         log.error(
             "cannot write the queue map %s: %s; %d rows lost (queue IDs %s)",
             self.path,
-            exc,
+            cause,
             len(rows),
             ", ".join(str(r[0]) for r in rows[:10]) + (", ..." if len(rows) > 10 else ""),
         )

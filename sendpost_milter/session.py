@@ -17,7 +17,6 @@ TEMPFAIL.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Final, Protocol
 
@@ -33,6 +32,8 @@ from sendpost_milter.metrics import MilterMetrics
 log = logging.getLogger("sendpost_milter")
 _HEADER_LOWER: Final = HEADER_NAME.lower()
 _PROBE_LOWER: Final = PROBE_HEADER.lower()
+# Most headers are told apart by their length alone, without lower() and two compares.
+_LENGTHS: Final = frozenset((len(HEADER_NAME), len(PROBE_HEADER)))
 CONTINUE: Final[int] = libmilter.CONTINUE
 ACCEPT: Final[int] = libmilter.ACCEPT
 DISCARD: Final[int] = libmilter.DISCARD
@@ -49,6 +50,7 @@ SKIPPED_STEPS: Final[int] = (
 # What end-of-message needs: the queue ID, and who sent the message (sendpost_agent.trust).
 EOM_MACROS: Final = "i {client_addr} {auth_authen}"
 UNTRUSTED_LOG_EVERY: Final = 300.0  # seconds between warnings about one client address
+STOP_POLL: Final = 0.01  # seconds between a stop's looks at the end-of-message callbacks
 _warned: set[str] = set()  # negotiation problems are logged once, not per connection
 
 
@@ -103,25 +105,20 @@ class Callbacks:
         self._probe_key = probe_key
         self._policy = policy
         self._untrusted_logged: dict[str, float] = {}  # client address -> last warning
-        # What a stop has to wait for or report (libmilter's stop waits for neither).
-        self._open = 0  # messages past their first RCPT TO, not ended
-        self._ending = 0  # end-of-message callbacks running: their rows are being put
-        self._ended = threading.Condition(threading.Lock())
+        # What a stop has to wait for or report (libmilter's stop waits for neither). Sets,
+        # not counters under a lock: adding and discarding is atomic (the GIL), and a lock
+        # and a condition per message cost more than a stop's polling once.
+        self._open: set[Session] = set()  # messages past their first RCPT TO, not ended
+        self._ending: set[Session] = set()  # end-of-message callbacks putting their rows
 
     def wait_ended(self, timeout: float) -> int:
         """After libmilter stopped: wait (at most ``timeout`` seconds) for the
         end-of-message callbacks running, whose rows are being put; returns how many
         messages are left open, which libmilter will not read further."""
-        with self._ended:
-            self._ended.wait_for(lambda: self._ending <= 0, timeout)
-            return self._open
-
-    def _opened(self, count: int, ending: int = 0) -> None:
-        with self._ended:
-            self._open += count
-            self._ending += ending
-            if self._ending <= 0:
-                self._ended.notify_all()
+        deadline = time.monotonic() + timeout
+        while self._ending and time.monotonic() < deadline:
+            time.sleep(STOP_POLL)
+        return len(self._open)
 
     def negotiate(self, ctx: Context, opts: list[int]) -> int:
         """Ask for ``EOM_MACROS`` at end-of-message and skip every step we can.
@@ -172,10 +169,10 @@ class Callbacks:
         """
         try:
             address = recipient.decode("utf-8", "surrogateescape")
-            recipients = _session(ctx).recipients
-            if not recipients:
-                self._opened(1)
-            recipients.append(address_key(address))
+            session = _session(ctx)
+            if not session.recipients:
+                self._open.add(session)
+            session.recipients.append(address_key(address))
         except Exception:
             self._internal_error("a recipient")
         return NOREPLY
@@ -187,6 +184,8 @@ class Callbacks:
         headers without a reply (it offers us that step as if every MTA could).
         """
         try:
+            if len(name) not in _LENGTHS:
+                return NOREPLY
             lower = name.lower()
             if lower == _HEADER_LOWER:
                 _session(ctx).values.append(value.decode("utf-8", "surrogateescape"))
@@ -197,14 +196,13 @@ class Callbacks:
         return NOREPLY
 
     def eom(self, ctx: Context) -> int:
-        self._opened(0, ending=1)  # a stop waits for this message's row to be put
-        ended = 0
+        session = None
         try:
             session = _session(ctx)
+            self._ending.add(session)  # a stop waits for this message's row to be put
             values, session.values = session.values, []
             probe, session.probe = session.probe, None
             recipients, session.recipients = session.recipients, []
-            ended = -1 if recipients else 0
             queue_id = ctx.getsymval("i")
             # Our own probe is proven by its key, whoever the client is.
             ours = probe is not None and is_probe(self._probe_key, probe)
@@ -217,18 +215,23 @@ class Callbacks:
         except Exception:
             self._internal_error("end-of-message")
         finally:
-            self._opened(ended, ending=-1)
+            if session is not None:
+                self._open.discard(session)
+                self._ending.discard(session)
         return ACCEPT
 
     def abort(self, ctx: Context) -> int:
-        """The message ended without end-of-message: forget its headers and recipients."""
+        """The message ended without end-of-message: forget its headers and recipients.
+        Postfix also sends it after every end-of-message, with nothing left to forget."""
         try:
-            session = _session(ctx)
-            session.values = []
-            session.probe = None
-            if session.recipients:
-                self._opened(-1)
-            session.recipients = []
+            session = ctx.getpriv()
+            if session is not None and (
+                session.recipients or session.values or session.probe is not None
+            ):
+                session.values = []
+                session.probe = None
+                session.recipients = []
+                self._open.discard(session)
         except Exception:
             self._internal_error("abort")
         return CONTINUE

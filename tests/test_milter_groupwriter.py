@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from sendpost_agent.queuemap import HeaderState, MapReader, MapWriter, row
-from sendpost_milter.groupwriter import GROUP_WINDOW, GroupWriter
+from sendpost_milter.groupwriter import GROUP_WINDOW, ROW_BYTES, GroupWriter
 from sendpost_milter.metrics import MilterMetrics
 
 pytestmark = pytest.mark.integration  # a thread of its own and the real clock
@@ -214,13 +214,41 @@ def test_the_writer_thread_waits_out_a_short_lock(path: Path) -> None:
     writer.close()
 
 
+def test_rows_waiting_for_a_slow_map_are_bounded_the_oldest_dropped_counted_and_logged(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The map cannot keep up (here its writer thread never gets to commit): the rows
+    waiting in memory stay within the bound, without any put waiting for the map; past
+    it the oldest are dropped, counted as map write errors and logged in chunks, and the
+    newest are committed at the stop."""
+    writer = MapWriter(path, DAY)
+    metrics = MilterMetrics()
+    rows = GroupWriter(writer, metrics, window=HOUR, max_queued_bytes=100 * ROW_BYTES)
+    rows.put(row("FIRST", None, HeaderState.MISSING))  # committed at once: the rest queue
+    answered = [f"Q{i:04d}" for i in range(1000)]
+    for queue_id in answered:
+        rows.put(row(queue_id, None, HeaderState.MISSING))
+        assert (pending(metrics) or 0) <= 100
+    rows.close()
+    reader = MapReader(path)
+    kept = [q for q in answered if reader.get(q) is not None]
+    reader.close()
+    writer.close()
+    assert 75 <= len(kept) <= 100 and kept == answered[-len(kept) :]  # the newest
+    lost = len(answered) - len(kept)
+    assert metrics.registry.get_sample_value("sendpost_milter_map_write_errors_total") == lost
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert 0 < len(lines) <= lost // 20, lines  # a line per chunk, not per row
+    assert "oldest dropped" in lines[0] and "rows lost (queue IDs Q0000, Q0001" in lines[0]
+
+
 # The milter's writer in a process of its own: ``before`` rows committed (a group closed),
 # then ``after`` rows answered with the group window given; "pending N" once all are put.
 CRASH_SCRIPT = textwrap.dedent("""
     import sys, time, uuid
     from pathlib import Path
     from sendpost_agent.queuemap import HeaderState, MapWriter, row
-    from sendpost_milter.groupwriter import GROUP_WINDOW, GroupWriter
+    from sendpost_milter.groupwriter import GROUP_WINDOW, ROW_BYTES, GroupWriter
     from sendpost_milter.metrics import MilterMetrics
     writer = MapWriter(Path(sys.argv[1]), 86400.0)
     window, before, after = float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
