@@ -142,8 +142,9 @@ class Agent:
             if written := self.wal.kept(wal_seq):
                 self._remembered = Remembered(written, config.join_wait)
                 log.info(
-                    "resuming after an unclean stop: %d events in the WAL came from lines"
-                    " after the cursor; read again, they are recognised and not queued twice",
+                    "resuming at the cursor saved before an unclean stop (or before one whose"
+                    " re-read was still being recognised): %d events in the WAL came from"
+                    " lines after it; read again, they are recognised and not queued twice",
                     len(written),
                 )
         elif self.wal.pending:

@@ -45,7 +45,8 @@ its events are acked and not newer than ``keep_after`` (droppable):
 
 ``full`` counts the whole file, kept events too: the agent saves its cursor (moving
 ``keep_after`` to the last seq) when it finds the WAL full, so that the acks can then
-empty it as before.
+empty it as before. While it still recognises events re-read after a crash it saves
+none; once only delivered events fill the WAL it stops recognising them and saves it.
 
 Power loss (not kill -9) can lose appends made after the last ``sync``. ``last_seq`` then
 falls back to the newest seq still on disk or acked, and the lost seqs are issued again,
