@@ -196,6 +196,7 @@ class Agent:
             wal_bytes=wal.size_bytes,
             wal_max_bytes=wal.cap_bytes,
             wal_torn_records=wal.torn_records,
+            recognising_events=0 if self._remembered is None else self._remembered.left,
             events_sent=shipper.events_sent,
             events_dead_lettered=shipper.dead_lettered,
             batches=dict(shipper.batches),

@@ -158,6 +158,15 @@ def test_a_line_read_before_its_map_row_and_a_crash_send_every_event_once(
     assert max(sent.values()) == 1, "events sent twice"
 
 
+def recognising(agent: Agent) -> int:
+    """The events still awaited, as /health says it; /metrics must say the same."""
+    health = agent.snapshot().to_health()["recognising_events"]
+    metric = agent.metrics.registry.get_sample_value("sendpost_agent_recognising_events")
+    assert metric == health, "/metrics and /health disagree"
+    assert isinstance(health, int)
+    return health
+
+
 def test_events_the_re_read_cannot_give_again_are_awaited_only_for_join_wait(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -181,10 +190,12 @@ def test_events_the_re_read_cannot_give_again_are_awaited_only_for_join_wait(
     second._save_cursor()
     saved = load_cursor(cfg.cursor_path)
     assert saved is not None and saved[1]["wal_seq"] == 2, "a cursor saved while awaiting"
+    assert recognising(second) == 2, "/health and /metrics do not say what is awaited"
     record_messages(cfg.state_dir, range(40, 41))
     write_messages(cfg.log_path, range(40, 41))  # 39 s after message 1: join-wait is over
     read_on(second)
     assert "2 events written before the unclean stop were not produced again" in caplog.text
+    assert recognising(second) == 0
     second._save_cursor()
     saved = load_cursor(cfg.cursor_path)
     assert saved is not None and saved[1]["wal_seq"] == second.wal.last_seq == 8
