@@ -54,7 +54,8 @@ so that the records stay one unbroken chain of seqs. Nothing durable refers to a
 seq: the agent's cursor names only synced ones. Should acked events be lost (the ack
 file was synced, the appends were not), every record left is acked and is dropped,
 kept or not: a new append could not continue the chain after them. The agent then
-recognises none of them: their events are sent again.
+recognises none of them: their events are sent again. Events appended from then on
+are kept after ``keep_after`` as usual.
 """
 
 from __future__ import annotations
@@ -136,9 +137,13 @@ class Wal:
             acked = wal_first - 1
         self.acked_seq: int = acked
         self.last_seq: int = max(acked, wal_last)
-        # Acked events lost by a power loss: the file cannot be continued, keep nothing.
+        # Acked events lost by a power loss: the records left cannot be continued, keep
+        # none of them. An empty file (also the usual one, everything acked) keeps what
+        # is appended after keep_after.
         self._keep_after = keep_after if acked <= wal_last else None
         self._reclaim()
+        if not self._firsts:
+            self._keep_after = keep_after
 
     @property
     def size_bytes(self) -> int:
