@@ -142,8 +142,9 @@ class Agent:
             if written := self.wal.kept(wal_seq):
                 self._remembered = Remembered(written, config.join_wait)
                 log.info(
-                    "resuming after an unclean stop: %d events in the WAL came from lines"
-                    " after the cursor; read again, they are recognised and not queued twice",
+                    "resuming at the cursor saved before an unclean stop (or before one whose"
+                    " re-read was still being recognised): %d events in the WAL came from"
+                    " lines after it; read again, they are recognised and not queued twice",
                     len(written),
                 )
         elif self.wal.pending:
@@ -195,6 +196,7 @@ class Agent:
             wal_bytes=wal.size_bytes,
             wal_max_bytes=wal.cap_bytes,
             wal_torn_records=wal.torn_records,
+            recognising_events=0 if self._remembered is None else self._remembered.left,
             events_sent=shipper.events_sent,
             events_dead_lettered=shipper.dead_lettered,
             batches=dict(shipper.batches),

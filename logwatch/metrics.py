@@ -96,6 +96,12 @@ class _AgentCollector(Collector):
         yield _gauge("wal_bytes", "Size of the WAL on disk", now.wal_bytes)
         yield _gauge("wal_events", "Events in the WAL not yet accepted", now.pending_events)
         yield _gauge(
+            "recognising_events",
+            "Events written before an unclean stop not yet given again by the re-read"
+            " (no cursor is saved meanwhile)",
+            now.recognising_events,
+        )
+        yield _gauge(
             "log_reading_paused",
             "1 while the WAL is full and reading waits",
             1.0 if now.reading_paused else 0.0,

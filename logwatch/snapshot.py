@@ -39,6 +39,10 @@ class Snapshot:
     wal_bytes: int
     wal_max_bytes: int
     wal_torn_records: int  # dropped at start (power loss)
+    # Events written before an unclean stop that the re-read has not given again yet: no
+    # cursor is saved meanwhile (join-wait of log time at most, unless the log's time
+    # stands still), so a further crash re-reads from the same place.
+    recognising_events: int
     # shipping
     events_sent: int
     events_dead_lettered: int

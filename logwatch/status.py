@@ -44,7 +44,12 @@ def status(config: Config, out: TextIO) -> int:
         ),
         f"  log lines:      {now.lines_read} read, {now.lines_cut} cut to 1 MiB;"
         f" {now.rotations} rotations, {now.truncations} truncations",
-        f"  pending events: {now.pending_events} ({now.wal_bytes} bytes in WAL)",
+        f"  pending events: {now.pending_events} ({now.wal_bytes} bytes in WAL)"
+        + (
+            f"; {now.recognising_events} from before an unclean stop not re-read yet"
+            if now.recognising_events
+            else ""
+        ),
         f"  events sent:    {now.events_sent}, last accepted {ago}",
         f"  last error:     {now.last_error or 'none'}",
         *(f"  problem:        {reason}" for reason in problems),

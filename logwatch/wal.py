@@ -45,7 +45,8 @@ its events are acked and not newer than ``keep_after`` (droppable):
 
 ``full`` counts the whole file, kept events too: the agent saves its cursor (moving
 ``keep_after`` to the last seq) when it finds the WAL full, so that the acks can then
-empty it as before.
+empty it as before. While it still recognises events re-read after a crash it saves
+none; once only delivered events fill the WAL it stops recognising them and saves it.
 
 Power loss (not kill -9) can lose appends made after the last ``sync``. ``last_seq`` then
 falls back to the newest seq still on disk or acked, and the lost seqs are issued again,
@@ -53,7 +54,8 @@ so that the records stay one unbroken chain of seqs. Nothing durable refers to a
 seq: the agent's cursor names only synced ones. Should acked events be lost (the ack
 file was synced, the appends were not), every record left is acked and is dropped,
 kept or not: a new append could not continue the chain after them. The agent then
-recognises none of them: their events are sent again.
+recognises none of them: their events are sent again. Events appended from then on
+are kept after ``keep_after`` as usual.
 """
 
 from __future__ import annotations
@@ -135,9 +137,13 @@ class Wal:
             acked = wal_first - 1
         self.acked_seq: int = acked
         self.last_seq: int = max(acked, wal_last)
-        # Acked events lost by a power loss: the file cannot be continued, keep nothing.
+        # Acked events lost by a power loss: the records left cannot be continued, keep
+        # none of them. An empty file (also the usual one, everything acked) keeps what
+        # is appended after keep_after.
         self._keep_after = keep_after if acked <= wal_last else None
         self._reclaim()
+        if not self._firsts:
+            self._keep_after = keep_after
 
     @property
     def size_bytes(self) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -158,6 +159,87 @@ def test_a_line_read_before_its_map_row_and_a_crash_send_every_event_once(
     assert max(sent.values()) == 1, "events sent twice"
 
 
+def take(agent: Agent, batches: int, save: bool) -> None:
+    """Up to ``batches`` batches; a cursor after the last when ``save``, or (as logwatch
+    does) after the first append of a new start."""
+
+    async def run() -> None:
+        first = agent._saved_at == 0.0
+        for _ in range(batches):
+            try:
+                batch = await asyncio.wait_for(agent.follower.next_batch(), 0.5)
+            except TimeoutError:
+                break
+            agent._saved_at = 0.0 if first else NEVER
+            agent._take(batch)
+            agent._saved_at, first = NEVER, False
+        if save:
+            agent._save_cursor()
+
+    asyncio.run(run())
+
+
+def deliver(agent: Agent, count: int, delivered: list[bytes]) -> None:
+    """The API takes the first ``count`` pending events, as the shipper sends them."""
+    events = agent.wal.read(agent.wal.acked_seq, count)
+    if events:
+        delivered.extend(data for _, data in events)
+        agent.wal.ack(events[-1][0])
+
+
+def test_crashes_among_late_map_rows_cursor_saves_and_deliveries_send_each_event_once(
+    tmp_path: Path,
+) -> None:
+    """Some messages' map rows come a few seconds after their lines (held, given late;
+    read again after a crash, given at once), cursors are saved and events delivered at
+    random points, and logwatch is killed at random points: the API gets every event
+    once."""
+    rng = random.Random(5)
+    cfg = config(tmp_path)
+    expected: set[Sent] = set()
+    delivered: list[bytes] = []
+    agent = Agent(cfg)
+    written = 0
+    for _ in range(25):
+        numbers = range(written, written + rng.randint(1, 4))
+        late = [n for n in numbers if rng.random() < 0.3]
+        for n in set(numbers) - set(late):
+            record_messages(cfg.state_dir, range(n, n + 1))
+        expected |= write_messages(cfg.log_path, numbers)
+        written = numbers.stop
+        take(agent, rng.randint(0, 2), rng.random() < 0.4)  # maybe before the late rows
+        for n in late:
+            record_messages(cfg.state_dir, range(n, n + 1))
+        take(agent, rng.randint(1, 3), rng.random() < 0.4)
+        deliver(agent, rng.randint(0, agent.wal.pending), delivered)
+        if rng.random() < 0.3:
+            crash(agent)
+            agent = Agent(cfg)
+    last = range(written + 100, written + 101)  # 100 s later: every held line is decided
+    record_messages(cfg.state_dir, last)
+    expected |= write_messages(cfg.log_path, last)
+    for _ in range(20):
+        take(agent, 100, False)
+        if not agent.follower.lag_bytes() and not agent.pipeline.tracker.holding:
+            break
+    deliver(agent, agent.wal.pending, delivered)
+    crash(agent)
+    sent = Counter(
+        (e["message_id"], e["event_type"], e["recipient"]) for e in map(json.loads, delivered)
+    )
+    assert set(sent) == expected, "events lost"
+    assert max(sent.values()) == 1, "events sent twice"
+
+
+def recognising(agent: Agent) -> int:
+    """The events still awaited, as /health says it; /metrics must say the same."""
+    health = agent.snapshot().to_health()["recognising_events"]
+    metric = agent.metrics.registry.get_sample_value("sendpost_agent_recognising_events")
+    assert metric == health, "/metrics and /health disagree"
+    assert isinstance(health, int)
+    return health
+
+
 def test_events_the_re_read_cannot_give_again_are_awaited_only_for_join_wait(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -181,10 +263,12 @@ def test_events_the_re_read_cannot_give_again_are_awaited_only_for_join_wait(
     second._save_cursor()
     saved = load_cursor(cfg.cursor_path)
     assert saved is not None and saved[1]["wal_seq"] == 2, "a cursor saved while awaiting"
+    assert recognising(second) == 2, "/health and /metrics do not say what is awaited"
     record_messages(cfg.state_dir, range(40, 41))
     write_messages(cfg.log_path, range(40, 41))  # 39 s after message 1: join-wait is over
     read_on(second)
     assert "2 events written before the unclean stop were not produced again" in caplog.text
+    assert recognising(second) == 0
     second._save_cursor()
     saved = load_cursor(cfg.cursor_path)
     assert saved is not None and saved[1]["wal_seq"] == second.wal.last_seq == 8

@@ -182,6 +182,26 @@ def test_compaction_keeps_the_kept_events_too(path: Path) -> None:
 
 
 @pytest.mark.unit
+def test_an_empty_wal_keeps_the_events_delivered_after_keep_after(path: Path) -> None:
+    """A clean stop leaves the WAL empty and its last seq in the ack file; the events
+    delivered after the cursor's seq must stay readable all the same."""
+    wal = Wal(path, keep_after=0)
+    add(wal, 5)
+    wal.ack(5)
+    wal.keep_after(5)  # the cursor saved at the stop counts every event: the WAL empties
+    wal.close()
+    assert path.stat().st_size == 0
+    wal = Wal(path, keep_after=5)
+    add(wal, 3)
+    wal.ack(8)
+    assert wal.kept(5) == [ev(s) for s in range(6, 9)]
+    wal.close()  # as a crash before the next cursor save leaves it
+    wal = Wal(path, keep_after=5)
+    assert wal.kept(5) == [ev(s) for s in range(6, 9)] and wal.pending == 0
+    wal.close()
+
+
+@pytest.mark.unit
 def test_kept_events_cut_off_from_their_acked_seqs_are_dropped(path: Path) -> None:
     """A power loss lost appends that were acked already (the ack file is synced, the WAL
     only at cursor saves): the records left cannot be continued, as the next seq follows
