@@ -382,13 +382,11 @@ class Agent:
         if len(fresh) < len(data):
             events, data = [events[i] for i in fresh], [data[i] for i in fresh]
         if remembered.done(log_time):
-            self._forget_remembered("the log was read past the lines they came from")
+            self._forget_remembered(remembered, "the log was read past the lines they came from")
         return events, data
 
-    def _forget_remembered(self, why: str) -> None:
-        remembered, self._remembered = self._remembered, None
-        if remembered is None:
-            return
+    def _forget_remembered(self, remembered: Remembered, why: str) -> None:
+        self._remembered = None
         if remembered.left:
             log.warning(
                 "%d events written before the unclean stop were not produced again by"
@@ -426,7 +424,7 @@ class Agent:
             self._save_cursor()  # every event counted: delivered, all may leave the WAL
         if self._remembered is not None and not self.wal.pending:
             # Only delivered events kept for recognising fill it: reading must go on.
-            self._forget_remembered("the WAL is full")
+            self._forget_remembered(self._remembered, "the WAL is full")
             self._save_cursor()
         if self.wal.full():
             self.shipper.progress.clear()
