@@ -380,6 +380,25 @@ def test_a_message_open_at_sigterm_is_logged_as_not_recorded(tmp_path: Path) -> 
     assert "milter stopped" in proc.log()
 
 
+def test_messages_aborted_after_rcpt_to_are_not_reported_open_at_sigterm(
+    tmp_path: Path,
+) -> None:
+    """A message RSET or dropped by the client after RCPT TO (Postfix sends abort) is
+    over: a later stop must not report it as cut, nor count it as a lost row."""
+    proc = MilterProcess(tmp_path / "state", f"unix:{tmp_path}/sock/m.sock").start()
+    header = [("X-Sendpost-Message-UUID", CANON)]
+    run_miltertest(
+        proc,
+        tmp_path,
+        lua_message("AB0RT00001", header, abort=True),
+        lua_message("AB0RT00002", header),
+        lua_message("AB0RT00003", [], abort=True, recipients=('"<a@example.com>"',) * 2),
+    )
+    assert proc.stop() == 0
+    assert "stopping with" not in proc.log()
+    assert map_ids(tmp_path / "state") == {"AB0RT00002"}
+
+
 def start_milter_command(tmp_path: Path, milter_socket: str) -> subprocess.CompletedProcess[str]:
     """`sendpost-agent milter` as an operator runs it, for a start that must fail."""
     return subprocess.run(
