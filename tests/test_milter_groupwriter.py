@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import tracemalloc
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,13 +243,36 @@ def test_rows_waiting_for_a_slow_map_are_bounded_the_oldest_dropped_counted_and_
     assert "oldest dropped" in lines[0] and "rows lost (queue IDs Q0000, Q0001" in lines[0]
 
 
+def test_the_rows_waiting_take_no_more_memory_than_the_bound(path: Path) -> None:
+    """The bound is memory the milter process really holds (traced by Python's
+    allocator), for rows as the milter makes them: a UUID and one recipient each."""
+    writer = MapWriter(path, DAY)
+    bound = 1024 * 1024
+    rows = GroupWriter(writer, MilterMetrics(), window=HOUR, max_queued_bytes=bound)
+    rows.put(row("FIRST", None, HeaderState.MISSING))  # committed at once: the rest queue
+    tracemalloc.start()
+    try:
+        before, held = tracemalloc.get_traced_memory()[0], 0
+        for i in range(4 * bound // ROW_BYTES):  # enough to fill the bound four times
+            recipient = f"recipient{i:07d}@example.com"
+            rows.put(
+                row(f"4dQ{i:09d}zK", uuid.uuid4(), HeaderState.PRESENT, recipients=[recipient])
+            )
+            held = max(held, tracemalloc.get_traced_memory()[0] - before)
+    finally:
+        tracemalloc.stop()
+    rows.close()
+    writer.close()
+    assert held <= bound, f"{held} bytes held for a bound of {bound}"
+
+
 # The milter's writer in a process of its own: ``before`` rows committed (a group closed),
 # then ``after`` rows answered with the group window given; "pending N" once all are put.
 CRASH_SCRIPT = textwrap.dedent("""
     import sys, time, uuid
     from pathlib import Path
     from sendpost_agent.queuemap import HeaderState, MapWriter, row
-    from sendpost_milter.groupwriter import GROUP_WINDOW, ROW_BYTES, GroupWriter
+    from sendpost_milter.groupwriter import GROUP_WINDOW, GroupWriter
     from sendpost_milter.metrics import MilterMetrics
     writer = MapWriter(Path(sys.argv[1]), 86400.0)
     window, before, after = float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

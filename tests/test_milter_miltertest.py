@@ -380,6 +380,42 @@ def test_a_message_open_at_sigterm_is_logged_as_not_recorded(tmp_path: Path) -> 
     assert "milter stopped" in proc.log()
 
 
+def test_messages_aborted_after_rcpt_to_are_not_reported_open_at_sigterm(
+    tmp_path: Path,
+) -> None:
+    """A message RSET or dropped by the client after RCPT TO (Postfix sends abort) is
+    over: a later stop must not report it as cut, nor count it as a lost row."""
+    proc = MilterProcess(tmp_path / "state", f"unix:{tmp_path}/sock/m.sock").start()
+    header = [("X-Sendpost-Message-UUID", CANON)]
+    run_miltertest(
+        proc,
+        tmp_path,
+        lua_message("AB0RT00001", header, abort=True),
+        lua_message("AB0RT00002", header),
+        lua_message("AB0RT00003", [], abort=True, recipients=('"<a@example.com>"',) * 2),
+    )
+    # The last abort has no reply: wait until the milter closed the connection, which it
+    # does only after handling every command sent on it.
+    wait_connections_closed(proc.socket)
+    assert proc.stop() == 0
+    assert "stopping with" not in proc.log()
+    assert map_ids(tmp_path / "state") == {"AB0RT00002"}
+
+
+def wait_connections_closed(milter_socket: str, timeout: float = 30.0) -> None:
+    """Until no connection accepted on the unix ``milter_socket`` is open (an accepted
+    socket is listed in /proc/net/unix under the listener's path, state 03)."""
+    path = milter_socket.removeprefix("unix:")
+    deadline = time.monotonic() + timeout
+    while any(
+        fields[5] == "03" and fields[-1] == path
+        for fields in (line.split() for line in Path("/proc/net/unix").read_text().splitlines())
+        if len(fields) == 8
+    ):
+        assert time.monotonic() < deadline, f"connections to {path} still open"
+        time.sleep(0.01)
+
+
 def start_milter_command(tmp_path: Path, milter_socket: str) -> subprocess.CompletedProcess[str]:
     """`sendpost-agent milter` as an operator runs it, for a start that must fail."""
     return subprocess.run(
