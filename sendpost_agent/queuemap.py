@@ -188,15 +188,8 @@ def row(
         message_uuid.bytes if message_uuid is not None else None,
         int(header),
         int(time.time() if now is None else now),
-        _storable("\n".join(recipients)) if recipients else None,
+        "\n".join(recipients) if recipients else None,
     )
-
-
-def _storable(text: str) -> str:
-    """Envelope text as SQLite can store it: bytes that were not UTF-8 (kept as surrogates)
-    become U+FFFD, as logwatch decodes log lines, so the two still match; else SQLite
-    refuses the whole statement, every row of a group with it."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def is_busy(exc: BaseException) -> bool:

@@ -168,7 +168,9 @@ class Callbacks:
         answers CONTINUE itself (tests/test_milter_miltertest.py drives both).
         """
         try:
-            address = recipient.decode("utf-8", "surrogateescape")
+            # Bytes that are not UTF-8 become U+FFFD, as logwatch decodes the log line
+            # naming them: the two still match, and SQLite stores the text.
+            address = recipient.decode("utf-8", "replace")
             session = _session(ctx)
             if not session.recipients:
                 self._open.add(session)

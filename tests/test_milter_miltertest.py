@@ -175,6 +175,26 @@ def test_envelope_recipients_are_recorded_per_message(
     assert "internal error" not in milter.log()
 
 
+def test_a_recipient_that_is_not_utf8_is_stored_as_logwatch_reads_it(
+    milter: MilterProcess, tmp_path: Path
+) -> None:
+    """RCPT TO bytes that are not UTF-8 are stored with U+FFFD, as logwatch decodes the
+    log line naming them, so the two still match; the message's other recipient too."""
+    run_miltertest(
+        milter,
+        tmp_path,
+        lua_message(
+            "RC00000011",
+            [("X-Sendpost-Message-UUID", CANON)],
+            recipients=('"<\\255Zz@Example.com>"', '"<b@example.com>"'),
+        ),
+    )
+    entry = milter.entry("RC00000011")
+    assert entry is not None
+    assert entry.recipients == ("\ufffdzz@example.com", "b@example.com")
+    assert "internal error" not in milter.log()
+
+
 def test_header_present_is_recorded_canonical(milter: MilterProcess, tmp_path: Path) -> None:
     before = header_count(milter, "present")
     run_miltertest(

@@ -310,31 +310,6 @@ def test_a_bad_row_in_a_large_group_leaves_no_transaction_open(path: Path) -> No
 
 
 @pytest.mark.unit
-def test_a_recipient_that_is_not_utf8_is_stored_as_logwatch_reads_it(path: Path) -> None:
-    """RCPT TO bytes that are not UTF-8 (the milter keeps them as surrogates) are stored
-    with U+FFFD, as logwatch decodes the log line naming them, and cost no other row of
-    the group."""
-    writer = MapWriter(path, DAY)
-    bad = b"\xff@x.example".decode("utf-8", "surrogateescape")
-    writer.put_many(
-        [
-            row("N1", U1, HeaderState.PRESENT, now=5, recipients=["a@x.example"]),
-            row("N2", U2, HeaderState.PRESENT, now=5, recipients=[bad, "b@x.example"]),
-        ]
-    )
-    reader = MapReader(path)
-    assert reader.get("N1") == Entry(str(U1), HeaderState.PRESENT, 5, ("a@x.example",))
-    assert reader.get("N2") == Entry(
-        str(U2),
-        HeaderState.PRESENT,
-        5,
-        (b"\xff@x.example".decode("utf-8", "replace"), "b@x.example"),
-    )
-    reader.close()
-    writer.close()
-
-
-@pytest.mark.unit
 def test_a_malformed_row_raises_its_own_error(path: Path) -> None:
     """A programming error (a row of the wrong shape) is raised as itself, named in the
     log, not hidden behind an AttributeError of the busy check."""
