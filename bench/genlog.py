@@ -20,6 +20,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sendpost_agent.header import HEADER_NAME
 from sendpost_agent.queuemap import HeaderState, MapWriter
 
 START = datetime(2026, 11, 23, 0, 0, 0, tzinfo=UTC)
@@ -98,7 +99,7 @@ def message(log: Log, n: int, when: float, qid: str, info: bool = False) -> list
         log.add(
             when,
             "cleanup",
-            f"{qid}: info: header X-Sendpost-Message-UUID: {message_uuid(n)} from {client};"
+            f"{qid}: info: header {HEADER_NAME}: {message_uuid(n)} from {client};"
             f" from=<bounces+{n}@sendpost.io> to=<user{n}.0@example.com> proto=ESMTP"
             f" helo=<{helo}>",
         )

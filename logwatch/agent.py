@@ -291,7 +291,7 @@ class Agent:
                     # The log is quiet: let held lines' waits end by the wall clock.
                     tracker = self.pipeline.tracker
                     now = tracker.now + (time.monotonic() - last_line)
-                    self._append(tracker.tick(now), force_cursor=True, log_time=now)
+                    self._append(tracker.tick(now), log_time=now)
                     idle_settled = not tracker.holding and self._remembered is None
                 continue
             try:
@@ -355,10 +355,10 @@ class Agent:
         self,
         events: list[Event],
         noticed: float | None = None,
-        force_cursor: bool = False,
         log_time: float | None = None,
     ) -> None:
-        """``log_time``: how far the log's lines are decided (default: the tracker's time)."""
+        """``log_time``: how far the log's lines are decided, given by the quiet log's clock
+        (default: the tracker's time); events it settles have their cursor saved at once."""
         data = [e.to_json().encode() for e in events]
         if self._remembered is not None:
             done = self.pipeline.tracker.now if log_time is None else log_time
@@ -369,7 +369,7 @@ class Agent:
             for event in events:
                 self.events_by_type[event.event_type.value] += 1
             self.shipper.appended(time.monotonic() if noticed is None else noticed)
-        if (force_cursor and events) or time.monotonic() - self._saved_at >= CURSOR_EVERY:
+        if (log_time is not None and events) or time.monotonic() - self._saved_at >= CURSOR_EVERY:
             self._save_cursor()
 
     def _recognise(

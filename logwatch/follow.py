@@ -185,7 +185,6 @@ class Follower:
             if self._caught_up:  # nothing to read before the next write: wait for it
                 self._caught_up = False
                 await self._wait()
-                self._woken = time.monotonic()
                 continue
             now = time.monotonic()
             if self._read_at + self.gather > now:  # gathering the lines written meanwhile
@@ -204,7 +203,6 @@ class Follower:
                 await asyncio.sleep(0)
                 continue
             await self._wait()
-            self._woken = time.monotonic()
 
     def lag_bytes(self) -> int:
         """Bytes in the current file and the files queued after it not consumed yet."""
@@ -578,6 +576,7 @@ class Follower:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._poll_interval if polling else self._safety_interval):
                 await self._wake.wait()
+        self._woken = time.monotonic()  # the batch read next was noticed now
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Waits on this loop from now on (a new loop after asyncio.run ended)."""

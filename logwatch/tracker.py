@@ -116,7 +116,6 @@ class Message:
 @dataclass(eq=False, slots=True)
 class _Held:
     deadline: float
-    seq: int  # the order of lines held at the same deadline
     queue_id: str
     record: Decidable
     hop_to: str | None = None  # presumed hop's NEWID
@@ -340,13 +339,12 @@ class Tracker:
             return []
         if self._untrusted(queue_id):
             self._pass_on_distrust(record)
-        self._hold(_Held(when + self._wait, 0, queue_id, record))
+        self._hold(_Held(when + self._wait, queue_id, record))
         return []
 
     def _hold(self, item: _Held) -> None:
-        self._seq += 1
-        item.seq = self._seq
-        heapq.heappush(self._queue, (item.deadline, item.seq, item))
+        self._seq += 1  # the order of lines held at the same deadline
+        heapq.heappush(self._queue, (item.deadline, self._seq, item))
         if item.message_id is not None:
             self._pipe_hops.setdefault(item.message_id, []).append(item)
         elif item.hop_to is not None:
@@ -517,7 +515,7 @@ class Tracker:
                 if endpoint is not None and is_local(endpoint):
                     if new_id in self._recent:
                         return self._link(new_id, queue_id, uuid, record)
-                    self._hold(_Held(when + self._wait, 0, queue_id, record, new_id, uuid))
+                    self._hold(_Held(when + self._wait, queue_id, record, new_id, uuid))
                     return []
         return [Event.of(uuid, verdict, record.time, recipient)]
 
@@ -561,7 +559,7 @@ class Tracker:
         if envelope is None or address.lower() in envelope:
             return address
         if not final and message is not None and not message.from_map and message.envelope:
-            self._hold(_Held(when + self._wait, 0, queue_id, record))
+            self._hold(_Held(when + self._wait, queue_id, record))
             return None
         self.counts["unmatched:added_recipient"] += 1
         log.debug(
@@ -667,7 +665,7 @@ class Tracker:
         copies = [q for q, (m, at) in self._copies.items() if m == message_id and at >= since]
         hops = self._pipe_hops.get(message_id, [])
         linked = bool(copies) or any(h.linked for h in hops if h.queue_id == queue_id)
-        self._hold(_Held(when + self._wait, 0, queue_id, record, None, uuid, message_id, linked))
+        self._hold(_Held(when + self._wait, queue_id, record, None, uuid, message_id, linked))
         events: list[Event] = []
         for copy in copies:
             known = self.messages.get(copy)
@@ -833,7 +831,7 @@ class Tracker:
                 removed=m.get("removed", False),
             )
         for deadline, queue_id, record, hop_to, uuid, *pipe_hop in state.get("held", []):
-            item = _Held(deadline, 0, queue_id, record_from_json(record), hop_to, uuid)
+            item = _Held(deadline, queue_id, record_from_json(record), hop_to, uuid)
             if pipe_hop:
                 item.message_id, item.linked = pipe_hop
             self._hold(item)

@@ -234,8 +234,7 @@ def run(config: Config) -> int:
                 )
                 _serve(config.milter_socket)
                 cut = callbacks.wait_ended(STOP_GRACE)
-                if cut:
-                    metrics.map_write_errors.inc(cut)
+                if cut:  # logged only: /metrics stops with this process
                     log.error(
                         "stopping with %d messages between RCPT TO and end-of-message: the"
                         " MTA handles them per its milter_default_action, and their map rows"

@@ -54,7 +54,6 @@ from tests.support.sink import Sink
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "sp-host-key-5c1e"
 SENDER = "sender@example.com"
 HEADER = "X-Sendpost-Message-UUID"
@@ -162,7 +161,7 @@ def rootfs_build() -> Iterator[RootfsBuild]:
     apt installs the .deb without a network (the container has none). Started when the
     tests were collected (tests/support/fixtures.py), so it built while others ran."""
     _require_tools()
-    build = take_early_rootfs(ROOT / "debian" / "control")
+    build = take_early_rootfs()
     yield build
     remove_rootfs(build)
 

@@ -27,6 +27,7 @@ from tests.support.sink import Sink
 REQUIRED_BINARIES = ("postfix", "postconf", "postqueue", "swaks")
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+CONTROL = ROOT / "debian" / "control"  # the package's Depends: the host's root filesystem
 
 
 def require_postfix_tools() -> None:
@@ -161,9 +162,12 @@ class DebBuild:
             self._log.unlink(missing_ok=True)
 
 
-# The slow builds, started as soon as the tests are known (pytest_collection_finish) and
-# taken by the fixtures of the first test that needs them.
-_early: dict[str, DebBuild | RootfsBuild] = {}
+class _Early:
+    """The slow builds, started as soon as the tests are known (pytest_collection_finish)
+    and taken by the fixtures of the first test that needs them."""
+
+    deb: DebBuild | None = None
+    rootfs: RootfsBuild | None = None
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -174,30 +178,29 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     needed = {name for item in session.items for name in getattr(item, "fixturenames", ())}
     if "built_deb" in needed:
-        _early["deb"] = DebBuild()
+        _Early.deb = DebBuild()
     if "rootfs_build" in needed and not missing_tools():
-        _early["rootfs"] = package_rootfs(ROOT / "debian" / "control")
+        _Early.rootfs = package_rootfs(CONTROL)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """A build no test took (deselected, or the run stopped early) is stopped and removed."""
-    for build in _early.values():
-        if isinstance(build, RootfsBuild):
-            remove_rootfs(build)
-        else:
-            build.cancel()
-    _early.clear()
+    if _Early.deb is not None:
+        _Early.deb.cancel()
+    if _Early.rootfs is not None:
+        remove_rootfs(_Early.rootfs)
+    _Early.deb = _Early.rootfs = None
 
 
-def take_early_rootfs(control: Path) -> RootfsBuild:
+def take_early_rootfs() -> RootfsBuild:
     """The root filesystem build started at collection, or one started now."""
-    build = _early.pop("rootfs", None)
-    return build if isinstance(build, RootfsBuild) else package_rootfs(control)
+    build, _Early.rootfs = _Early.rootfs, None
+    return build or package_rootfs(CONTROL)
 
 
 @pytest.fixture(scope="session")
 def built_deb() -> Path:
     """`make deb` of this checkout, once per test session, made afresh:
     dist/sendpost-agent_VERSION_ARCH.deb (started at collection, see above)."""
-    build = _early.pop("deb", None)
-    return (build if isinstance(build, DebBuild) else DebBuild()).wait()
+    build, _Early.deb = _Early.deb, None
+    return (build or DebBuild()).wait()
