@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from logwatch.parse import (
     Removed,
 )
 from logwatch.relays import ContentFilters, is_local, parse_relay, queued_as
-from sendpost_agent.header import HEADER_NAME, parse_uuid
+from sendpost_agent.header import HEADER_NAME, uuid_text
 from sendpost_agent.queuemap import Entry, HeaderState, MapError
 
 Lookup = Callable[[str], Entry | None]
@@ -63,10 +62,6 @@ Decidable = Delivery | Expired
 _HEADER_LOWER: Final = HEADER_NAME.lower()
 _NO_MESSAGE_ID: Final = ("", "<>")  # cleanup logs `message-id=<>` for mail without one
 _UNKNOWN: Final[tuple[str, ...]] = ()  # an inherited envelope nobody recorded
-# A value already in the form parse_uuid gives (str of uuid.UUID): taken as it is. Building
-# the UUID object and its text cost more than the rest of an INFO line's handling.
-_CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_NIL_UUID: Final = "00000000-0000-0000-0000-000000000000"  # parse_uuid refuses it
 log = logging.getLogger(__name__)
 
 
@@ -737,13 +732,10 @@ class Tracker:
         """The header_checks INFO fallback (see ``Message.info_uuid``)."""
         if record.name.lower() != _HEADER_LOWER:
             return []
-        value = record.value
-        if _CANONICAL_UUID.fullmatch(value) is None or value == _NIL_UUID:
-            parsed = parse_uuid(value)
-            if parsed is None:
-                self.counts["header_info_invalid"] += 1
-                return []
-            value = str(parsed)
+        value = uuid_text(record.value)
+        if value is None:
+            self.counts["header_info_invalid"] += 1
+            return []
         message = self._message(record.queue_id, self._epoch(record.time))
         if self._trusts_client is not None and not self._trusts_client(record.client):
             # As a repeated header: this message's INFO lines give no UUID at all.

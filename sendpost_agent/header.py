@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Final
 
 from sendpost_agent.queuemap import HeaderState
 
@@ -23,6 +24,20 @@ def parse_uuid(value: str) -> uuid.UUID | None:
         return None
     parsed = uuid.UUID(match.group(1) or match.group(2))
     return None if parsed.int == 0 else parsed
+
+
+# The text parse_uuid's UUID gives (str of uuid.UUID), nil excepted: taken as it is.
+# Building the UUID object and its text cost more than the rest of an INFO line's handling.
+_CANONICAL: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_NIL: Final = "00000000-0000-0000-0000-000000000000"
+
+
+def uuid_text(value: str) -> str | None:
+    """``str(parse_uuid(value))``, or None where that is None; fast for canonical text."""
+    if _CANONICAL.fullmatch(value) is not None and value != _NIL:
+        return value
+    parsed = parse_uuid(value)
+    return None if parsed is None else str(parsed)
 
 
 def classify(values: list[str]) -> tuple[HeaderState, uuid.UUID | None]:
