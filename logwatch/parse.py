@@ -392,7 +392,12 @@ def candidates(lines: list[bytes], message_ids: bool = False) -> list[str]:
 
 
 def parse_line(line: str, clock: Clock) -> Record | Skipped | None:
-    """One decoded log line (no newline) -> record, Skipped(reason), or None if irrelevant."""
+    """One decoded log line (no newline) -> record, Skipped(reason), or None if irrelevant.
+
+    Each kind's common shape is matched by its own whole-line regex and unpacked in its
+    own branch, written out: one shared path (kind and regex chosen first, then one match,
+    time and build by kind) ran 0.9% more instructions on a catch-up (cachegrind of
+    replay, 100,000 lines), unpacking with ``*rest`` 3% more."""
     # The fixed line ends first: a sender address may contain `status=`.
     if line.endswith("(queue active)"):
         m = _COMMON_ACTIVE.match(line)
