@@ -46,10 +46,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from logwatch.cursor import FINGERPRINT_BYTES, JournalPosition, Position
+from logwatch.cursor import JournalPosition, Position
 from logwatch.follow import Follower
 from logwatch.journalexport import ExportParser
-from logwatch.logfile import LogUnreadable
+from logwatch.logfile import LogUnreadable, Source
 from sendpost_agent.config import Config
 
 __all__ = [
@@ -167,15 +167,18 @@ def last_file_line(path: Path, position: Position) -> bytes | None:
     time, when the file is still the one the cursor names and stamps in RFC 3339 (as
     journal lines are); None otherwise: then only the time tells where to start."""
     try:
-        with path.open("rb") as f:
-            st = os.fstat(f.fileno())
-            if not position.file.matches(st.st_dev, st.st_ino, f.read(FINGERPRINT_BYTES)):
-                return None
-            start = max(0, position.offset - _READ_SIZE)
-            f.seek(start)
-            block = f.read(position.offset - start)
+        src = Source.open(path, plain=True)  # as the file source opens it (a FIFO too)
+    except (OSError, LogUnreadable):
+        return None
+    try:
+        if not position.file.matches(src.st.st_dev, src.st.st_ino, src.head):
+            return None
+        start = max(0, position.offset - _READ_SIZE)
+        block = os.pread(src.fd, position.offset - start, start)
     except OSError:
         return None
+    finally:
+        src.close()
     if len(block) != position.offset - start or not block.endswith(b"\n"):
         return None
     stamp, _, rest = block[:-1].rpartition(b"\n")[2].partition(b" ")
