@@ -1,9 +1,11 @@
-"""The package on a real Debian 12 host, from `apt install` to `apt purge`.
+"""The package on a real Debian 12 host, from install.sh to `apt purge`.
 
 A Debian 12 root filesystem (mmdebstrap: systemd, Debian's Postfix, rsyslog) boots under
-systemd-nspawn with a network of its own (tests/support/host.py). In it: the .deb that
-`make deb` built is installed with apt, `sendpost-agent setup` wires it to an ingestion
-server, and real mail goes through the container's Postfix on port 25:
+systemd-nspawn with a network of its own (tests/support/host.py). In it, the .deb that
+`make deb` built is installed as README says: install.sh beside it installs it with apt
+and runs `sendpost-agent setup`, which wires it to an ingestion server, printing one line
+per step (no apt or dpkg output) and never the key. Then real mail goes through the
+container's Postfix on port 25:
 
 - a remote recipient the relay accepts -> delivered; an alias to a local user that does
   not exist -> bounced; a remote recipient the relay answers 450 -> deferred; each event
@@ -27,6 +29,7 @@ an SMTP sink (tests/support/sink.py) and the API the ingest stand-in
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import threading
 import time
@@ -39,7 +42,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.fixtures import take_early_rootfs
+from tests.support.fixtures import ROOT, take_early_rootfs
 from tests.support.host import (
     Container,
     RootfsBuild,
@@ -68,6 +71,21 @@ MISSING_USER = "nosuchuser"
 HOSTNAME = "mailhost"  # tests/support/host.py writes it; Postfix's myhostname
 PACKAGE_DIR = "/root/packages"
 EVENT_TIMEOUT = 60.0
+#: A line of install.sh's (and setup's) output before doctor's report: a heading or summary
+#: line, or one step ("  ok      ...", "  change  ...").
+STEP_LINE = re.compile(
+    r"Installing sendpost-agent|Setting up sendpost-agent \(Postfix .*\)|(Done|No changes): .*"
+    r"|  (ok|change|note|would|WARNING) +\S.*"
+)
+#: What apt-get, dpkg and systemctl print while a package is installed.
+PACKAGE_NOISE = re.compile(
+    r"(Reading (package lists|state information|database)|Building dependency tree"
+    r"|Selecting previously unselected|Preparing to unpack|Unpacking|Setting up .* \.\.\.$"
+    r"|Processing triggers|Created symlink|(Get|Hit|Ign|Err):\d|[WEN]: |debconf: |\(Reading)"
+)
+#: install.sh prints ~20 step lines here (package, user, directories, config, services,
+#: Postfix, headings); a package manager's output would be a hundred more.
+MAX_STEP_LINES = 30
 
 
 @dataclass(frozen=True)
@@ -168,8 +186,8 @@ def rootfs_build() -> Iterator[RootfsBuild]:
 
 @pytest.fixture(scope="module")
 def host(rootfs_build: RootfsBuild, debs: Debs) -> Iterator[Host]:
-    """The booted host, Postfix relaying to the sink, the package installed with apt and
-    `sendpost-agent setup` run against the ingest server."""
+    """The booted host, Postfix relaying to the sink, the package installed by install.sh
+    (apt-get, then `sendpost-agent setup` against the ingest server)."""
     rootfs = rootfs_build.wait()
     print(f"root filesystem ready {rootfs_build.seconds:.0f}s after mmdebstrap started")
     started = time.monotonic()
@@ -187,6 +205,9 @@ def host(rootfs_build: RootfsBuild, debs: Debs) -> Iterator[Host]:
 
 
 def _install(host: Host, debs: Debs) -> Host:
+    """Install as README tells an operator on Debian: install.sh beside the .deb, run with
+    the package, the key, the MTA and the endpoint; it installs the .deb with apt-get and
+    hands over to `sendpost-agent setup`."""
     container = host.container
     # The mail server as its admin left it: everything not local goes to the relay, and an
     # alias points at a user who left.
@@ -201,28 +222,60 @@ def _install(host: Host, debs: Debs) -> Host:
     packages.mkdir()
     for deb in (debs.built, debs.newer):
         shutil.copy2(deb, packages / deb.name)
+    shutil.copy2(ROOT / "install.sh", packages / "install.sh")
     # No network in the container: apt finds every dependency installed already.
-    installed = container.run("apt-get", "install", "--yes", f"{PACKAGE_DIR}/{debs.built.name}")
-    # Enabled, but not started without a configuration (ConditionPathExists).
-    states = _states(container, "is-enabled") + _states(container, "is-active")
-    assert states == ["enabled", "enabled", "inactive", "inactive"], installed.stdout
-    setup = container.run(
-        "sendpost-agent",
-        "setup",
-        "--api-key-stdin",
-        "--endpoint",
-        host.ingest.url,
-        input=f"{KEY}\n",
-        check=False,
-        timeout=180,
+    command = readme_install_command(debs.built.name, host.ingest.url)
+    installed = container.run(
+        "sh", "-c", f'cd {PACKAGE_DIR} && exec "$@"', "sh", *command, check=False, timeout=300
     )
-    assert setup.returncode == 0, (
-        f"setup failed:\n{setup.stdout}\n{setup.stderr}\n{host.diagnostics()}"
-    )
-    assert "doctor: all checks passed" in setup.stdout, setup.stdout
+    print(f"install.sh, as README gives it:\n{installed.stdout}")
+    output = installed.stdout + installed.stderr
+    assert installed.returncode == 0, f"install.sh failed:\n{output}\n{host.diagnostics()}"
+    assert KEY not in output
+    assert installed.stderr == ""
+    steps, doctor = _steps_and_doctor(installed.stdout)
+    # One line per step, and no package manager's chatter: that shows with --verbose only.
+    noise = [line for line in installed.stdout.splitlines() if PACKAGE_NOISE.match(line)]
+    assert noise == [], installed.stdout
+    assert [line for line in steps if not STEP_LINE.match(line)] == [], installed.stdout
+    assert steps[:2] == [
+        "Installing sendpost-agent",
+        f"  change  apt-get install sendpost-agent {deb_field(debs.built, 'Version')}",
+    ], installed.stdout
+    assert len(steps) <= MAX_STEP_LINES, installed.stdout
+    assert doctor[-1] == "doctor: all checks passed.", installed.stdout
+    # The package enabled both units and started neither without a configuration: their
+    # start at install was skipped (not failed) until setup wrote config.yaml.
+    for unit in (MILTER, LOGWATCH):
+        assert container.run("systemctl", "is-enabled", unit, check=False).stdout == "enabled\n"
+        skipped = container.run(
+            "journalctl", "--no-pager", f"--unit={unit}", "--grep=unmet condition", check=False
+        ).stdout
+        assert "ConditionPathExists=/etc/sendpost-agent/config.yaml" in skipped, skipped
     active = _states(container, "is-active")
-    assert active == ["active", "active"], f"{setup.stdout}\n{host.diagnostics()}"
+    assert active == ["active", "active"], f"{installed.stdout}\n{host.diagnostics()}"
     return host
+
+
+def readme_install_command(deb: str, endpoint: str) -> list[str]:
+    """README's install command for Debian, with this package, KEY and ``endpoint``."""
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"(?m)^    (\./install\.sh --package .*)$", readme)
+    assert match, "README gives no `./install.sh --package ...` command"
+    command = shlex.split(match.group(1))
+    values = {"--package": f"./{deb}", "--api-key": KEY, "--endpoint": endpoint}
+    for flag, value in values.items():
+        assert flag in command, f"README's install command has no {flag}: {match.group(1)}"
+        command[command.index(flag) + 1] = value
+    return command
+
+
+def _steps_and_doctor(output: str) -> tuple[list[str], list[str]]:
+    """install.sh's output as its step lines (blank lines left out) and doctor's report,
+    which setup prints last under a line of its own."""
+    steps, found, doctor = output.partition("\nsendpost-agent doctor\n")
+    assert found, output
+    return [line for line in steps.splitlines() if line], doctor.splitlines()
 
 
 def test_delivered_bounced_and_deferred_mail_is_reported_with_its_uuid(host: Host) -> None:
