@@ -115,10 +115,10 @@ class Follower:
     ``use_inotify=False``); ``gather``: the least time between reads at the end of the
     log (see the module docstring).
 
-    Counters (plain ints, for metrics): ``lines_read``, ``bytes_read``, ``lines_cut``,
-    ``rotations`` (moves to a newer file), ``truncations`` (copytruncate, truncation,
-    overwrite in place), ``wakeups`` (read attempts: an idle follower makes one per
-    ``safety_interval``).
+    Counters (plain ints): ``lines_cut``, ``rotations`` (moves to a newer file) and
+    ``truncations`` (copytruncate, truncation, overwrite in place) are in /metrics;
+    ``lines_read``, ``bytes_read`` and ``wakeups`` (read attempts: an idle follower makes
+    one per ``safety_interval``) let the tests see what reading cost.
     """
 
     def __init__(
