@@ -268,10 +268,10 @@ step_build_packages() {
     local -a wanted=() missing=()
     if apt_system; then
         tool=apt-get
-        wanted=(python3-venv python3-dev gcc libmilter-dev)
+        wanted=(python3-venv python3-dev gcc libmilter-dev libsystemd-dev pkg-config)
     elif command -v dnf >/dev/null && command -v rpm >/dev/null; then
         tool=dnf
-        wanted=(gcc sendmail-milter-devel)
+        wanted=(gcc sendmail-milter-devel systemd-devel pkgconf-pkg-config)
         if choose_python; then
             wanted+=("$(basename "$PYTHON")-devel")
         else
@@ -279,7 +279,7 @@ step_build_packages() {
         fi
     else
         note "neither apt-get nor dnf found: install Python >= 3.11 with venv and headers," \
-            "gcc and the libmilter headers yourself"
+            "gcc, pkg-config and the libmilter and libsystemd headers yourself"
         return
     fi
     for p in "${wanted[@]}"; do

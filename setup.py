@@ -16,7 +16,7 @@ COMPILED = [
     "logwatch/relays.py",
     "logwatch/mapwindow.py",
     "logwatch/pipeline.py",
-    "logwatch/journalexport.py",
+    "logwatch/journalentries.py",
 ]
 
 setup(

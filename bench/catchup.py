@@ -4,7 +4,7 @@ Runs them alternately (A B A B ...) because the machine is noisy, and prints the
 medians. The log and the map holding every message come from bench/genlog.py (seeded).
 ``--journal`` also writes the same lines into a journal file (systemd-journal-remote,
 as tests/support/journal.py does) and times `replay --journal` on it: the catch-up
-from the systemd journal, journalctl included. ``--info``: a log correlated by
+from the systemd journal, read through libsystemd. ``--info``: a log correlated by
 header_checks INFO lines instead, without a map (each status line then waits join-wait
 for its UUID, as on a host whose milter did not see the mail).
 

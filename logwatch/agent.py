@@ -155,7 +155,11 @@ class Agent:
                 self.wal.pending,
             )
         self.follower = open_source(
-            config, self._position, gather=GATHER, last_line=self.pipeline.tracker.now
+            config,
+            self._position,
+            gather=GATHER,
+            last_line=self.pipeline.tracker.now,
+            wanted=self.pipeline.wants,
         )
         self.metrics.watch(self)
 
@@ -315,7 +319,9 @@ class Agent:
             self._map_checked = time.monotonic()
             if self._map.replaced():
                 self._reopen_map()
-        events = self.pipeline.process(batch.lines)
+        events = self.pipeline.process(
+            batch.lines, batch.read if isinstance(batch, JournalBatch) else None
+        )
         self._position = batch.end
         self._append(events, batch.noticed)
         self._pace(len(events), batch.noticed)
@@ -329,7 +335,7 @@ class Agent:
         of once per message. The cost: the first second of a burst after a quiet spell
         is read up to QUIET_GATHER late."""
         if not isinstance(self.follower, Follower):
-            return  # journalctl hands entries over as they come
+            return  # the journal wakes the reader as entries come
         # The rate over QUIET_GATHER at least: one read can end in several batches
         # (a block each), and a short last one says nothing about the rate.
         if self._paced_from is None:

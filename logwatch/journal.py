@@ -1,27 +1,22 @@
 """Reading Postfix's log from the systemd journal, resuming at the journal's own cursor.
 
-``journalctl --output=export --follow`` runs as a child process (no Python binding: the
-journal's C library is used through the tool every journald host has). Each entry
-becomes one syslog-style line carrying the entry's exact time with its zone
-(``2026-12-07T17:59:03.209880+00:00 mx1 postfix/smtp[123]: ...``), which the pipeline
-parses like a line of the mail log file, so both sources classify exactly alike.
+The journal is read in process through libsystemd (Debian's python3-systemd): its
+inotify descriptor wakes the event loop, and entries become syslog-style lines carrying
+the entry's exact time with its zone (``2026-12-07T17:59:03.209880+00:00 -
+postfix/smtp[123]: ...``, logwatch/journalentries.py), which the pipeline parses like a
+line of the mail log file, so both sources classify exactly alike. Entries whose
+message cannot matter are read no further than their message.
 
 The guarantees are the file's (logwatch/agent.py): a batch's ``end`` is the cursor of
 its last entry, saved only after its events are in the WAL; reading starts again at the
-saved cursor. journalctl is started with ``--cursor`` (not ``--after-cursor``) so that
-the saved entry itself comes first when the journal still holds it, and is skipped; when
-another entry comes first, the saved one was vacuumed (``SystemMaxUse``,
-``MaxRetentionSec``, ``journalctl --vacuum-*``): reading resumes at the oldest entry
-the journal has, and the gap is counted and logged (``gaps``, ``last_gap``).
+saved cursor. The saved entry itself is looked for first and skipped; when another entry
+comes first, the saved one was vacuumed (``SystemMaxUse``, ``MaxRetentionSec``,
+``journalctl --vacuum-*``): reading resumes at the oldest entry the journal has, and the
+gap is counted and logged (``gaps``, ``last_gap``).
 
-Following, journalctl gets ``--merge``: ``--follow`` alone implies ``--boot`` (this
-boot only), which would skip entries of an earlier boot logged after the saved cursor
-(a reboot), and, where a sandboxed unit sees another boot ID than journald stamped,
-every entry: in a systemd-nspawn container, the logwatch unit's own mounts
-(ProtectProc, ProtectKernelTunables, ProtectControlGroups) lose the boot ID nspawn
-mounts over /proc's, and show the host's. ``--merge`` also opens other machines' journals
-(systemd-journal-remote, linked container journals), so each match gets this machine's
-``_MACHINE_ID``.
+The system journal is opened as journalctl opens it by default: this machine's journal
+files only (not those of systemd-journal-remote or of linked containers), every boot
+(a reboot after the saved cursor loses nothing).
 
 Without a saved cursor reading starts at ``since`` (Unix time): the agent passes
 ``map-retention`` ago, as older lines cannot join the milter's map anyway. After the
@@ -35,20 +30,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import re
-import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import systemd.journal as sd_journal
 
 from logwatch.cursor import JournalPosition, Position
 from logwatch.follow import Follower
-from logwatch.journalexport import ExportParser
+from logwatch.journalentries import Entries
+from logwatch.lines import MAX_LINE
 from logwatch.logfile import LogUnreadable, Source
 from sendpost_agent.config import Config
 
@@ -56,7 +53,7 @@ __all__ = [
     "JournalBatch",
     "JournalReader",
     "LogSource",
-    "journal_command",
+    "journal_time",
     "open_source",
     "read_journal_batches",
     "source_name",
@@ -64,84 +61,80 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The fields a line is made of; journalctl adds __CURSOR and __REALTIME_TIMESTAMP itself.
-FIELDS = ("MESSAGE", "SYSLOG_IDENTIFIER", "_PID", "_HOSTNAME")
-_READ_SIZE = 1 << 20  # bytes per read from journalctl: a catch-up batch
-MACHINE_ID = Path("/etc/machine-id")  # what journald stamps as _MACHINE_ID
+BATCH = 4096  # entries per read: a catch-up batch (a few milliseconds of the event loop)
+_READ_SIZE = 1 << 20  # bytes of the mail log file searched back for its last line
 # After the file source the journal is searched for the file's last line from this long
 # before its time: journald stored it before the syslog daemon stamped it.
 SWITCH_BACK = 2.0
+_UNREADABLE_FIX = "make the journal readable by the agent's user (group systemd-journal or adm)"
 
 
 @dataclass(frozen=True, slots=True)
 class JournalBatch:
-    """Lines made of journal entries, and the cursor of the last of them. ``noticed``:
-    when they were read (monotonic); journalctl hands entries over as they come."""
+    """Lines made of journal entries, and the cursor of the last entry read. ``read``:
+    how many entries (those left out as unable to matter included); ``noticed``: when
+    they were read (monotonic)."""
 
     lines: list[bytes]
     end: JournalPosition
     noticed: float
+    read: int
 
 
-def journal_command(
-    matches: Sequence[str],
-    start: JournalPosition | None,
-    since: str | None,
-    directory: Path | None,
-    follow: bool = True,
-    until: str | None = None,
-    machine: str | None = None,
-) -> list[str]:
-    """The journalctl command line reading ``matches`` from ``start`` (or ``since``, in
-    journalctl's time syntax, e.g. ``@UNIXTIME``, ``2026-11-23 18:00``, ``-1h``).
-    Following, all boots are read (``--merge``), of ``machine`` only when given."""
-    cmd = [
-        "journalctl",
-        "--output=export",
-        f"--output-fields={','.join(FIELDS)}",
-        "--no-pager",
-        "--all",  # long and unprintable fields too: export sends them as binary
-    ]
-    if follow:
-        cmd += ["--follow", "--no-tail", "--merge"]
-        if machine is not None:
-            matches = of_machine(matches, machine)
-    if directory is not None:
-        cmd.append(f"--directory={directory}")
-    if start is not None:
-        cmd.append(f"--cursor={start.cursor}")
-    elif since is not None:
-        cmd.append(f"--since={since}")
-    if until is not None:
-        cmd.append(f"--until={until}")
-    return [*cmd, *matches]
-
-
-def of_machine(matches: Sequence[str], machine: str) -> list[str]:
-    """``matches`` narrowed to the entries of ``machine``: its ``_MACHINE_ID`` joins
-    every alternative (journalctl ands different fields, ``+`` ors alternatives). An
-    empty alternative (a stray ``+``) is left out: with the ID alone it would match
-    every entry of this machine."""
-    groups: list[list[str]] = [[]]
-    for item in matches:
-        if item == "+":
-            groups.append([])
-        else:
-            groups[-1].append(item)
-    out: list[str] = []
-    for group in [g for g in groups if g] or [[]]:
-        out += [*(["+"] if out else []), *group, f"_MACHINE_ID={machine}"]
-    return out
-
-
-def this_machine(path: Path = MACHINE_ID) -> str | None:
-    """This host's machine ID (the one journald stamps), None when it cannot be read:
-    then every journal is read, as journalctl --merge does."""
+def open_journal(matches: Sequence[str], directory: Path | None) -> Any:
+    """A ``systemd.journal.Reader`` of the entries matching ``matches`` (journalctl's
+    FIELD=VALUE, ``+`` between alternatives), of the journal files in ``directory`` or
+    of this machine's system journal. Raises ``LogUnreadable`` with the fix."""
+    where = f"journal files in {directory}" if directory else "the systemd journal"
     try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return text if re.fullmatch(r"[0-9a-f]{32}", text) else None
+        if directory is not None:
+            journal = sd_journal.Reader(path=os.fspath(directory))
+        else:
+            journal = sd_journal.Reader(sd_journal.LOCAL_ONLY | sd_journal.SYSTEM_ONLY)
+        # libsystemd cuts values at 64 KiB unasked: let the line's own cut (counted) decide
+        journal.data_threshold = MAX_LINE + len("MESSAGE=") + 1
+        for item in matches:
+            if item == "+":
+                journal.add_disjunction()
+            else:
+                journal.add_match(item)
+    except FileNotFoundError as exc:
+        raise LogUnreadable(
+            where,
+            "it does not exist: set journal-directory to a directory of journal files,"
+            " or leave it unset to read the system journal",
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise LogUnreadable(where, f"cannot open it ({exc}); {_UNREADABLE_FIX}") from exc
+    if directory is None and not (journal.has_persistent_files() or journal.has_runtime_files()):
+        journal.close()
+        raise LogUnreadable(where, f"no journal file could be opened; {_UNREADABLE_FIX}")
+    return journal
+
+
+def journal_time(text: str, now: float | None = None) -> float:
+    """Unix time of ``replay --since/--until``'s TIME, in the forms journalctl takes most:
+    ``@UNIXTIME``, ``now``, ``today``, ``yesterday``, ``-2h`` (s, m, h, d), a date
+    ``2026-11-23``, a local time ``2026-11-23 18:00[:05]``, or RFC 3339 with its zone."""
+    now = time.time() if now is None else now
+    text = text.strip()
+    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    if text.startswith("@"):
+        with contextlib.suppress(ValueError):
+            return float(text[1:])
+    elif text == "now":
+        return now
+    elif text in ("today", "yesterday"):
+        return (midnight - timedelta(days=text == "yesterday")).timestamp()
+    elif m := re.fullmatch(r"-(\d+)([smhd])", text):
+        return now - int(m[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+    else:
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(text).timestamp()  # a naive one: local time
+    raise ValueError(
+        f"{text!r} is not a time: use @UNIXTIME, now, today, yesterday, -2h (s, m, h, d),"
+        " 2026-11-23, '2026-11-23 18:00' (local time) or 2026-11-23T18:00:00+00:00"
+    )
 
 
 def switch_start(position: Position, last_line: float, oldest: float) -> float:
@@ -195,53 +188,9 @@ def _line_time(stamp: bytes) -> float | None:
 
 
 def _without_host(rest: bytes) -> bytes:
-    """A line after its time without its host: rsyslog writes the short host name by
-    default, journald's _HOSTNAME may be the full one (mail.example.com)."""
+    """A line after its time without its host: the file's has rsyslog's (the short host
+    name by default), the journal's none (``-``)."""
     return rest.partition(b" ")[2]
-
-
-def _widen_pipe(fd: int) -> None:
-    """A 1 MiB pipe (64 KiB by default) lets journalctl write on while we parse: the two
-    run side by side instead of taking turns."""
-    with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _READ_SIZE)
-
-
-def read_journal_batches(
-    matches: Sequence[str],
-    directory: Path | None,
-    since: str | None = None,
-    until: str | None = None,
-) -> Iterator[list[bytes]]:
-    """The matching entries as lines, oldest first, up to now (``replay --journal``).
-
-    Raises ``LogUnreadable`` when journalctl cannot run or fails (its message included).
-    """
-    cmd = journal_command(matches, None, since, directory, follow=False, until=until)
-    try:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-    except OSError as exc:
-        raise LogUnreadable(
-            "the systemd journal", f"cannot run journalctl: {exc.strerror}"
-        ) from exc
-    assert proc.stdout is not None and proc.stderr is not None
-    _widen_pipe(proc.stdout.fileno())
-    parser = ExportParser()
-    try:
-        while data := os.read(proc.stdout.fileno(), _READ_SIZE):
-            if lines := parser.feed(data):
-                yield lines
-    finally:
-        if proc.poll() is None:  # the caller stopped early
-            proc.kill()
-        error = proc.stderr.read().decode("utf-8", "replace").strip()
-        code = proc.wait()
-    if code != 0:
-        raise LogUnreadable(
-            "the systemd journal", f"journalctl {' '.join(cmd[1:])} failed (exit {code}): {error}"
-        )
 
 
 def cursor_time(cursor: str) -> datetime | None:
@@ -253,16 +202,52 @@ def cursor_time(cursor: str) -> datetime | None:
     return None
 
 
+def read_journal_batches(
+    matches: Sequence[str],
+    directory: Path | None,
+    since: float | None = None,
+    until: float | None = None,
+    wanted: Callable[[str], bool] | None = None,
+) -> Iterator[tuple[list[bytes], int]]:
+    """The matching entries as lines, oldest first, up to now (``replay --journal``),
+    between ``since`` and ``until`` (Unix time), with how many entries each batch read:
+    only those whose message passes ``wanted`` become lines.
+
+    Raises ``LogUnreadable`` when the journal cannot be opened or read.
+    """
+    journal = open_journal(matches, directory)
+    try:
+        if since is not None:
+            journal.seek_realtime(int(since * 1_000_000))
+        entries = Entries(journal, wanted)
+        limit = None if until is None else int(until * 1_000_000)
+        while True:
+            try:
+                lines = entries.read(BATCH, limit)
+            except OSError as exc:
+                raise LogUnreadable(
+                    "the systemd journal", f"reading it failed ({exc}); {_UNREADABLE_FIX}"
+                ) from exc
+            if not entries.count:
+                return
+            yield lines, entries.count
+    finally:
+        journal.close()
+
+
 class JournalReader:
     """Follows the journal entries matching ``matches`` from ``start`` (or ``since``).
 
     The same interface as ``Follower`` (logwatch/follow.py) for the agent; counters:
-    ``lines_read``, ``lines_cut``, ``gaps`` (cursors found vacuumed) with ``last_gap``
-    (when and what was lost). ``directory`` reads journal files there instead of the
-    system journal. ``next_batch`` is cancellation-safe; when journalctl ends, it raises
-    ``LogUnreadable`` and the next call starts it again at the last batch returned.
-    ``after``: (the file source's last line without its time, that time): entries up to
-    and including that line are skipped, or, not found, those before that time.
+    ``lines_read`` (entries), ``lines_cut``, ``gaps`` (cursors found vacuumed) with
+    ``last_gap`` (when and what was lost). ``directory`` reads journal files there
+    instead of the system journal. ``wanted``: the test an entry's message passes to
+    become a line (the pipeline's ``wants``); the others count as read. ``next_batch``
+    is cancellation-safe (it waits before it reads); when reading fails, it raises
+    ``LogUnreadable`` and the next call opens the journal again at the last batch
+    returned. ``after``: (the file source's last line without its time, that time):
+    entries up to and including that line are skipped, or, not found, those before
+    that time.
     """
 
     rotations = 0  # a journal has no rotation or truncation the reader sees
@@ -276,6 +261,7 @@ class JournalReader:
         since: float | None = None,
         directory: Path | None = None,
         after: tuple[bytes, float] | None = None,
+        wanted: Callable[[str], bool] | None = None,
     ) -> None:
         self.matches = list(matches)
         self._after = after
@@ -283,20 +269,20 @@ class JournalReader:
         self.directory = directory
         self._start = start
         self._since = since
-        self._resumed = start  # the cursor journalctl was started at, until it is checked
-        self._parser = ExportParser()
-        self._proc: asyncio.subprocess.Process | None = None
-        self._stderr: list[str] = []
-        self._stderr_task: asyncio.Task[None] | None = None
+        self._wanted = wanted
+        self._journal: Any = None
+        self._entries: Entries | None = None
+        self._caught_up = True  # the last read reached the newest entry
         self._waiting = False
         self._closed = False
+        self._cut = 0  # lines cut by readers closed since
         self.lines_read = 0
         self.gaps = 0
         self.last_gap: str | None = None
 
     @property
     def lines_cut(self) -> int:
-        return self._parser.cut
+        return self._cut + (self._entries.cut if self._entries is not None else 0)
 
     def describe(self) -> str:
         """What is read, for messages."""
@@ -307,30 +293,36 @@ class JournalReader:
         while True:
             if self._closed:
                 raise RuntimeError("JournalReader is closed")
-            proc = self._proc or await self._spawn()
-            assert proc.stdout is not None
-            self._waiting = True
-            data = await proc.stdout.read(_READ_SIZE)  # nothing is taken if cancelled here
-            self._waiting = False
-            if not data:
-                await self._ended(proc)
-            lines = self._parser.feed(data)
-            if lines and self._resumed is not None:
-                lines = self._check_resume(lines)
-            if lines and self._after is not None:
+            entries = self._entries or self._open()
+            if self._caught_up:
+                await self._wait()
+            try:
+                lines = entries.read(BATCH)
+            except OSError as exc:
+                self._stop()
+                raise LogUnreadable(
+                    self.describe(), f"reading it failed ({exc}); {_UNREADABLE_FIX}"
+                ) from exc
+            count = entries.count
+            self._caught_up = count < BATCH
+            if not count:
+                continue
+            if self._after is not None:
                 lines = self._skip_file_lines(lines, *self._after)
-            if lines:
-                cursor = self._parser.cursor
-                assert cursor is not None
-                self._start = JournalPosition(cursor)
-                self.lines_read += len(lines)
-                return JournalBatch(lines, self._start, time.monotonic())
+                if self._after is None:
+                    entries.wanted = self._wanted
+                elif not lines:
+                    continue  # still looking for the file's last line: no cursor yet
+            self._start = JournalPosition(entries.cursor())
+            self.lines_read += count
+            return JournalBatch(lines, self._start, time.monotonic(), count)
 
     def lag_seconds(self) -> float:
         """Age of the last entry handed out while entries wait; 0 while caught up."""
-        if self._waiting or not self._parser.usec:
+        entries = self._entries
+        if self._caught_up or entries is None or not entries.usec:
             return 0.0
-        return max(0.0, time.time() - self._parser.usec / 1e6)
+        return max(0.0, time.time() - entries.usec / 1e6)
 
     def lag_bytes(self) -> int:
         return 0
@@ -341,75 +333,74 @@ class JournalReader:
         self._closed = True
         self._stop()
 
-    # -- the child ---------------------------------------------------------------------
+    # -- the journal -------------------------------------------------------------------
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
-        since = None if self._since is None else f"@{self._since:.6f}"
-        machine = None if self.directory is not None else this_machine()
-        cmd = journal_command(self.matches, self._start, since, self.directory, machine=machine)
-        self._parser.reset()
-        self._held = []  # journalctl starts again before them
-        self._resumed = self._start
+    def _open(self) -> Entries:
+        """Open the journal at the last batch returned (or ``since``), checking that the
+        saved entry is still there."""
+        journal = open_journal(self.matches, self.directory)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                limit=_READ_SIZE,
-            )
+            journal.fileno()  # the inotify watch, before the first read (sd_journal_get_fd)
+            if self._start is not None:
+                self._seek_cursor(journal, self._start.cursor)
+            elif self._since is not None:
+                journal.seek_realtime(int(self._since * 1_000_000))
         except OSError as exc:
-            raise LogUnreadable(
-                self.describe(),
-                f"cannot run journalctl: {exc.strerror}; install systemd's journalctl"
-                " or set log-source: file",
-            ) from exc
-        transport = getattr(proc, "_transport", None)
-        if isinstance(transport, asyncio.SubprocessTransport):
-            stdout = transport.get_pipe_transport(1)
-            if stdout is not None:
-                # journalctl may have ended already (no journal): its pipe is then closed
-                with contextlib.suppress(ValueError):
-                    _widen_pipe(stdout.get_extra_info("pipe").fileno())
-        self._proc, self._stderr = proc, []
-        self._stderr_task = asyncio.create_task(self._read_stderr(proc))
-        log.debug("reading %s: %s", self.describe(), " ".join(cmd))
-        return proc
+            journal.close()
+            raise LogUnreadable(self.describe(), f"cannot read it ({exc})") from exc
+        self._held = []  # reading starts again before them
+        self._journal, self._caught_up = journal, False
+        self._entries = Entries(journal, self._wanted if self._after is None else None)
+        log.debug("reading %s", self.describe())
+        return self._entries
 
-    async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stderr is not None
-        async for raw in proc.stderr:
-            text = raw.decode("utf-8", "replace").strip()
-            if text:
-                log.warning("journalctl: %s", text)
-                self._stderr = [*self._stderr[-4:], text]
-
-    async def _ended(self, proc: asyncio.subprocess.Process) -> None:
-        code = await proc.wait()
-        if self._stderr_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._stderr_task
-        why = "; ".join(self._stderr) or "no message"
-        self._proc = None
-        raise LogUnreadable(
+    def _seek_cursor(self, journal: Any, cursor: str) -> None:
+        """Position ``journal`` after the entry of ``cursor``: the saved one, or before
+        the oldest entry kept (a gap)."""
+        journal.seek_cursor(cursor)
+        if journal._next() and journal.test_cursor(cursor):
+            return  # the saved entry, read already
+        journal.seek_cursor(cursor)  # at the first entry after the lost one
+        self.gaps += 1
+        lost_from = cursor_time(cursor)
+        self.last_gap = (
+            f"the journal no longer holds the entry of the saved cursor"
+            f" ({lost_from.isoformat() if lost_from else cursor}); resumed at the"
+            f" oldest entry kept: entries between may be lost"
+        )
+        log.warning(
+            "%s: %s (vacuumed by journald: SystemMaxUse, MaxRetentionSec, or"
+            " journalctl --vacuum-*; or journal-match changed); gap %d",
             self.describe(),
-            f"journalctl ended (exit {code}: {why}); make the journal readable by the"
-            " agent's user (group systemd-journal or adm)",
+            self.last_gap,
+            self.gaps,
         )
 
+    async def _wait(self) -> None:
+        """Until the journal changed (its inotify descriptor), or its timeout where it
+        cannot tell (journal files on a network file system)."""
+        journal = self._journal
+        fd = journal.fileno()
+        woke = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_reader(fd, woke.set)
+        timeout_ms = journal.get_timeout_ms()
+        self._waiting = True
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woke.wait(), None if timeout_ms < 0 else timeout_ms / 1e3)
+        finally:
+            self._waiting = False
+            loop.remove_reader(fd)
+        journal.process()
+
     def _stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        if proc is not None:
-            # Closed now, in its loop: left to the garbage collector, the transport
-            # would be closed after the loop and complain.
-            transport = getattr(proc, "_transport", None)
-            if isinstance(transport, asyncio.SubprocessTransport):
-                transport.close()
-        if self._stderr_task is not None:
-            self._stderr_task.cancel()
+        journal, entries = self._journal, self._entries
+        self._journal = self._entries = None
+        if entries is not None:
+            self._cut += entries.cut
+        if journal is not None:
+            journal.close()
 
     def _skip_file_lines(self, lines: list[bytes], last: bytes, at: float) -> list[bytes]:
         """The entries after the LAST copy of the file source's ``last`` line among those
@@ -430,11 +421,6 @@ class JournalReader:
             if _without_host(line.partition(b" ")[2]) == text
         ]
         self._after, self._held = None, []
-        # Handed out or not, the entries up to here are done: a restart of journalctl
-        # goes on after them.
-        cursor = self._parser.cursor
-        assert cursor is not None
-        self._start = JournalPosition(cursor)
         if found:
             return held[found[-1] + 1 :]
         log.info(
@@ -445,29 +431,6 @@ class JournalReader:
         )
         return held[n:]
 
-    def _check_resume(self, lines: list[bytes]) -> list[bytes]:
-        """The first entry after a (re)start: the saved one, or the oldest kept (a gap)."""
-        resumed, self._resumed = self._resumed, None
-        assert resumed is not None
-        first = self._parser.first_cursor
-        if first == resumed.cursor:
-            return lines[1:]
-        self.gaps += 1
-        lost_from = cursor_time(resumed.cursor)
-        self.last_gap = (
-            f"the journal no longer holds the entry of the saved cursor"
-            f" ({lost_from.isoformat() if lost_from else resumed.cursor}); resumed at the"
-            f" oldest entry kept: entries between may be lost"
-        )
-        log.warning(
-            "%s: %s (vacuumed by journald: SystemMaxUse, MaxRetentionSec, or"
-            " journalctl --vacuum-*; or journal-match changed); gap %d",
-            self.describe(),
-            self.last_gap,
-            self.gaps,
-        )
-        return lines
-
 
 LogSource = Follower | JournalReader
 
@@ -477,9 +440,11 @@ def open_source(
     position: Position | JournalPosition | None,
     gather: float = 0.0,
     last_line: float = 0.0,
+    wanted: Callable[[str], bool] | None = None,
 ) -> LogSource:
     """The reader ``log-source`` names, at ``position``. ``gather``: how long a busy log
-    file's lines are gathered into one batch (see ``Follower``). A cursor of the other
+    file's lines are gathered into one batch (see ``Follower``); ``wanted``: the test a
+    journal entry's message passes to be read further (see ``JournalReader``). A cursor of the other
     kind: the journal is read from ``last_line`` on (the time of the last line read
     from the file), the file from its end, with a warning."""
     if config.log_source == "journal":
@@ -506,6 +471,7 @@ def open_source(
             since=since,
             directory=config.journal_directory,
             after=after,
+            wanted=wanted,
         )
     if isinstance(position, JournalPosition):
         # From its start, the file would send again every event within map-retention.

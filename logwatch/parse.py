@@ -25,6 +25,7 @@ __all__ = [
     "Record",
     "Removed",
     "Skipped",
+    "may_matter",
     "parse_block",
     "parse_line",
 ]
@@ -317,13 +318,14 @@ _ORIGIN: Final = re.compile(r" from [^\s;]*+;(?: |$)")
 _UUID_HEADER: Final = "x-sendpost-message-uuid"
 
 # Whole-line shapes of nearly all lines (single spaces, `STAMP host postfix…[pid]: QID: `,
+# the pid left out in the lines logwatch makes of journal entries,
 # Postfix >= 2.3 keys): one regex call instead of several. Whatever they match,
 # _general() parses to the same record (tests/test_parse.py checks this on every
 # sample line). [0-9], not \d: the Unicode digit test is a call per character.
 _COMMON_HEAD = (
     r"(?s)(?:([A-Z][a-z]{2} [ 0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9])"
     r"|([0-9]{4}-[0-9][0-9]-[0-9][0-9]T[0-9:.]++(?:Z|[+-][0-9][0-9]:?[0-9][0-9])?))"
-    rf" \S++ (postfix[^\s\[:]*+)\[[0-9]++\]: ({_QUEUE_ID}): "
+    rf" \S++ (postfix[^\s\[:]*+)(?:\[[0-9]++\]: |: )({_QUEUE_ID}): "
 )
 _COMMON_DELIVERY = re.compile(
     _COMMON_HEAD + r"to=<([^>]*+)>, (?:orig_to=<([^>]*+)>, )?relay=([^,]*+), "
@@ -352,7 +354,9 @@ _COMMON_INFO_HEAD = re.compile(_COMMON_HEAD + r"(?=info: header )")
 # marker anywhere, or one of the fixed line ends; cleanup's message-id lines only when
 # they are asked for.
 _LINE_ENDS: Final = ("(queue active)", ": removed")
-_RARE_MARKERS: Final = (" notification: ", _INFO_HEADER, ": uid=")
+_NOTIFICATION_MARKER: Final = " notification: "
+_PICKUP_MARKER: Final = ": uid="
+_RARE_MARKERS: Final = (_NOTIFICATION_MARKER, _INFO_HEADER, _PICKUP_MARKER)
 _RARE_BYTES: Final = tuple(marker.encode() for marker in _RARE_MARKERS)
 
 
@@ -384,11 +388,29 @@ def candidates(lines: list[bytes], message_ids: bool = False) -> list[str]:
     return [
         line
         for raw in lines
-        if "status=" in (line := raw.decode("utf-8", "replace"))
-        or line.endswith(_LINE_ENDS)
-        or (rare and any(marker in line for marker in _RARE_MARKERS))
-        or (message_ids and _MESSAGE_ID_MARKER in line)
+        if _may_matter(line := raw.decode("utf-8", "replace"), rare, message_ids)
     ]
+
+
+def may_matter(message: str, message_ids: bool = False) -> bool:
+    """Whether a line holding ``message`` (a line, or the message part of a journal
+    entry) may give parse_line a result: the test ``candidates`` makes, for a source
+    that can skip the rest of a line it fails (the journal's other fields)."""
+    return _may_matter(message, True, message_ids)
+
+
+def _may_matter(line: str, rare: bool, message_ids: bool) -> bool:
+    """``rare``: whether the rare markers are looked for (not when the block has none)."""
+    return (
+        "status=" in line
+        or line.endswith(_LINE_ENDS)
+        # each written out: compiled, any() over the markers was a generator per line
+        or (
+            rare
+            and (_NOTIFICATION_MARKER in line or _INFO_HEADER in line or _PICKUP_MARKER in line)
+        )
+        or (message_ids and _MESSAGE_ID_MARKER in line)
+    )
 
 
 def parse_line(line: str, clock: Clock) -> Record | Skipped | None:
@@ -427,7 +449,7 @@ def parse_line(line: str, clock: Clock) -> Record | Skipped | None:
             return _BAD_TIME
         reply = _reply(line, m.end())
         return _new(Delivery, (time, program, queue_id, rcpt, orig_to, relay, dsn, status, reply))
-    if " notification: " in line:
+    if _NOTIFICATION_MARKER in line:
         return _general(line, _NOTIFICATION_LINE, clock)
     if _INFO_HEADER in line:
         m = _COMMON_INFO_HEAD.match(line)
@@ -438,7 +460,7 @@ def parse_line(line: str, clock: Clock) -> Record | Skipped | None:
         if time is None:
             return _BAD_TIME
         return _header_info(line, m.end(), time, program, queue_id)
-    if ": uid=" in line:
+    if _PICKUP_MARKER in line:
         return _general(line, _PICKUP_LINE, clock)
     if _MESSAGE_ID_MARKER in line:
         m = _COMMON_MESSAGE_ID.match(line)
@@ -531,10 +553,10 @@ def _iso_time(stamp: str, clock: Clock) -> datetime | None:
         time = datetime.fromisoformat(stamp)
         if time.tzinfo is None:
             time = clock.localize(time)
-        time.timestamp()  # year 1 or 9999 with an offset: out of range, not a crash later
     except (ValueError, OverflowError):
         return None
-    return time
+    # Year 1 or 9999 with an offset is out of range for timestamp(): not a crash later.
+    return time if 1 < time.year < 9999 else None
 
 
 def _reply(line: str, pos: int) -> str | None:

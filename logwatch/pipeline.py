@@ -15,7 +15,16 @@ from typing import Final
 
 from logwatch.events import Event
 from logwatch.mapwindow import KEEP, MapWindow
-from logwatch.parse import Clock, Delivery, Expired, Record, Skipped, parse_block, parse_line
+from logwatch.parse import (
+    Clock,
+    Delivery,
+    Expired,
+    Record,
+    Skipped,
+    may_matter,
+    parse_block,
+    parse_line,
+)
 from logwatch.relays import ContentFilters
 from logwatch.tracker import Tracker
 from sendpost_agent.config import Config
@@ -74,8 +83,15 @@ class Pipeline:
         self._reader = reader
         self._window = None if reader is None else MapWindow(reader, self._keep)
 
-    def process(self, lines: list[bytes]) -> list[Event]:
-        """One batch of complete lines -> the events they complete, in log order."""
+    def wants(self, message: str) -> bool:
+        """Whether a journal entry's message may give an event: the others need not
+        become lines (``parse.may_matter``)."""
+        return may_matter(message, self._message_ids)
+
+    def process(self, lines: list[bytes], read: int | None = None) -> list[Event]:
+        """One batch of complete lines -> the events they complete, in log order.
+        ``read``: how many lines the source read for them, when it left out those
+        ``wants`` refused (counted as read all the same)."""
         records: list[Record] = []
         skipped = self.skipped
         try:
@@ -87,7 +103,7 @@ class Pipeline:
                 skipped[record.reason] += 1
             else:
                 records.append(record)
-        self.lines_read += len(lines)
+        self.lines_read += len(lines) if read is None else read
         self.lines_parsed += len(records)
         self._prefetch(records)
         events: list[Event] = []

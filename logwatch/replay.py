@@ -8,7 +8,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,20 +94,23 @@ async def _ship(config: Config, api_key: Secret, wal: Wal) -> int:
 
 @dataclass(frozen=True)
 class JournalSpan:
-    """``replay --journal``: entries between ``since`` and ``until`` (journalctl's syntax)."""
+    """``replay --journal``: entries between ``since`` and ``until`` (Unix time)."""
 
-    since: str | None = None
-    until: str | None = None
+    since: float | None = None
+    until: float | None = None
 
 
 def _batches(
-    config: Config, files: list[Path], journal: JournalSpan | None
-) -> Iterator[list[bytes]]:
+    config: Config, files: list[Path], journal: JournalSpan | None, wanted: Callable[[str], bool]
+) -> Iterator[tuple[list[bytes], int | None]]:
+    """Batches of lines, with how many lines were read for them when a source left out
+    those that cannot matter (the journal)."""
     for path in files:
-        yield from read_file_batches(path)
+        for lines in read_file_batches(path):
+            yield lines, None
     if journal is not None:
         yield from read_journal_batches(
-            config.journal_match, config.journal_directory, journal.since, journal.until
+            config.journal_match, config.journal_directory, journal.since, journal.until, wanted
         )
 
 
@@ -122,8 +125,8 @@ def _replay(config: Config, files: list[Path], out: TextIO, journal: JournalSpan
     pipeline = Pipeline(config, reader, filters, Clock(config.tzinfo, now), trusts)
     events = 0
     try:
-        for batch in _batches(config, files, journal):
-            events += _write(out, pipeline.process(batch))
+        for lines, read in _batches(config, files, journal, pipeline.wants):
+            events += _write(out, pipeline.process(lines, read))
         events += _write(out, pipeline.finish())
     except OSError as exc:
         log.error("cannot read %s: %s", getattr(exc, "filename", "?"), exc.strerror or exc)

@@ -52,6 +52,7 @@ def _run_status(config: Config, args: argparse.Namespace) -> int:
 
 
 def _run_replay(config: Config, args: argparse.Namespace) -> int:
+    from logwatch.journal import journal_time
     from logwatch.pipeline import tune_gc
     from logwatch.replay import JournalSpan, replay
 
@@ -60,7 +61,15 @@ def _run_replay(config: Config, args: argparse.Namespace) -> int:
     if not args.journal and (args.since or args.until):
         raise ConfigError("replay: --since and --until apply to --journal only")
     tune_gc()  # process-wide: here, not in replay(), which tests call in-process
-    journal = JournalSpan(args.since, args.until) if args.journal else None
+    journal = None
+    if args.journal:
+        try:
+            since, until = (
+                None if a is None else journal_time(a) for a in (args.since, args.until)
+            )
+        except ValueError as exc:
+            raise ConfigError(f"replay --since/--until: {exc}") from None
+        journal = JournalSpan(since, until)
     return replay(config, args.files, send=args.send, journal=journal)
 
 
@@ -105,10 +114,10 @@ def _replay_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--since",
         metavar="TIME",
-        help="with --journal: from this time (journalctl's syntax: '2026-11-23 18:00', -2h)",
+        help="with --journal: from this time ('2026-11-23 18:00', local; -2h; @UNIXTIME; today)",
     )
     parser.add_argument(
-        "--until", metavar="TIME", help="with --journal: up to this time (journalctl's syntax)"
+        "--until", metavar="TIME", help="with --journal: up to this time (the same forms)"
     )
     parser.add_argument(
         "--send",

@@ -384,13 +384,13 @@ class LiveChecks:
             " journal-match to its entries (e.g. SYSLOG_IDENTIFIER=postfix/smtp + ...)"
         )
         queue_id = self.probe_queue_id
-        since = f"@{int(self.probe_sent_at) - 1}" if queue_id else f"-{int(LOG_FRESH)}s"
+        since = self.probe_sent_at - 1 if queue_id else time.time() - LOG_FRESH
         deadline = time.monotonic() + LOG_WAIT
         while True:
             try:
                 lines = [
                     line
-                    for batch in read_journal_batches(
+                    for batch, _ in read_journal_batches(
                         config.journal_match, config.journal_directory, since
                     )
                     for line in batch

@@ -105,6 +105,7 @@ def test_deb_depends_on_debians_own_python_packages(deb: Path) -> None:
         "python3-aiohttp",
         "python3-yaml",
         "python3-prometheus-client",
+        "python3-systemd",
         "postfix",
     } <= depends
     assert not any(d.startswith(("gcc", "python3-dev", "python3-pip")) for d in depends)

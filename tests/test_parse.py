@@ -679,6 +679,12 @@ def test_fast_shapes_parse_like_the_general_parser(monkeypatch: pytest.MonkeyPat
         *sample_lines("maillog.pipe-filter"),
         *(line for line in sample_lines("wild/lines.log") if line and not line.startswith("#")),
     ]
+    # as logwatch makes them of journal entries: RFC 3339 time, no host, no pid
+    journal = re.compile(r"\w{3} +\d+ (\d\d:\d\d:\d\d) \S+ ([^\s\[:]+)\[\d+\]: ")
+    lines += [
+        journal.sub(r"2026-11-23T\1.000042+00:00 - \2: ", line, count=1)
+        for line in sample_lines("maillog.functional")
+    ]
     fast = [parse_line(line, Clock(UTC, NOW)) for line in lines]
     shortcuts = ("_COMMON_DELIVERY", "_COMMON_ACTIVE", "_COMMON_REMOVED", "_COMMON_MESSAGE_ID")
     taken = sum(bool(getattr(parse, name).match(line)) for line in lines for name in shortcuts)

@@ -9,6 +9,7 @@ messages: SYSLOG_IDENTIFIER, _PID, SYSLOG_FACILITY=2 (mail) and the message.
 from __future__ import annotations
 
 import re
+import struct
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,7 +57,15 @@ def entry(
 
 
 def export(entries: list[dict[str, str]]) -> bytes:
-    return b"".join("".join(f"{k}={v}\n" for k, v in e.items()).encode() + b"\n" for e in entries)
+    """journalctl's export format; a value holding a newline or NUL in its binary form."""
+    return b"".join(b"".join(map(_field, e.items())) + b"\n" for e in entries)
+
+
+def _field(item: tuple[str, str]) -> bytes:
+    key, value = item[0].encode(), item[1].encode()
+    if b"\n" in value or b"\0" in value:
+        return key + b"\n" + struct.pack("<Q", len(value)) + value + b"\n"
+    return key + b"=" + value + b"\n"
 
 
 def write_journal(path: Path, entries: list[dict[str, str]]) -> None:
