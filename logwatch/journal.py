@@ -187,10 +187,12 @@ def _line_time(stamp: bytes) -> float | None:
     return when.timestamp() if when.tzinfo is not None else None
 
 
-def _without_host(rest: bytes) -> bytes:
-    """A line after its time without its host: the file's has rsyslog's (the short host
-    name by default), the journal's none (``-``)."""
-    return rest.partition(b" ")[2]
+def _without_host_and_pid(rest: bytes) -> bytes:
+    """A line after its time without its host and PID (``postfix/smtpd: disconnect ...``):
+    the file's has rsyslog's host (the short name by default) and the PID, the journal's
+    lines neither (``-``, see journalentries.py)."""
+    tag, colon, message = rest.partition(b" ")[2].partition(b": ")
+    return tag.partition(b"[")[0] + colon + message
 
 
 def cursor_time(cursor: str) -> datetime | None:
@@ -414,11 +416,11 @@ class JournalReader:
         if n is None:
             self._held = held
             return []
-        text = _without_host(last)
+        text = _without_host_and_pid(last)
         found = [
             i
             for i, line in enumerate(held[: n + 1])
-            if _without_host(line.partition(b" ")[2]) == text
+            if _without_host_and_pid(line.partition(b" ")[2]) == text
         ]
         self._after, self._held = None, []
         if found:
