@@ -275,7 +275,6 @@ class JournalReader:
         self._journal: Any = None
         self._entries: Entries | None = None
         self._caught_up = True  # the last read reached the newest entry
-        self._waiting = False
         self._closed = False
         self._cut = 0  # lines cut by readers closed since
         self.lines_read = 0
@@ -387,12 +386,10 @@ class JournalReader:
         loop = asyncio.get_running_loop()
         loop.add_reader(fd, woke.set)
         timeout_ms = journal.get_timeout_ms()
-        self._waiting = True
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woke.wait(), None if timeout_ms < 0 else timeout_ms / 1e3)
         finally:
-            self._waiting = False
             loop.remove_reader(fd)
         journal.process()
 
